@@ -1,0 +1,1 @@
+"""Aggregator: the FastAPI service that runs federated rounds."""

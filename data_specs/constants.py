@@ -1,0 +1,63 @@
+"""Enums and wire keys defined once for the whole project."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SplitName(StrEnum):
+    """Dataset splits of a manifest (Medical Segmentation Decathlon convention)."""
+
+    TRAINING = "training"
+    VALIDATION = "validation"
+    TEST = "test"
+
+
+class BundleKind(StrEnum):
+    """What the tensors of a weights bundle are: full weights or a difference to the global model."""
+
+    FULL = "full"
+    DIFF = "diff"
+
+
+class NormKind(StrEnum):
+    """Normalisation layer of the U-Net."""
+
+    BATCH = "batch"
+    INSTANCE = "instance"
+
+
+class OptimizerName(StrEnum):
+    """Local optimiser a site uses."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+class PersonalizationMethod(StrEnum):
+    """Inside-personalisation method of an experiment."""
+
+    NONE = "none"  # plain FedAvg: the global model only
+    IOPFL = "iopfl"
+    FEDBN = "fedbn"
+    FEDPROX = "fedprox"
+    DITTO = "ditto"
+
+
+# Keys of the safetensors ``__metadata__`` header of a weights bundle.
+META_FORMAT = "fedseg_format"
+META_FORMAT_VERSION = "1"
+META_SPEC_HASH = "spec_hash"
+META_ROUND = "round"
+META_KIND = "kind"
+META_NUM_SAMPLES = "num_samples"
+META_CODEC = "codec"
+META_CODEC_PARAMS = "codec_params"
+META_DTYPE = "wire_dtype"
+
+# HTTP headers shared by the aggregator and the site agent.
+HEADER_SHA256 = "X-Content-SHA256"
+HEADER_NUM_SAMPLES = "X-Num-Samples"
+HEADER_METRICS = "X-Metrics"
+
+API_PREFIX = "/api/v1"

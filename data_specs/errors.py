@@ -1,0 +1,27 @@
+"""The one exception tree of data_specs: every contract violation is a DataSpecError."""
+
+from __future__ import annotations
+
+
+class DataSpecError(Exception):
+    """Base class of every error raised by data_specs."""
+
+
+class ManifestError(DataSpecError):
+    """A dataset manifest is not JSON, misses fields, or names paths it may not name."""
+
+
+class ImageReadError(DataSpecError):
+    """An image or label file is missing, unreadable, or not of a supported format."""
+
+
+class BundleError(DataSpecError):
+    """A weights bundle is not safetensors, is corrupt, or carries non-finite values."""
+
+
+class SpecMismatchError(BundleError):
+    """Tensors or metadata do not match the task spec they claim to belong to."""
+
+
+class CodecError(BundleError):
+    """A compressed update does not decode under the codec it names."""

@@ -1,0 +1,114 @@
+"""The task and model spec: one place that builds the MONAI U-Net, with a stable hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from data_specs.constants import NormKind
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TaskSpec(BaseModel):
+    """What a federation segments and with which network.
+
+    Args:
+        spatial_dims: 2 or 3. Default 2. Example: ``3``.
+        in_channels: image channels. Default 1.
+        out_channels: number of classes including background. Example: ``4``.
+        channels: feature channels per level. Default ``(8, 16, 32)``.
+        strides: down-sampling strides between levels, one fewer than ``channels``.
+        num_res_units: residual units per block. Default 1.
+        norm: ``batch`` or ``instance``. Default ``batch``.
+        dropout: dropout probability. Default 0.
+        patch_size: spatial size the loader crops or pads to. Example: ``(32, 32)``.
+        intensity: ``minmax`` (scale to [0, 1]) or ``zscore`` (per-image). Default ``zscore``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spatial_dims: Literal[2, 3] = 2
+    in_channels: Annotated[int, Field(ge=1, le=16)] = 1
+    out_channels: Annotated[int, Field(ge=2, le=64)] = 2
+    channels: tuple[int, ...] = (8, 16, 32)
+    strides: tuple[int, ...] = (2, 2)
+    num_res_units: Annotated[int, Field(ge=0, le=4)] = 1
+    norm: NormKind = NormKind.BATCH
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    patch_size: tuple[int, ...] = (32, 32)
+    intensity: Literal["minmax", "zscore"] = "zscore"
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> TaskSpec:
+        if len(self.channels) < 2:
+            raise ValueError(f"channels needs at least 2 levels, got {self.channels}")
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(
+                f"strides needs {len(self.channels) - 1} entries for channels {self.channels}, "
+                f"got {self.strides}"
+            )
+        if len(self.patch_size) != self.spatial_dims:
+            raise ValueError(
+                f"patch_size needs {self.spatial_dims} entries for spatial_dims={self.spatial_dims}, "
+                f"got {self.patch_size}"
+            )
+        factor = 1
+        for s in self.strides:
+            factor *= s
+        if any(p % factor for p in self.patch_size):
+            raise ValueError(
+                f"patch_size {self.patch_size} must be divisible by the total stride {factor}"
+            )
+        return self
+
+    def spec_hash(self) -> str:
+        """Stable sha256 (hex, 16 chars) of the canonical JSON of this spec."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def build_unet(spec: TaskSpec) -> torch.nn.Module:
+    """Build the MONAI ``UNet`` a spec describes.
+
+    Args:
+        spec: the task spec. Example: ``TaskSpec(spatial_dims=2, out_channels=4)``.
+
+    Returns:
+        A freshly initialised ``monai.networks.nets.UNet``.
+    """
+    from monai.networks.nets import UNet
+
+    norm: str | tuple[str, dict[str, bool]]
+    # Instance norm with affine parameters, so FedBN and routing have something to keep or adapt.
+    norm = ("instance", {"affine": True}) if spec.norm == NormKind.INSTANCE else "batch"
+    return UNet(
+        spatial_dims=spec.spatial_dims,
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels,
+        channels=spec.channels,
+        strides=spec.strides,
+        num_res_units=spec.num_res_units,
+        norm=norm,
+        dropout=spec.dropout,
+    )
+
+
+def expected_tensors(spec: TaskSpec) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Names, shapes and dtypes of the model's state dict (what every full bundle must carry).
+
+    Args:
+        spec: the task spec.
+
+    Returns:
+        ``{name: (shape, numpy dtype name)}`` in state-dict order.
+    """
+    model = build_unet(spec)
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, t in model.state_dict().items():
+        out[name] = (tuple(t.shape), str(t.numpy().dtype))
+    return out

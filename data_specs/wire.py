@@ -1,0 +1,164 @@
+"""Wire messages shared by the aggregator and the site agent (pydantic, JSON over HTTP).
+
+Only these shapes cross the wire besides weights bundles. Site metrics are aggregates by
+construction: the schema forbids extra fields, so per-case figures or file names cannot ride along.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from data_specs.constants import BundleKind, OptimizerName, PersonalizationMethod
+from data_specs.task_spec import TaskSpec
+
+_Strict = ConfigDict(extra="forbid")
+
+
+class CodecConfig(BaseModel):
+    """Update compression an experiment asks for (see ``data_specs.update_codecs``).
+
+    Args:
+        name: codec name, ``none`` for plain float32 updates. Example: ``"quantize"``.
+        params: codec parameters. Example: ``{"bits": 4, "rotate": true}``.
+        min_size: tensors with fewer elements travel uncompressed. Default 1024.
+        downlink_float16: send the global model as float16. Default False.
+    """
+
+    model_config = _Strict
+
+    name: str = "none"
+    params: dict[str, Any] = Field(default_factory=dict)
+    min_size: Annotated[int, Field(ge=0)] = 1024
+    downlink_float16: bool = False
+
+
+class PersonalizationConfig(BaseModel):
+    """Inside personalisation policy of an experiment.
+
+    Args:
+        method: ``none`` | ``iopfl`` | ``fedbn`` | ``fedprox`` | ``ditto``. Default ``iopfl``.
+        alpha: IOP-FL moving-average weight of the old personal model. Default 0.1.
+        ditto_lambda: Ditto proximity strength. Default 0.1.
+        ditto_epochs: local epochs of the Ditto personal model per round. Default 1.
+    """
+
+    model_config = _Strict
+
+    method: PersonalizationMethod = PersonalizationMethod.IOPFL
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    ditto_lambda: Annotated[float, Field(ge=0.0)] = 0.1
+    ditto_epochs: Annotated[int, Field(ge=1, le=100)] = 1
+
+
+class TrainConfig(BaseModel):
+    """What a site does with the global model in one round.
+
+    Args:
+        local_epochs: passes over the local training split. Default 1.
+        batch_size: local batch size. Default 4.
+        lr: learning rate. Default 0.01.
+        optimizer: ``sgd`` (momentum 0.9) or ``adam``. Default ``sgd``.
+        weight_decay: L2 weight decay. Default 0.
+        fedprox_mu: FedProx proximal strength; 0 disables. Default 0.
+        update_kind: upload ``full`` weights or the ``diff`` to the global model. Default ``full``.
+        max_steps: cap on optimiser steps per round (None = whole epochs). Default None.
+        seed: seed of the local run (the aggregator derives one per site and round).
+    """
+
+    model_config = _Strict
+
+    local_epochs: Annotated[int, Field(ge=1, le=1000)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 4
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.01
+    optimizer: OptimizerName = OptimizerName.SGD
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    fedprox_mu: Annotated[float, Field(ge=0.0)] = 0.0
+    update_kind: BundleKind = BundleKind.FULL
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 0
+    personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+
+
+class TaskAssignment(BaseModel):
+    """A unit of work for one site: train round ``round`` of ``experiment_id``.
+
+    ``local_keys`` are state-dict keys the server does not average (FedBN); the site keeps its
+    own values for them.
+    """
+
+    model_config = _Strict
+
+    task_id: str
+    experiment_id: str
+    round: Annotated[int, Field(ge=1)]
+    spec: TaskSpec
+    spec_hash: str
+    model_sha256: str
+    model_size: Annotated[int, Field(ge=0)]
+    train: TrainConfig
+    local_keys: list[str] = Field(default_factory=list)
+    deadline: datetime | None = None
+
+
+class EnrollRequest(BaseModel):
+    """A site exchanges its one-time enrollment token for a site token."""
+
+    model_config = _Strict
+
+    enrollment_token: Annotated[str, Field(min_length=8, max_length=512)]
+
+
+class EnrollResponse(BaseModel):
+    """The site token is shown once; the server keeps only its hash."""
+
+    model_config = _Strict
+
+    site_id: str
+    site_name: str
+    site_token: str
+
+
+class SiteMetrics(BaseModel):
+    """Aggregate metrics a site may report with an update. Nothing per case, no file names.
+
+    Args:
+        train_loss: mean training loss of the round.
+        val_dice: mean Dice over foreground classes on the local validation split.
+        val_dice_per_class: mean Dice per foreground class.
+        val_hd95: mean 95th-percentile Hausdorff distance (voxels or mm).
+        num_val_cases: validation cases behind the figures.
+        train_seconds: wall time of local training.
+    """
+
+    model_config = _Strict
+
+    train_loss: float | None = None
+    val_dice: float | None = None
+    val_dice_per_class: list[float] | None = Field(default=None, max_length=64)
+    val_hd95: float | None = None
+    num_val_cases: Annotated[int, Field(ge=0)] | None = None
+    train_seconds: Annotated[float, Field(ge=0.0)] | None = None
+
+
+class UpdateReceipt(BaseModel):
+    """The aggregator's answer to an upload."""
+
+    model_config = _Strict
+
+    task_id: str
+    sha256: str
+    accepted: bool
+    duplicate: bool = False
+    reason: str | None = None
+
+
+class FailureReport(BaseModel):
+    """A site tells the aggregator it cannot finish a task. Short reason, no patient data."""
+
+    model_config = _Strict
+
+    reason: Annotated[str, Field(min_length=1, max_length=500)]

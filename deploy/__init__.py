@@ -1,0 +1,1 @@
+"""Deployment: the fedseg CLI root, the local federation launcher, TLS helpers, Dockerfiles."""

@@ -1,0 +1,1 @@
+"""Personalisation algorithms on torch models: inside (IOP-FL, FedBN, Ditto, FedProx) and outside (routing)."""

@@ -1,0 +1,1 @@
+"""Site agent: local training, the federated client loop and inference, on the hospital side."""
