@@ -1,0 +1,1 @@
+"""Long measurements (speed, memory, Dice) that write reports to benchmarks/results/; never in CI."""
