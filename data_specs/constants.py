@@ -13,6 +13,30 @@ class SplitName(StrEnum):
     TEST = "test"
 
 
+class ImageFormat(StrEnum):
+    """How a scan is stored on disk; picks the reader (nibabel, SimpleITK or Pillow)."""
+
+    NIFTI = "nifti"  # .nii / .nii.gz
+    DICOM = "dicom"  # a folder holding one DICOM series (or a single .dcm file)
+    PIL = "pil"  # .png / .jpg / .jpeg / .tif / .tiff / .gif / .bmp
+
+
+class ValidationCheck(StrEnum):
+    """Names of the checks ``fedseg data validate`` runs; each problem names one."""
+
+    MANIFEST = "manifest"  # the manifest itself does not load
+    SPLIT = "split"  # a declared split is empty
+    PATH = "path"  # a path escapes the manifest folder (or data_root)
+    EXISTS = "exists"
+    READABLE = "readable"
+    DIMS = "dims"  # spatial dimensions do not suit the task
+    CHANNELS = "channels"
+    SHAPE = "shape"  # image and label spatial shapes differ
+    GEOMETRY = "geometry"  # image and label affines differ
+    LABELS = "labels"  # undeclared label values
+    DUPLICATE = "duplicate"  # one file listed twice (leakage between splits)
+
+
 class BundleKind(StrEnum):
     """What the tensors of a weights bundle are: full weights or a difference to the global model."""
 

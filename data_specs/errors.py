@@ -15,6 +15,10 @@ class ImageReadError(DataSpecError):
     """An image or label file is missing, unreadable, or not of a supported format."""
 
 
+class ImageWriteError(DataSpecError):
+    """A mask or image cannot be written: wrong shape for its reference, or the folder is missing."""
+
+
 class BundleError(DataSpecError):
     """A weights bundle is not safetensors, is corrupt, or carries non-finite values."""
 

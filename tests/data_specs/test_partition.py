@@ -21,7 +21,9 @@ def _source(root: Path, name: str, n_train: int, n_test: int) -> DatasetManifest
         spatial_dims=2,
         modality={"0": "MRI"},
         labels={"0": "background", "1": "organ"},
-        training=[CaseEntry(image=f"img_{i}.nii.gz", label=f"lab_{i}.nii.gz") for i in range(n_train)],
+        training=[
+            CaseEntry(image=f"img_{i}.nii.gz", label=f"lab_{i}.nii.gz") for i in range(n_train)
+        ],
         test=[CaseEntry(image=f"timg_{i}.nii.gz", label=f"tlab_{i}.nii.gz") for i in range(n_test)],
     ).bind(folder)
 
