@@ -28,8 +28,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run a whole federation on this machine: aggregator + site agents as processes."""
+        from data_specs.errors import DataSpecError
         from deploy.demo import DemoConfig, run_demo
         from deploy.processes import LaunchError
+        from deploy.researcher_client import ResearcherApiError
+        from site_agent.errors import SiteAgentError
 
         cfg = DemoConfig(
             sites=sites,
@@ -42,7 +45,7 @@ def register(app: typer.Typer) -> None:
         )
         try:
             run_demo(cfg)
-        except LaunchError as exc:
+        except (LaunchError, ResearcherApiError, DataSpecError, SiteAgentError) as exc:
             typer.echo(f"demo failed: {exc}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

@@ -149,7 +149,9 @@ class PrivateNetwork:
             Problems met on the way (empty when everything went), so a caller can report them.
         """
         problems: list[str] = []
-        for proc in self.processes:
+        # Newest first: clients (agents) go before the server, whose graceful shutdown would
+        # otherwise wait for their open long polls.
+        for proc in reversed(self.processes):
             _stop(proc)
         self.processes.clear()
         for link in self.root_links:
@@ -182,8 +184,10 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
 
 
 def _free_subnet(third_octet: int | None) -> ipaddress.IPv4Network:
+    # `ip -4 route` lines start with the destination ("10.0.0.0/8", "192.0.2.1") or a word
+    # ("default", "local", "broadcast"); only destinations can collide with our /24.
     taken = [
-        ipaddress.ip_network(word, strict=False)
+        ipaddress.IPv4Network(word, strict=False)
         for line in _ip("-4", "route", "show", "table", "all", check=False).stdout.splitlines()
         for word in line.split()[:1]
         if word[0].isdigit()
@@ -192,7 +196,7 @@ def _free_subnet(third_octet: int | None) -> ipaddress.IPv4Network:
         [third_octet] if third_octet is not None else secrets.SystemRandom().sample(range(256), 256)
     )
     for octet in candidates:
-        net = ipaddress.ip_network(f"{_FIRST_OCTETS}.{octet}.0/24")
+        net = ipaddress.IPv4Network(f"{_FIRST_OCTETS}.{octet}.0/24")
         if not any(net.overlaps(t) for t in taken):
             return net
     raise NetnsError(f"no free /24 under {_FIRST_OCTETS}.0.0/16 on this host")

@@ -50,6 +50,14 @@ class ResearcherClient:
             self._call("POST", "/sites", json={"name": name}).json()
         )
 
+    def rotate_site(self, site_id: str) -> SiteRegistered:
+        """Revoke a site's token and return a new one-time enrollment token."""
+        return SiteRegistered.model_validate(self._call("POST", f"/sites/{site_id}/rotate").json())
+
+    def revoke_site(self, site_id: str) -> SitePublic:
+        """Revoke a site's token (it can no longer poll or upload)."""
+        return SitePublic.model_validate(self._call("POST", f"/sites/{site_id}/revoke").json())
+
     def sites(self) -> list[SitePublic]:
         return [SitePublic.model_validate(s) for s in self._call("GET", "/sites").json()]
 

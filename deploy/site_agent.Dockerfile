@@ -2,7 +2,8 @@
 # fedseg site agent: trains on a hospital's scans and talks to the aggregator over outbound
 # HTTPS only (no port is published). Build from the repository root:
 #   docker build -f deploy/site_agent.Dockerfile -t fedseg-site-agent .
-# CUDA build (needs the NVIDIA container toolkit on the host, then `docker run --gpus all`):
+# CUDA build (needs the NVIDIA container toolkit on the host, then `docker run --gpus all`;
+# pick a cuXYZ index that torch 2.13.0 is published for and the host's driver supports):
 #   docker build -f deploy/site_agent.Dockerfile \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t fedseg-site-agent:cuda .
 # Mounts: scans read-only at /data, the work dir (token, state, models) as a volume at /work,

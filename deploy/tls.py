@@ -138,9 +138,7 @@ def make_server_cert(
     Raises:
         TLSSetupError: no hosts, or a host that is neither an IP address nor a DNS name.
     """
-    if not hosts:
-        raise TLSSetupError("expected at least one host name or IP address, got none")
-    sans = [_san(h) for h in hosts]
+    sans = subject_alt_names(hosts)
     out = _ensure_dir(out_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -179,6 +177,17 @@ def client_ssl_context(ca_bundle: str | Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_bundle))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+def subject_alt_names(hosts: list[str]) -> list[x509.GeneralName]:
+    """The SAN entries of ``hosts``: an ``IPAddress`` for each IP, a ``DNSName`` otherwise.
+
+    Raises:
+        TLSSetupError: no hosts, or a host that is neither an IP address nor a DNS name.
+    """
+    if not hosts:
+        raise TLSSetupError("expected at least one host name or IP address, got none")
+    return [_san(h) for h in hosts]
 
 
 def _san(host: str) -> x509.GeneralName:
@@ -258,6 +267,7 @@ def certs(
     """
     hosts = host or ["localhost", "127.0.0.1"]
     try:
+        subject_alt_names(hosts)  # before anything is written: a typo leaves no new CA behind
         reuse = (out / CA_CERT).exists() and not new_ca
         ca = load_ca(out) if reuse else make_dev_ca(out)
         server = make_server_cert(ca, out, hosts, days=days)

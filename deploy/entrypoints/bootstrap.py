@@ -13,24 +13,25 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
 import typer
 
+from aggregator.schemas.experiments import ExperimentCreate
+from aggregator.schemas.principals import SiteRegistered
 from data_specs.files import atomic_write_text
+from data_specs.task_spec import TaskSpec
+from data_specs.wire import TrainConfig
+from deploy.researcher_client import ResearcherApiError, ResearcherClient
 from deploy.tls import client_ssl_context
 
-API = "/api/v1"
 RESEARCHER_TOKEN = "researcher_token"
 EXPERIMENT_ID = "experiment_id"
-DEMO_SPEC = {
-    "spatial_dims": 2,
-    "out_channels": 4,  # fedseg data synth: 3 foreground classes by default
-    "channels": [8, 16, 32],
-    "strides": [2, 2],
-    "patch_size": [32, 32],
-}
+# fedseg data synth's defaults: 2-D, 32x32, three foreground classes.
+DEMO_SPEC = TaskSpec(
+    spatial_dims=2, out_channels=4, channels=(8, 16, 32), strides=(2, 2), patch_size=(32, 32)
+)
 
 bootstrap_app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -44,33 +45,31 @@ SiteOpt = Annotated[list[str], typer.Option("--site", help="Hospital name (repea
 
 
 class BootstrapError(RuntimeError):
-    """The aggregator refused a bootstrap step, or sites did not enroll in time."""
+    """The aggregator was not healthy, or sites did not enroll in time."""
 
 
-def _client(url: str, ca: Path | None) -> httpx.Client:
+class BootstrapClient(ResearcherClient):
+    """``ResearcherClient`` plus the token rotation the bootstrap needs to recover a lost file."""
+
+    def rotate_site(self, site_id: str) -> SiteRegistered:
+        """Revoke the site's token; the answer carries a new one-time enrollment token."""
+        return SiteRegistered.model_validate(self._call("POST", f"/sites/{site_id}/rotate").json())
+
+
+def _http(url: str, ca: Path | None) -> httpx.Client:
+    if ca is not None and not ca.is_file():
+        raise BootstrapError(f"expected the aggregator's CA bundle at {ca}, found nothing")
     verify = client_ssl_context(ca) if ca else True
     return httpx.Client(base_url=url, verify=verify, timeout=30)
-
-
-def _call(http: httpx.Client, method: str, path: str, token: str, **kwargs: Any) -> Any:
-    resp = http.request(method, API + path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
-    if resp.status_code >= 400:
-        # The body is the API's error message; it never holds a token.
-        raise BootstrapError(
-            f"{method} {path}: expected success, got {resp.status_code}: {resp.text[:300]}"
-        )
-    return resp.json() if resp.content else None
 
 
 def wait_healthy(http: httpx.Client, timeout_s: float = 120) -> None:
     """Poll ``/healthz`` until it answers 200."""
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
+        with contextlib.suppress(httpx.TransportError):
             if http.get("/healthz").status_code == 200:
                 return
-        except httpx.TransportError:
-            pass
         if time.monotonic() > deadline:
             raise BootstrapError(
                 f"aggregator at {http.base_url} not healthy after {timeout_s:.0f} s"
@@ -78,65 +77,61 @@ def wait_healthy(http: httpx.Client, timeout_s: float = 120) -> None:
         time.sleep(1)
 
 
-def ensure_researcher(http: httpx.Client, admin_token: str, out: Path, name: str) -> str:
-    """The researcher token in ``out``, creating the researcher on first use."""
+def ensure_researcher(client: BootstrapClient, admin_token: str, out: Path, name: str) -> None:
+    """Use the researcher token kept in ``out``, creating the researcher on first use."""
     path = out / RESEARCHER_TOKEN
     if path.is_file():
-        return path.read_text().strip()
-    made = _call(http, "POST", "/researchers", admin_token, json={"name": name})
-    atomic_write_text(path, made["token"], mode=0o600)
-    return str(made["token"])
+        client.use_token(path.read_text().strip())
+        return
+    made = client.create_researcher(admin_token, name)
+    atomic_write_text(path, made.token, mode=0o600)
 
 
-def ensure_sites(http: httpx.Client, token: str, out: Path, names: list[str]) -> dict[str, str]:
+def ensure_sites(client: BootstrapClient, out: Path, names: list[str]) -> dict[str, str]:
     """Register each site that has no env file yet (rotating it if it exists); return name → id."""
-    known = {s["name"]: s for s in _call(http, "GET", "/sites", token)}
+    known = {s.name: s.id for s in client.sites()}
     ids: dict[str, str] = {}
     for name in names:
         env_file = out / f"{name}.env"
-        if name in known:
-            ids[name] = known[name]["id"]
-            if env_file.is_file():
-                continue
-            # Registered earlier but its token file is lost: a fresh enrollment token is needed.
-            reg = _call(http, "POST", f"/sites/{known[name]['id']}/rotate", token)
-        else:
-            reg = _call(http, "POST", "/sites", token, json={"name": name})
-            ids[name] = reg["id"]
-        atomic_write_text(
-            env_file, f"FEDSEG_SITE_ENROLLMENT_TOKEN={reg['enrollment_token']}\n", mode=0o600
-        )
+        if name in known and env_file.is_file():
+            ids[name] = known[name]
+            continue
+        # Registered earlier but its token file is lost: only a rotation gives a fresh token.
+        reg = client.rotate_site(known[name]) if name in known else client.register_site(name)
+        ids[name] = reg.id
+        line = f"FEDSEG_SITE_ENROLLMENT_TOKEN={reg.enrollment_token}\n"
+        atomic_write_text(env_file, line, mode=0o600)
     return ids
 
 
 def wait_enrolled(
-    http: httpx.Client, token: str, names: list[str], timeout_s: float, poll_s: float = 2.0
+    client: BootstrapClient, names: list[str], timeout_s: float, poll_s: float = 2.0
 ) -> list[str]:
     """Site ids of ``names`` once all of them are enrolled."""
     deadline = time.monotonic() + timeout_s
     while True:
-        sites = {s["name"]: s for s in _call(http, "GET", "/sites", token)}
-        if all(sites.get(n, {}).get("status") == "enrolled" for n in names):
-            return sorted(sites[n]["id"] for n in names)
+        sites = {s.name: s for s in client.sites()}
+        waiting = [n for n in names if n not in sites or sites[n].status != "enrolled"]
+        if not waiting:
+            return sorted(sites[n].id for n in names)
         if time.monotonic() > deadline:
-            waiting = [n for n in names if sites.get(n, {}).get("status") != "enrolled"]
             raise BootstrapError(f"sites not enrolled after {timeout_s:.0f} s: {waiting}")
         time.sleep(poll_s)
 
 
-def start_experiment(http: httpx.Client, token: str, site_ids: list[str], rounds: int) -> str:
+def start_experiment(client: BootstrapClient, site_ids: list[str], rounds: int) -> str:
     """Create and start the demo experiment on ``site_ids``; return its id."""
-    body = {
-        "name": "compose-demo",
-        "spec": DEMO_SPEC,
-        "rounds": rounds,
-        "min_sites": len(site_ids),
-        "sites": site_ids,
-        "train": {"local_epochs": 1, "batch_size": 4},
-    }
-    made = _call(http, "POST", "/experiments", token, json=body)
-    _call(http, "POST", f"/experiments/{made['id']}/start", token)
-    return str(made["id"])
+    body = ExperimentCreate(
+        name="compose-demo",
+        spec=DEMO_SPEC,
+        rounds=rounds,
+        min_sites=len(site_ids),
+        sites=site_ids,
+        train=TrainConfig(local_epochs=1, batch_size=4),
+    )
+    made = client.create_experiment(body)
+    client.start(made.id)
+    return made.id
 
 
 @contextlib.contextmanager
@@ -144,7 +139,8 @@ def _refusals() -> Iterator[None]:
     """A refusal is one line on stderr and exit code 1, not a traceback."""
     try:
         yield
-    except (BootstrapError, httpx.HTTPError) as exc:
+    except (BootstrapError, ResearcherApiError, httpx.HTTPError, OSError) as exc:
+        # OSError: a token file or the CA bundle is missing; its message names the path.
         typer.echo(f"bootstrap failed: {exc}", err=True)
         raise typer.Exit(code=1) from exc
 
@@ -159,11 +155,13 @@ def sites(
     researcher: Annotated[str, typer.Option(help="Researcher name.")] = "demo-researcher",
 ) -> None:
     """Create the researcher and register the sites; write one enrollment env file per site."""
-    out.mkdir(parents=True, exist_ok=True)
-    with _refusals(), _client(url, ca) as http:
+    with _refusals(), _http(url, ca) as http:
+        admin_token = admin_token_file.read_text().strip()
+        out.mkdir(parents=True, exist_ok=True)
         wait_healthy(http)
-        token = ensure_researcher(http, admin_token_file.read_text().strip(), out, researcher)
-        ids = ensure_sites(http, token, out, site)
+        client = BootstrapClient(http)
+        ensure_researcher(client, admin_token, out, researcher)
+        ids = ensure_sites(client, out, site)
     typer.echo(f"sites registered: {', '.join(f'{n}={i}' for n, i in ids.items())}")
     typer.echo(f"researcher token: {out / RESEARCHER_TOKEN} (0600)")
 
@@ -181,10 +179,10 @@ def experiment(
     if rounds == 0 or (out / EXPERIMENT_ID).is_file():
         typer.echo("no experiment to start (FEDSEG_DEMO_ROUNDS=0 or one exists)")
         return
-    token = (out / RESEARCHER_TOKEN).read_text().strip()
-    with _refusals(), _client(url, ca) as http:
-        site_ids = wait_enrolled(http, token, site, enroll_timeout_s)
-        exp_id = start_experiment(http, token, site_ids, rounds)
+    with _refusals(), _http(url, ca) as http:
+        client = BootstrapClient(http, (out / RESEARCHER_TOKEN).read_text().strip())
+        site_ids = wait_enrolled(client, site, enroll_timeout_s)
+        exp_id = start_experiment(client, site_ids, rounds)
     atomic_write_text(out / EXPERIMENT_ID, exp_id)
     typer.echo(f"experiment {exp_id} started on {len(site_ids)} sites, {rounds} rounds")
 
