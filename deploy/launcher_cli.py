@@ -51,3 +51,98 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             typer.echo("demo interrupted; every process it started was stopped", err=True)
             raise typer.Exit(130) from None
+
+    @app.command("simulate")
+    def simulate(
+        manifests: Annotated[list[Path], typer.Argument(help="Source dataset.json files.")],
+        out: Annotated[Path, typer.Option("--out", help="Results folder (recreated).")] = Path(
+            "runs/simulation"
+        ),
+        partition: Annotated[
+            str, typer.Option("--partition", help="natural, iid, noniid or noniid-unequal.")
+        ] = "natural",
+        sites: Annotated[
+            int, typer.Option("--sites", min=1, help="Virtual sites (not for natural).")
+        ] = 4,
+        fraction: Annotated[
+            float,
+            typer.Option(
+                "--fraction", "-C", min=0.01, max=1.0, help="Fraction of sites per round."
+            ),
+        ] = 1.0,
+        epochs: Annotated[int, typer.Option("--epochs", "-E", min=1, help="Local epochs.")] = 1,
+        batch_size: Annotated[
+            int, typer.Option("--batch-size", "-B", min=1, help="Local batch size.")
+        ] = 8,
+        lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 3e-3,
+        optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adam.")] = "adam",
+        rounds: Annotated[int, typer.Option("--rounds", min=1)] = 5,
+        strategy: Annotated[
+            str,
+            typer.Option(
+                "--strategy", help="fedavg, fedavgm, fedadam, fedyogi, median, trimmed_mean."
+            ),
+        ] = "fedavg",
+        personalization: Annotated[
+            str, typer.Option("--personalization", help="none, iopfl, fedbn, fedprox, ditto.")
+        ] = "none",
+        mu: Annotated[float, typer.Option("--mu", help="FedProx mu.")] = 0.0,
+        patch: Annotated[
+            int, typer.Option("--patch", help="Square patch size (2D) or cube (3D).")
+        ] = 32,
+        dims: Annotated[int, typer.Option("--dims", min=2, max=3)] = 2,
+        classes: Annotated[
+            int, typer.Option("--classes", help="Classes including background.")
+        ] = 4,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+    ) -> None:
+        """Run one federated experiment in-process through the real aggregator and agent code."""
+        from pydantic import ValidationError
+
+        from data_specs.errors import DataSpecError
+        from data_specs.task_spec import TaskSpec
+        from deploy.researcher_client import ResearcherApiError
+        from deploy.simulation import SimulationConfig, run_simulation
+        from site_agent.errors import SiteAgentError
+
+        try:
+            spec = TaskSpec(
+                spatial_dims=dims,
+                out_channels=classes,
+                channels=(8, 16, 32),
+                strides=(2, 2),
+                patch_size=(patch,) * dims,
+            )
+            cfg = SimulationConfig(
+                manifests=manifests,
+                out_dir=out,
+                spec=spec,
+                partition=partition,
+                num_sites=sites,
+                fraction=fraction,
+                local_epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                optimizer=optimizer,
+                rounds=rounds,
+                strategy=strategy,
+                personalization=personalization,
+                fedprox_mu=mu,
+                seed=seed,
+            )
+            result = run_simulation(cfg)
+        except (
+            ValidationError,
+            ValueError,
+            DataSpecError,
+            SiteAgentError,
+            ResearcherApiError,
+        ) as exc:
+            typer.echo(f"simulation failed: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"{result.status} in {result.seconds:.0f} s; results in {result.out_dir}")
+        for site, row in result.final_dice.items():
+            typer.echo(
+                f"  {site}: "
+                + ", ".join(f"{k} Dice {v:.3f}" for k, v in row.items() if v is not None)
+            )

@@ -96,6 +96,9 @@ class SimulationResult:
 
 def run_simulation(cfg: SimulationConfig, console: Console | None = None) -> SimulationResult:
     """Run one experiment in-process and write results.json, plots and TensorBoard logs."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Using `httpx` with")
     from fastapi.testclient import TestClient
 
     from aggregator.api.app import create_app
