@@ -1,13 +1,271 @@
-"""`fedseg site_agent` commands (placeholder until its issue lands)."""
+"""``fedseg site``: run the agent, enroll, segment a scan, adapt a routed model, evaluate a model."""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from site_agent.errors import (
+    AggregatorUnavailableError,
+    ManifestRejectedError,
+    SiteAgentError,
+    SiteSettingsError,
+    TokenRevokedError,
+    WorkDirError,
+)
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Run the site agent, enroll, segment a scan, adapt a routed model, evaluate a model.",
+)
+
+# Exit codes, for hospital IT's service manager and the launcher.
+EXIT_CODES: dict[type[SiteAgentError], int] = {
+    SiteSettingsError: 2,
+    AggregatorUnavailableError: 3,
+    TokenRevokedError: 4,
+    ManifestRejectedError: 5,
+    WorkDirError: 6,
+}
+
+Config = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="FEDSEG_SITE_CONFIG",
+        help="KEY=VALUE settings file (FEDSEG_SITE_* keys); tokens belong here or in the environment.",
+    ),
+]
+WorkDirOpt = Annotated[
+    Path | None, typer.Option("--work-dir", help="Site work dir (token, state, models).")
+]
+ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="The site's dataset.json.")]
+UrlOpt = Annotated[
+    str | None, typer.Option("--aggregator-url", help="https://host:port of the aggregator.")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda or auto.")]
+ExperimentOpt = Annotated[
+    str | None, typer.Option("--experiment", help="Experiment id (default: the only one).")
+]
+ModelOpt = Annotated[str, typer.Option("--model", help="global, personal or routed.")]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Use this model file instead.")]
 
 
-@app.command("info")
-def info() -> None:
-    """Say that this command group is not built yet."""
-    typer.echo("not built yet")
+def _settings(config: Path | None, **overrides: Any) -> Any:
+    from site_agent.settings import SiteSettings
+
+    return SiteSettings.load(config, **overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines add nothing for IT
+
+
+def _fail(exc: SiteAgentError) -> typer.Exit:
+    if isinstance(exc, ManifestRejectedError) and exc.report:
+        typer.echo(exc.report, err=True)
+    typer.echo(f"error: {exc}", err=True)
+    code = next((c for kind, c in EXIT_CODES.items() if isinstance(exc, kind)), 1)
+    return typer.Exit(code)
+
+
+@app.command("run")
+def run(
+    config: Config = None,
+    aggregator_url: UrlOpt = None,
+    manifest: ManifestOpt = None,
+    work_dir: WorkDirOpt = None,
+    device: DeviceOpt = None,
+    share_personal: Annotated[
+        bool | None,
+        typer.Option(
+            "--share-personal/--no-share-personal",
+            help="Share the personal model for outside routing (opt-in).",
+        ),
+    ] = None,
+    allow_insecure_http: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-insecure-http", help="Accept a plain http:// URL (development only)."
+        ),
+    ] = None,
+    poll_wait: Annotated[int | None, typer.Option("--poll-wait", help="Long-poll seconds.")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Handle one task, then exit.")] = False,
+    max_tasks: Annotated[
+        int | None, typer.Option("--max-tasks", min=1, help="Exit after N tasks.")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Validate the local data, enroll on first start, then train on the aggregator's tasks."""
+    from site_agent.loop import SiteAgent
+
+    _setup_logging(log_level)
+    try:
+        settings = _settings(
+            config,
+            aggregator_url=aggregator_url,
+            manifest=manifest,
+            work_dir=work_dir,
+            device=device,
+            share_personal=share_personal,
+            allow_insecure_http=allow_insecure_http,
+            poll_wait_s=poll_wait,
+        )
+        with SiteAgent(settings) as agent:
+            summary = agent.run(once=once, max_tasks=max_tasks)
+    except SiteAgentError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        typer.echo("stopped; a task in progress resumes at the next start", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"handled {summary.tasks} task(s): " + ", ".join(o.value for o in summary.outcomes))
+
+
+@app.command("enroll")
+def enroll(
+    config: Config = None,
+    aggregator_url: UrlOpt = None,
+    work_dir: WorkDirOpt = None,
+    allow_insecure_http: Annotated[bool | None, typer.Option("--allow-insecure-http")] = None,
+) -> None:
+    """Exchange the enrollment token (FEDSEG_SITE_ENROLLMENT_TOKEN) for a site token."""
+    from site_agent.client import AggregatorClient, make_http_client
+    from site_agent.enrollment import enroll as do_enroll
+    from site_agent.workdir import WorkDir
+
+    _setup_logging("INFO")
+    try:
+        settings = _settings(
+            config,
+            aggregator_url=aggregator_url,
+            work_dir=work_dir,
+            allow_insecure_http=allow_insecure_http,
+        )
+        with make_http_client(settings) as http:
+            response = do_enroll(AggregatorClient(http), settings, WorkDir(settings.work_dir))
+    except SiteAgentError as exc:
+        raise _fail(exc) from None
+    typer.echo(
+        f"enrolled as {response.site_name} ({response.site_id}); token kept in {settings.work_dir}"
+    )
+
+
+@app.command("infer")
+def infer(
+    scan: Annotated[Path, typer.Argument(help="NIfTI file or DICOM series folder.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Mask to write (.nii.gz).")],
+    model: ModelOpt = "global",
+    experiment: ExperimentOpt = None,
+    weights: WeightsOpt = None,
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Also write a picture with contours.")
+    ] = None,
+    config: Config = None,
+    work_dir: WorkDirOpt = None,
+    manifest: ManifestOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Segment one scan; the mask keeps the scan's exact shape and affine."""
+    from site_agent.segment_command import run_infer
+
+    try:
+        settings = _settings(config, work_dir=work_dir, manifest=manifest, device=device)
+        lines = run_infer(
+            settings, scan, output, kind=model, experiment_id=experiment, weights=weights, png=png
+        )
+    except SiteAgentError as exc:
+        raise _fail(exc) from None
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command("evaluate")
+def evaluate(
+    model: ModelOpt = "global",
+    experiment: ExperimentOpt = None,
+    weights: WeightsOpt = None,
+    split: Annotated[str, typer.Option("--split", help="test, validation or training.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: Config = None,
+    work_dir: WorkDirOpt = None,
+    manifest: ManifestOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Dice per class, mean Dice and HD95 of a model on a local split (default: test)."""
+    from site_agent.segment_command import run_evaluate
+
+    try:
+        settings = _settings(config, work_dir=work_dir, manifest=manifest, device=device)
+        report = run_evaluate(
+            settings, kind=model, experiment_id=experiment, weights=weights, split=split
+        )
+    except SiteAgentError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        typer.echo(f"{key}: {value}")
+
+
+@app.command("adapt")
+def adapt(
+    experiment: Annotated[str, typer.Option("--experiment", help="Experiment id.")],
+    manifest: Annotated[Path, typer.Option("--manifest", help="The outside site's dataset.json.")],
+    steps: Annotated[int, typer.Option("--steps", min=1)] = 50,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    config: Config = None,
+    aggregator_url: UrlOpt = None,
+    work_dir: WorkDirOpt = None,
+    device: DeviceOpt = None,
+    allow_insecure_http: Annotated[bool | None, typer.Option("--allow-insecure-http")] = None,
+) -> None:
+    """Download the routing bundle, adapt it on the unlabelled local scans, save routed/<id>."""
+    from site_agent.adapt import adapt_experiment
+    from site_agent.client import AggregatorClient, make_http_client
+    from site_agent.enrollment import ensure_token
+    from site_agent.workdir import WorkDir
+
+    _setup_logging("INFO")
+    try:
+        settings = _settings(
+            config,
+            aggregator_url=aggregator_url,
+            work_dir=work_dir,
+            device=device,
+            allow_insecure_http=allow_insecure_http,
+        )
+        workdir = WorkDir(settings.work_dir)
+        with make_http_client(settings) as http:
+            client = AggregatorClient(http)
+            ensure_token(client, settings, workdir)
+            path, report = adapt_experiment(
+                client,
+                workdir,
+                experiment,
+                manifest,
+                steps=steps,
+                lr=lr,
+                seed=seed,
+                device=settings.resolve_device(),
+            )
+    except SiteAgentError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"routed model saved to {path} after {report.steps} steps ({report.seconds:.1f} s)")  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    """Entry point of ``python -m site_agent``."""
+    app(prog_name="fedseg site")

@@ -1,0 +1,307 @@
+"""The aggregator's site routes over HTTP, with retries, integrity checks and the privacy guard.
+
+``AggregatorClient`` takes any ``httpx.Client`` whose ``base_url`` is the aggregator: a real
+one (``make_http_client``) or FastAPI's in-memory ``TestClient``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+from pydantic import SecretStr, ValidationError
+
+from data_specs.constants import API_PREFIX, HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
+from data_specs.wire import (
+    EnrollRequest,
+    EnrollResponse,
+    FailureReport,
+    SiteMetrics,
+    TaskAssignment,
+    UpdateReceipt,
+)
+from site_agent.errors import (
+    AggregatorError,
+    AggregatorUnavailableError,
+    EnrollmentError,
+    IntegrityError,
+    RoundClosedError,
+    TaskRefusedError,
+    TokenRevokedError,
+)
+from site_agent.privacy import FailureReason, OutboundGuard
+from site_agent.retry import Backoff
+from site_agent.settings import SiteSettings
+from site_agent.workdir import WorkDir, safe_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_CHUNK = 1 << 20
+_BUNDLE = "application/octet-stream"
+
+
+class _Retryable(Exception):
+    """A network error or a 5xx / 429: worth another try."""
+
+
+def make_http_client(settings: SiteSettings) -> httpx.Client:
+    """A real ``httpx.Client`` for the configured aggregator (TLS with the CA bundle, timeouts).
+
+    Args:
+        settings: validated site settings with an aggregator URL.
+    """
+    verify: str | bool = str(settings.ca_bundle) if settings.ca_bundle else True
+    timeout = httpx.Timeout(
+        settings.request_timeout_s, connect=min(settings.request_timeout_s, 15.0)
+    )
+    return httpx.Client(base_url=settings.require_aggregator(), verify=verify, timeout=timeout)
+
+
+class AggregatorClient:
+    """Site-side calls of docs/architecture.md.
+
+    Args:
+        http: an ``httpx.Client`` whose ``base_url`` is the aggregator. Example:
+            ``make_http_client(settings)`` or ``fastapi.testclient.TestClient(app)``.
+        backoff: retry policy for network errors and 5xx. Default ``Backoff()``.
+        token: the site token. Default None (set it with ``set_token`` after enrolling).
+        guard: the privacy guard installed on ``http``. Default a new ``OutboundGuard``.
+        long_poll_margin_s: read timeout beyond the long-poll wait. Default 30.
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        *,
+        backoff: Backoff | None = None,
+        token: SecretStr | None = None,
+        guard: OutboundGuard | None = None,
+        long_poll_margin_s: float = 30.0,
+    ) -> None:
+        self.http = http
+        self.backoff = backoff or Backoff()
+        self.guard = guard or OutboundGuard()
+        self.guard.install(http)
+        self._token = token
+        self._margin = long_poll_margin_s
+
+    def set_token(self, token: SecretStr) -> None:
+        """Use ``token`` for every later request."""
+        self._token = token
+
+    # -- routes ---------------------------------------------------------------------------
+    def enroll(self, enrollment_token: SecretStr) -> EnrollResponse:
+        """Exchange the one-time enrollment token for a site token.
+
+        Raises:
+            EnrollmentError: the aggregator refused the enrollment token.
+        """
+        body = EnrollRequest(enrollment_token=enrollment_token.get_secret_value())
+        try:
+            resp = self._call("POST", "/sites/enroll", "enroll", auth=False, json=body.model_dump())
+        except (TokenRevokedError, TaskRefusedError) as exc:
+            raise EnrollmentError(f"the aggregator refused the enrollment token: {exc}") from exc
+        return _parse(EnrollResponse, resp, "enrollment")
+
+    def next_task(self, wait_s: int) -> TaskAssignment | None:
+        """Long-poll for work: a task, or None when none came within ``wait_s`` seconds."""
+        timeout = httpx.Timeout(wait_s + self._margin, connect=15.0)
+        resp = self._call("GET", "/tasks/next", "poll", params={"wait": wait_s}, timeout=timeout)
+        if resp.status_code == 204:
+            return None
+        return _parse(TaskAssignment, resp, "task assignment")
+
+    def download_model(self, task: TaskAssignment, dest: Path, workdir: WorkDir) -> str:
+        """Stream the task's global model to ``dest`` (atomically) and verify its sha256.
+
+        The digest must equal both the ``X-Content-SHA256`` header and the assignment's
+        ``model_sha256``; otherwise nothing is left at ``dest``.
+
+        Returns:
+            The verified sha256 (hex).
+
+        Raises:
+            IntegrityError: a digest mismatch (after the retries).
+            WorkDirError: the disk is full.
+        """
+        path = f"/tasks/{safe_id(task.task_id)}/model"
+
+        def attempt() -> str:
+            with self._stream("GET", path) as resp:
+                announced = resp.headers.get(HEADER_SHA256, "").lower()
+                digest = hashlib.sha256()
+                with workdir.open_atomic(dest) as fh:
+                    try:
+                        for chunk in resp.iter_bytes(_CHUNK):
+                            digest.update(chunk)
+                            fh.write(chunk)
+                    except httpx.TransportError as exc:  # cut mid-body: the temp file goes
+                        raise _Retryable(f"download: {type(exc).__name__}") from exc
+                    got = digest.hexdigest()
+                    if got != announced or got != task.model_sha256.lower():
+                        raise IntegrityError(
+                            f"global model: sha256 {got[:12]}… does not "
+                            f"match the announced {announced[:12] or 'none'}… / assignment "
+                            f"{task.model_sha256[:12]}…; the download was discarded"
+                        )
+            return got
+
+        return self._retry(attempt, "download")
+
+    def upload_update(
+        self, task_id: str, body: bytes, *, sha256: str, num_samples: int, metrics: SiteMetrics
+    ) -> UpdateReceipt:
+        """Upload the update bundle; the same bytes twice are accepted once by the server.
+
+        Raises:
+            RoundClosedError: 409, the round closed.
+            TaskRefusedError: another 4xx.
+        """
+        headers = {
+            HEADER_SHA256: sha256,
+            HEADER_NUM_SAMPLES: str(num_samples),
+            HEADER_METRICS: metrics.model_dump_json(exclude_none=True),
+            "Content-Type": _BUNDLE,
+        }
+        resp = self._call(
+            "PUT", f"/tasks/{safe_id(task_id)}/update", "upload", content=body, headers=headers
+        )
+        return _parse(UpdateReceipt, resp, "update receipt")
+
+    def report_failure(self, task_id: str, reason: FailureReason) -> None:
+        """Tell the aggregator this site gives up the task (a fixed reason text only)."""
+        body = FailureReport(reason=reason.value).model_dump()
+        self._call("POST", f"/tasks/{safe_id(task_id)}/failure", "failure report", json=body)
+
+    def share_personal(self, task_id: str, body: bytes, *, sha256: str) -> None:
+        """Share the personal model for outside routing (opt-in)."""
+        headers = {HEADER_SHA256: sha256, "Content-Type": _BUNDLE}
+        self._call(
+            "PUT",
+            f"/tasks/{safe_id(task_id)}/personal",
+            "personal model",
+            content=body,
+            headers=headers,
+        )
+
+    def routing_bundle(self, experiment_id: str) -> bytes:
+        """Download the routing bundle of an experiment this site was granted."""
+        path = f"/experiments/{safe_id(experiment_id)}/routing-bundle"
+        resp = self._call("GET", path, "routing bundle")
+        announced = resp.headers.get(HEADER_SHA256)
+        if announced and hashlib.sha256(resp.content).hexdigest() != announced.lower():
+            raise IntegrityError("routing bundle: sha256 does not match the announced one")
+        return resp.content
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _headers(self, auth: bool) -> dict[str, str]:
+        if not auth:
+            return {}
+        if self._token is None:
+            raise TokenRevokedError("no site token: enroll first (fedseg site enroll)")
+        return {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+
+    def _call(
+        self, method: str, path: str, what: str, *, auth: bool = True, **kwargs: object
+    ) -> httpx.Response:
+        headers = {**self._headers(auth), **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+
+        def attempt() -> httpx.Response:
+            try:
+                resp = self.http.request(method, API_PREFIX + path, headers=headers, **kwargs)  # type: ignore[arg-type]
+            except httpx.TransportError as exc:
+                raise _Retryable(f"{what}: {type(exc).__name__}") from exc
+            _raise_for_status(resp, what)
+            return resp
+
+        return self._retry(attempt, what)
+
+    def _stream(self, method: str, path: str) -> _Stream:
+        return _Stream(self.http, method, API_PREFIX + path, self._headers(True))
+
+    def _retry(self, attempt: Callable[[], T], what: str) -> T:
+        delays = self.backoff.delays()
+        tries = corrupt = 0
+        while True:
+            tries += 1
+            try:
+                return attempt()
+            except IntegrityError:
+                corrupt += 1  # one more download, in case the bytes were damaged in transit
+                if corrupt >= 2:
+                    raise
+                log.warning("%s failed its sha256 check; downloading once more", what)
+            except _Retryable as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    raise AggregatorUnavailableError(
+                        f"aggregator unavailable: {what} failed {tries} times ({exc}); "
+                        "check the URL, the network and the aggregator's health"
+                    ) from exc
+                log.warning("%s failed (%s); retry %d in %.1f s", what, exc, tries, delay)
+                self.backoff.pause(delay)
+
+
+class _Stream:
+    """Context manager: a streamed response with status checks and transport errors retryable."""
+
+    def __init__(self, http: httpx.Client, method: str, url: str, headers: dict[str, str]) -> None:
+        self._cm = http.stream(method, url, headers=headers)
+
+    def __enter__(self) -> httpx.Response:
+        try:
+            resp = self._cm.__enter__()
+        except httpx.TransportError as exc:
+            raise _Retryable(f"download: {type(exc).__name__}") from exc
+        try:
+            if resp.status_code >= 400:
+                resp.read()
+            _raise_for_status(resp, "download")
+        except BaseException:
+            self._cm.__exit__(None, None, None)
+            raise
+        return resp
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._cm.__exit__(*exc)  # type: ignore[arg-type]
+        except httpx.TransportError as err:
+            raise _Retryable(f"download: {type(err).__name__}") from err
+
+
+def _raise_for_status(resp: httpx.Response, what: str) -> None:
+    code = resp.status_code
+    if code < 400:
+        return
+    detail = _detail(resp)
+    if code >= 500 or code == 429:
+        raise _Retryable(f"{what}: HTTP {code}")
+    if code == 401:
+        raise TokenRevokedError(
+            f"{what}: the aggregator answered 401: the site token is revoked or unknown; "
+            "ask the researcher for a new enrollment token and run `fedseg site enroll`"
+        )
+    if code == 409:
+        raise RoundClosedError(f"{what}: the round is closed (409){detail}")
+    raise TaskRefusedError(f"{what}: the aggregator refused the request (HTTP {code}){detail}")
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        detail = resp.json().get("detail")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {str(detail)[:200]}" if detail else ""
+
+
+def _parse(model: type[T], resp: httpx.Response, what: str) -> T:
+    try:
+        return model.model_validate_json(resp.content)  # type: ignore[attr-defined, no-any-return]
+    except ValidationError as exc:
+        raise AggregatorError(
+            f"the aggregator's {what} is malformed ({exc.error_count()} problems)"
+        ) from None

@@ -1,0 +1,144 @@
+"""The site's data: manifest validation at start-up and trainers built over the manifest's splits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from data_specs.constants import SplitName
+from data_specs.errors import DataSpecError
+from data_specs.task_spec import TaskSpec
+from data_specs.wire import TaskAssignment
+from site_agent.errors import ManifestRejectedError, TrainingError
+from site_agent.settings import SiteSettings
+from site_agent.trainer import SiteTrainer
+from site_agent.workdir import WorkDir
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from data_specs.manifest import DatasetManifest
+    from data_specs.transforms import FitMode
+    from data_specs.validate import ValidationReport
+
+log = logging.getLogger(__name__)
+
+
+def format_report(report: ValidationReport) -> str:
+    """The validation report as text for the operator's console (never sent anywhere)."""
+    lines = [f"manifest {report.manifest}: {report.cases} cases, {report.files} files read"]
+    for p in report.problems:
+        lines.append(f"  {p.file}: {p.check}: expected {p.expected}, found {p.found}")
+    lines.append("OK" if report.ok else f"{len(report.problems)} problem(s)")
+    return "\n".join(lines)
+
+
+def check_manifest(path: str | Path, *, workers: int | None = None) -> DatasetManifest:
+    """Validate the manifest against its files; refuse to go on when anything is wrong.
+
+    Args:
+        path: the ``dataset.json``. Example: ``"/data/site_1/dataset.json"``.
+        workers: reader processes for the validation. Default None (up to 8; small sites
+            are read in this process).
+
+    Returns:
+        The loaded manifest.
+
+    Raises:
+        ManifestRejectedError: with the full report in ``.report``.
+    """
+    from data_specs.manifest import load_manifest
+    from data_specs.validate import validate_manifest
+
+    report = validate_manifest(path, workers=workers)
+    if not report.ok:
+        raise ManifestRejectedError(
+            f"the dataset manifest failed validation with {len(report.problems)} problem(s); "
+            "fix them and start again",
+            report=format_report(report),
+        )
+    return load_manifest(path)
+
+
+def load_split(
+    manifest: DatasetManifest,
+    spec: TaskSpec,
+    split: SplitName,
+    *,
+    train: bool,
+    seed: int,
+    fit: FitMode = "crop",
+) -> Dataset | None:
+    """The dataset of one split (``data_specs.datasets.build_dataset``), None when not declared.
+
+    Args:
+        manifest: the site's manifest.
+        spec: the task spec.
+        split: which split. Example: ``SplitName.VALIDATION``.
+        train: augment (training use). Example: ``True``.
+        seed: augmentation seed. Example: ``TrainConfig.seed``.
+        fit: ``crop`` to the patch size (training, validation patches) or ``none`` (whole
+            scans, for sliding-window evaluation). Default ``crop``.
+
+    Raises:
+        TrainingError: the manifest does not fit the task spec, or a scan does not load.
+    """
+    from data_specs.datasets import build_dataset
+
+    if split not in manifest.declared_splits():
+        return None
+    check_task_fits(manifest, spec)
+    try:
+        return build_dataset(manifest, spec, split, train=train, seed=seed, fit=fit)
+    except DataSpecError as exc:
+        # The cause names a scan file: keep it out of logs; `fedseg data validate` shows it.
+        raise TrainingError(
+            f"the local {split} split did not load ({type(exc).__name__}); run "
+            "`fedseg data validate` on the manifest for the details"
+        ) from exc
+
+
+def check_task_fits(manifest: DatasetManifest, spec: TaskSpec) -> None:
+    """Refuse a task whose spec disagrees with the site's data (channels, classes, dimensions).
+
+    Raises:
+        TrainingError: naming what differs.
+    """
+    from data_specs.datasets import check_compatible
+
+    try:
+        check_compatible(manifest, spec)
+    except DataSpecError as exc:
+        raise TrainingError(str(exc)) from exc
+
+
+class ManifestTrainers:
+    """Trainer factory over the site's manifest: one trainer per task, seeded by the task.
+
+    Args:
+        settings: site settings (manifest, device, workers).
+        workdir: the work dir (TensorBoard folder).
+    """
+
+    def __init__(self, settings: SiteSettings, workdir: WorkDir) -> None:
+        from data_specs.manifest import load_manifest
+
+        self.settings = settings
+        self.workdir = workdir
+        self.manifest = load_manifest(settings.require_manifest())
+        self.device = settings.resolve_device()
+
+    def __call__(self, task: TaskAssignment) -> SiteTrainer:
+        spec, seed = task.spec, task.train.seed
+        train = load_split(self.manifest, spec, SplitName.TRAINING, train=True, seed=seed)
+        val = load_split(self.manifest, spec, SplitName.VALIDATION, train=False, seed=seed)
+        assert train is not None  # a manifest always declares training
+        return SiteTrainer(
+            spec,
+            train,
+            val,
+            device=self.device,
+            tensorboard_dir=self.workdir.tensorboard_dir,
+            num_workers=self.settings.num_workers,
+        )

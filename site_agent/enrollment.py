@@ -1,0 +1,54 @@
+"""Enrollment: the one-time enrollment token becomes a site token kept in the work dir (0600)."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import SecretStr
+
+from data_specs.wire import EnrollResponse
+from site_agent.client import AggregatorClient
+from site_agent.errors import SiteSettingsError
+from site_agent.settings import SiteSettings
+from site_agent.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+
+def enroll(client: AggregatorClient, settings: SiteSettings, workdir: WorkDir) -> EnrollResponse:
+    """Exchange the configured enrollment token for a site token and keep it (0600, atomic).
+
+    Args:
+        client: the aggregator client; it uses the new token from then on.
+        settings: holds ``enrollment_token``.
+        workdir: where ``site_token`` is written.
+
+    Raises:
+        SiteSettingsError: no enrollment token is configured.
+        EnrollmentError: the aggregator refused it (used, unknown or revoked).
+    """
+    if settings.enrollment_token is None:
+        raise SiteSettingsError(
+            "no site token yet and no enrollment token: set FEDSEG_SITE_ENROLLMENT_TOKEN "
+            "(from the researcher) for the first start"
+        )
+    response = client.enroll(settings.enrollment_token)
+    token = SecretStr(response.site_token)
+    workdir.write_token(token)
+    client.set_token(token)
+    log.info("enrolled as site %s (%s)", response.site_name, response.site_id)
+    return response
+
+
+def ensure_token(client: AggregatorClient, settings: SiteSettings, workdir: WorkDir) -> None:
+    """Give ``client`` a site token: the configured one, the kept one, or a new enrollment.
+
+    Raises:
+        SiteSettingsError: no token of any kind is available.
+        EnrollmentError: the enrollment token was refused.
+    """
+    token = settings.site_token or workdir.read_token()
+    if token is None:
+        enroll(client, settings, workdir)
+    else:
+        client.set_token(token)

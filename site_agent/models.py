@@ -1,0 +1,198 @@
+"""The site's model files: the latest global model per experiment, and loading any model to use.
+
+``global/<experiment_id>.safetensors`` holds the bundle exactly as downloaded; beside it,
+``global/<experiment_id>.json`` records the task spec (a bundle carries only its hash), so
+inference and the personal and routed models can rebuild the right network later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+from safetensors import SafetensorError
+from torch import nn
+
+from data_specs.bundle import decode_bundle, read_header
+from data_specs.errors import DataSpecError
+from data_specs.task_spec import TaskSpec, build_unet, expected_tensors
+from personalization.errors import PersonalizationError
+from site_agent.errors import ModelMismatchError, WorkDirError
+from site_agent.workdir import WorkDir
+
+ModelKind = Literal["global", "personal", "routed"]
+
+
+class ExperimentRecord(BaseModel):
+    """The sidecar of a stored global model.
+
+    Args:
+        experiment_id: the experiment. Example: ``"exp-1"``.
+        round: the round the global model was received for.
+        spec: the task spec of the experiment.
+    """
+
+    experiment_id: str
+    round: int
+    spec: TaskSpec
+
+
+def save_global(
+    workdir: WorkDir, experiment_id: str, round_: int, spec: TaskSpec, data: bytes
+) -> None:
+    """Keep the global model received for a round (atomic; sidecar written after the bundle)."""
+    workdir.write_bytes(workdir.global_path(experiment_id), data, mode=0o600)
+    record = ExperimentRecord(experiment_id=experiment_id, round=round_, spec=spec)
+    sidecar = workdir.global_path(experiment_id).with_suffix(".json")
+    workdir.write_bytes(sidecar, record.model_dump_json(indent=2).encode(), mode=0o600)
+
+
+def known_experiments(workdir: WorkDir) -> list[str]:
+    """Experiments this site holds a global or a routed model of, sorted."""
+    found = {p.stem for p in (workdir.root / "global").glob("*.json")}
+    found |= {p.stem for p in (workdir.root / "routed").glob("*.safetensors")}
+    return sorted(found)
+
+
+def experiment_spec(workdir: WorkDir, experiment_id: str | None) -> tuple[str, TaskSpec]:
+    """The experiment id and its task spec, from the global model's sidecar or the routed model.
+
+    Args:
+        workdir: the site work dir.
+        experiment_id: the experiment; None picks the only one this site knows.
+
+    Raises:
+        WorkDirError: no such experiment, several to choose from, or a corrupt file.
+    """
+    if experiment_id is None:
+        known = known_experiments(workdir)
+        if len(known) != 1:
+            choice = ", ".join(known) if known else "none yet (run the agent first)"
+            raise WorkDirError(f"pass --experiment: this site knows experiments {choice}")
+        experiment_id = known[0]
+    sidecar = workdir.global_path(experiment_id).with_suffix(".json")
+    routed = workdir.routed_path(experiment_id)
+    try:
+        if sidecar.is_file():
+            return experiment_id, ExperimentRecord.model_validate_json(sidecar.read_bytes()).spec
+        if routed.is_file():
+            return experiment_id, TaskSpec.model_validate_json(_metadata(routed)["spec"])
+    except (OSError, KeyError, ValidationError) as exc:
+        raise WorkDirError(f"the model files of experiment {experiment_id} are unreadable") from exc
+    raise WorkDirError(f"no model of experiment {experiment_id} in {workdir.root}")
+
+
+def load_model(
+    workdir: WorkDir,
+    kind: ModelKind = "global",
+    *,
+    experiment_id: str | None = None,
+    weights: Path | None = None,
+) -> tuple[nn.Module, TaskSpec]:
+    """Build the network to segment with, in eval mode, and the task spec it belongs to.
+
+    Args:
+        workdir: the site work dir.
+        kind: ``global``, ``personal`` (latest IOP-FL / FedBN / Ditto model) or ``routed``
+            (after ``fedseg site adapt``). Default ``global``.
+        experiment_id: which experiment. Default None (the only one known).
+        weights: a file to use instead of the work dir's: a fedseg weights bundle, a personal
+            model file, or a routed model file. Default None.
+
+    Raises:
+        ModelMismatchError: the weights are of another task spec or not a model file.
+        WorkDirError: the model or its experiment is missing.
+    """
+    if kind == "routed" or (weights is not None and "fedseg_routed" in _metadata(weights)):
+        return _load_routed(workdir, experiment_id, weights)
+    experiment_id, spec = experiment_spec(workdir, experiment_id)
+    if weights is None and kind == "global":
+        weights = workdir.global_path(experiment_id)
+    if weights is None:
+        from personalization.inside import PersonalModelStore
+
+        try:
+            latest = PersonalModelStore(workdir.root / "personal").latest(experiment_id)
+        except PersonalizationError as exc:
+            raise WorkDirError(f"personal model of {experiment_id} is unreadable: {exc}") from exc
+        if latest is None:
+            raise WorkDirError(f"no personal model of experiment {experiment_id} yet")
+        state: Mapping[str, object] = latest[1]
+    else:
+        state = _read_weights(weights, spec)
+    model = build_unet(spec)
+    try:
+        model.load_state_dict({k: _as_tensor(v) for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:
+        raise ModelMismatchError(
+            f"{weights.name if weights else 'personal model'} does not fit the U-Net of task "
+            f"spec {spec.spec_hash()}: {str(exc).splitlines()[0]}"
+        ) from exc
+    return model.eval(), spec
+
+
+def _read_weights(path: Path, spec: TaskSpec) -> Mapping[str, object]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WorkDirError(f"cannot read weights {path}: {exc.strerror}") from exc
+    try:
+        meta = read_header(data).get("__metadata__") or {}
+        if "fedseg_format" in meta:
+            bundle = decode_bundle(
+                data, expected=expected_tensors(spec), spec_hash=spec.spec_hash()
+            )
+            return dict(bundle.tensors)
+        from safetensors.numpy import load as st_load
+
+        return dict(st_load(data))
+    except DataSpecError as exc:
+        raise ModelMismatchError(f"{path.name}: {exc}") from exc
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise ModelMismatchError(f"{path.name} is not a safetensors model file") from exc
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """The safetensors metadata of a file, or ``{}`` when it is not readable safetensors."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            meta = json.loads(fh.read(min(n, 1 << 24))).get("__metadata__") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _load_routed(
+    workdir: WorkDir, experiment_id: str | None, weights: Path | None
+) -> tuple[nn.Module, TaskSpec]:
+    from personalization.outside import load_routed
+
+    if weights is None:
+        if experiment_id is None:
+            folder = workdir.root / "routed"
+            known = sorted(p.stem for p in folder.glob("*.safetensors"))
+            if len(known) != 1:
+                raise WorkDirError(
+                    f"pass --experiment: routed models for {', '.join(known) or 'none'}"
+                )
+            experiment_id = known[0]
+        weights = workdir.routed_path(experiment_id)
+        if not weights.is_file():
+            raise WorkDirError(f"no routed model of {experiment_id}: run `fedseg site adapt` first")
+    try:
+        model = load_routed(weights)
+    except PersonalizationError as exc:
+        raise ModelMismatchError(f"{weights.name}: {exc}") from exc
+    return model.eval(), model.spec
+
+
+def _as_tensor(value: object) -> object:
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.array(value)) if not isinstance(value, torch.Tensor) else value

@@ -1,0 +1,207 @@
+"""One task, phase by phase: download → train → upload → finish, restart-safe through state.json.
+
+Each phase ends by writing its files atomically and then ``state.json``; a restart resumes at
+the recorded phase. Once an update is on disk (``trained``), the very same bytes are uploaded,
+however often the agent restarts, so the aggregator never sees two different updates of a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from data_specs.bundle import sha256_hex
+from data_specs.task_spec import expected_tensors
+from data_specs.wire import SiteMetrics, TaskAssignment
+from site_agent.client import AggregatorClient
+from site_agent.errors import (
+    IntegrityError,
+    ModelMismatchError,
+    RoundClosedError,
+    TaskRefusedError,
+    TrainingError,
+    WorkDirError,
+)
+from site_agent.privacy import FailureReason
+from site_agent.settings import SiteSettings
+from site_agent.trainer import SiteTrainer
+from site_agent.update_files import RoundFiles
+from site_agent.workdir import TaskPhase, TaskState, WorkDir
+
+log = logging.getLogger(__name__)
+
+TrainerFactory = Callable[[TaskAssignment], SiteTrainer]
+"""Builds the trainer for a task (its spec, the site's data, seeded with the task's seed)."""
+
+
+class TaskOutcome(StrEnum):
+    """How a task ended for this site."""
+
+    ACCEPTED = "accepted"  # uploaded, the aggregator accepted it (or already had it)
+    REJECTED = "rejected"  # uploaded, the aggregator refused it (e.g. norm bound)
+    DROPPED = "dropped"  # round closed, task gone, or the site reported a failure
+
+
+@dataclass
+class TaskRunner:
+    """Drives one task through its phases.
+
+    Args:
+        settings: site settings (``share_personal``).
+        workdir: the work dir.
+        client: the aggregator client.
+        trainer_factory: builds a trainer for a task.
+    """
+
+    settings: SiteSettings
+    workdir: WorkDir
+    client: AggregatorClient
+    trainer_factory: TrainerFactory
+
+    def start(self, task: TaskAssignment) -> TaskOutcome:
+        """Record a new task and run it."""
+        state = TaskState(task=task, phase=TaskPhase.ASSIGNED)
+        self.workdir.save_state(state)
+        return self.resume(state)
+
+    def resume(self, state: TaskState) -> TaskOutcome:
+        """Run a task from its recorded phase to the end; clears ``state.json`` when done.
+
+        Raises:
+            TokenRevokedError, AggregatorUnavailableError: the agent must stop; the state is
+                kept for the next start.
+            WorkDirError: the disk is full or the work dir unwritable (after reporting it).
+        """
+        task = state.task
+        self.client.guard.allow_keys(task.spec_hash, expected_tensors(task.spec))
+        files = RoundFiles(self.workdir, task)
+        try:
+            if state.phase == TaskPhase.ASSIGNED:
+                self._check_spec(task)
+                files.download(self.client)
+                state = self._advance(state, TaskPhase.DOWNLOADED)
+            if state.phase == TaskPhase.DOWNLOADED:
+                state = self._train(state, files)
+            if state.phase == TaskPhase.TRAINED:
+                state = self._upload(state, files)
+            outcome = self._finish(state, files)
+        except RoundClosedError as exc:
+            log.info("task %s dropped: %s", task.task_id, exc)
+            outcome = self._drop(task, None)
+        except TaskRefusedError as exc:
+            log.warning("task %s dropped: %s", task.task_id, exc)
+            outcome = self._drop(task, None)
+        except IntegrityError as exc:
+            log.error("task %s: %s", task.task_id, exc)
+            outcome = self._drop(task, FailureReason.MODEL_INTEGRITY)
+        except ModelMismatchError as exc:
+            log.error("task %s: %s", task.task_id, exc)
+            outcome = self._drop(task, FailureReason.SPEC_MISMATCH)
+        except TrainingError as exc:
+            log.error("task %s: %s", task.task_id, exc)
+            outcome = self._drop(task, FailureReason.TRAINING_FAILED)
+        except WorkDirError:
+            if state.phase in (TaskPhase.ASSIGNED, TaskPhase.DOWNLOADED):  # nothing sent yet
+                self._report(task, FailureReason.STORAGE)
+            raise
+        return outcome
+
+    # -- phases -----------------------------------------------------------------------------
+    def _train(self, state: TaskState, files: RoundFiles) -> TaskState:
+        task = state.task
+        global_state = files.read_global()
+        personal = files.previous_personal()
+        trainer = self.trainer_factory(task)
+        try:
+            result = trainer.train_round(
+                global_state,
+                task.train,
+                local_keys=task.local_keys,
+                personal_state=personal,
+                tag=task.experiment_id,
+                round_=task.round,
+            )
+        finally:
+            trainer.close()
+        sha = files.write_update(result, global_state)
+        files.save_personal(result.personal_state)
+        state = state.model_copy(
+            update={
+                "update_sha256": sha,
+                "num_samples": result.num_samples,
+                "metrics": result.metrics,
+            }
+        )
+        return self._advance(state, TaskPhase.TRAINED)
+
+    def _upload(self, state: TaskState, files: RoundFiles) -> TaskState:
+        task = state.task
+        body = files.read_update(state.update_sha256)
+        receipt = self.client.upload_update(
+            task.task_id,
+            body,
+            sha256=sha256_hex(body),
+            num_samples=state.num_samples,
+            metrics=state.metrics or SiteMetrics(),
+        )
+        self.workdir.write_json(files.receipt_path, receipt.model_dump(mode="json"))
+        return self._advance(state, TaskPhase.UPLOADED)
+
+    def _finish(self, state: TaskState, files: RoundFiles) -> TaskOutcome:
+        task = state.task
+        receipt = files.read_receipt()
+        accepted = receipt is not None and receipt.accepted
+        if receipt is not None and accepted:
+            files.commit_codec_state()
+            log.info(
+                "task %s: update accepted%s",
+                task.task_id,
+                " (duplicate)" if receipt.duplicate else "",
+            )
+        else:
+            reason = receipt.reason if receipt is not None else "no receipt"
+            log.warning("task %s: update rejected by the aggregator: %s", task.task_id, reason)
+        if self.settings.share_personal:
+            self._share_personal(task, files)
+        files.clean_up()
+        self.workdir.clear_state()
+        return TaskOutcome.ACCEPTED if accepted else TaskOutcome.REJECTED
+
+    def _share_personal(self, task: TaskAssignment, files: RoundFiles) -> None:
+        body = files.personal_bundle()
+        if body is None:
+            return
+        try:
+            self.client.share_personal(task.task_id, body, sha256=sha256_hex(body))
+            log.info("task %s: personal model shared for outside routing", task.task_id)
+        except (RoundClosedError, TaskRefusedError) as exc:
+            log.warning("task %s: personal model not shared: %s", task.task_id, exc)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _advance(self, state: TaskState, phase: TaskPhase) -> TaskState:
+        state = state.model_copy(update={"phase": phase})
+        self.workdir.save_state(state)
+        return state
+
+    def _drop(self, task: TaskAssignment, reason: FailureReason | None) -> TaskOutcome:
+        if reason is not None:
+            self._report(task, reason)
+        shutil.rmtree(self.workdir.task_dir(task.task_id), ignore_errors=True)
+        self.workdir.clear_state()
+        return TaskOutcome.DROPPED
+
+    def _report(self, task: TaskAssignment, reason: FailureReason) -> None:
+        try:
+            self.client.report_failure(task.task_id, reason)
+        except (RoundClosedError, TaskRefusedError) as exc:
+            log.info("task %s: failure report not taken: %s", task.task_id, exc)
+
+    def _check_spec(self, task: TaskAssignment) -> None:
+        if task.spec.spec_hash() != task.spec_hash:
+            raise ModelMismatchError(
+                f"task {task.task_id} names spec hash {task.spec_hash} but its spec hashes to "
+                f"{task.spec.spec_hash()}"
+            )
