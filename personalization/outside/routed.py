@@ -31,7 +31,9 @@ NORMS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 def _as_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
-    return torch.from_numpy(np.ascontiguousarray(value))
+    # np.ascontiguousarray would turn 0-d buffers (num_batches_tracked) into shape [1].
+    array = np.asarray(value)
+    return torch.from_numpy(array if array.flags.c_contiguous else array.copy(order="C"))
 
 
 def _finite(t: torch.Tensor) -> bool:

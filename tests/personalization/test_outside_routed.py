@@ -211,3 +211,15 @@ def test_output_average_averages_softmax_outputs() -> None:
     with torch.no_grad():
         want = torch.stack([torch.softmax(global_model(SPEC_2D, e)(x), 1) for e in experts]).mean(0)
         torch.testing.assert_close(torch.softmax(avg(x), dim=1), want)
+
+
+def test_numpy_experts_with_batch_norm_counters_build() -> None:
+    """Experts as numpy state dicts (as decoded from a bundle) keep 0-d num_batches_tracked."""
+    from data_specs.task_spec import TaskSpec, build_unet
+    from personalization.outside import build_routed_model
+
+    spec = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(16, 16), norm="batch")
+    state = {k: v.numpy() for k, v in build_unet(spec).state_dict().items()}
+    assert any(v.ndim == 0 for v in state.values())
+    model = build_routed_model(spec, [state, state])
+    assert len(list(model.routed_layers())) > 0
