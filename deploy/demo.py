@@ -43,8 +43,8 @@ class DemoConfig:
     Args:
         sites: federated synthetic hospitals. Default 3.
         cases: cases per hospital. Default 16.
-        rounds: federated rounds. Default 4.
-        local_epochs: local epochs per round. Default 2.
+        rounds: federated rounds. Default 6.
+        local_epochs: local epochs per round. Default 8.
         seed: seed of the data, the sampling and the training. Default 0.
         work_dir: scratch folder (data, databases, logs); recreated. Default ``demo_work``.
         report_dir: report folder (markdown and PNG). Default ``demo_report``.
@@ -53,8 +53,8 @@ class DemoConfig:
 
     sites: int = 3
     cases: int = 16
-    rounds: int = 4
-    local_epochs: int = 2
+    rounds: int = 6
+    local_epochs: int = 8
     seed: int = 0
     work_dir: Path = Path("demo_work")
     report_dir: Path = Path("demo_report")

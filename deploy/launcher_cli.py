@@ -17,8 +17,8 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--sites", min=2, max=8, help="Federated hospitals.")
         ] = 3,
         cases: Annotated[int, typer.Option("--cases", min=5, help="Cases per hospital.")] = 16,
-        rounds: Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")] = 4,
-        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Local epochs per round.")] = 2,
+        rounds: Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")] = 6,
+        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Local epochs per round.")] = 8,
         seed: Annotated[int, typer.Option("--seed")] = 0,
         work_dir: Annotated[
             Path, typer.Option("--work-dir", help="Scratch folder (recreated).")
