@@ -245,7 +245,7 @@ def _evaluate_inside(
     for manifest in manifests:
         name = manifest.parent.name
         settings = _settings(manifest, work / "sites" / name)
-        g = run_evaluate(settings, weights=global_path, split="test")
+        g = run_evaluate(settings, weights=global_path, split="test", spec=SPEC)
         p = run_evaluate(settings, kind="personal", experiment_id=exp_id, split="test")
         table[name] = {"global": g["mean_dice"], "personal": p["mean_dice"], "routed": None}
     return table
@@ -293,7 +293,7 @@ def _outside(
         f"outside hospital {name}: routed model adapted on its unlabelled scans in {adapt_s:.1f} s"
     )
     settings = _settings(manifest, site_work)
-    g = run_evaluate(settings, weights=global_path, split="test")
+    g = run_evaluate(settings, weights=global_path, split="test", spec=SPEC)
     r = run_evaluate(settings, kind="routed", experiment_id=exp_id, split="test")
     # Clinician inference on one of the outside hospital's scans, through the real CLI.
     from data_specs.manifest import load_manifest

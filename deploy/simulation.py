@@ -231,18 +231,24 @@ def _drive(
 def _evaluate(
     agents: list[tuple[str, Any, Path]], global_path: Path, exp_id: str, cfg: SimulationConfig
 ) -> dict[str, dict[str, float | None]]:
+    from site_agent.errors import WorkDirError
     from site_agent.segment_command import run_evaluate
 
     keeps_personal = cfg.personalization in ("iopfl", "fedbn", "ditto")
     table: dict[str, dict[str, float | None]] = {}
     for i, (_, agent, _) in enumerate(agents):
         row: dict[str, float | None] = {
-            "global": run_evaluate(agent.settings, weights=global_path, split="test")["mean_dice"]
+            "global": run_evaluate(
+                agent.settings, weights=global_path, split="test", spec=cfg.spec
+            )["mean_dice"]
         }
         if keeps_personal:
-            row["personal"] = run_evaluate(
-                agent.settings, kind="personal", experiment_id=exp_id, split="test"
-            )["mean_dice"]
+            try:
+                row["personal"] = run_evaluate(
+                    agent.settings, kind="personal", experiment_id=exp_id, split="test"
+                )["mean_dice"]
+            except WorkDirError:  # never sampled (C < 1): no personal model to evaluate
+                row["personal"] = None
         table[f"site_{i}"] = row
     return table
 

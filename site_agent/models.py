@@ -91,6 +91,7 @@ def load_model(
     *,
     experiment_id: str | None = None,
     weights: Path | None = None,
+    spec: TaskSpec | None = None,
 ) -> tuple[nn.Module, TaskSpec]:
     """Build the network to segment with, in eval mode, and the task spec it belongs to.
 
@@ -101,6 +102,8 @@ def load_model(
         experiment_id: which experiment. Default None (the only one known).
         weights: a file to use instead of the work dir's: a fedseg weights bundle, a personal
             model file, or a routed model file. Default None.
+        spec: the task spec of ``weights``, for a site that never trained in the experiment
+            (an evaluator, a site not yet sampled). Default None (from the work dir's record).
 
     Raises:
         ModelMismatchError: the weights are of another task spec or not a model file.
@@ -108,7 +111,8 @@ def load_model(
     """
     if kind == "routed" or (weights is not None and "fedseg_routed" in _metadata(weights)):
         return _load_routed(workdir, experiment_id, weights)
-    experiment_id, spec = experiment_spec(workdir, experiment_id)
+    if spec is None or weights is None:
+        experiment_id, spec = experiment_spec(workdir, experiment_id)
     if weights is None and kind == "global":
         weights = workdir.global_path(experiment_id)
     if weights is None:

@@ -13,6 +13,7 @@ from site_agent.workdir import WorkDir
 
 if TYPE_CHECKING:
     from data_specs.manifest import DatasetManifest
+    from data_specs.task_spec import TaskSpec
 
 _KINDS = ("global", "personal", "routed")
 
@@ -61,7 +62,10 @@ def run_infer(
     if not scan.exists():
         raise ScanError(f"no scan at {scan}")
     model, spec = load_model(
-        WorkDir(settings.work_dir), _kind(kind), experiment_id=experiment_id, weights=weights
+        WorkDir(settings.work_dir),
+        _kind(kind),
+        experiment_id=experiment_id,
+        weights=weights,
     )
     manifest = _site_manifest(settings)
     spacing = manifest.target_spacing if manifest is not None else None
@@ -86,6 +90,7 @@ def run_evaluate(
     experiment_id: str | None = None,
     weights: Path | None = None,
     split: str = "test",
+    spec: TaskSpec | None = None,
 ) -> dict[str, Any]:
     """Dice per class, mean Dice, HD95 and case count of a model on a local labelled split.
 
@@ -95,6 +100,8 @@ def run_evaluate(
         experiment_id: the experiment. Default None (the only one known).
         weights: a model file to use instead. Default None.
         split: ``test``, ``validation`` or ``training``. Default ``test``.
+        spec: the task spec of ``weights`` when this site has no record of the experiment.
+            Default None.
 
     Returns:
         ``{"split", "cases", "items", "dice_per_class", "mean_dice", "hd95"}``; class names
@@ -121,7 +128,11 @@ def run_evaluate(
     if any(c.label is None for c in cases):
         raise TrainingError(f"every {split} case needs a label to be evaluated")
     model, spec = load_model(
-        WorkDir(settings.work_dir), _kind(kind), experiment_id=experiment_id, weights=weights
+        WorkDir(settings.work_dir),
+        _kind(kind),
+        experiment_id=experiment_id,
+        weights=weights,
+        spec=spec,
     )
     check_task_fits(manifest, spec)
     data = load_split(manifest, spec, split_name, train=False, seed=0, fit="none")

@@ -37,6 +37,7 @@ def test_tiny_noniid_simulation_runs_every_round_through_the_api(tmp_path: Path)
     assert set(result.final_dice) == {"site_0", "site_1", "site_2"}
     for row in result.final_dice.values():
         assert 0.0 <= row["global"] <= 1.0
+        assert "personal" in row
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["result"]["experiment_id"] == result.experiment_id
     assert (tmp_path / "run" / "dice_per_round.png").stat().st_size > 0
