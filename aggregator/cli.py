@@ -1,13 +1,109 @@
-"""`fedseg aggregator` commands (placeholder until its issue lands)."""
+"""``fedseg aggregator`` commands: ``serve`` the service, ``create-researcher`` on the box."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Run the federated aggregator service."
+)
 
 
-@app.command("info")
-def info() -> None:
-    """Say that this command group is not built yet."""
-    typer.echo("not built yet")
+@app.command("serve")
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="bind address [env FEDSEG_AGG_HOST, default 127.0.0.1]")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="TCP port [env FEDSEG_AGG_PORT, default 8080]")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="database and blob store [env FEDSEG_AGG_DATA_DIR]")
+    ] = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="allow starting without an admin token")
+    ] = False,
+    admin_token_file: Annotated[
+        Path | None, typer.Option(help="file holding the admin token")
+    ] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    env_file: Annotated[Path | None, typer.Option(help="file of FEDSEG_AGG_* settings")] = None,
+) -> None:
+    """Serve the aggregator API with uvicorn (httptools + uvloop)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from aggregator.api.app import create_app
+    from aggregator.logs import configure_logging
+    from aggregator.settings import AggregatorSettings
+
+    given: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "admin_token_file": admin_token_file,
+        "ssl_certfile": ssl_certfile,
+        "ssl_keyfile": ssl_keyfile,
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if dev:
+        overrides["dev"] = True
+    try:
+        settings = AggregatorSettings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        for error in exc.errors():
+            typer.echo(f"fedseg aggregator: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command("create-researcher")
+def create_researcher(
+    data_dir: Annotated[Path, typer.Option(help="the aggregator's data dir")],
+    name: Annotated[str, typer.Option(help="the researcher's unique name")],
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL if not SQLite in data dir")
+    ] = None,
+) -> None:
+    """Create a researcher directly in the database and print its token (admins on the box)."""
+    from pydantic import ValidationError
+
+    from aggregator.crud.principals import create_researcher as create
+    from aggregator.db import Database
+    from aggregator.errors import AggregatorError
+    from aggregator.schemas import ResearcherCreate
+    from aggregator.settings import default_database_url
+
+    try:
+        body = ResearcherCreate(name=name)
+    except ValidationError as exc:
+        typer.echo(f"fedseg aggregator: invalid name: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from None
+    database = Database(database_url or default_database_url(data_dir))
+    database.create_all()
+    try:
+        with database.session() as session:
+            researcher, token = create(session, name=body.name, actor="admin:cli")
+            session.commit()
+    except AggregatorError as exc:
+        typer.echo(f"fedseg aggregator: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+    typer.echo(f"researcher {researcher.name} ({researcher.id})", err=True)
+    typer.echo(token)

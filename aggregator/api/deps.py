@@ -1,0 +1,169 @@
+"""FastAPI dependencies: services, settings, the DB session and the current principal (``Annotated``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from aggregator.auth import hash_token, tokens_match
+from aggregator.blobs import BlobStore
+from aggregator.crud import principals
+from aggregator.db import Database
+from aggregator.db.models import utcnow
+from aggregator.errors import AuthenticationError, PermissionDeniedError
+from aggregator.orchestrator import Orchestrator
+from aggregator.routing_bundle import RoutingBundles
+from aggregator.settings import AggregatorSettings
+from aggregator.task_board import TaskBoard
+from aggregator.telemetry import AggregatorMetrics
+
+
+@dataclass
+class Services:
+    """Everything the routes use, built once per app by ``create_app``."""
+
+    settings: AggregatorSettings
+    database: Database
+    blobs: BlobStore
+    metrics: AggregatorMetrics
+    orchestrator: Orchestrator
+    board: TaskBoard
+    routing: RoutingBundles
+
+
+@dataclass(frozen=True)
+class ResearcherPrincipal:
+    """The researcher making the request."""
+
+    id: str
+    name: str
+
+    @property
+    def actor(self) -> str:
+        return f"researcher:{self.id}"
+
+
+@dataclass(frozen=True)
+class SitePrincipal:
+    """The site making the request."""
+
+    id: str
+    name: str
+
+    @property
+    def actor(self) -> str:
+        return f"site:{self.id}"
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings(services: ServicesDep) -> AggregatorSettings:
+    return services.settings
+
+
+def get_session(services: ServicesDep) -> Iterator[Session]:
+    with services.database.session() as session:
+        yield session
+
+
+SettingsDep = Annotated[AggregatorSettings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="researcher, site or admin token")
+
+
+def bearer_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The bearer token of the request.
+
+    Raises:
+        AuthenticationError: no ``Authorization: Bearer`` header.
+    """
+    if credentials is None or not credentials.credentials:
+        raise AuthenticationError("missing bearer token: send 'Authorization: Bearer <token>'")
+    return credentials.credentials
+
+
+TokenDep = Annotated[str, Depends(bearer_token)]
+
+
+def current_admin(settings: SettingsDep, token: TokenDep) -> None:
+    """Require the admin token."""
+    if settings.admin_token is None:
+        raise AuthenticationError("admin routes are disabled: the server has no admin token")
+    if not tokens_match(hash_token(token), hash_token(settings.admin_token.get_secret_value())):
+        raise AuthenticationError("invalid admin token")
+
+
+def current_researcher(
+    session: SessionDep, settings: SettingsDep, token: TokenDep
+) -> ResearcherPrincipal:
+    """Require a researcher token."""
+    researcher = principals.researcher_by_token(session, token=token)
+    if researcher is None or not tokens_match(researcher.token_hash, hash_token(token)):
+        _refuse(session, settings, token, wanted="researcher")
+    principal = ResearcherPrincipal(researcher.id, researcher.name)  # type: ignore[union-attr]
+    session.commit()  # give the pooled connection back before the route runs
+    return principal
+
+
+def current_site(session: SessionDep, settings: SettingsDep, token: TokenDep) -> SitePrincipal:
+    """Require an enrolled site's token; records when the site was last seen."""
+    site = principals.site_by_token(session, token=token)
+    if (
+        site is None
+        or site.token_hash is None
+        or not tokens_match(site.token_hash, hash_token(token))
+    ):
+        _refuse(session, settings, token, wanted="site")
+    assert site is not None
+    principal = SitePrincipal(site.id, site.name)
+    principals.touch_site(session, site=site, now=utcnow())
+    session.commit()  # also releases the connection during long polls
+    return principal
+
+
+def _refuse(session: Session, settings: AggregatorSettings, token: str, *, wanted: str) -> None:
+    """Say which kind of token was given when it is the wrong kind, else that it is invalid."""
+    given = None
+    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+    if admin is not None and tokens_match(hash_token(token), hash_token(admin)):
+        given = "the admin token"
+    elif wanted != "site" and principals.site_by_token(session, token=token) is not None:
+        given = "a site token"
+    elif (
+        wanted != "researcher" and principals.researcher_by_token(session, token=token) is not None
+    ):
+        given = "a researcher token"
+    session.commit()
+    if given is not None:
+        raise PermissionDeniedError(f"this route needs a {wanted} token; {given} was given")
+    raise AuthenticationError(f"invalid or revoked {wanted} token")
+
+
+CurrentAdmin = Annotated[None, Depends(current_admin)]
+CurrentResearcher = Annotated[ResearcherPrincipal, Depends(current_researcher)]
+CurrentSite = Annotated[SitePrincipal, Depends(current_site)]
+
+
+def get_blobs(services: ServicesDep) -> BlobStore:
+    return services.blobs
+
+
+def get_metrics(services: ServicesDep) -> AggregatorMetrics:
+    return services.metrics
+
+
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+MetricsDep = Annotated[AggregatorMetrics, Depends(get_metrics)]

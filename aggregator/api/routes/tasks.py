@@ -1,0 +1,189 @@
+"""``/tasks``: what a site pulls (next task, the model) and sends back (update, failure, personal model).
+
+Every route acts for the calling site only: another site's task is simply not found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from aggregator import intake
+from aggregator.api.deps import CurrentSite, ServicesDep, SessionDep
+from aggregator.api.uploads import (
+    BUNDLE_BODY,
+    content_length,
+    metrics_header,
+    num_samples_header,
+    receive_bundle,
+    sha256_header,
+)
+from aggregator.crud import tasks as task_crud
+from aggregator.db.models import utcnow
+from aggregator.errors import ConflictError, InvalidRequestError
+from aggregator.schemas import TaskStatusPublic
+from data_specs.constants import HEADER_SHA256
+from data_specs.wire import FailureReport, TaskAssignment, UpdateReceipt
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+
+@router.get(
+    "/next",
+    responses={
+        200: {"model": TaskAssignment},
+        204: {"description": "no task within `wait` seconds"},
+    },
+    response_model=None,
+)
+async def next_task(
+    services: ServicesDep,
+    site: CurrentSite,
+    wait: Annotated[
+        float, Query(ge=0.0, le=3600.0, description="long-poll seconds (capped)")
+    ] = 0.0,
+) -> TaskAssignment | Response:
+    """The site's next task, waiting up to ``wait`` seconds (capped by ``max_long_poll_s``)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + min(wait, services.settings.max_long_poll_s)
+
+    def deliver() -> TaskAssignment | None:
+        with services.database.session() as session:
+            found = task_crud.next_task_for_site(session, site_id=site.id)
+            if found is None:
+                return None
+            task, rnd, experiment = found
+            task_crud.mark_delivered(session, task=task, now=utcnow())
+            assignment = task_crud.to_assignment(task=task, rnd=rnd, experiment=experiment)
+            session.commit()
+            return assignment
+
+    while True:
+        wake = services.board.waiter(site.id)  # taken before the check: no lost wake-up
+        assignment = await run_in_threadpool(deliver)
+        if assignment is not None:
+            return assignment
+        remaining = give_up - loop.time()
+        if remaining <= 0:
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=remaining)
+        except TimeoutError:
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{task_id}/model", response_class=FileResponse)
+def task_model(
+    task_id: str, session: SessionDep, services: ServicesDep, site: CurrentSite
+) -> FileResponse:
+    """The global model this task trains from (float16 when the experiment asks), streamed."""
+    task = task_crud.get_site_task(session, task_id=task_id, site_id=site.id)
+    path = services.blobs.require(task.model_sha256)
+    task_crud.add_bytes_down(session, task_id=task.id, size=task.model_size)
+    session.commit()
+    services.metrics.bytes_out.labels(kind="task_model").inc(task.model_size)
+    return FileResponse(
+        path, media_type="application/octet-stream", headers={HEADER_SHA256: task.model_sha256}
+    )
+
+
+@router.put("/{task_id}/update", openapi_extra=BUNDLE_BODY)
+async def upload_update(
+    task_id: str, request: Request, services: ServicesDep, site: CurrentSite
+) -> UpdateReceipt:
+    """Upload the task's update (headers ``X-Content-SHA256``, ``X-Num-Samples``, ``X-Metrics``).
+
+    The same body twice is recorded once (``duplicate: true``); a closed round answers 409.
+    """
+    metrics = services.metrics
+    try:
+        sha = sha256_header(request)
+        num_samples = num_samples_header(request)
+        site_metrics = metrics_header(request)
+        length = content_length(request, limit=services.settings.max_upload_bytes)
+
+        def prepare() -> intake.UpdateTarget | UpdateReceipt:
+            with services.database.session() as session:
+                return intake.prepare_update(
+                    session, blobs=services.blobs, task_id=task_id, site_id=site.id, sha256=sha
+                )
+
+        target = await run_in_threadpool(prepare)
+        if isinstance(target, UpdateReceipt):
+            metrics.updates.labels(outcome="duplicate").inc()
+            return target
+        staged = await receive_bundle(request, blobs=services.blobs, length=length, sha256=sha)
+
+        def accept() -> intake.UpdateOutcome:
+            with services.database.session() as session:
+                return intake.accept_update(
+                    session,
+                    blobs=services.blobs,
+                    target=target,
+                    staged=staged,
+                    num_samples=num_samples,
+                    metrics=site_metrics,
+                )
+
+        try:
+            outcome = await run_in_threadpool(accept)
+        finally:
+            staged.discard()
+    except InvalidRequestError as exc:
+        metrics.rejects.labels(reason=exc.code).inc()
+        raise
+    except ConflictError:
+        metrics.rejects.labels(reason="late").inc()
+        raise
+    metrics.bytes_in.labels(kind="update").inc(length)
+    receipt = outcome.receipt
+    if receipt.duplicate:
+        metrics.updates.labels(outcome="duplicate").inc()
+    elif receipt.accepted:
+        metrics.updates.labels(outcome="accepted").inc()
+    else:
+        metrics.updates.labels(outcome="rejected").inc()
+        metrics.rejects.labels(reason=outcome.reject_code or "policy").inc()
+    services.orchestrator.wake()
+    return receipt
+
+
+@router.post("/{task_id}/failure")
+def report_failure(
+    task_id: str, body: FailureReport, session: SessionDep, services: ServicesDep, site: CurrentSite
+) -> TaskStatusPublic:
+    """The site gives up this task (counts as reported for the round)."""
+    result = intake.report_failure(session, task_id=task_id, site_id=site.id, reason=body.reason)
+    services.orchestrator.wake()
+    return TaskStatusPublic(task_id=task_id, status=result)
+
+
+@router.put("/{task_id}/personal", openapi_extra=BUNDLE_BODY)
+async def share_personal(
+    task_id: str, request: Request, services: ServicesDep, site: CurrentSite
+) -> UpdateReceipt:
+    """Share the site's personal model (a full bundle) for outside routing."""
+    sha = sha256_header(request)
+    length = content_length(request, limit=services.settings.max_upload_bytes)
+
+    def prepare() -> intake.ModelTarget:
+        with services.database.session() as session:
+            return intake.prepare_personal(session, task_id=task_id, site_id=site.id)
+
+    target = await run_in_threadpool(prepare)
+    staged = await receive_bundle(request, blobs=services.blobs, length=length, sha256=sha)
+
+    def accept() -> UpdateReceipt:
+        with services.database.session() as session:
+            return intake.accept_personal(session, target=target, staged=staged)
+
+    try:
+        receipt = await run_in_threadpool(accept)
+    finally:
+        staged.discard()
+    services.metrics.bytes_in.labels(kind="personal").inc(length)
+    return receipt

@@ -1,0 +1,170 @@
+"""Streamed bundle uploads: headers checked first, body written to a staged blob chunk by chunk.
+
+The body is never held whole in memory: each chunk is hashed and appended to a temp file in the
+blob store, then fsynced. Nothing is recorded here; callers commit or discard the staged blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
+
+from aggregator.blobs import BlobStore, StagedBlob, is_sha256
+from aggregator.errors import (
+    InvalidRequestError,
+    LengthRequiredError,
+    PayloadTooLargeError,
+    UnprocessableError,
+)
+from data_specs.constants import HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
+from data_specs.wire import SiteMetrics
+
+_PIPELINE_DEPTH = 16  # chunks (uvicorn hands over up to ~256 KiB each) queued for the writer
+
+BUNDLE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "description": f"safetensors weights bundle; its sha256 (hex) in {HEADER_SHA256}",
+    }
+}
+
+
+def content_length(request: Request, *, limit: int) -> int:
+    """The declared body size, checked against ``limit`` before anything is read.
+
+    Raises:
+        LengthRequiredError: no ``Content-Length``.
+        PayloadTooLargeError: more than ``limit`` bytes.
+    """
+    raw = request.headers.get("content-length")
+    if raw is None:
+        raise LengthRequiredError("uploads need a Content-Length header", code="length_required")
+    try:
+        length = int(raw)
+    except ValueError as exc:
+        raise InvalidRequestError(f"Content-Length must be an integer, got {raw[:40]!r}") from exc
+    if length < 0:
+        raise InvalidRequestError(f"Content-Length must be >= 0, got {length}")
+    if length > limit:
+        raise PayloadTooLargeError(
+            f"body of {length} bytes exceeds the limit of {limit} bytes", code="too_large"
+        )
+    return length
+
+
+def sha256_header(request: Request) -> str:
+    """The ``X-Content-SHA256`` header (64 hex characters, case-insensitive)."""
+    value = request.headers.get(HEADER_SHA256, "").strip().lower()
+    if not is_sha256(value):
+        raise InvalidRequestError(
+            f"{HEADER_SHA256} must be the 64-hex sha256 of the body", code="sha256_header"
+        )
+    return value
+
+
+def num_samples_header(request: Request) -> int:
+    """The ``X-Num-Samples`` header, an integer > 0."""
+    raw = request.headers.get(HEADER_NUM_SAMPLES)
+    try:
+        value = int(raw) if raw is not None else 0
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InvalidRequestError(
+            f"{HEADER_NUM_SAMPLES} must be an integer > 0, got {raw!r}"[:200], code="num_samples"
+        )
+    return value
+
+
+def metrics_header(request: Request) -> SiteMetrics | None:
+    """The optional ``X-Metrics`` header as ``SiteMetrics``.
+
+    Raises:
+        UnprocessableError: not JSON, or not a valid ``SiteMetrics``.
+    """
+    raw = request.headers.get(HEADER_METRICS)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return SiteMetrics.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise UnprocessableError(
+            f"{HEADER_METRICS} is not valid SiteMetrics JSON: {problems}", code="metrics"
+        ) from exc
+    except json.JSONDecodeError as exc:  # pragma: no cover - pydantic wraps this
+        raise UnprocessableError(f"{HEADER_METRICS} is not JSON", code="metrics") from exc
+
+
+async def receive_bundle(
+    request: Request, *, blobs: BlobStore, length: int, sha256: str
+) -> StagedBlob:
+    """Stream the body into a staged blob and check its size and sha256.
+
+    Hashing and writing run on a per-upload writer thread, pipelined with the event loop that
+    keeps receiving (at most ``_PIPELINE_DEPTH`` chunks in flight, so memory stays bounded).
+
+    Args:
+        request: the upload.
+        blobs: where to stage it.
+        length: the declared ``Content-Length``.
+        sha256: the declared ``X-Content-SHA256``.
+
+    Returns:
+        The staged, fsynced blob; the caller commits or discards it.
+
+    Raises:
+        InvalidRequestError: body longer or shorter than declared, or a different sha256.
+    """
+    loop = asyncio.get_running_loop()
+    staged = blobs.stage()
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-writer")
+    pending: deque[asyncio.Future[None]] = deque()
+    received = 0
+    try:
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > length:
+                    raise InvalidRequestError(
+                        f"body is longer than its Content-Length of {length} bytes",
+                        code="truncated",
+                    )
+                if chunk:
+                    pending.append(loop.run_in_executor(writer, staged.write, chunk))
+                while len(pending) > _PIPELINE_DEPTH:
+                    await pending.popleft()
+        except ClientDisconnect as exc:
+            raise InvalidRequestError(
+                f"body truncated: connection closed after {received} of {length} bytes",
+                code="truncated",
+            ) from exc
+        while pending:
+            await pending.popleft()
+        if received != length:
+            raise InvalidRequestError(
+                f"body truncated: got {received} of {length} bytes", code="truncated"
+            )
+        ref = await loop.run_in_executor(writer, staged.finish)
+        if ref.sha256 != sha256:
+            raise InvalidRequestError(
+                f"body sha256 is {ref.sha256}, {HEADER_SHA256} says {sha256}",
+                code="sha256_mismatch",
+            )
+    except BaseException:
+        # Let in-flight writes end before the file goes away.
+        await asyncio.gather(*pending, return_exceptions=True)
+        staged.discard()
+        raise
+    finally:
+        writer.shutdown(wait=False)
+    return staged

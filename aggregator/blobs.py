@@ -1,0 +1,174 @@
+"""Content-addressed blob store on disk: ``blobs/ab/cdef...`` named by sha256, written atomically.
+
+Writes go to ``blobs/tmp/``, are fsynced, then renamed into place (and the folder fsynced), so a
+``kill -9`` never leaves a half-written blob under a real name. Uploads are staged chunk by chunk
+while hashing; nothing is ever held whole in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from aggregator.errors import StorageError
+from data_specs.files import atomic_writer
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A stored blob: its sha256 (hex) and size in bytes."""
+
+    sha256: str
+    size: int
+
+
+def is_sha256(value: str) -> bool:
+    """Whether ``value`` is 64 lowercase hex characters."""
+    return bool(_SHA_RE.match(value))
+
+
+class StagedBlob:
+    """A blob being written: ``write`` chunks, then ``commit`` into the store or ``discard``.
+
+    Args:
+        store: the store it belongs to.
+    """
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        fd, tmp = tempfile.mkstemp(prefix="stage.", suffix=".tmp", dir=store.tmp_dir)
+        self.path = Path(tmp)
+        self._fh = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._sha: str | None = None
+
+    def write(self, chunk: bytes) -> None:
+        """Append a chunk, hashing it on the way."""
+        self._hash.update(chunk)
+        self._fh.write(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> BlobRef:
+        """Flush and fsync the staged file; returns its sha256 and size."""
+        if self._sha is None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._sha = self._hash.hexdigest()
+        return BlobRef(self._sha, self.size)
+
+    def commit(self) -> BlobRef:
+        """Move the staged file into the store under its sha256 (durable on return)."""
+        ref = self.finish()
+        self._store.adopt(self.path, ref)
+        return ref
+
+    def discard(self) -> None:
+        """Drop the staged file if it is still there (safe to call twice)."""
+        if not self._fh.closed:
+            self._fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class BlobStore:
+    """Blobs named by their sha256 under ``root``.
+
+    Args:
+        root: the store's folder. Example: ``data_dir / "blobs"``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """Where the blob ``sha256`` lives (it may not exist)."""
+        if not is_sha256(sha256):
+            raise StorageError(f"blob names are 64 lowercase hex characters, got {sha256[:80]!r}")
+        return self.root / sha256[:2] / sha256[2:]
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the blob is stored."""
+        return self.path(sha256).is_file()
+
+    def require(self, sha256: str) -> Path:
+        """The blob's path; raises ``StorageError`` if it is missing."""
+        path = self.path(sha256)
+        if not path.is_file():
+            raise StorageError(f"blob {sha256} is referenced but missing from {self.root}")
+        return path
+
+    def put_bytes(self, data: bytes) -> BlobRef:
+        """Store bytes (idempotent: an existing blob is left as it is)."""
+        ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+        path = self.path(ref.sha256)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_writer(path) as fh:
+                fh.write(data)
+        return ref
+
+    def stage(self) -> StagedBlob:
+        """Start writing a blob whose name is known only at the end (a streamed upload)."""
+        return StagedBlob(self)
+
+    def adopt(self, staged_path: Path, ref: BlobRef) -> None:
+        """Rename an fsynced file into place as blob ``ref`` (drops it if the blob exists)."""
+        path = self.path(ref.sha256)
+        if path.is_file():
+            staged_path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged_path, path)
+        _fsync_dir(path.parent)
+
+    def verify(self, sha256: str) -> BlobRef:
+        """Re-hash a stored blob; raises ``StorageError`` if its content is not its name."""
+        path = self.require(sha256)
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("rb") as fh:
+            while chunk := fh.read(_READ_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        if digest.hexdigest() != sha256:
+            raise StorageError(
+                f"blob {sha256} is corrupt: its content hashes to {digest.hexdigest()}"
+            )
+        return BlobRef(sha256, size)
+
+    def verify_many(self, shas: list[str], *, workers: int | None = None) -> None:
+        """``verify`` several blobs on parallel threads (hashlib releases the GIL while hashing)."""
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(self.verify, shas))
+
+    def clean_staging(self) -> int:
+        """Remove staged files left by a crash; returns how many were removed."""
+        removed = 0
+        for leftover in self.tmp_dir.glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

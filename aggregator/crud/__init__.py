@@ -1,0 +1,1 @@
+"""Database operations with keyword-only arguments. They flush but never commit: callers do."""

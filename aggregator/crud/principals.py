@@ -1,0 +1,175 @@
+"""Researchers and sites: creation, enrollment, rotation, revocation and token lookup."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from aggregator.auth import hash_token, new_token
+from aggregator.crud.events import record_event
+from aggregator.db.models import Researcher, Site, SiteStatus, utcnow
+from aggregator.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+
+
+def create_researcher(
+    session: Session, *, name: str, actor: str = "admin"
+) -> tuple[Researcher, str]:
+    """Create a researcher; returns it with its token (shown once, stored hashed).
+
+    Raises:
+        ConflictError: the name is taken.
+    """
+    if session.scalar(select(Researcher.id).where(Researcher.name == name)) is not None:
+        raise ConflictError(f"a researcher named {name!r} already exists")
+    token = new_token()
+    researcher = Researcher(name=name, token_hash=hash_token(token))
+    session.add(researcher)
+    _flush(session, f"a researcher named {name!r} already exists")
+    record_event(
+        session, kind="researcher.created", actor=actor, detail={"researcher_id": researcher.id}
+    )
+    return researcher, token
+
+
+def researcher_by_token(session: Session, *, token: str) -> Researcher | None:
+    """The researcher a bearer token belongs to, if any."""
+    return session.scalar(select(Researcher).where(Researcher.token_hash == hash_token(token)))
+
+
+def register_site(session: Session, *, name: str, researcher_id: str) -> tuple[Site, str]:
+    """Register a site; returns it with a one-time enrollment token.
+
+    Raises:
+        ConflictError: the name is taken.
+    """
+    if session.scalar(select(Site.id).where(Site.name == name)) is not None:
+        raise ConflictError(f"a site named {name!r} already exists")
+    token = new_token()
+    site = Site(name=name, registered_by=researcher_id, enrollment_token_hash=hash_token(token))
+    session.add(site)
+    _flush(session, f"a site named {name!r} already exists")
+    record_event(
+        session,
+        kind="site.registered",
+        actor=f"researcher:{researcher_id}",
+        detail={"site_id": site.id},
+    )
+    return site, token
+
+
+def list_sites(session: Session) -> list[Site]:
+    """Every site, by name."""
+    return list(session.scalars(select(Site).order_by(Site.name)))
+
+
+def get_site(session: Session, *, site_id: str) -> Site:
+    """A site by id.
+
+    Raises:
+        NotFoundError: no such site.
+    """
+    site = session.get(Site, site_id)
+    if site is None:
+        raise NotFoundError(f"site {site_id!r} not found")
+    return site
+
+
+def enroll_site(session: Session, *, enrollment_token: str) -> tuple[Site, str]:
+    """Exchange a one-time enrollment token for a site token (the enrollment token is consumed).
+
+    Raises:
+        AuthenticationError: the token is unknown or already used.
+    """
+    site = session.scalar(
+        select(Site).where(Site.enrollment_token_hash == hash_token(enrollment_token))
+    )
+    if site is None or site.status == SiteStatus.REVOKED:
+        raise AuthenticationError("enrollment token is unknown or was already used")
+    token = new_token()
+    site.token_hash = hash_token(token)
+    site.enrollment_token_hash = None
+    site.status = SiteStatus.ENROLLED
+    site.enrolled_at = site.last_seen_at = utcnow()
+    record_event(
+        session, kind="site.enrolled", actor=f"site:{site.id}", detail={"site_id": site.id}
+    )
+    return site, token
+
+
+def rotate_site(session: Session, *, site_id: str, researcher_id: str) -> tuple[Site, str]:
+    """Revoke a site's token and issue a new enrollment token.
+
+    Raises:
+        NotFoundError: no such site.
+        PermissionDeniedError: the site was registered by another researcher.
+    """
+    site = _owned_site(session, site_id=site_id, researcher_id=researcher_id)
+    token = new_token()
+    site.token_hash = None
+    site.enrollment_token_hash = hash_token(token)
+    site.status = SiteStatus.REGISTERED
+    record_event(
+        session,
+        kind="site.rotated",
+        actor=f"researcher:{researcher_id}",
+        detail={"site_id": site.id},
+    )
+    return site, token
+
+
+def revoke_site(session: Session, *, site_id: str, researcher_id: str) -> Site:
+    """Revoke a site's token and any pending enrollment token.
+
+    Raises:
+        NotFoundError: no such site.
+        PermissionDeniedError: the site was registered by another researcher.
+    """
+    site = _owned_site(session, site_id=site_id, researcher_id=researcher_id)
+    site.token_hash = None
+    site.enrollment_token_hash = None
+    site.status = SiteStatus.REVOKED
+    record_event(
+        session,
+        kind="site.revoked",
+        actor=f"researcher:{researcher_id}",
+        detail={"site_id": site.id},
+    )
+    return site
+
+
+def site_by_token(session: Session, *, token: str) -> Site | None:
+    """The enrolled site a bearer token belongs to, if any."""
+    return session.scalar(
+        select(Site).where(Site.token_hash == hash_token(token), Site.status == SiteStatus.ENROLLED)
+    )
+
+
+def touch_site(session: Session, *, site: Site, now: datetime, every_s: float = 30.0) -> bool:
+    """Update ``last_seen_at`` at most every ``every_s`` seconds; returns whether it wrote."""
+    if site.last_seen_at is not None and (now - site.last_seen_at).total_seconds() < every_s:
+        return False
+    site.last_seen_at = now
+    return True
+
+
+def _owned_site(session: Session, *, site_id: str, researcher_id: str) -> Site:
+    site = get_site(session, site_id=site_id)
+    if site.registered_by != researcher_id:
+        raise PermissionDeniedError(f"site {site_id!r} was registered by another researcher")
+    return site
+
+
+def _flush(session: Session, conflict_message: str) -> None:
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent request took the name first
+        session.rollback()
+        raise ConflictError(conflict_message) from exc

@@ -1,0 +1,183 @@
+"""Rounds, their tasks, and the global model each round produced."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from aggregator.db.models import (
+    OPEN_TASK_STATES,
+    GlobalModel,
+    Round,
+    RoundStatus,
+    Site,
+    Task,
+    TaskStatus,
+)
+from aggregator.errors import NotFoundError
+from aggregator.schemas.rounds import RoundPublic, SiteRoundPublic
+from data_specs.wire import SiteMetrics
+
+
+def latest_round(session: Session, *, experiment_id: str) -> Round | None:
+    """The most recent round attempt of an experiment."""
+    query = (
+        select(Round)
+        .where(Round.experiment_id == experiment_id)
+        .order_by(Round.number.desc(), Round.attempt.desc())
+        .limit(1)
+    )
+    return session.scalar(query)
+
+
+def create_round(
+    session: Session,
+    *,
+    experiment_id: str,
+    number: int,
+    attempt: int,
+    sampled: Sequence[str],
+    opened_at: datetime,
+    deadline_at: datetime,
+    seeds: dict[str, int],
+    model_sha256: str,
+    model_size: int,
+) -> Round:
+    """Open a round attempt with one task per sampled site."""
+    rnd = Round(
+        experiment_id=experiment_id,
+        number=number,
+        attempt=attempt,
+        sampled=list(sampled),
+        opened_at=opened_at,
+        deadline_at=deadline_at,
+    )
+    session.add(rnd)
+    session.flush()
+    for site_id in sampled:
+        session.add(
+            Task(
+                round_id=rnd.id,
+                experiment_id=experiment_id,
+                site_id=site_id,
+                round_number=number,
+                seed=seeds[site_id],
+                model_sha256=model_sha256,
+                model_size=model_size,
+                created_at=opened_at,
+            )
+        )
+    return rnd
+
+
+def tasks_of_round(session: Session, *, round_id: str) -> list[Task]:
+    """Tasks of a round attempt, sorted by site id (the aggregation order)."""
+    return list(
+        session.scalars(select(Task).where(Task.round_id == round_id).order_by(Task.site_id))
+    )
+
+
+def claim_round(session: Session, *, round_id: str, from_status: str, to_status: str) -> bool:
+    """Compare-and-set a round's status; returns whether this caller won."""
+    result = session.execute(
+        update(Round)
+        .where(Round.id == round_id, Round.status == from_status)
+        .values(status=to_status)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def expire_open_tasks(session: Session, *, round_id: str, status: str = TaskStatus.EXPIRED) -> int:
+    """End every task of the round that has not reported; returns how many."""
+    result = session.execute(
+        update(Task)
+        .where(Task.round_id == round_id, Task.status.in_(OPEN_TASK_STATES))
+        .values(status=status)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def get_global_model(session: Session, *, experiment_id: str, round_number: int) -> GlobalModel:
+    """The global model after round ``round_number`` (0: initial).
+
+    Raises:
+        NotFoundError: that round has not produced a model (yet).
+    """
+    model = session.get(GlobalModel, (experiment_id, round_number))
+    if model is None:
+        raise NotFoundError(
+            f"experiment {experiment_id} has no global model for round {round_number}"
+        )
+    return model
+
+
+def latest_global_model(session: Session, *, experiment_id: str) -> GlobalModel | None:
+    """The newest global model of an experiment."""
+    query = (
+        select(GlobalModel)
+        .where(GlobalModel.experiment_id == experiment_id)
+        .order_by(GlobalModel.round.desc())
+        .limit(1)
+    )
+    return session.scalar(query)
+
+
+def list_rounds(session: Session, *, experiment_id: str) -> list[RoundPublic]:
+    """Every round attempt with per-site status, sample counts, metrics, bytes and reasons."""
+    rounds = list(
+        session.scalars(
+            select(Round)
+            .where(Round.experiment_id == experiment_id)
+            .order_by(Round.number, Round.attempt)
+        )
+    )
+    models = {
+        m.round: m.sha256
+        for m in session.scalars(
+            select(GlobalModel).where(GlobalModel.experiment_id == experiment_id)
+        )
+    }
+    rows = session.execute(
+        select(Task, Site.name)
+        .join(Site, Site.id == Task.site_id)
+        .where(Task.experiment_id == experiment_id)
+        .order_by(Task.site_id)
+    ).all()
+    by_round: dict[str, list[SiteRoundPublic]] = {}
+    for task, site_name in rows:
+        by_round.setdefault(task.round_id, []).append(
+            SiteRoundPublic(
+                site_id=task.site_id,
+                site_name=site_name,
+                task_id=task.id,
+                status=task.status,
+                num_samples=task.num_samples,
+                metrics=SiteMetrics.model_validate(task.metrics) if task.metrics else None,
+                bytes_up=task.bytes_up,
+                bytes_down=task.bytes_down,
+                update_sha256=task.update_sha256,
+                reject_reason=task.reject_reason,
+                failure_reason=task.failure_reason,
+                reported_at=task.reported_at,
+            )
+        )
+    return [
+        RoundPublic(
+            number=r.number,
+            attempt=r.attempt,
+            status=r.status,
+            sampled=r.sampled,
+            opened_at=r.opened_at,
+            deadline=r.deadline_at,
+            closed_at=r.closed_at,
+            reason=r.reason,
+            model_sha256=models.get(r.number) if r.status == RoundStatus.CLOSED else None,
+            sites=by_round.get(r.id, []),
+        )
+        for r in rounds
+    ]

@@ -1,0 +1,60 @@
+"""The one exception tree of the aggregator; mapped to HTTP status codes only at the API edge.
+
+Every message says what was expected and what was received, and never carries a token, file
+contents or patient data.
+"""
+
+from __future__ import annotations
+
+
+class AggregatorError(Exception):
+    """Base class of every error the aggregator raises on purpose."""
+
+
+class NotFoundError(AggregatorError):
+    """An experiment, round, task, site or model does not exist (or is not the caller's)."""
+
+
+class AuthenticationError(AggregatorError):
+    """No bearer token, or a token that matches no principal allowed on the route."""
+
+
+class PermissionDeniedError(AggregatorError):
+    """A known principal acting outside its rights (a researcher token on a site route)."""
+
+
+class ConflictError(AggregatorError):
+    """The request does not fit the current state: a closed round, a started experiment, a name in use."""
+
+
+class InvalidRequestError(AggregatorError):
+    """A malformed request: bad header, body that is not a bundle, wrong sha256.
+
+    Args:
+        message: what was expected and what was received.
+        code: short machine label for metrics (``sha256_mismatch``, ``spec_mismatch``...).
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnprocessableError(InvalidRequestError):
+    """Well-formed JSON or headers whose values make no sense (unknown site ids, bad metrics)."""
+
+
+class LengthRequiredError(InvalidRequestError):
+    """An upload without ``Content-Length``."""
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """An upload larger than ``max_upload_bytes``."""
+
+
+class StorageError(AggregatorError):
+    """The blob store holds a file whose sha256 is not its name, or misses a referenced blob."""
+
+
+class AggregationError(AggregatorError):
+    """A round's updates could not be aggregated (strategy refused them)."""

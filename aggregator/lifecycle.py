@@ -1,0 +1,136 @@
+"""Experiment lifecycle: create (with the spec's tensor layout), initial model, start, pause, abort."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aggregator.blobs import BlobRef, BlobStore
+from aggregator.crud import experiments as exp_crud
+from aggregator.crud.events import record_event
+from aggregator.db.models import Experiment, ExperimentStatus, Site, SiteStatus, utcnow
+from aggregator.errors import ConflictError
+from aggregator.global_models import build_initial_weights, load_weights, store_global
+from aggregator.logs import log_event
+from aggregator.schemas.experiments import ExperimentCreate
+from data_specs.constants import PersonalizationMethod
+from data_specs.task_spec import TaskSpec
+
+log = logging.getLogger("aggregator.lifecycle")
+Expected = dict[str, tuple[tuple[int, ...], str]]
+
+
+@functools.lru_cache(maxsize=16)
+def spec_layout(spec: TaskSpec) -> tuple[Expected, tuple[str, ...]]:
+    """``(expected tensors, FedBN norm keys)`` of a spec's U-Net (builds it once with torch)."""
+    from data_specs.task_spec import expected_tensors
+    from personalization.state_dict import norm_keys_for_spec
+
+    return expected_tensors(spec), tuple(norm_keys_for_spec(spec))
+
+
+def create_experiment(session: Session, *, owner_id: str, body: ExperimentCreate) -> Experiment:
+    """Create an experiment; FedBN experiments keep their norm layers local."""
+    expected, norm_keys = spec_layout(body.spec)
+    local = norm_keys if body.train.personalization.method == PersonalizationMethod.FEDBN else ()
+    experiment = exp_crud.create_experiment(
+        session, owner_id=owner_id, body=body, expected=expected, local_keys=local
+    )
+    session.commit()
+    return experiment
+
+
+def set_initial_model(
+    session: Session, *, blobs: BlobStore, experiment: Experiment, checked_path: Path, actor: str
+) -> BlobRef:
+    """Store a checked uploaded model as global model 0 (re-encoded as round 0, float32)."""
+    exp_crud.require_status(experiment, ExperimentStatus.CREATED, action="set the initial model of")
+    weights = load_weights(checked_path)
+    ref = store_global(blobs, weights, spec_hash=experiment.spec_hash, round_number=0)
+    experiment.initial_model_sha256 = ref.sha256
+    record_event(
+        session,
+        kind="experiment.initial_model",
+        actor=actor,
+        experiment_id=experiment.id,
+        detail={"sha256": ref.sha256, "size": ref.size},
+    )
+    session.commit()
+    return ref
+
+
+def start_experiment(
+    session: Session, *, blobs: BlobStore, experiment: Experiment, actor: str
+) -> list[str]:
+    """``created`` -> ``running`` (or resume a paused one); returns sites that may have work now.
+
+    Raises:
+        ConflictError: not created or paused, or fewer than ``min_sites`` usable sites.
+    """
+    now = utcnow()
+    if experiment.status == ExperimentStatus.PAUSED:
+        exp_crud.set_paused(session, experiment=experiment, paused=False, now=now, actor=actor)
+        session.commit()
+        return list(experiment.participants or [])
+    exp_crud.require_status(experiment, ExperimentStatus.CREATED, action="start")
+    cfg = exp_crud.config_of(experiment)
+    participants = _participants(session, cfg)
+    if len(participants) < cfg.min_sites:
+        raise ConflictError(
+            f"cannot start: {len(participants)} usable site(s) (enrolled, or listed and not revoked), "
+            f"min_sites is {cfg.min_sites}"
+        )
+    if experiment.initial_model_sha256 is not None:
+        initial = BlobRef(
+            experiment.initial_model_sha256,
+            blobs.require(experiment.initial_model_sha256).stat().st_size,
+        )
+    else:
+        weights = build_initial_weights(cfg.spec, cfg.seed)
+        initial = store_global(blobs, weights, spec_hash=experiment.spec_hash, round_number=0)
+    exp_crud.mark_started(
+        session,
+        experiment=experiment,
+        participants=participants,
+        initial_sha256=initial.sha256,
+        initial_size=initial.size,
+        now=now,
+        actor=actor,
+    )
+    session.commit()
+    log_event(
+        log, "experiment.started", experiment_id=experiment.id, participants=len(participants)
+    )
+    return participants
+
+
+def pause_experiment(session: Session, *, experiment: Experiment, actor: str) -> None:
+    """``running`` -> ``paused``: no tasks handed out, rounds and deadlines frozen."""
+    exp_crud.require_status(experiment, ExperimentStatus.RUNNING, action="pause")
+    exp_crud.set_paused(session, experiment=experiment, paused=True, now=utcnow(), actor=actor)
+    session.commit()
+
+
+def abort_experiment(session: Session, *, experiment: Experiment, actor: str) -> None:
+    """Abort a created, running or paused experiment (final)."""
+    exp_crud.require_status(
+        experiment,
+        ExperimentStatus.CREATED,
+        ExperimentStatus.RUNNING,
+        ExperimentStatus.PAUSED,
+        action="abort",
+    )
+    exp_crud.mark_aborted(session, experiment=experiment, now=utcnow(), actor=actor)
+    session.commit()
+
+
+def _participants(session: Session, cfg: ExperimentCreate) -> list[str]:
+    if cfg.sites is not None:
+        query = select(Site.id).where(Site.id.in_(cfg.sites), Site.status != SiteStatus.REVOKED)
+    else:
+        query = select(Site.id).where(Site.status == SiteStatus.ENROLLED)
+    return sorted(session.scalars(query))

@@ -1,0 +1,125 @@
+"""Schemas of experiments and grants (the ``ExperimentCreate`` of the wire contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from data_specs.task_spec import TaskSpec
+from data_specs.wire import TrainConfig
+
+_Strict = ConfigDict(extra="forbid")
+
+
+class StrategyConfig(BaseModel):
+    """Server aggregation rule and its parameters (see ``aggregator.strategies.registry``).
+
+    Args:
+        name: ``fedavg`` | ``fedavgm`` | ``fedadam`` | ``fedyogi`` | ``median`` | ``trimmed_mean``.
+            Default ``fedavg``.
+        params: parameters of that strategy; missing ones take their defaults.
+            Example: ``{"server_lr": 0.01}``.
+    """
+
+    model_config = _Strict
+
+    name: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_strategy(self) -> StrategyConfig:
+        from aggregator.strategies import build_strategy
+
+        build_strategy(self.name, self.params)  # StrategyError is a ValueError: a 422
+        return self
+
+
+class ExperimentCreate(BaseModel):
+    """``POST /experiments`` body.
+
+    Args:
+        name: display name. Example: ``"acdc-fedavg"``.
+        spec: the task and network spec.
+        rounds: federated rounds to run. Example: ``50``.
+        fraction: C, the fraction of participating sites sampled per round. Default 1.0.
+        min_sites: fewest sampled sites and accepted updates a round needs. Default 1.
+        sites: participating site ids; default every enrolled site when the experiment starts.
+        train: what each site does in a round.
+        strategy: server aggregation rule. Default FedAvg.
+        round_deadline_s: seconds a round waits for its sites. Default 3600.
+        max_round_retries: re-samplings of a round that missed ``min_sites``. Default 2.
+        update_norm_bound: largest L2 norm of an update ``W - θ`` (outside ``local_keys``);
+            None disables the check. Default None.
+        seed: seeds site sampling, per-site training seeds and the initial model. Default 0.
+    """
+
+    model_config = _Strict
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    spec: TaskSpec
+    rounds: Annotated[int, Field(ge=1, le=100_000)]
+    fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    min_sites: Annotated[int, Field(ge=1)] = 1
+    sites: list[str] | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    round_deadline_s: Annotated[float, Field(gt=0.0, le=30 * 86400.0)] = 3600.0
+    max_round_retries: Annotated[int, Field(ge=0, le=100)] = 2
+    update_norm_bound: Annotated[float, Field(gt=0.0)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("sites must not repeat a site id")
+        return value
+
+    @model_validator(mode="after")
+    def _enough_sites(self) -> ExperimentCreate:
+        if self.sites is not None and len(self.sites) < self.min_sites:
+            raise ValueError(
+                f"min_sites={self.min_sites} but only {len(self.sites)} site(s) listed in sites"
+            )
+        return self
+
+
+class ExperimentPublic(BaseModel):
+    """An experiment as its owner sees it."""
+
+    id: str
+    name: str
+    status: str
+    config: ExperimentCreate
+    spec_hash: str
+    participants: list[str] | None
+    local_keys: list[str]
+    initial_model_sha256: str | None
+    current_round: int
+    failure_reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class GrantCreate(BaseModel):
+    """``POST /experiments/{id}/grants`` body.
+
+    Args:
+        site_id: the (outside) site allowed to download the routing bundle.
+    """
+
+    model_config = _Strict
+
+    site_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class GrantPublic(BaseModel):
+    """A routing-bundle grant."""
+
+    experiment_id: str
+    site_id: str
+    site_name: str
+    created_at: datetime

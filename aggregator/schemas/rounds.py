@@ -1,0 +1,48 @@
+"""Schemas of rounds and of a site's part in one (what researchers see in ``GET .../rounds``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from data_specs.wire import SiteMetrics
+
+
+class SiteRoundPublic(BaseModel):
+    """One sampled site in one round attempt."""
+
+    site_id: str
+    site_name: str
+    task_id: str
+    status: str
+    num_samples: int | None
+    metrics: SiteMetrics | None
+    bytes_up: int
+    bytes_down: int
+    update_sha256: str | None
+    reject_reason: str | None
+    failure_reason: str | None
+    reported_at: datetime | None
+
+
+class RoundPublic(BaseModel):
+    """One attempt at a round; ``model_sha256`` is the global model it produced (when closed)."""
+
+    number: int
+    attempt: int
+    status: str
+    sampled: list[str]
+    opened_at: datetime
+    deadline: datetime
+    closed_at: datetime | None
+    reason: str | None
+    model_sha256: str | None
+    sites: list[SiteRoundPublic]
+
+
+class TaskStatusPublic(BaseModel):
+    """A task's status after a site reported on it."""
+
+    task_id: str
+    status: str

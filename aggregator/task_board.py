@@ -1,0 +1,42 @@
+"""Wakes long-polling sites when a task appears for them (no busy polling).
+
+Each site has at most one pending ``asyncio.Event``; ``notify`` sets and forgets it, so a poller
+that took the event before checking the database cannot miss a task created after its check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+
+class TaskBoard:
+    """Per-site wake-up events for ``GET /tasks/next?wait=S``."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember the event loop the events belong to (called at start-up)."""
+        self._loop = loop
+
+    def waiter(self, site_id: str) -> asyncio.Event:
+        """The event a poller of ``site_id`` waits on; take it *before* looking for a task."""
+        event = self._events.get(site_id)
+        if event is None:
+            event = self._events[site_id] = asyncio.Event()
+        return event
+
+    def notify(self, site_ids: Iterable[str]) -> None:
+        """Wake every poller of these sites (call on the event loop)."""
+        for site_id in site_ids:
+            event = self._events.pop(site_id, None)
+            if event is not None:
+                event.set()
+
+    def notify_threadsafe(self, site_ids: Iterable[str]) -> None:
+        """``notify`` from a worker thread."""
+        ids = list(site_ids)
+        if ids and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.notify, ids)

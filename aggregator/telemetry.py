@@ -1,0 +1,65 @@
+"""Prometheus metrics of one aggregator app (its own registry, so several apps can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE_LATEST", "AggregatorMetrics"]
+
+
+class AggregatorMetrics:
+    """Counters, gauges and histograms exposed on ``/metrics``.
+
+    Attributes:
+        rounds: rounds ended, by outcome (``closed``, ``retried``, ``failed``).
+        bytes_in: bytes received, by kind (``update``, ``personal``, ``initial_model``).
+        bytes_out: bytes sent, by kind (``task_model``, ``round_model``, ``routing_bundle``).
+        updates: uploads that changed state, by outcome (``accepted``, ``rejected``, ``duplicate``).
+        rejects: uploads refused or rejected, by reason code.
+        aggregation_seconds: wall time of one round's aggregation.
+        active_experiments: experiments currently running.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.rounds = Counter(
+            "fedseg_rounds", "Round attempts ended, by outcome", ["outcome"], registry=self.registry
+        )
+        self.bytes_in = Counter(
+            "fedseg_bytes_received", "Bundle bytes received", ["kind"], registry=self.registry
+        )
+        self.bytes_out = Counter(
+            "fedseg_bytes_sent", "Bundle bytes sent", ["kind"], registry=self.registry
+        )
+        self.updates = Counter(
+            "fedseg_updates",
+            "Site uploads recorded, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.rejects = Counter(
+            "fedseg_update_rejects",
+            "Uploads refused or rejected, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.aggregation_seconds = Histogram(
+            "fedseg_aggregation_seconds",
+            "Wall time of one round's aggregation",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=self.registry,
+        )
+        self.active_experiments = Gauge(
+            "fedseg_active_experiments", "Experiments in status running", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
