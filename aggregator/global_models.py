@@ -9,8 +9,7 @@ import numpy as np
 from safetensors.numpy import save as st_save
 
 from aggregator.blobs import BlobRef, BlobStore
-from aggregator.canonical import canonical_safetensors, encode_canonical
-from data_specs.bundle import BundleMeta, open_bundle
+from data_specs.bundle import BundleMeta, canonical_safetensors, encode_bundle, open_bundle
 from data_specs.task_spec import TaskSpec
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -44,7 +43,7 @@ def store_global(
 ) -> BlobRef:
     """Encode a global model as a full float32 bundle of round ``round_number`` and store it."""
     return blobs.put_bytes(
-        encode_canonical(tensors, BundleMeta(spec_hash=spec_hash, round=round_number))
+        encode_bundle(tensors, BundleMeta(spec_hash=spec_hash, round=round_number))
     )
 
 
@@ -74,7 +73,7 @@ def store_float16_copy(blobs: BlobStore, sha256: str) -> BlobRef:
     half = BundleMeta(
         spec_hash=meta.spec_hash, round=meta.round, kind=meta.kind, wire_dtype="float16"
     )
-    return blobs.put_bytes(encode_canonical(tensors, half))
+    return blobs.put_bytes(encode_bundle(tensors, half))
 
 
 def store_state(blobs: BlobStore, state: Mapping[str, np.ndarray]) -> BlobRef | None:

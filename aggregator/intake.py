@@ -13,7 +13,6 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from aggregator.blobs import BlobStore, StagedBlob
-from aggregator.canonical import encode_canonical
 from aggregator.crud import experiments as exp_crud
 from aggregator.crud import rounds as round_crud
 from aggregator.crud import tasks as task_crud
@@ -23,7 +22,7 @@ from aggregator.db.models import ExperimentStatus, TaskStatus, utcnow
 from aggregator.errors import ConflictError
 from aggregator.logs import log_event
 from aggregator.validation import UpdatePolicy, check_model, check_update
-from data_specs.bundle import BundleMeta
+from data_specs.bundle import BundleMeta, encode_bundle
 from data_specs.wire import SiteMetrics, UpdateReceipt
 
 log = logging.getLogger("aggregator.intake")
@@ -118,7 +117,7 @@ def accept_update(
                 kind=checked.meta.kind,
                 num_samples=checked.meta.num_samples,
             )
-            stored = blobs.put_bytes(encode_canonical(checked.decoded, meta)).sha256
+            stored = blobs.put_bytes(encode_bundle(checked.decoded, meta)).sha256
         else:
             stored = staged.commit().sha256
     status = TaskStatus.ACCEPTED if checked.accepted else TaskStatus.REJECTED

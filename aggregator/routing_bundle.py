@@ -18,8 +18,8 @@ import numpy as np
 from safetensors.numpy import save as st_save
 
 from aggregator.blobs import BlobRef, BlobStore
-from aggregator.canonical import canonical_safetensors
 from aggregator.global_models import load_weights
+from data_specs.bundle import canonical_safetensors
 from data_specs.task_spec import TaskSpec
 
 ROUTING_FORMAT_KEY = "fedseg_routing"

@@ -38,6 +38,7 @@ ExpectedTensors = Mapping[str, tuple[tuple[int, ...], str]]
 
 # A safetensors header is an 8-byte little-endian length then JSON; refuse absurd lengths early.
 _MAX_HEADER = 100 * 1024 * 1024
+_ALIGN = 8  # safetensors pads the header so tensor data starts 8-byte aligned
 
 
 @dataclass(frozen=True)
@@ -115,19 +116,56 @@ def sha256_hex(data: bytes | memoryview) -> str:
 
 
 def encode_bundle(tensors: Mapping[str, np.ndarray], meta: BundleMeta) -> bytes:
-    """Serialise named tensors and metadata to safetensors bytes.
+    """Serialise named tensors and metadata to byte-stable safetensors bytes.
+
+    The same tensors and metadata always give the same bytes (hence the same sha256), which
+    content addressing and bit-identical restarts rely on (see ``canonical_safetensors``).
 
     Args:
-        tensors: ``{name: array}``; arrays are made contiguous. Must be finite.
+        tensors: ``{name: array}``; 0-d numpy scalars are accepted. Must be finite.
         meta: bundle metadata.
 
     Returns:
         safetensors bytes; send ``sha256_hex`` of them beside.
     """
-    check_finite(tensors)
+    arrays = {k: np.asarray(v) for k, v in tensors.items()}
+    check_finite(arrays)
     # np.ascontiguousarray would turn 0-d tensors (num_batches_tracked) into 1-d ones.
-    arrays = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in tensors.items()}
-    return st_save(arrays, metadata=meta.to_header())
+    arrays = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in arrays.items()}
+    return canonical_safetensors(st_save(arrays, metadata=meta.to_header()))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with a canonical header.
+
+    safetensors writes its JSON header from a hash map, so encoding the same inputs twice may
+    order the metadata differently. This rewrites the header with metadata keys sorted and
+    tensors in data order, leaving the tensor bytes untouched.
+
+    Args:
+        data: safetensors bytes.
+
+    Returns:
+        Bytes that depend only on the tensors and the metadata values.
+    """
+    header = read_header(data)
+    length = int.from_bytes(data[:8], "little")
+    ordered: dict[str, object] = {}
+    meta = header.pop("__metadata__", None)
+    if meta is not None:
+        ordered["__metadata__"] = dict(sorted(meta.items()))
+    for key in sorted(
+        header, key=lambda k: (header[k]["data_offsets"][0], header[k]["data_offsets"][1], k)
+    ):
+        entry = header[key]
+        ordered[key] = {
+            "dtype": entry["dtype"],
+            "shape": entry["shape"],
+            "data_offsets": entry["data_offsets"],
+        }
+    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % _ALIGN)
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
 def read_header(data: bytes | memoryview) -> dict[str, Any]:
@@ -136,7 +174,9 @@ def read_header(data: bytes | memoryview) -> dict[str, Any]:
         raise BundleError(f"not safetensors: expected at least 8 bytes, got {len(data)}")
     (n,) = struct.unpack("<Q", bytes(data[:8]))
     if n > _MAX_HEADER or 8 + n > len(data):
-        raise BundleError(f"not safetensors or truncated: header length {n}, body {len(data)} bytes")
+        raise BundleError(
+            f"not safetensors or truncated: header length {n}, body {len(data)} bytes"
+        )
     try:
         header = json.loads(bytes(data[8 : 8 + n]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -172,16 +212,16 @@ def decode_bundle(
     header = read_header(data)
     meta = BundleMeta.from_header(header.get("__metadata__"))
     if spec_hash is not None and meta.spec_hash != spec_hash:
-        raise SpecMismatchError(
-            f"bundle is for task spec {meta.spec_hash}, expected {spec_hash}"
-        )
+        raise SpecMismatchError(f"bundle is for task spec {meta.spec_hash}, expected {spec_hash}")
     try:
         tensors = st_load(bytes(data))
     except (SafetensorError, ValueError, TypeError) as exc:
         raise BundleError(f"corrupt safetensors body: {exc}") from exc
     if meta.wire_dtype == "float16" and expected is not None:
         tensors = {
-            k: v.astype(np.float32) if v.dtype == np.float16 and expected.get(k, ((), ""))[1] == "float32" else v
+            k: v.astype(np.float32)
+            if v.dtype == np.float16 and expected.get(k, ((), ""))[1] == "float32"
+            else v
             for k, v in tensors.items()
         }
     if expected is not None:

@@ -167,4 +167,6 @@ def integer_max(key: str, theta: np.ndarray, readers: Sequence[UpdateReader]) ->
     top = np.array(read_diff(readers[0], key, theta), dtype=theta.dtype, copy=True)
     for reader in readers[1:]:
         np.maximum(top, read_diff(reader, key, theta), out=top, casting="same_kind")
-    return np.add(theta, top, dtype=theta.dtype)
+    # In place: np.add on 0-d inputs would return a numpy scalar, not an array.
+    top += theta
+    return top

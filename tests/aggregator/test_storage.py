@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aggregator.blobs import BlobStore
-from aggregator.canonical import canonical_safetensors, encode_canonical
+from data_specs.bundle import canonical_safetensors, encode_bundle
 from aggregator.errors import StorageError
 from aggregator.global_models import load_state, store_state
 from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
@@ -70,7 +70,7 @@ def test_canonical_bytes_are_stable_and_decode_the_same() -> None:
     canonical = {canonical_safetensors(b) for b in raw}
     assert len(canonical) == 1
     (data,) = canonical
-    assert encode_canonical(_tensors(), meta) == data
+    assert encode_bundle(_tensors(), meta) == data
     assert canonical_safetensors(data) == data
     assert int.from_bytes(data[:8], "little") % 8 == 0
     decoded = decode_bundle(data)
@@ -102,7 +102,7 @@ def test_bundle_views_are_zero_copy_and_checked(tmp_path: Path) -> None:
 
     meta = BundleMeta(spec_hash="abc", round=1, num_samples=3)
     path = tmp_path / "b.safetensors"
-    path.write_bytes(encode_canonical(_tensors(), meta))
+    path.write_bytes(encode_bundle(_tensors(), meta))
     views = BundleViews(path)
     assert views.meta == meta and set(views) == set(_tensors())
     for key, value in _tensors().items():
