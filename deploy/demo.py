@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aggregator.schemas.experiments import ExperimentCreate
-from data_specs.constants import OptimizerName, PersonalizationMethod
+from data_specs.constants import NormKind, OptimizerName, PersonalizationMethod
 from data_specs.files import atomic_write_bytes
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import PersonalizationConfig, TrainConfig
@@ -81,7 +81,7 @@ SPEC = TaskSpec(
     channels=(8, 16, 32),
     strides=(2, 2),
     num_res_units=1,
-    norm="batch",
+    norm=NormKind.BATCH,
     patch_size=(32, 32),
 )
 

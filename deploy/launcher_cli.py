@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             spec = TaskSpec(
-                spatial_dims=dims,
+                spatial_dims=2 if dims == 2 else 3,
                 out_channels=classes,
                 channels=(8, 16, 32),
                 strides=(2, 2),

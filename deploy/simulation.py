@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 from rich.console import Console
 
 from aggregator.schemas.experiments import ExperimentCreate, StrategyConfig
@@ -120,7 +121,7 @@ def run_simulation(cfg: SimulationConfig, console: Console | None = None) -> Sim
     admin = secrets.token_urlsafe(32)
     settings = AggregatorSettings(
         data_dir=out / "aggregator",
-        admin_token=admin,
+        admin_token=SecretStr(admin),
         orchestrator_interval_s=0.1,
         log_level="WARNING",
         max_long_poll_s=5.0,
@@ -187,7 +188,6 @@ def _experiment(cfg: SimulationConfig, site_ids: list[str]) -> ExperimentCreate:
 def _make_agents(
     researcher: ResearcherClient, tc: Any, manifests: list[Path], out: Path
 ) -> list[tuple[str, Any, Path]]:
-    from pydantic import SecretStr
 
     from site_agent.loop import SiteAgent
     from site_agent.settings import SiteSettings

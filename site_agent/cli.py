@@ -15,6 +15,7 @@ from site_agent.errors import (
     ManifestRejectedError,
     SiteAgentError,
     SiteSettingsError,
+    TLSVerificationError,
     TokenRevokedError,
     WorkDirError,
 )
@@ -32,6 +33,7 @@ EXIT_CODES: dict[type[SiteAgentError], int] = {
     TokenRevokedError: 4,
     ManifestRejectedError: 5,
     WorkDirError: 6,
+    TLSVerificationError: 7,
 }
 
 Config = Annotated[
@@ -61,6 +63,13 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
     from site_agent.settings import SiteSettings
 
     return SiteSettings.load(config, **overrides)
+
+
+def _backoff(settings: Any) -> Any:
+    """The retry policy the settings ask for (FEDSEG_SITE_BACKOFF_*, FEDSEG_SITE_MAX_RETRIES)."""
+    from site_agent.retry import Backoff
+
+    return Backoff(settings.backoff_initial_s, settings.backoff_max_s, settings.max_retries)
 
 
 def _setup_logging(level: str) -> None:
@@ -153,7 +162,11 @@ def enroll(
             allow_insecure_http=allow_insecure_http,
         )
         with make_http_client(settings) as http:
-            response = do_enroll(AggregatorClient(http), settings, WorkDir(settings.work_dir))
+            response = do_enroll(
+                AggregatorClient(http, backoff=_backoff(settings)),
+                settings,
+                WorkDir(settings.work_dir),
+            )
     except SiteAgentError as exc:
         raise _fail(exc) from None
     typer.echo(
@@ -249,7 +262,7 @@ def adapt(
         )
         workdir = WorkDir(settings.work_dir)
         with make_http_client(settings) as http:
-            client = AggregatorClient(http)
+            client = AggregatorClient(http, backoff=_backoff(settings))
             ensure_token(client, settings, workdir)
             path, report = adapt_experiment(
                 client,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -31,6 +32,7 @@ from site_agent.errors import (
     IntegrityError,
     RoundClosedError,
     TaskRefusedError,
+    TLSVerificationError,
     TokenRevokedError,
 )
 from site_agent.privacy import FailureReason, OutboundGuard
@@ -48,13 +50,28 @@ class _Retryable(Exception):
     """A network error or a 5xx / 429: worth another try."""
 
 
+def _transport_failure(exc: httpx.TransportError, what: str) -> Exception:
+    """A retryable network error, or a TLS verification failure that no retry can mend."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return TLSVerificationError(
+                f"{what}: the aggregator's TLS certificate did not verify ({cause.verify_message}); "
+                "check FEDSEG_SITE_CA_BUNDLE and the aggregator URL's host name"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return _Retryable(f"{what}: {type(exc).__name__}")
+
+
 def make_http_client(settings: SiteSettings) -> httpx.Client:
     """A real ``httpx.Client`` for the configured aggregator (TLS with the CA bundle, timeouts).
 
     Args:
         settings: validated site settings with an aggregator URL.
     """
-    verify: str | bool = str(settings.ca_bundle) if settings.ca_bundle else True
+    verify: ssl.SSLContext | bool = (
+        ssl.create_default_context(cafile=str(settings.ca_bundle)) if settings.ca_bundle else True
+    )
     timeout = httpx.Timeout(
         settings.request_timeout_s, connect=min(settings.request_timeout_s, 15.0)
     )
@@ -214,7 +231,7 @@ class AggregatorClient:
             try:
                 resp = self.http.request(method, API_PREFIX + path, headers=headers, **kwargs)  # type: ignore[arg-type]
             except httpx.TransportError as exc:
-                raise _Retryable(f"{what}: {type(exc).__name__}") from exc
+                raise _transport_failure(exc, what) from exc
             _raise_for_status(resp, what)
             return resp
 
@@ -256,7 +273,7 @@ class _Stream:
         try:
             resp = self._cm.__enter__()
         except httpx.TransportError as exc:
-            raise _Retryable(f"download: {type(exc).__name__}") from exc
+            raise _transport_failure(exc, "download") from exc
         try:
             if resp.status_code >= 400:
                 resp.read()

@@ -74,6 +74,10 @@ class AggregatorUnavailableError(AggregatorError):
     """Network errors or server errors (5xx) persisted through every retry."""
 
 
+class TLSVerificationError(AggregatorError):
+    """The aggregator's certificate did not verify against the configured CA: never retried."""
+
+
 class TokenRevokedError(AggregatorError):
     """The aggregator answered 401: the site token is revoked or unknown. Re-enroll to go on."""
 

@@ -111,19 +111,21 @@ def load_model(
     """
     if kind == "routed" or (weights is not None and "fedseg_routed" in _metadata(weights)):
         return _load_routed(workdir, experiment_id, weights)
-    if spec is None or weights is None:
-        experiment_id, spec = experiment_spec(workdir, experiment_id)
-    if weights is None and kind == "global":
-        weights = workdir.global_path(experiment_id)
+    if weights is None:
+        exp_id, spec = experiment_spec(workdir, experiment_id)
+        if kind == "global":
+            weights = workdir.global_path(exp_id)
+    elif spec is None:
+        spec = experiment_spec(workdir, experiment_id)[1]
     if weights is None:
         from personalization.inside import PersonalModelStore
 
         try:
-            latest = PersonalModelStore(workdir.root / "personal").latest(experiment_id)
+            latest = PersonalModelStore(workdir.root / "personal").latest(exp_id)
         except PersonalizationError as exc:
-            raise WorkDirError(f"personal model of {experiment_id} is unreadable: {exc}") from exc
+            raise WorkDirError(f"personal model of {exp_id} is unreadable: {exc}") from exc
         if latest is None:
-            raise WorkDirError(f"no personal model of experiment {experiment_id} yet")
+            raise WorkDirError(f"no personal model of experiment {exp_id} yet")
         state: Mapping[str, object] = latest[1]
     else:
         state = _read_weights(weights, spec)

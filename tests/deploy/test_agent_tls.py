@@ -27,7 +27,7 @@ from deploy.tls import client_ssl_context, make_dev_ca, make_server_cert
 from site_agent.cli import app as site_app
 from site_agent.client import AggregatorClient, make_http_client
 from site_agent.enrollment import enroll
-from site_agent.errors import AggregatorUnavailableError, SiteSettingsError
+from site_agent.errors import SiteSettingsError, TLSVerificationError
 from site_agent.retry import Backoff
 from site_agent.settings import SiteSettings
 from site_agent.workdir import WorkDir
@@ -109,11 +109,13 @@ def test_enrolls_only_with_the_right_ca(
     env = {"aggregator_url": aggregator.url, "enrollment_token": token}
 
     other_ca = make_dev_ca(tmp_path / "other").cert_path
-    with pytest.raises(AggregatorUnavailableError) as refused:
+    started = time.monotonic()
+    with pytest.raises(TLSVerificationError, match="FEDSEG_SITE_CA_BUNDLE") as refused:
         enroll_like_the_agent(**env, ca_bundle=str(other_ca))
     assert "CERTIFICATE_VERIFY_FAILED" in _causes(refused.value)
-    with pytest.raises(AggregatorUnavailableError):  # the system trust store lacks the dev CA
+    with pytest.raises(TLSVerificationError):  # the system trust store lacks the dev CA
         enroll_like_the_agent(**env)
+    assert time.monotonic() - started < 10  # refused at once: a bad certificate is never retried
     assert not (site_env / "site_token").exists()
     assert [s.status for s in aggregator.researcher.sites()] == ["registered"]  # token not spent
 
