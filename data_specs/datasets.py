@@ -83,7 +83,9 @@ def build_dataset(
         split: ``training``, ``validation`` or ``test``.
         train: training use: augmentation on unless ``augment`` says otherwise. Default False.
         seed: seed of the augmentation. Default 0.
-        fit: ``crop`` (centre crop / zero pad), ``resize`` or ``none``. Default ``crop``.
+        fit: ``crop`` (centre crop / zero pad), ``random`` (a random patch per item each
+            time it is read: training over the whole field of view), ``resize`` or ``none``.
+            Default ``crop``.
         foreground_only: keep only slices with some label (2D task on volumes). Default False.
         nonzero: z-score over non-zero voxels only. Default False.
         augment: force augmentation on or off; None follows ``train``. Default None.
@@ -112,8 +114,12 @@ def build_dataset(
         if not (foreground_only and LABEL in item and not bool(item[LABEL].any()))
     ]
     labelled = all(LABEL in item for item in items)
-    if augment if augment is not None else train:
-        return Dataset(items, transform=augment_transforms(spec, seed=seed, labelled=labelled))
+    do_augment = augment if augment is not None else train
+    if do_augment or fit == "random":
+        transform = augment_transforms(
+            spec, seed=seed, labelled=labelled, random_crop=fit == "random", augment=do_augment
+        )
+        return Dataset(items, transform=transform)
     return Dataset(items, transform=PlainItem())
 
 

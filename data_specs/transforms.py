@@ -32,7 +32,7 @@ from data_specs.task_spec import TaskSpec
 if TYPE_CHECKING:
     from monai.transforms import Compose
 
-FitMode = Literal["crop", "resize", "none"]
+FitMode = Literal["crop", "random", "resize", "none"]
 IMAGE, LABEL = "image", "label"
 _ROTATE_RADIANS = 0.26  # about 15 degrees: small enough to keep anatomy plausible
 
@@ -195,17 +195,21 @@ def fit_transforms(
 
     Args:
         spec: the task spec. Example: ``TaskSpec(patch_size=(32, 32))``.
-        fit: ``crop`` (``ResizeWithPadOrCropd``), ``resize`` (``Resized``: area for images,
-            nearest for labels) or ``none``. Default ``crop``.
+        fit: ``crop`` (``ResizeWithPadOrCropd``), ``random`` (zero pad up to the patch size
+            only; ``augment_transforms(random_crop=True)`` then draws a random patch per item),
+            ``resize`` (``Resized``: area for images, nearest for labels) or ``none``.
+            Default ``crop``.
         keys: keys present. Default ``("image", "label")``.
         sliced: items are volumes that a 2D task will slice along the last axis, so the
             slice axis keeps its size. Required.
     """
-    from monai.transforms import Compose, Resized, ResizeWithPadOrCropd
+    from monai.transforms import Compose, Resized, ResizeWithPadOrCropd, SpatialPadd
 
     size = (*spec.patch_size, -1) if sliced else tuple(spec.patch_size)
     if fit == "none":
         return Compose([])
+    if fit == "random":
+        return Compose([SpatialPadd(list(keys), spatial_size=size)])
     if fit == "crop":
         return Compose([ResizeWithPadOrCropd(list(keys), spatial_size=size)])
     steps = [Resized(IMAGE, spatial_size=size, mode="area")]
@@ -214,16 +218,28 @@ def fit_transforms(
     return Compose(steps)
 
 
-def augment_transforms(spec: TaskSpec, *, seed: int = 0, labelled: bool = True) -> Compose:
-    """Random training augmentation, reproducible for a seed; ends in plain tensors.
+def augment_transforms(
+    spec: TaskSpec,
+    *,
+    seed: int = 0,
+    labelled: bool = True,
+    random_crop: bool = False,
+    augment: bool = True,
+) -> Compose:
+    """Random training transforms, reproducible for a seed; ends in plain tensors.
 
-    Flips along each spatial axis (p=0.5 each), a small rotation (up to about 15 degrees per
-    plane, p=0.5; nearest for the label), intensity scale and shift of up to 10 % (p=0.5 each).
+    Optionally a random patch of ``spec.patch_size`` per item (items fitted with
+    ``fit="random"``, so training sees the whole field of view that sliding-window inference
+    will cover), then flips along each spatial axis (p=0.5 each), a small rotation (up to about
+    15 degrees per plane, p=0.5; nearest for the label), intensity scale and shift of up to
+    10 % (p=0.5 each).
 
     Args:
-        spec: the task spec (dims). Example: ``TaskSpec()``.
+        spec: the task spec (dims, patch size). Example: ``TaskSpec()``.
         seed: seed of the random state. Default 0.
         labelled: items carry a label. Default True.
+        random_crop: draw a random patch first. Default False.
+        augment: apply the flips, rotation and intensity changes. Default True.
     """
     from monai.transforms import (
         Compose,
@@ -231,13 +247,22 @@ def augment_transforms(spec: TaskSpec, *, seed: int = 0, labelled: bool = True) 
         RandRotated,
         RandScaleIntensityd,
         RandShiftIntensityd,
+        RandSpatialCropd,
     )
 
     keys = [IMAGE, LABEL] if labelled else [IMAGE]
+    crop: list[Any] = []
+    if random_crop:
+        crop = [RandSpatialCropd(keys, roi_size=tuple(spec.patch_size), random_size=False)]
+    if not augment:
+        plain = Compose([*crop, PlainItem()])
+        plain.set_random_state(seed=seed)
+        return plain
     modes = ["bilinear", "nearest"][: len(keys)]
     # In 2D only range_x (the in-plane angle) applies; 3D rotates about every axis.
     out_of_plane = 0.0 if spec.spatial_dims == 2 else _ROTATE_RADIANS
-    steps: list[Any] = [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(spec.spatial_dims)]
+    steps: list[Any] = [*crop]
+    steps += [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(spec.spatial_dims)]
     steps += [
         RandRotated(
             keys,

@@ -78,8 +78,8 @@ def load_split(
         split: which split. Example: ``SplitName.VALIDATION``.
         train: augment (training use). Example: ``True``.
         seed: augmentation seed. Example: ``TrainConfig.seed``.
-        fit: ``crop`` to the patch size (training, validation patches) or ``none`` (whole
-            scans, for sliding-window evaluation). Default ``crop``.
+        fit: ``random`` patches (training), ``crop`` to the patch size (validation patches)
+            or ``none`` (whole scans, for sliding-window evaluation). Default ``crop``.
 
     Raises:
         TrainingError: the manifest does not fit the task spec, or a scan does not load.
@@ -131,7 +131,11 @@ class ManifestTrainers:
 
     def __call__(self, task: TaskAssignment) -> SiteTrainer:
         spec, seed = task.spec, task.train.seed
-        train = load_split(self.manifest, spec, SplitName.TRAINING, train=True, seed=seed)
+        # Random patches: the model sees the whole field of view that sliding-window inference
+        # and `fedseg site evaluate` cover, not only the centre.
+        train = load_split(
+            self.manifest, spec, SplitName.TRAINING, train=True, seed=seed, fit="random"
+        )
         val = load_split(self.manifest, spec, SplitName.VALIDATION, train=False, seed=seed)
         assert train is not None  # a manifest always declares training
         return SiteTrainer(

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from aggregator.blobs import BlobStore
-from data_specs.bundle import canonical_safetensors, encode_bundle
 from aggregator.errors import StorageError
 from aggregator.global_models import load_state, store_state
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
+from data_specs.bundle import BundleMeta, canonical_safetensors, decode_bundle, encode_bundle
 
 
 def _tensors() -> dict[str, np.ndarray]:

@@ -224,3 +224,28 @@ def test_pictures_load_the_same_way_through_monai_and_imageio(tmp_path: Path) ->
     )
     np.testing.assert_allclose(scan.image.numpy(), expected, atol=1e-6)
     assert scan.to_scan_geometry(torch.ones(18, 12, dtype=torch.long)).shape == (18, 12)
+
+
+def test_random_fit_draws_patches_over_the_whole_field_of_view(tmp_path: Path) -> None:
+    """fit="random": every read is a patch-sized crop, at varying places, reproducible by seed."""
+    import torch
+
+    from data_specs.datasets import build_dataset
+    from data_specs.manifest import load_manifest
+    from data_specs.synth import synthesize
+    from data_specs.task_spec import TaskSpec
+
+    (path,) = synthesize(tmp_path, sites=1, cases=5, dims=2, seed=0, size=48)
+    manifest = load_manifest(path)
+    spec = TaskSpec(out_channels=4, patch_size=(32, 32))
+
+    def draws(seed: int) -> torch.Tensor:
+        ds = build_dataset(
+            manifest, spec, "training", train=True, seed=seed, fit="random", augment=False
+        )
+        return torch.stack([ds[0]["image"] for _ in range(6)])
+
+    first = draws(1)
+    assert first.shape[-2:] == (32, 32)
+    assert torch.equal(first, draws(1))
+    assert len({tuple(x.flatten()[:64].tolist()) for x in first}) > 1  # not always the centre
