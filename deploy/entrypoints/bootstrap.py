@@ -19,7 +19,6 @@ import httpx
 import typer
 
 from aggregator.schemas.experiments import ExperimentCreate
-from aggregator.schemas.principals import SiteRegistered
 from data_specs.files import atomic_write_text
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
@@ -48,14 +47,6 @@ class BootstrapError(RuntimeError):
     """The aggregator was not healthy, or sites did not enroll in time."""
 
 
-class BootstrapClient(ResearcherClient):
-    """``ResearcherClient`` plus the token rotation the bootstrap needs to recover a lost file."""
-
-    def rotate_site(self, site_id: str) -> SiteRegistered:
-        """Revoke the site's token; the answer carries a new one-time enrollment token."""
-        return SiteRegistered.model_validate(self._call("POST", f"/sites/{site_id}/rotate").json())
-
-
 def _http(url: str, ca: Path | None) -> httpx.Client:
     if ca is not None and not ca.is_file():
         raise BootstrapError(f"expected the aggregator's CA bundle at {ca}, found nothing")
@@ -77,7 +68,7 @@ def wait_healthy(http: httpx.Client, timeout_s: float = 120) -> None:
         time.sleep(1)
 
 
-def ensure_researcher(client: BootstrapClient, admin_token: str, out: Path, name: str) -> None:
+def ensure_researcher(client: ResearcherClient, admin_token: str, out: Path, name: str) -> None:
     """Use the researcher token kept in ``out``, creating the researcher on first use."""
     path = out / RESEARCHER_TOKEN
     if path.is_file():
@@ -87,7 +78,7 @@ def ensure_researcher(client: BootstrapClient, admin_token: str, out: Path, name
     atomic_write_text(path, made.token, mode=0o600)
 
 
-def ensure_sites(client: BootstrapClient, out: Path, names: list[str]) -> dict[str, str]:
+def ensure_sites(client: ResearcherClient, out: Path, names: list[str]) -> dict[str, str]:
     """Register each site that has no env file yet (rotating it if it exists); return name → id."""
     known = {s.name: s.id for s in client.sites()}
     ids: dict[str, str] = {}
@@ -105,7 +96,7 @@ def ensure_sites(client: BootstrapClient, out: Path, names: list[str]) -> dict[s
 
 
 def wait_enrolled(
-    client: BootstrapClient, names: list[str], timeout_s: float, poll_s: float = 2.0
+    client: ResearcherClient, names: list[str], timeout_s: float, poll_s: float = 2.0
 ) -> list[str]:
     """Site ids of ``names`` once all of them are enrolled."""
     deadline = time.monotonic() + timeout_s
@@ -119,7 +110,7 @@ def wait_enrolled(
         time.sleep(poll_s)
 
 
-def start_experiment(client: BootstrapClient, site_ids: list[str], rounds: int) -> str:
+def start_experiment(client: ResearcherClient, site_ids: list[str], rounds: int) -> str:
     """Create and start the demo experiment on ``site_ids``; return its id."""
     body = ExperimentCreate(
         name="compose-demo",
@@ -159,7 +150,7 @@ def sites(
         admin_token = admin_token_file.read_text().strip()
         out.mkdir(parents=True, exist_ok=True)
         wait_healthy(http)
-        client = BootstrapClient(http)
+        client = ResearcherClient(http)
         ensure_researcher(client, admin_token, out, researcher)
         ids = ensure_sites(client, out, site)
     typer.echo(f"sites registered: {', '.join(f'{n}={i}' for n, i in ids.items())}")
@@ -180,7 +171,7 @@ def experiment(
         typer.echo("no experiment to start (FEDSEG_DEMO_ROUNDS=0 or one exists)")
         return
     with _refusals(), _http(url, ca) as http:
-        client = BootstrapClient(http, (out / RESEARCHER_TOKEN).read_text().strip())
+        client = ResearcherClient(http, (out / RESEARCHER_TOKEN).read_text().strip())
         site_ids = wait_enrolled(client, site, enroll_timeout_s)
         exp_id = start_experiment(client, site_ids, rounds)
     atomic_write_text(out / EXPERIMENT_ID, exp_id)

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from aggregator.api.app import create_app
 from aggregator.settings import AggregatorSettings
-from deploy.entrypoints.bootstrap import BootstrapClient
 from deploy.processes import free_port
+from deploy.researcher_client import ResearcherClient
 from deploy.tls import client_ssl_context, make_dev_ca, make_server_cert
 from site_agent.cli import app as site_app
 from site_agent.client import AggregatorClient, make_http_client
@@ -39,7 +39,7 @@ ADMIN = "admin-token-for-tests-0123456789"
 class HttpsAggregator:
     url: str
     ca_pem: Path
-    researcher: BootstrapClient
+    researcher: ResearcherClient
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def aggregator(tmp_path: Path) -> Iterator[HttpsAggregator]:
         time.sleep(0.05)
     url = f"https://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, verify=client_ssl_context(tmp_path / "certs" / "ca.pem"))
-    researcher = BootstrapClient(http)  # a ResearcherClient that can also rotate site tokens
+    researcher = ResearcherClient(http)
     researcher.create_researcher(ADMIN, "tls-researcher")
     try:
         yield HttpsAggregator(url, tmp_path / "certs" / "ca.pem", researcher)

@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 from aggregator.api.app import create_app
 from aggregator.settings import AggregatorSettings
 from deploy.entrypoints.bootstrap import (
-    BootstrapClient,
     BootstrapError,
     ensure_researcher,
     ensure_sites,
@@ -20,7 +19,7 @@ from deploy.entrypoints.bootstrap import (
     wait_enrolled,
     wait_healthy,
 )
-from deploy.researcher_client import ResearcherApiError
+from deploy.researcher_client import ResearcherApiError, ResearcherClient
 
 ADMIN = "admin-token-for-tests-0123456789"
 NAMES = ["hospital-1", "hospital-2"]
@@ -50,10 +49,10 @@ def test_researcher_and_sites_are_made_once(http: TestClient, tmp_path: Path) ->
     out = tmp_path / "enroll"
     out.mkdir()
     wait_healthy(http, timeout_s=5)
-    ensure_researcher(BootstrapClient(http), ADMIN, out, "demo")
+    ensure_researcher(ResearcherClient(http), ADMIN, out, "demo")
     token = (out / "researcher_token").read_text()
     assert stat.S_IMODE((out / "researcher_token").stat().st_mode) == 0o600
-    client = BootstrapClient(http)
+    client = ResearcherClient(http)
     ensure_researcher(client, "not-the-admin-token", out, "demo")  # the kept token is reused
 
     ids = ensure_sites(client, out, NAMES)
@@ -69,7 +68,7 @@ def test_researcher_and_sites_are_made_once(http: TestClient, tmp_path: Path) ->
 def test_a_lost_token_file_rotates_the_site(http: TestClient, tmp_path: Path) -> None:
     out = tmp_path / "enroll"
     out.mkdir()
-    client = BootstrapClient(http)
+    client = ResearcherClient(http)
     ensure_researcher(client, ADMIN, out, "demo")
     ensure_sites(client, out, NAMES)
     old = _enrollment_token(out, "hospital-1")
@@ -84,7 +83,7 @@ def test_a_lost_token_file_rotates_the_site(http: TestClient, tmp_path: Path) ->
 def test_experiment_starts_once_sites_enrolled(http: TestClient, tmp_path: Path) -> None:
     out = tmp_path / "enroll"
     out.mkdir()
-    client = BootstrapClient(http)
+    client = ResearcherClient(http)
     ensure_researcher(client, ADMIN, out, "demo")
     ids = ensure_sites(client, out, NAMES)
     with pytest.raises(BootstrapError, match="not enrolled"):
@@ -101,5 +100,5 @@ def test_experiment_starts_once_sites_enrolled(http: TestClient, tmp_path: Path)
 
 def test_refusals_name_the_step(http: TestClient, tmp_path: Path) -> None:
     with pytest.raises(ResearcherApiError, match="POST /researchers: HTTP 401"):
-        ensure_researcher(BootstrapClient(http), "wrong-admin-token-0000", tmp_path, "demo")
+        ensure_researcher(ResearcherClient(http), "wrong-admin-token-0000", tmp_path, "demo")
     assert not (tmp_path / "researcher_token").exists()
