@@ -38,6 +38,19 @@ class AggregatorMetrics:
         self.bytes_out = Counter(
             "fedseg_bytes_sent", "Bundle bytes sent", ["kind"], registry=self.registry
         )
+        # Per site (a bounded label: the federation's hospitals); per round lives in the rounds API.
+        self.site_bytes_up = Counter(
+            "fedseg_site_bytes_up",
+            "Update bytes received from each site",
+            ["site"],
+            registry=self.registry,
+        )
+        self.site_bytes_down = Counter(
+            "fedseg_site_bytes_down",
+            "Global-model bytes sent to each site",
+            ["site"],
+            registry=self.registry,
+        )
         self.updates = Counter(
             "fedseg_updates",
             "Site uploads recorded, by outcome",

@@ -130,3 +130,12 @@ def test_two_sites_two_rounds_over_http(server: str) -> None:
         assert 'fedseg_rounds_total{outcome="closed"} 2.0' in metrics
         assert "fedseg_aggregation_seconds_count 2.0" in metrics
         assert 'fedseg_bytes_received_total{kind="update"}' in metrics
+        # Per-site accounting agrees with the rounds API.
+        for name in ("site-a", "site-b"):
+            up = sum(s["bytes_up"] for r in rounds for s in r["sites"] if s["site_name"] == name)
+            down = sum(
+                s["bytes_down"] for r in rounds for s in r["sites"] if s["site_name"] == name
+            )
+            assert up > 0 and down > 0
+            assert f'fedseg_site_bytes_up_total{{site="{name}"}} {float(up)}' in metrics
+            assert f'fedseg_site_bytes_down_total{{site="{name}"}} {float(down)}' in metrics

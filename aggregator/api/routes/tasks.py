@@ -86,6 +86,7 @@ def task_model(
     task_crud.add_bytes_down(session, task_id=task.id, size=task.model_size)
     session.commit()
     services.metrics.bytes_out.labels(kind="task_model").inc(task.model_size)
+    services.metrics.site_bytes_down.labels(site=site.name).inc(task.model_size)
     return FileResponse(
         path, media_type="application/octet-stream", headers={HEADER_SHA256: task.model_sha256}
     )
@@ -140,6 +141,7 @@ async def upload_update(
         metrics.rejects.labels(reason="late").inc()
         raise
     metrics.bytes_in.labels(kind="update").inc(length)
+    metrics.site_bytes_up.labels(site=site.name).inc(length)
     receipt = outcome.receipt
     if receipt.duplicate:
         metrics.updates.labels(outcome="duplicate").inc()
