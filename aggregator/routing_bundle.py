@@ -1,8 +1,6 @@
 """The routing bundle: the global model plus the latest shared personal models, in one safetensors file.
 
-Keys are ``expert.<i>.<state-dict key>`` (expert 0 is the global model); metadata carries
-``fedseg_routing=1``, ``spec_hash``, ``spec`` (JSON ``TaskSpec``) and ``experts`` (JSON list of
-``{"index", "source", "name", "round"}``). A bundle is a pure function of its inputs, so it is
+The format is ``data_specs.routing_bundle`` (expert 0 is the global model). A bundle is a pure function of its inputs, so it is
 stored once as a blob and reused until a new global or personal model appears.
 """
 
@@ -14,16 +12,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-from safetensors.numpy import save as st_save
-
 from aggregator.blobs import BlobRef, BlobStore
 from aggregator.global_models import load_weights
-from data_specs.bundle import canonical_safetensors
+from data_specs.routing_bundle import encode_routing_bundle
 from data_specs.task_spec import TaskSpec
-
-ROUTING_FORMAT_KEY = "fedseg_routing"
-ROUTING_FORMAT_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -75,18 +67,11 @@ class RoutingBundles:
 
 
 def _assemble(blobs: BlobStore, spec: TaskSpec, experts: Sequence[Expert]) -> bytes:
-    tensors: dict[str, np.ndarray] = {}
-    listing = []
-    for index, expert in enumerate(experts):
-        for name, value in load_weights(blobs.require(expert.sha256)).items():
-            tensors[f"expert.{index}.{name}"] = value
-        listing.append(
-            {"index": index, "source": expert.source, "name": expert.name, "round": expert.round}
-        )
-    metadata = {
-        ROUTING_FORMAT_KEY: ROUTING_FORMAT_VERSION,
-        "spec_hash": spec.spec_hash(),
-        "spec": spec.model_dump_json(),
-        "experts": json.dumps(listing),
-    }
-    return canonical_safetensors(st_save(tensors, metadata=metadata))
+    states = [load_weights(blobs.require(expert.sha256)) for expert in experts]
+    # The global model's own tensors are the reference shapes: no torch needed here.
+    expected = {k: (tuple(v.shape), str(v.dtype)) for k, v in states[0].items()}
+    sources = [
+        {"index": i, "source": e.source, "name": e.name, "round": e.round}
+        for i, e in enumerate(experts)
+    ]
+    return encode_routing_bundle(states, sources, spec, expected=expected)

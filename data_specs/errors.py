@@ -29,3 +29,11 @@ class SpecMismatchError(BundleError):
 
 class CodecError(BundleError):
     """A compressed update does not decode under the codec it names."""
+
+
+class RoutingBundleError(BundleError):
+    """A routing bundle is not safetensors, lacks its metadata, or carries non-finite values."""
+
+
+class RoutingSpecMismatchError(RoutingBundleError, SpecMismatchError):
+    """A routing bundle (or one of its experts) does not match the task spec it should serve."""

@@ -15,13 +15,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from personalization.outside.adapt import AdaptConfig, AdaptReport, StepLosses, adapt
-from personalization.outside.bundle import (
+from data_specs.routing_bundle import (
     ExpertSource,
     RoutingBundle,
     decode_routing_bundle,
     encode_routing_bundle,
 )
+from personalization.outside.adapt import AdaptConfig, AdaptReport, StepLosses, adapt
 from personalization.outside.errors import (
     RoutedFileError,
     RoutingBundleError,

@@ -12,15 +12,9 @@ import torch
 from safetensors.numpy import save as st_save
 
 from data_specs.bundle import BundleMeta, encode_bundle
-from data_specs.errors import BundleError
+from data_specs.errors import BundleError, RoutingBundleError, RoutingSpecMismatchError
+from data_specs.routing_bundle import decode_routing_bundle, encode_routing_bundle
 from data_specs.task_spec import TaskSpec, build_unet, expected_tensors
-from personalization.errors import PersonalizationError
-from personalization.outside import (
-    RoutingBundleError,
-    RoutingSpecMismatchError,
-    decode_routing_bundle,
-    encode_routing_bundle,
-)
 
 SPEC = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(32, 32))
 OTHER = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(32, 32), out_channels=3)
@@ -124,7 +118,7 @@ def test_garbage_is_refused(data: bytes) -> None:
     with pytest.raises(RoutingBundleError, match="not a routing bundle") as info:
         decode_routing_bundle(data, SPEC)
     # One tree for the package, and the data_specs tree for code at the download edge.
-    assert isinstance(info.value, PersonalizationError) and isinstance(info.value, BundleError)
+    assert isinstance(info.value, BundleError)  # refused like any bad weights bundle
 
 
 def test_plain_weights_bundle_is_not_a_routing_bundle() -> None:
@@ -152,7 +146,7 @@ import sys
 sys.modules["torch"] = None  # any 'import torch' now fails
 import numpy as np
 from data_specs.task_spec import TaskSpec
-from personalization.outside import decode_routing_bundle, encode_routing_bundle
+from data_specs.routing_bundle import decode_routing_bundle, encode_routing_bundle
 spec = TaskSpec.model_validate_json({SPEC.model_dump_json()!r})
 expected = {expected!r}
 experts = [{{k: np.full(s, i, dtype=d) for k, (s, d) in expected.items()}} for i in range(2)]

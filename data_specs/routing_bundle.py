@@ -5,8 +5,9 @@ experts ``i = 0..K`` (0 is the global model) and ``__metadata__`` with ``fedseg_
 ``spec_hash``, ``spec`` (JSON ``TaskSpec``) and ``experts`` (JSON list of
 ``{"index", "source", "name", "round"}``).
 
-This module imports neither torch nor MONAI, so the aggregator can assemble bundles from numpy
-arrays. The one torch-bound step is deriving the expected tensor shapes from a spec
+The format is a contract between the aggregator (which assembles bundles) and an outside site
+(which routes them), so it lives here. This module imports neither torch nor MONAI, so the
+aggregator can assemble bundles from numpy arrays. The one torch-bound step is deriving the expected tensor shapes from a spec
 (``expected_tensors`` builds a U-Net); pass ``expected=`` (e.g. shapes of the experiment's
 global bundle) to stay torch-free.
 """
@@ -25,10 +26,20 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from data_specs.bundle import ExpectedTensors, check_finite, check_tensors, read_header
-from data_specs.errors import BundleError, SpecMismatchError
+from data_specs.bundle import (
+    ExpectedTensors,
+    canonical_safetensors,
+    check_finite,
+    check_tensors,
+    read_header,
+)
+from data_specs.errors import (
+    BundleError,
+    RoutingBundleError,
+    RoutingSpecMismatchError,
+    SpecMismatchError,
+)
 from data_specs.task_spec import TaskSpec, expected_tensors
-from personalization.outside.errors import RoutingBundleError, RoutingSpecMismatchError
 
 META_ROUTING = "fedseg_routing"
 META_ROUTING_VERSION = "1"
@@ -160,7 +171,8 @@ def encode_routing_bundle(
         META_SPEC: spec.model_dump_json(),
         META_EXPERTS: json.dumps([s.model_dump(mode="json") for s in srcs]),
     }
-    return st_save(arrays, metadata=metadata)
+    # Byte-stable, like weights bundles: the aggregator stores bundles content-addressed.
+    return canonical_safetensors(st_save(arrays, metadata=metadata))
 
 
 def _read_metadata(data: bytes | memoryview) -> tuple[TaskSpec, list[ExpertSource]]:
