@@ -8,6 +8,7 @@ import time
 
 BENCHMARKS = [
     "benchmarks.aggregator_bench",
+    "benchmarks.strategies_bench",
     "benchmarks.site_agent_bench",
     "benchmarks.noniid_bench",
     "benchmarks.round_overhead_bench",
