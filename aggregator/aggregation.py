@@ -2,7 +2,8 @@
 
 Memory stays flat in the number of sites: the global model and the new one are in memory, each
 update is a memory-mapped file read one tensor at a time. Full updates become differences
-``W - θ`` on the fly. The inputs are sorted by site id, so the same inputs give the same bits.
+``W - θ`` on the fly. The inputs are sorted by their key (the site name), so the same inputs give
+the same bits.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class UpdateInput:
     """An accepted update as the orchestrator hands it over.
 
     Args:
-        site_id: the site.
+        site_id: the site's key in the aggregation order: its name, which unlike its random id
+            is the same in every deployment of the experiment.
         num_samples: its sample count (FedAvg weight).
         sha256: the blob to read (the decoded copy for compressed uploads).
     """

@@ -39,7 +39,7 @@ from aggregator.logs import log_event
 from aggregator.schemas.experiments import ExperimentCreate
 from aggregator.task_board import TaskBoard
 from aggregator.telemetry import AggregatorMetrics
-from aggregator.transitions import complete_experiment, fail_experiment, open_round
+from aggregator.transitions import complete_experiment, fail_experiment, open_round, site_names
 
 log = logging.getLogger("aggregator.orchestrator")
 _MAX_TRANSITIONS = 16
@@ -250,10 +250,17 @@ class Orchestrator:
             previous = round_crud.get_global_model(
                 session, experiment_id=experiment_id, round_number=rnd.number - 1
             )
-            inputs = [
-                UpdateInput(t.site_id, int(t.num_samples or 0), t.update_blob_sha256 or "")
+            accepted = [
+                t
                 for t in round_crud.tasks_of_round(session, round_id=round_id)
                 if t.status == TaskStatus.ACCEPTED
+            ]
+            # Keyed (and so ordered) by site name: the sum's order, hence its bits, does not
+            # depend on the random site ids of one deployment.
+            names = site_names(session, [t.site_id for t in accepted])
+            inputs = [
+                UpdateInput(names[t.site_id], int(t.num_samples or 0), t.update_blob_sha256 or "")
+                for t in accepted
             ]
             number, attempt = rnd.number, rnd.attempt
             spec_hash, local_keys = experiment.spec_hash, frozenset(experiment.local_keys)

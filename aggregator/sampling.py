@@ -1,4 +1,4 @@
-"""Deterministic site sampling and per-task seeds: functions of (seed, round, attempt) only."""
+"""Deterministic site sampling and per-task seeds: functions of (seed, round, attempt, site name)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -19,6 +20,12 @@ from aggregator.schemas.experiments import ExperimentCreate
 
 log = logging.getLogger("aggregator.orchestrator")
 _SYSTEM = "system"
+
+
+def site_names(session: Session, site_ids: Sequence[str]) -> dict[str, str]:
+    """``{site id: site name}`` of the given sites."""
+    rows = session.execute(select(Site.id, Site.name).where(Site.id.in_(list(site_ids))))
+    return {site_id: name for site_id, name in rows}
 
 
 def open_round(
@@ -54,14 +61,22 @@ def open_round(
             f"min_sites is {cfg.min_sites}",
         )
         return set()
-    sampled = sample_sites(
-        available,
-        fraction=cfg.fraction,
-        min_sites=cfg.min_sites,
-        seed=cfg.seed,
-        round_number=number,
-        attempt=attempt,
-    )
+    # Sample and seed by site name (unique, chosen by the researcher), not by the random id, so
+    # the same experiment on a fresh aggregator with the same site names picks the same sites
+    # and the same training seeds.
+    names = site_names(session, available)
+    by_name = {names[s]: s for s in available}
+    sampled = [
+        by_name[n]
+        for n in sample_sites(
+            list(by_name),
+            fraction=cfg.fraction,
+            min_sites=cfg.min_sites,
+            seed=cfg.seed,
+            round_number=number,
+            attempt=attempt,
+        )
+    ]
     model = round_crud.get_global_model(
         session, experiment_id=experiment.id, round_number=number - 1
     )
@@ -79,7 +94,7 @@ def open_round(
         sampled=sampled,
         opened_at=now,
         deadline_at=now + timedelta(seconds=cfg.round_deadline_s),
-        seeds={s: derive_seed(cfg.seed, number, s) for s in sampled},
+        seeds={s: derive_seed(cfg.seed, number, names[s]) for s in sampled},
         model_sha256=sha,
         model_size=size,
     )

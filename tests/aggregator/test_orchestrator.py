@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,11 +90,19 @@ def test_sampling_is_seeded_by_seed_round_attempt(
     clock.advance(11)
     services.orchestrator.step()  # nobody answered: retry with attempt 1
     rounds = fed.rounds(exp)
+    # Sampled by site name (stable across deployments), reported as site ids.
+    name_of = {site_id: name for name, (site_id, _) in fed.sites.items()}
+    assert set(name_of) == set(participants)
     for r in rounds[:2]:
         want = sample_sites(
-            participants, fraction=0.5, min_sites=1, seed=3, round_number=1, attempt=r["attempt"]
+            sorted(name_of.values()),
+            fraction=0.5,
+            min_sites=1,
+            seed=3,
+            round_number=1,
+            attempt=r["attempt"],
         )
-        assert r["sampled"] == want and len(want) == 2
+        assert sorted(name_of[s] for s in r["sampled"]) == want and len(want) == 2
 
 
 def test_sample_sites_properties() -> None:
@@ -146,7 +155,6 @@ def test_fedadam_state_is_persisted_between_rounds(fed: Federation, services: Se
     fed.start(exp)
     services.orchestrator.step()
     samples = {"site-a": 4, "site-b": 9, "site-c": 1}
-    ids = {name: fed.sites[name][0] for name in samples}
     strategy = build_strategy("fedadam", params)
     theta = decode_bundle(fed.round_model(exp, 0)).tensors
     state: dict[str, np.ndarray] = {}
@@ -156,7 +164,7 @@ def test_fedadam_state_is_persisted_between_rounds(fed: Federation, services: Se
         services.orchestrator.step()
         updates = [
             ClientUpdate(
-                ids[name],
+                name,  # the aggregation order is by site name
                 n,
                 {
                     k: np.asarray(v - theta[k])
@@ -176,3 +184,31 @@ def test_fedadam_state_is_persisted_between_rounds(fed: Federation, services: Se
         assert model is not None and model.state_sha256 is not None
         assert services.blobs.exists(model.state_sha256)
     assert fed.rounds(exp)[1]["model_sha256"] == sha256(fed.round_model(exp, 2))
+
+
+def test_sampling_and_seeds_follow_site_names_not_random_ids(tmp_path: Path) -> None:
+    """Two fresh aggregators, same site names (new random ids): same sampled sites, same seeds."""
+    from fastapi.testclient import TestClient
+
+    from aggregator.api.app import create_app
+    from aggregator.settings import AggregatorSettings
+    from tests.aggregator.helpers import ADMIN_TOKEN
+
+    def first_round(folder: str) -> dict[str, int]:
+        settings = AggregatorSettings(
+            data_dir=tmp_path / folder, admin_token=ADMIN_TOKEN, orchestrator_enabled=False
+        )
+        with TestClient(create_app(settings)) as client:
+            fed = Federation.create(client, ["h1", "h2", "h3", "h4", "h5", "h6"])
+            exp = fed.create_experiment(fraction=0.5, min_sites=1, seed=11)
+            fed.start(exp)
+            client.app.state.services.orchestrator.step()  # type: ignore[attr-defined]
+            return {
+                name: task["train"]["seed"]
+                for name in fed.sites
+                if (task := fed.next_task(name)) is not None
+            }
+
+    a, b = first_round("one"), first_round("two")
+    assert len(a) == 3
+    assert a == b
