@@ -8,6 +8,7 @@ hospital, runs clinician inference on one of its scans, and writes a report fold
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import time
@@ -186,7 +187,11 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
 
 
 def _site_env(url: str, manifest: Path, work: Path, **extra: str) -> dict[str, str]:
+    # Co-located agents share this machine's cores: one compute thread each avoids the
+    # OpenMP oversubscription that slows every process when each starts a thread per core.
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
     return {
+        "OMP_NUM_THREADS": threads,
         "FEDSEG_SITE_AGGREGATOR_URL": url,
         "FEDSEG_SITE_MANIFEST": str(manifest),
         "FEDSEG_SITE_WORK_DIR": str(work),
