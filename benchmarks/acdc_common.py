@@ -52,16 +52,19 @@ ACDC_SPEC = TaskSpec(
 # spend no time on per-round validation that these benchmarks never read.
 TEST_FRAC = 0.25
 VAL_FRAC = 0.0
+EVAL_LINE = (
+    "Dice: mean of RV, MYO and LV over each test slice's whole field of view (sliding window "
+    "of 128×128 patches; the agent's `evaluate_segmentation`, as `fedseg site evaluate` "
+    "does; a class absent from a slice is ignored there). Sites train on random 128×128 "
+    "patches drawn over the whole slice, with flips, small rotations and intensity jitter."
+)
 
 
 SEED_CAVEAT = (
-    "Seeds: every run uses the same experiment seed (data split, initial weights, sampling "
-    "RNG), but the aggregator keys per-site training seeds on each site's random registration "
-    "id (`aggregator/sampling.py`, `derive_seed(seed, round, site_id)`; codec randomness "
-    "follows that seed) and samples from the sites sorted by that id, so batch order, "
-    "augmentation (and with C < 1 the sampled sites) differ from run to run even with the "
-    "same seed: two runs of one setting are not bit-identical and the differences between "
-    "settings include that noise."
+    "Seeds: runs are deterministic for a seed (site sampling, per-site training seeds and the "
+    "aggregation order follow site names), and every setting here shares one seed, so the "
+    "differences between settings are not run-to-run noise; they can still be specific to "
+    "that seed (initial weights, batch order), which one seed cannot rule out."
 )
 
 
@@ -214,13 +217,12 @@ def round_models(result: Any) -> dict[int, Path]:
 
 
 class EvalSets:
-    """Each hospital's test split as 128×128 centre crops, loaded once and reused for every model.
+    """Each hospital's test split as whole slices, loaded once and reused for every model.
 
-    Training sees centre crops of the patch size (``ManifestTrainers`` loads with
-    ``fit="crop"``); ``fedseg site evaluate`` scores whole slices by sliding window, and on ACDC
-    (216–256 × 256 slices) the periphery a model never trained on costs it half its Dice. The
-    benchmarks score the field of view the models were trained on, with the product's
-    ``evaluate_segmentation`` (MONAI Dice of RV, MYO, LV; empty classes ignored).
+    What ``fedseg site evaluate`` (``run_evaluate``) scores: whole slices (216–256 × 256 on
+    ACDC) by sliding window over 128×128 patches, with the agent's ``evaluate_segmentation``
+    (MONAI Dice of RV, MYO, LV; a class absent from a slice is ignored there). The scans are
+    read once here instead of once per model and site.
 
     Args:
         manifests: hospital name -> manifest path.
@@ -233,7 +235,7 @@ class EvalSets:
 
         self.spec = spec
         self.data = {
-            name: build_dataset(load_manifest(p), spec, "test", train=False, seed=0, fit="crop")
+            name: build_dataset(load_manifest(p), spec, "test", train=False, seed=0, fit="none")
             for name, p in manifests.items()
         }
 

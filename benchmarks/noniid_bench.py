@@ -23,7 +23,6 @@ from typing import Any
 
 from benchmarks.acdc_common import (
     RESULTS,
-    SEED_CAVEAT,
     command_line,
     fmt,
     fresh_dir,
@@ -273,7 +272,8 @@ def _report(
         f"sites per round), E = {setting.local_epochs} local epochs, B = {setting.batch_size}, "
         f"Adam lr {setting.lr}, {setting.rounds} rounds; `fedseg simulate`'s U-Net (channels "
         f"(8, 16, 32), batch norm). Seeds {seeds} (each seed changes the partition, the "
-        f"sampling and the training; the data stay the same). {SEED_CAVEAT}",
+        "sampling and the training; the data stay the same). Runs are deterministic for a "
+        "seed (site sampling, training seeds and aggregation order follow site names).",
         "- Dice: every round's global model on the test split of each "
         f"source hospital ({sum(len(t) for t in tests)} cases in all), mean over the 3 "
         "classes, then over hospitals; curves are means over seeds.",
