@@ -54,8 +54,32 @@ class NormKind(StrEnum):
 class OptimizerName(StrEnum):
     """Local optimiser a site uses."""
 
-    SGD = "sgd"
+    SGD = "sgd"  # momentum 0.9
+    SGD_NESTEROV = "sgd_nesterov"  # momentum 0.99, Nesterov (nnU-Net's choice)
     ADAM = "adam"
+    ADAMW = "adamw"
+
+
+class FitMode(StrEnum):
+    """How a scan is brought to the network's input size (and a prediction back)."""
+
+    PATCH = "patch"  # random patches in training, sliding-window inference at the native grid
+    RESIZE = "resize"  # each slice (2D) or volume (3D) resized to the patch size, and back
+
+
+class Precision(StrEnum):
+    """Arithmetic of the forward pass in training and inference."""
+
+    AUTO = "auto"  # bf16 autocast where the CPU or GPU supports it, else fp32
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class LrSchedule(StrEnum):
+    """Learning-rate schedule across the whole federation (the round says where we are)."""
+
+    CONSTANT = "constant"
+    POLY = "poly"  # lr * (1 - progress) ** 0.9, progress over all rounds of the experiment
 
 
 class PersonalizationMethod(StrEnum):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data_specs.constants import NormKind
+from data_specs.constants import FitMode, NormKind
 
 if TYPE_CHECKING:
     import torch
@@ -27,7 +27,15 @@ class TaskSpec(BaseModel):
         norm: ``batch`` or ``instance``. Default ``batch``.
         dropout: dropout probability. Default 0.
         patch_size: spatial size the loader crops or pads to. Example: ``(32, 32)``.
-        intensity: ``minmax`` (scale to [0, 1]) or ``zscore`` (per-image). Default ``zscore``.
+        intensity: ``minmax`` (scale to [0, 1]), ``zscore`` (per image), ``none`` (values as
+            stored) or ``ct`` (clip to ``clip_range``, then z-score with ``norm_mean_std``, the
+            federation's statistics). Default ``zscore``.
+        fit: ``patch`` (random patches, sliding-window inference) or ``resize`` (whole slice
+            or volume resized to ``patch_size`` and predictions resized back). Default ``patch``.
+        target_spacing: voxel spacing to resample to (in-plane for a 2D task); overrides the
+            manifest's. Default None (the manifest's, or none).
+        clip_range: intensity window for ``intensity="ct"``. Example: ``(-1000.0, 400.0)``.
+        norm_mean_std: mean and sd for ``intensity="ct"``. Example: ``(40.0, 120.0)``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -41,7 +49,11 @@ class TaskSpec(BaseModel):
     norm: NormKind = NormKind.BATCH
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     patch_size: tuple[int, ...] = (32, 32)
-    intensity: Literal["minmax", "zscore"] = "zscore"
+    intensity: Literal["minmax", "zscore", "none", "ct"] = "zscore"
+    fit: FitMode = FitMode.PATCH
+    target_spacing: tuple[Annotated[float, Field(gt=0.0)], ...] | None = None
+    clip_range: tuple[float, float] | None = None
+    norm_mean_std: tuple[float, Annotated[float, Field(gt=0.0)]] | None = None
 
     @model_validator(mode="after")
     def _check_shapes(self) -> TaskSpec:
@@ -57,6 +69,10 @@ class TaskSpec(BaseModel):
                 f"patch_size needs {self.spatial_dims} entries for spatial_dims={self.spatial_dims}, "
                 f"got {self.patch_size}"
             )
+        if self.target_spacing is not None and len(self.target_spacing) not in (2, 3):
+            raise ValueError(f"target_spacing needs 2 or 3 entries, got {self.target_spacing}")
+        if self.intensity == "ct" and (self.clip_range is None or self.norm_mean_std is None):
+            raise ValueError("intensity='ct' needs clip_range and norm_mean_std")
         factor = 1
         for s in self.strides:
             factor *= s

@@ -11,7 +11,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from data_specs.constants import BundleKind, OptimizerName, PersonalizationMethod
+from data_specs.constants import (
+    BundleKind,
+    LrSchedule,
+    OptimizerName,
+    PersonalizationMethod,
+    Precision,
+)
 from data_specs.task_spec import TaskSpec
 
 _Strict = ConfigDict(extra="forbid")
@@ -60,12 +66,22 @@ class TrainConfig(BaseModel):
         local_epochs: passes over the local training split. Default 1.
         batch_size: local batch size. Default 4.
         lr: learning rate. Default 0.01.
-        optimizer: ``sgd`` (momentum 0.9) or ``adam``. Default ``sgd``.
+        optimizer: ``sgd`` (momentum 0.9), ``sgd_nesterov`` (momentum 0.99, Nesterov), ``adam``
+            or ``adamw``. Default ``sgd``.
         weight_decay: L2 weight decay. Default 0.
         fedprox_mu: FedProx proximal strength; 0 disables. Default 0.
         update_kind: upload ``full`` weights or the ``diff`` to the global model. Default ``full``.
         max_steps: cap on optimiser steps per round (None = whole epochs). Default None.
         seed: seed of the local run (the aggregator derives one per site and round).
+        lr_schedule: ``constant`` or ``poly`` over all rounds of the experiment. Default
+            ``constant``.
+        precision: ``auto`` (bf16 autocast where supported), ``fp32`` or ``bf16``. Default
+            ``auto``.
+        channels_last: channels-last memory format for 2D convolutions. Default True.
+        foreground_oversample: share of training patches centred on a labelled voxel
+            (``fit=patch`` only). Default 0.33.
+        persist_optimizer: keep the site's optimiser state across rounds (in the work dir).
+            Default False.
     """
 
     model_config = _Strict
@@ -79,6 +95,11 @@ class TrainConfig(BaseModel):
     update_kind: BundleKind = BundleKind.FULL
     max_steps: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
+    lr_schedule: LrSchedule = LrSchedule.CONSTANT
+    precision: Precision = Precision.AUTO
+    channels_last: bool = True
+    foreground_oversample: Annotated[float, Field(ge=0.0, le=1.0)] = 0.33
+    persist_optimizer: bool = False
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
 
@@ -102,6 +123,7 @@ class TaskAssignment(BaseModel):
     train: TrainConfig
     local_keys: list[str] = Field(default_factory=list)
     deadline: datetime | None = None
+    total_rounds: Annotated[int, Field(ge=1)] | None = None
 
 
 class EnrollRequest(BaseModel):

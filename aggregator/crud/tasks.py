@@ -135,4 +135,5 @@ def to_assignment(*, task: Task, rnd: Round, experiment: Experiment) -> TaskAssi
         train=cfg.train.model_copy(update={"seed": task.seed}),
         local_keys=list(experiment.local_keys),
         deadline=rnd.deadline_at,
+        total_rounds=cfg.rounds,
     )
