@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from data_specs.constants import InputFit, LrSchedule, Precision
+
 
 def register(app: typer.Typer) -> None:
     """Attach the launcher commands to the root app."""
@@ -95,8 +97,28 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--classes", help="Classes including background.")
         ] = 4,
         seed: Annotated[int, typer.Option("--seed")] = 0,
+        fit: Annotated[
+            InputFit | None,
+            typer.Option(
+                "--fit",
+                help="resize (whole slices resized to the patch; 2D default) or patch "
+                "(random patches, sliding-window inference; 3D default).",
+            ),
+        ] = None,
+        lr_schedule: Annotated[
+            LrSchedule, typer.Option("--lr-schedule", help="poly (default) or constant.")
+        ] = LrSchedule.POLY,
+        precision: Annotated[
+            Precision, typer.Option("--precision", help="auto (bf16 where supported), fp32, bf16.")
+        ] = Precision.AUTO,
     ) -> None:
-        """Run one federated experiment in-process through the real aggregator and agent code."""
+        """Run one federated experiment in-process through the real aggregator and agent code.
+
+        The default network is the recipe's: a U-Net 16-32-64-128 with two residual units per
+        level (16-32-64 in 3D), trained with a poly learning-rate schedule over all rounds, the
+        optimiser's state kept on each site between rounds, and bf16 autocast where the CPU or
+        GPU supports it.
+        """
         from pydantic import ValidationError
 
         from data_specs.errors import DataSpecError
@@ -106,12 +128,15 @@ def register(app: typer.Typer) -> None:
         from site_agent.errors import SiteAgentError
 
         try:
+            deep = dims == 2
             spec = TaskSpec(
                 spatial_dims=2 if dims == 2 else 3,
                 out_channels=classes,
-                channels=(8, 16, 32),
-                strides=(2, 2),
+                channels=(16, 32, 64, 128) if deep else (16, 32, 64),
+                strides=(2, 2, 2) if deep else (2, 2),
+                num_res_units=2,
                 patch_size=(patch,) * dims,
+                fit=fit or (InputFit.RESIZE if deep else InputFit.PATCH),
             )
             cfg = SimulationConfig(
                 manifests=manifests,
@@ -129,6 +154,11 @@ def register(app: typer.Typer) -> None:
                 personalization=personalization,
                 fedprox_mu=mu,
                 seed=seed,
+                train_overrides={
+                    "lr_schedule": lr_schedule,
+                    "precision": precision,
+                    "persist_optimizer": True,
+                },
             )
             result = run_simulation(cfg)
         except (
