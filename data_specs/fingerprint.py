@@ -22,11 +22,11 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from data_specs.constants import SplitName
 from data_specs.errors import DataSpecError
-from data_specs.imageio import read_image
+from data_specs.imageio import ImageData, read_image
 from data_specs.manifest import DatasetManifest
 
 FINGERPRINT_VERSION: Literal[1] = 1
@@ -213,7 +213,8 @@ def compute_fingerprint(
         seed: seed of the voxel sampling. Default 0.
 
     Raises:
-        FingerprintError: fewer than ``MIN_CASES`` cases, mixed scan dims, no labelled voxel.
+        FingerprintError: fewer than ``MIN_CASES`` cases, scans that disagree with the
+            manifest or each other, no labelled voxel.
         ImageReadError: a scan does not load (the message names the file; it stays local).
     """
     cases = list(manifest.iter_cases(SplitName.TRAINING))
@@ -221,69 +222,97 @@ def compute_fingerprint(
         raise FingerprintError(
             f"expected at least {MIN_CASES} training cases for a fingerprint, found {len(cases)}"
         )
-    rng = np.random.default_rng(seed)
-    n_ch, n_cls = manifest.num_channels, manifest.num_classes
-    spacings: list[tuple[float, ...]] = []
-    shapes: list[tuple[int, ...]] = []
-    samples: list[list[np.ndarray]] = [[] for _ in range(n_ch)]
-    sums = np.zeros((n_ch, 2), dtype=np.float64)  # sum, sum of squares per channel
-    fg_total = 0
-    counts = np.zeros(n_cls, dtype=np.int64)
+    pool = _Pool(manifest, samples_per_case, np.random.default_rng(seed))
     for case in cases:
         paths = manifest.resolve(case)
         image = read_image(paths.image)
         label = read_image(paths.label, label=True).array[0]  # type: ignore[arg-type]
+        pool.add(image, label)
+    try:
+        return pool.finish()
+    except ValidationError as exc:
+        raise FingerprintError(
+            f"the statistics do not form a valid fingerprint ({exc.error_count()} problem(s), "
+            f"first: {exc.errors()[0]['msg']})"
+        ) from None
+
+
+class _Pool:
+    """Running sums and voxel samples over a site's training cases; nothing kept per case
+    beyond its spacing and shape, which only leave as window means."""
+
+    def __init__(self, manifest: DatasetManifest, samples: int, rng: np.random.Generator) -> None:
+        self.manifest, self.samples, self.rng = manifest, samples, rng
+        self.n_ch, self.n_cls = manifest.num_channels, manifest.num_classes
+        self.spacings: list[tuple[float, ...]] = []
+        self.shapes: list[tuple[float, ...]] = []
+        self.voxels: list[list[np.ndarray]] = [[] for _ in range(self.n_ch)]
+        self.sums = np.zeros((self.n_ch, 2), dtype=np.float64)  # sum, sum of squares
+        self.foreground = 0
+        self.counts = np.zeros(self.n_cls, dtype=np.int64)
+
+    def add(self, image: ImageData, label: np.ndarray) -> None:
+        if image.num_channels != self.n_ch or image.spatial_shape != label.shape:
+            raise FingerprintError(
+                f"expected {self.n_ch} channel(s) and a label of the image's shape in every "
+                "training case; run `fedseg data validate` on the manifest"
+            )
         ndim = len(image.spatial_shape)
-        axes = _scan_axes(image.affine, ndim, manifest.spatial_dims)
-        spacings.append(tuple(image.spacing[a] for a in axes))
-        shapes.append(tuple(image.spatial_shape[a] for a in axes))
-        if shapes[-1] and len(shapes[-1]) != len(shapes[0]):
+        if self.shapes and ndim != len(self.shapes[0]):
             raise FingerprintError("expected every training scan to have the same number of dims")
+        axes = _scan_axes(image.affine, ndim, self.manifest.spatial_dims)
+        self.spacings.append(tuple(image.spacing[a] for a in axes))
+        self.shapes.append(tuple(float(image.spatial_shape[a]) for a in axes))
         values = label.ravel()
-        if values.min() < 0 or values.max() >= n_cls:
-            raise FingerprintError(f"expected label values 0..{n_cls - 1} in every training case")
-        counts += np.bincount(values, minlength=n_cls)
-        fg = label > 0
+        if values.min() < 0 or values.max() >= self.n_cls:
+            raise FingerprintError(
+                f"expected label values 0..{self.n_cls - 1} in every training case"
+            )
+        self.counts += np.bincount(values, minlength=self.n_cls)
+        fg = (label > 0) & np.isfinite(image.array).all(axis=0)
         n_fg = int(fg.sum())
         if n_fg == 0:
-            continue
-        fg_total += n_fg
-        pick = rng.choice(n_fg, size=min(samples_per_case, n_fg), replace=False)
-        for c in range(n_ch):
+            return
+        self.foreground += n_fg
+        pick = np.sort(self.rng.choice(n_fg, size=min(self.samples, n_fg), replace=False))
+        for c in range(self.n_ch):
             voxels = image.array[c][fg].astype(np.float64)
-            sums[c] += (voxels.sum(), np.square(voxels).sum())
-            samples[c].append(voxels[np.sort(pick)])
-    if fg_total == 0:
-        raise FingerprintError("expected labelled (non-background) voxels in the training cases")
-    kinds = [modality_kind(n) for n in manifest.channel_names]
-    channels = []
-    for c in range(n_ch):
-        mean = sums[c, 0] / fg_total
-        sd = float(np.sqrt(max(sums[c, 1] / fg_total - mean**2, 0.0)))
-        pooled = np.concatenate(samples[c])
-        pct = np.percentile(pooled, INTENSITY_LEVELS)
-        channels.append(
-            ChannelIntensity(
-                modality=kinds[c],
-                percentiles=tuple(float(v) for v in np.maximum.accumulate(pct)),
-                mean=float(mean),
-                sd=sd,
+            self.sums[c] += (voxels.sum(), np.square(voxels).sum())
+            self.voxels[c].append(voxels[pick])
+
+    def finish(self) -> DatasetFingerprint:
+        if self.foreground == 0:
+            raise FingerprintError(
+                "expected labelled (non-background) voxels in the training cases"
             )
+        kinds = [modality_kind(n) for n in self.manifest.channel_names]
+        channels = []
+        for c in range(self.n_ch):
+            mean = self.sums[c, 0] / self.foreground
+            sd = float(np.sqrt(max(self.sums[c, 1] / self.foreground - mean**2, 0.0)))
+            pct = np.percentile(np.concatenate(self.voxels[c]), INTENSITY_LEVELS)
+            channels.append(
+                ChannelIntensity(
+                    modality=kinds[c],
+                    percentiles=tuple(float(v) for v in np.maximum.accumulate(pct)),
+                    mean=float(mean),
+                    sd=sd,
+                )
+            )
+        n, ndim = len(self.shapes), len(self.shapes[0])
+        return DatasetFingerprint(
+            spatial_dims=self.manifest.spatial_dims,
+            scan_dims=ndim,  # type: ignore[arg-type]
+            num_cases=n,
+            window_cases=min(WINDOW_CASES, n),
+            modality=_overall_modality(kinds),
+            spacing=_geometry(self.spacings, ndim),
+            shape=_geometry(self.shapes, ndim),
+            channels=tuple(channels),
+            foreground_voxels=self.foreground,
+            class_frequencies=tuple(float(v) for v in self.counts / self.counts.sum()),
+            labelled_voxels=int(self.counts.sum()),
         )
-    ndim = len(shapes[0])
-    return DatasetFingerprint(
-        spatial_dims=manifest.spatial_dims,
-        scan_dims=ndim,  # type: ignore[arg-type]
-        num_cases=len(cases),
-        window_cases=min(WINDOW_CASES, len(cases)),
-        modality=_overall_modality(kinds),
-        spacing=_geometry([s[:ndim] for s in spacings], ndim),
-        shape=_geometry([tuple(float(v) for v in s) for s in shapes], ndim),
-        channels=tuple(channels),
-        foreground_voxels=fg_total,
-        class_frequencies=tuple(float(v) for v in counts / counts.sum()),
-        labelled_voxels=int(counts.sum()),
-    )
 
 
 def _geometry(rows: list[tuple[float, ...]], ndim: int) -> tuple[tuple[float, ...], ...]:

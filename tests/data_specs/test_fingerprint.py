@@ -180,3 +180,16 @@ def test_modality_kind(name: str, kind: ModalityKind) -> None:
 def test_ct_manifest_gives_a_ct_fingerprint(tmp_path: Path) -> None:
     fp = compute_fingerprint(load(write_site(tmp_path / "s", n=2, modality="CT")))
     assert fp.modality == ModalityKind.CT and fp.channels[0].modality == ModalityKind.CT
+
+
+def test_scans_that_disagree_with_the_manifest_are_refused_clearly(tmp_path: Path) -> None:
+    path = write_site(tmp_path / "s", n=2)
+    manifest = load(path)
+    label_path = manifest.resolve(next(manifest.iter_cases("training"))).label
+    assert label_path is not None
+    write_mask_nifti(np.full(SHAPES[0], 3, dtype=np.uint8), np.eye(4), label_path)
+    with pytest.raises(FingerprintError, match=r"label values 0\.\.2"):
+        compute_fingerprint(manifest)
+    write_mask_nifti(np.zeros((5, 5), dtype=np.uint8), np.eye(4), label_path)
+    with pytest.raises(FingerprintError, match="label of the image's shape"):
+        compute_fingerprint(manifest)
