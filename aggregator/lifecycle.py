@@ -16,6 +16,7 @@ from aggregator.db.models import Experiment, ExperimentStatus, Site, SiteStatus,
 from aggregator.errors import ConflictError
 from aggregator.global_models import build_initial_weights, load_weights, store_global
 from aggregator.logs import log_event
+from aggregator.planning import apply_auto_plan
 from aggregator.schemas.experiments import ExperimentCreate
 from data_specs.constants import PersonalizationMethod
 from data_specs.task_spec import TaskSpec
@@ -83,6 +84,10 @@ def start_experiment(
         raise ConflictError(
             f"cannot start: {len(participants)} usable site(s) (enrolled, or listed and not revoked), "
             f"min_sites is {cfg.min_sites}"
+        )
+    if cfg.plan == "auto":
+        cfg = apply_auto_plan(
+            session, experiment=experiment, participants=participants, actor=actor
         )
     if experiment.initial_model_sha256 is not None:
         initial = BlobRef(

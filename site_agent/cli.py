@@ -23,7 +23,8 @@ from site_agent.errors import (
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="Run the site agent, enroll, segment a scan, adapt a routed model, evaluate a model.",
+    help="Run the site agent, enroll, show the dataset fingerprint, segment a scan, adapt a "
+    "routed model, evaluate a model.",
 )
 
 # Exit codes, for hospital IT's service manager and the launcher.
@@ -172,6 +173,38 @@ def enroll(
     typer.echo(
         f"enrolled as {response.site_name} ({response.site_id}); token kept in {settings.work_dir}"
     )
+
+
+@app.command("fingerprint")
+def fingerprint(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the exact JSON the agent sends.")
+    ] = False,
+    config: Config = None,
+    manifest: ManifestOpt = None,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Show the dataset fingerprint: exactly what leaves the site for plan: auto (aggregates)."""
+    from data_specs.errors import DataSpecError
+    from site_agent.fingerprints import manifest_fingerprint
+    from site_agent.workdir import WorkDir
+
+    try:
+        settings = _settings(config, manifest=manifest, work_dir=work_dir)
+        path = settings.require_manifest()
+        result = manifest_fingerprint(path, WorkDir(settings.work_dir))
+    except SiteAgentError as exc:
+        raise _fail(exc) from None
+    except (DataSpecError, OSError) as exc:
+        typer.echo(f"error: no fingerprint: {exc}", err=True)
+        raise typer.Exit(1) from None
+    data = result.model_dump(mode="json")
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo("This is all the aggregator receives about the local data (no case, no file name):")
+    for key, value in data.items():
+        typer.echo(f"{key}: {json.dumps(value)}")
 
 
 @app.command("infer")

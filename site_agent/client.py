@@ -17,6 +17,7 @@ import httpx
 from pydantic import SecretStr, ValidationError
 
 from data_specs.constants import API_PREFIX, HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
+from data_specs.fingerprint import DatasetFingerprint
 from data_specs.wire import (
     EnrollRequest,
     EnrollResponse,
@@ -203,6 +204,12 @@ class AggregatorClient:
             "personal model",
             content=body,
             headers=headers,
+        )
+
+    def send_fingerprint(self, fingerprint: DatasetFingerprint) -> None:
+        """Send the site's dataset fingerprint (aggregates only) for ``plan: auto``."""
+        self._call(
+            "PUT", "/sites/me/fingerprint", "fingerprint", json=fingerprint.model_dump(mode="json")
         )
 
     def routing_bundle(self, experiment_id: str) -> bytes:

@@ -17,6 +17,7 @@ import httpx
 from data_specs.wire import EnrollResponse, TaskAssignment
 from site_agent.client import AggregatorClient, make_http_client
 from site_agent.enrollment import enroll, ensure_token
+from site_agent.fingerprints import FingerprintSync
 from site_agent.retry import Backoff
 from site_agent.settings import SiteSettings
 from site_agent.task_runner import TaskOutcome, TaskRunner, TrainerFactory
@@ -77,6 +78,7 @@ class SiteAgent:
         self._factory = trainer_factory
         self._prepared = False
         self._runner: TaskRunner | None = None
+        self.fingerprints = FingerprintSync(settings.manifest, self.workdir, self.client)
 
     # -- start-up ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -98,6 +100,7 @@ class SiteAgent:
             self._factory = ManifestTrainers(self.settings, self.workdir)
         self.workdir.ensure()
         ensure_token(self.client, self.settings, self.workdir)
+        self.fingerprints.sync()  # for plan: auto; again whenever the manifest changes
         self._prepared = True
 
     def enroll(self) -> EnrollResponse:
@@ -156,10 +159,12 @@ class SiteAgent:
             state = self.workdir.load_state()
             if state is not None:
                 return self._runner.resume(state)
+        self.fingerprints.sync()
         task = self.client.next_task(wait_s)
         return None if task is None else self._runner.start(task)
 
     def _poll(self) -> TaskAssignment | None:
+        self.fingerprints.sync()
         return self.client.next_task(self.settings.poll_wait_s)
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aggregator.db.engine import Database
+from aggregator.db.fingerprints import ExperimentPlanRow, SiteFingerprint
 from aggregator.db.models import (
     Base,
     Event,
@@ -25,6 +26,7 @@ __all__ = [
     "Database",
     "Event",
     "Experiment",
+    "ExperimentPlanRow",
     "ExperimentStatus",
     "GlobalModel",
     "Grant",
@@ -33,6 +35,7 @@ __all__ = [
     "Round",
     "RoundStatus",
     "Site",
+    "SiteFingerprint",
     "SiteStatus",
     "Task",
     "TaskStatus",

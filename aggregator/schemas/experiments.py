@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from data_specs.plan import PlanOptions
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
 
@@ -53,6 +54,11 @@ class ExperimentCreate(BaseModel):
         update_norm_bound: largest L2 norm of an update ``W - θ`` (outside ``local_keys``);
             None disables the check. Default None.
         seed: seeds site sampling, per-site training seeds and the initial model. Default 0.
+        plan: ``"auto"`` plans the spec's network, patch, spacing and normalisation and the
+            batch size from the sites' dataset fingerprints when the experiment starts
+            (``GET /experiments/{id}/plan``); None keeps ``spec`` and ``train`` as given.
+            Default None.
+        plan_options: budget and network knobs of the plan. Default None (``PlanOptions()``).
     """
 
     model_config = _Strict
@@ -69,6 +75,8 @@ class ExperimentCreate(BaseModel):
     max_round_retries: Annotated[int, Field(ge=0, le=100)] = 2
     update_norm_bound: Annotated[float, Field(gt=0.0)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    plan: Literal["auto"] | None = None
+    plan_options: PlanOptions | None = None
 
     @field_validator("sites")
     @classmethod

@@ -26,6 +26,7 @@ SITE_ONLY = {
     ("POST", "/api/v1/tasks/{task_id}/failure"),
     ("PUT", "/api/v1/tasks/{task_id}/personal"),
     ("GET", "/api/v1/experiments/{experiment_id}/routing-bundle"),
+    ("PUT", "/api/v1/sites/me/fingerprint"),
 }
 
 

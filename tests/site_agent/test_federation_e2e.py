@@ -13,10 +13,14 @@ import threading
 from pathlib import Path
 
 import httpx
+import nibabel as nib
+import numpy as np
 import pytest
 from safetensors.numpy import load as st_load
 
 from data_specs.bundle import read_header
+from data_specs.fingerprint import DatasetFingerprint, compute_fingerprint
+from data_specs.manifest import load_manifest
 from data_specs.task_spec import expected_tensors
 from data_specs.wire import EnrollRequest, FailureReport, SiteMetrics
 from site_agent.loop import SiteAgent
@@ -105,6 +109,12 @@ def test_two_agents_run_rounds_and_send_nothing_but_weights(tmp_path) -> None:
                 assert site["num_samples"] == 6
                 assert 0.0 <= site["metrics"]["val_dice"] <= 1.0
                 assert site["metrics"]["num_val_cases"] == 2
+        for root, site_id in zip(roots, site_ids, strict=True):  # the fingerprint arrived
+            stored = agg.researcher.get(f"/api/v1/sites/{site_id}/fingerprint")
+            fingerprint = compute_fingerprint(load_manifest(root / "data" / "dataset.json"))
+            assert stored.status_code == 200 and stored.json() == fingerprint.model_dump(
+                mode="json"
+            )
 
     for root in roots:
         work = root / "work"
@@ -131,6 +141,7 @@ def check_only_weights_left(recorders: list[Recorder], roots: list[Path]) -> Non
                     name = Path(rel).name
                     secrets |= {rel, name, name.split(".")[0]}
         secrets |= {"dataset.json", str(root), manifest["site_id"], "squares"}
+    per_case = [v for root in roots for v in _per_case_values(root / "data")]
     routes = set()
     for recorder in recorders:
         assert recorder.requests
@@ -145,6 +156,11 @@ def check_only_weights_left(recorders: list[Recorder], roots: list[Path]) -> Non
                 continue
             if path.endswith("/enroll"):
                 EnrollRequest.model_validate_json(body)
+            elif path.endswith("/sites/me/fingerprint"):
+                DatasetFingerprint.model_validate_json(body)  # aggregates only, extra forbidden
+                numbers = _numbers(json.loads(body))
+                leaked_values = [v for v in per_case if np.isclose(numbers, v, rtol=1e-9).any()]
+                assert not leaked_values, f"the fingerprint carries per-case values {leaked_values}"
             elif path.endswith("/failure"):
                 FailureReport.model_validate_json(body)
             else:
@@ -154,3 +170,27 @@ def check_only_weights_left(recorders: list[Recorder], roots: list[Path]) -> Non
                 assert set(st_load(body)) == state_keys
     assert ("PUT", "update") in routes and ("PUT", "personal") in routes
     assert ("POST", "enroll") in routes and ("GET", "model") in routes
+    assert ("PUT", "fingerprint") in routes
+
+
+def _per_case_values(data: Path) -> list[float]:
+    """Per-case figures a careless fingerprint would carry: foreground mean, sd, sum, voxels."""
+    manifest = json.loads((data / "dataset.json").read_text())
+    out: list[float] = []
+    for case in manifest["training"]:
+        image = np.asarray(nib.load(data / case["image"]).dataobj, dtype=np.float64)
+        label = np.asarray(nib.load(data / case["label"]).dataobj)
+        fg = image[label > 0]
+        out += [fg.mean(), fg.std(), fg.sum(), float(fg.size), float((label == 0).sum())]
+        out += [fg.min(), fg.max(), float(np.median(fg))]
+    return out
+
+
+def _numbers(value: object) -> np.ndarray:
+    if isinstance(value, dict):
+        return np.concatenate([_numbers(v) for v in value.values()] or [np.zeros(0)])
+    if isinstance(value, list):
+        return np.concatenate([_numbers(v) for v in value] or [np.zeros(0)])
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return np.asarray([float(value)])
+    return np.zeros(0)
