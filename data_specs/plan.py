@@ -35,7 +35,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from data_specs.constants import FitMode
+from data_specs.constants import InputFit
 from data_specs.errors import DataSpecError
 from data_specs.fingerprint import INTENSITY_LEVELS, DatasetFingerprint, ModalityKind
 from data_specs.task_spec import TaskSpec
@@ -80,7 +80,7 @@ class PlanOptions(BaseModel):
     min_feature_size: Annotated[int, Field(ge=2, le=16)] = 4
     max_poolings: Annotated[int, Field(ge=1, le=7)] = 5
     anisotropy_threshold: Annotated[float, Field(gt=1.0)] = 3.0
-    fit_2d: FitMode = FitMode.PATCH
+    fit_2d: InputFit = InputFit.PATCH
 
 
 class ExperimentPlan(BaseModel):
@@ -212,7 +212,7 @@ def make_plan(
     patch, poolings = _patch(net_axes, budget, cap, opts, notes)
     batch = _batch(fps, shape_t, dims, patch, budget, opts)
     modality, clip, mean_sd, ranges = _normalisation(fps, notes)
-    fit = opts.fit_2d if dims == 2 else FitMode.PATCH
+    fit = opts.fit_2d if dims == 2 else InputFit.PATCH
     spacing = tuple(round(float(s), 6) for s in target[:dims])
     update = {
         "channels": tuple(
@@ -221,7 +221,7 @@ def make_plan(
         "strides": (2,) * poolings,
         "patch_size": patch,
         "fit": fit,
-        "target_spacing": None if fit == FitMode.RESIZE else spacing,
+        "target_spacing": None if fit == InputFit.RESIZE else spacing,
         "intensity": "ct" if clip is not None else "zscore",
         "clip_range": clip,
         "norm_mean_std": mean_sd[0] if clip is not None else None,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from data_specs.constants import FitMode
+from data_specs.constants import InputFit
 from data_specs.fingerprint import INTENSITY_LEVELS, ChannelIntensity, DatasetFingerprint
 from data_specs.plan import (
     PlanError,
@@ -50,7 +50,7 @@ def test_target_spacing_is_the_median_of_site_medians_and_patch_fits_the_stride(
     plan = make_plan(three_sites(), BASE2)
     assert plan.target_spacing == (1.5, 1.5)
     spec = plan.spec
-    assert spec.target_spacing == (1.5, 1.5) and spec.fit == FitMode.PATCH
+    assert spec.target_spacing == (1.5, 1.5) and spec.fit == InputFit.PATCH
     # median field of view (100/210/180 mm, 130/150/180 mm) at the target spacing
     assert plan.median_shape[:2] == pytest.approx((120.0, 100.0))
     unit = 2 ** len(spec.strides)
@@ -81,8 +81,8 @@ def test_large_slices_are_capped_by_the_budget_and_small_datasets_cap_the_batch(
 
 
 def test_resize_fit_drops_the_target_spacing() -> None:
-    plan = make_plan(three_sites(), BASE2, PlanOptions(fit_2d=FitMode.RESIZE))
-    assert plan.spec.fit == FitMode.RESIZE and plan.spec.target_spacing is None
+    plan = make_plan(three_sites(), BASE2, PlanOptions(fit_2d=InputFit.RESIZE))
+    assert plan.spec.fit == InputFit.RESIZE and plan.spec.target_spacing is None
     assert plan.target_spacing == (1.5, 1.5)
 
 
