@@ -68,7 +68,7 @@ class PrivacyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _distributed_needs_secagg(self) -> PrivacyConfig:
-        if self.dp is not None and self.dp.mode == DPMode.DISTRIBUTED:
-            if self.secure_aggregation is None:
-                raise ValueError("dp.mode=distributed needs secure_aggregation")
+        distributed = self.dp is not None and self.dp.mode == DPMode.DISTRIBUTED
+        if distributed and self.secure_aggregation is None:
+            raise ValueError("dp.mode=distributed needs secure_aggregation")
         return self
