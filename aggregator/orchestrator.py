@@ -34,8 +34,10 @@ from aggregator.db import (
     TaskStatus,
 )
 from aggregator.db.models import OPEN_TASK_STATES, utcnow
+from aggregator.dp_aggregation import round_noise
 from aggregator.errors import AggregationError, StorageError
 from aggregator.logs import log_event
+from aggregator.privacy_budget import record_budget_spent, rounds_allowed
 from aggregator.schemas.experiments import ExperimentCreate
 from aggregator.task_board import TaskBoard
 from aggregator.telemetry import AggregatorMetrics
@@ -138,7 +140,10 @@ class Orchestrator:
             cfg = exp_crud.config_of(experiment)
             rnd = round_crud.latest_round(session, experiment_id=experiment_id)
             if rnd is None or rnd.status == RoundStatus.CLOSED:
-                if experiment.current_round >= cfg.rounds:
+                limit = rounds_allowed(cfg, len(experiment.participants or []))
+                if experiment.current_round >= limit:
+                    if limit < cfg.rounds:  # the DP budget ran out first
+                        record_budget_spent(session, experiment, cfg)
                     complete_experiment(session, experiment, now)
                     session.commit()
                     return True, set()
@@ -262,7 +267,7 @@ class Orchestrator:
                 UpdateInput(names[t.site_id], int(t.num_samples or 0), t.update_blob_sha256 or "")
                 for t in accepted
             ]
-            number, attempt = rnd.number, rnd.attempt
+            number, attempt, sampled = rnd.number, rnd.attempt, len(rnd.sampled)
             spec_hash, local_keys = experiment.spec_hash, frozenset(experiment.local_keys)
             global_sha, state_sha = previous.sha256, previous.state_sha256
         started = time.perf_counter()
@@ -277,6 +282,7 @@ class Orchestrator:
                 state_sha256=state_sha,
                 updates=inputs,
                 local_keys=local_keys,
+                noise=round_noise(cfg.privacy, sampled=sampled),
             )
         except (AggregationError, StorageError) as exc:
             return self._aggregation_failed(experiment_id, round_id, exc)

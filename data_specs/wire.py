@@ -124,6 +124,8 @@ class TaskAssignment(BaseModel):
     local_keys: list[str] = Field(default_factory=list)
     deadline: datetime | None = None
     total_rounds: Annotated[int, Field(ge=1)] | None = None
+    # Client-level DP: the site clips its update W − θ to this L2 norm before upload.
+    clip_norm: Annotated[float, Field(gt=0.0)] | None = None
 
 
 class EnrollRequest(BaseModel):

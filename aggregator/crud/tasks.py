@@ -136,4 +136,5 @@ def to_assignment(*, task: Task, rnd: Round, experiment: Experiment) -> TaskAssi
         local_keys=list(experiment.local_keys),
         deadline=rnd.deadline_at,
         total_rounds=cfg.rounds,
+        clip_norm=cfg.privacy.dp.clip_norm if cfg.privacy and cfg.privacy.dp else None,
     )

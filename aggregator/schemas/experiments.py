@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from data_specs.privacy import PrivacyConfig
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
 
@@ -53,6 +54,9 @@ class ExperimentCreate(BaseModel):
         update_norm_bound: largest L2 norm of an update ``W - θ`` (outside ``local_keys``);
             None disables the check. Default None.
         seed: seeds site sampling, per-site training seeds and the initial model. Default 0.
+        privacy: client-level DP (and, later, secure aggregation); see ``docs/privacy.md``.
+            With ``dp`` the update norm bound becomes ``dp.clip_norm`` (sites clip to it).
+            Default None.
     """
 
     model_config = _Strict
@@ -69,6 +73,7 @@ class ExperimentCreate(BaseModel):
     max_round_retries: Annotated[int, Field(ge=0, le=100)] = 2
     update_norm_bound: Annotated[float, Field(gt=0.0)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    privacy: PrivacyConfig | None = None
 
     @field_validator("sites")
     @classmethod
@@ -76,6 +81,13 @@ class ExperimentCreate(BaseModel):
         if value is not None and len(set(value)) != len(value):
             raise ValueError("sites must not repeat a site id")
         return value
+
+    @model_validator(mode="after")
+    def _privacy_fits(self) -> ExperimentCreate:
+        from aggregator.privacy_rules import apply_privacy_rules
+
+        apply_privacy_rules(self)
+        return self
 
     @model_validator(mode="after")
     def _enough_sites(self) -> ExperimentCreate:
