@@ -25,6 +25,7 @@ from data_specs.constants import OptimizerName, PersonalizationMethod
 from data_specs.files import atomic_write_bytes, atomic_write_text
 from data_specs.partition import PartitionScheme, partition_manifests, write_partition
 from data_specs.task_spec import TaskSpec
+from data_specs.privacy import PrivacyConfig
 from data_specs.wire import CodecConfig, PersonalizationConfig, TrainConfig
 from deploy.researcher_client import ResearcherClient
 from deploy.round_progress import RoundProgress
@@ -54,6 +55,7 @@ class SimulationConfig:
         max_steps: cap on local optimiser steps per round. Default None.
         seed: seed of partition, sampling and training. Default 0.
         evaluate: evaluate final global (and personal) models on each site's test split.
+        privacy: client-level DP options (``docs/privacy.md``). Default None.
     """
 
     manifests: list[Path]
@@ -79,6 +81,7 @@ class SimulationConfig:
     max_steps: int | None = None
     seed: int = 0
     evaluate: bool = True
+    privacy: PrivacyConfig | None = None
 
 
 @dataclass
@@ -182,6 +185,7 @@ def _experiment(cfg: SimulationConfig, site_ids: list[str]) -> ExperimentCreate:
         strategy=StrategyConfig(name=cfg.strategy, params=cfg.strategy_params),
         round_deadline_s=24 * 3600,
         seed=cfg.seed,
+        privacy=cfg.privacy,
     )
 
 
