@@ -39,6 +39,7 @@ from aggregator.errors import AggregationError, StorageError
 from aggregator.logs import log_event
 from aggregator.privacy_budget import record_budget_spent, rounds_allowed
 from aggregator.schemas.experiments import ExperimentCreate
+from aggregator.secagg_aggregation import secagg_aggregate_round, secure_aggregation_on
 from aggregator.task_board import TaskBoard
 from aggregator.telemetry import AggregatorMetrics
 from aggregator.transitions import complete_experiment, fail_experiment, open_round, site_names
@@ -272,18 +273,31 @@ class Orchestrator:
             global_sha, state_sha = previous.sha256, previous.state_sha256
         started = time.perf_counter()
         try:
-            result = aggregate_round(
-                self._blobs,
-                spec_hash=spec_hash,
-                round_number=number,
-                strategy_name=cfg.strategy.name,
-                strategy_params=cfg.strategy.params,
-                global_sha256=global_sha,
-                state_sha256=state_sha,
-                updates=inputs,
-                local_keys=local_keys,
-                noise=round_noise(cfg.privacy, sampled=sampled),
-            )
+            if secure_aggregation_on(cfg):  # unmask the running sum (None: answers pending)
+                pending = secagg_aggregate_round(
+                    self._db,
+                    self._blobs,
+                    round_id=round_id,
+                    global_sha256=global_sha,
+                    state_sha256=state_sha,
+                    now=self.clock(),
+                )
+                if pending is None:
+                    return set()
+                result = pending
+            else:
+                result = aggregate_round(
+                    self._blobs,
+                    spec_hash=spec_hash,
+                    round_number=number,
+                    strategy_name=cfg.strategy.name,
+                    strategy_params=cfg.strategy.params,
+                    global_sha256=global_sha,
+                    state_sha256=state_sha,
+                    updates=inputs,
+                    local_keys=local_keys,
+                    noise=round_noise(cfg.privacy, sampled=sampled),
+                )
         except (AggregationError, StorageError) as exc:
             return self._aggregation_failed(experiment_id, round_id, exc)
         seconds = time.perf_counter() - started

@@ -1,8 +1,9 @@
 """What a privacy option demands of the rest of an experiment's configuration.
 
-Kept out of the schema module so the rules read in one place: client-level DP needs a
-mean-based strategy, plain float updates (a lossy codec would change the clipped norm) and an
-update norm bound no larger than the clip norm, which the intake then enforces.
+Kept out of the schema module so the rules read in one place: client-level DP and secure
+aggregation need a mean-based strategy and plain float updates (a lossy codec would change the
+clipped norm; under secure aggregation the ring quantisation is the codec). DP also sets the
+update norm bound to the clip norm, which the intake enforces (without secure aggregation).
 """
 
 from __future__ import annotations
@@ -26,24 +27,26 @@ def apply_privacy_rules(cfg: ExperimentCreate) -> None:
     privacy = cfg.privacy
     if privacy is None:
         return
-    if privacy.secure_aggregation is not None:
+    what = "privacy.secure_aggregation" if privacy.secure_aggregation else "privacy.dp"
+    if privacy.secure_aggregation is None and privacy.dp is None:
+        return
+    if cfg.strategy.name not in MEAN_STRATEGIES:
         raise ValueError(
-            "secure_aggregation is not yet wired into the service's rounds: the protocol is in "
-            "data_specs.privacy (tested, benchmarked) but the aggregator cannot run it yet"
+            f"{what} needs a mean-based strategy {list(MEAN_STRATEGIES)}, got {cfg.strategy.name!r}"
+        )
+    if cfg.train.codec.name != "none":
+        raise ValueError(
+            f"{what} cannot combine with the update codec {cfg.train.codec.name!r}: "
+            + (
+                "the ring quantisation is its own codec, and sums of codec payloads are not "
+                "sums of updates"
+                if privacy.secure_aggregation
+                else "a lossy codec changes the clipped update's norm"
+            )
         )
     dp = privacy.dp
     if dp is None:
         return
-    if cfg.strategy.name not in MEAN_STRATEGIES:
-        raise ValueError(
-            f"privacy.dp needs a mean-based strategy {list(MEAN_STRATEGIES)}, "
-            f"got {cfg.strategy.name!r}"
-        )
-    if cfg.train.codec.name != "none":
-        raise ValueError(
-            f"privacy.dp cannot combine with the update codec {cfg.train.codec.name!r}: a lossy "
-            "codec changes the clipped update's norm"
-        )
     bound = dp.clip_norm * (1 + NORM_SLACK)
     if cfg.update_norm_bound is None or cfg.update_norm_bound > bound:
         cfg.update_norm_bound = bound

@@ -24,8 +24,8 @@ from aggregator.schemas.experiments import ExperimentCreate, StrategyConfig
 from data_specs.constants import OptimizerName, PersonalizationMethod
 from data_specs.files import atomic_write_bytes, atomic_write_text
 from data_specs.partition import PartitionScheme, partition_manifests, write_partition
-from data_specs.task_spec import TaskSpec
 from data_specs.privacy import PrivacyConfig
+from data_specs.task_spec import TaskSpec
 from data_specs.wire import CodecConfig, PersonalizationConfig, TrainConfig
 from deploy.researcher_client import ResearcherClient
 from deploy.round_progress import RoundProgress

@@ -19,6 +19,7 @@ from aggregator.db.models import (
     Task,
     TaskStatus,
 )
+from aggregator.db.secagg_models import SecAggEntry, SecAggSum
 
 __all__ = [
     "Base",
@@ -32,6 +33,8 @@ __all__ = [
     "Researcher",
     "Round",
     "RoundStatus",
+    "SecAggEntry",
+    "SecAggSum",
     "Site",
     "SiteStatus",
     "Task",

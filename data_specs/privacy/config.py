@@ -47,6 +47,8 @@ class SecAggConfig(BaseModel):
         ring_bits: 32 or 64. Default 32 (the same bytes as float32).
         value_bound: per-coordinate clip of the update before quantisation. Default 1.0.
         max_total_samples: largest ``Σ n_i`` of a round. Default 1,000,000.
+        unmask_wait_s: once uploads close, how long the aggregator waits for every site's
+            unmask answer before unmasking with the ``threshold`` it has. Default 60.
     """
 
     model_config = _Strict
@@ -56,6 +58,7 @@ class SecAggConfig(BaseModel):
     ring_bits: Literal[32, 64] = 32
     value_bound: Annotated[float, Field(gt=0.0)] = 1.0
     max_total_samples: Annotated[int, Field(ge=1)] = 1_000_000
+    unmask_wait_s: Annotated[float, Field(ge=0.0, le=86400.0)] = 60.0
 
 
 class PrivacyConfig(BaseModel):

@@ -105,6 +105,17 @@ class SecAggServer:
             self._sum += arr
         self.uploaded.add(sender)
 
+    def restore_sum(self, total: np.ndarray, uploaded: set[int]) -> None:
+        """Resume from a stored running sum and the sites in it (a service keeps these on disk).
+
+        Raises:
+            PrivacyError: a site in ``uploaded`` that did not share.
+        """
+        if not uploaded <= self.shared:
+            raise PrivacyError(f"sites {sorted(uploaded - self.shared)} in the sum did not share")
+        self._sum = np.array(total, dtype=self.params.scale.dtype)
+        self.uploaded = set(uploaded)
+
     # -- step 4 ---------------------------------------------------------------------------
     def unmask_request(self, index: int) -> UnmaskRequest:
         """What one surviving site is asked: its uploaded and its dropped neighbours."""

@@ -88,7 +88,10 @@ def test_experiment_stops_when_the_budget_is_spent(fed: Federation, services: Se
     [
         ({"strategy": {"name": "median"}}, "mean-based strategy"),
         ({"train": {"codec": {"name": "quantize"}}}, "cannot combine with the update codec"),
-        ({"privacy": {"secure_aggregation": {}}}, "not yet wired"),
+        (
+            {"privacy": {"secure_aggregation": {}}, "strategy": {"name": "trimmed_mean"}},
+            "privacy.secure_aggregation needs a mean-based strategy",
+        ),
         ({"privacy": {"dp": {"mode": "distributed"}}}, "needs secure_aggregation"),
     ],
 )
