@@ -38,6 +38,9 @@ def report_text(
             "—" if r.epsilon is None else f"{r.epsilon:.2f}",
             "—" if r.noise_multiplier is None else f"{r.noise_multiplier:.3f}",
             "—" if r.clip_norm is None else f"{r.clip_norm:.4f}",
+            "—"
+            if r.clip_norm is None or r.noise_multiplier is None
+            else f"{r.noise_multiplier * r.clip_norm / len(names):.2e}",
             r.rounds,
             *(r.dice[h] for h in names),
             r.mean,
@@ -89,6 +92,11 @@ def report_text(
         "budget (RDP accountant of Google's `dp-accounting`, δ = 1e-5, sampling rate q = 1: "
         "every hospital every round, so no amplification by sampling). ε shown is what the "
         "rounds API reported after the last round.",
+        "- `C` here is dominated by the batch-norm running statistics (`running_var` moves a "
+        "lot in early rounds and is part of the update), so even `z = 0.001` puts noise of "
+        "std `z·C/m` on every coordinate, conv weights included. Keeping batch-norm buffers "
+        "out of the clipped update (FedBN-style local keys, or group norm) would give a far "
+        "smaller `C` for the same signal; not run here.",
         "- Final global model. " + EVAL_LINE,
         "",
         f"## Dice against ε (client-level DP, {len(names)} hospitals)",
@@ -99,6 +107,7 @@ def report_text(
                 "ε (δ=1e-5)",
                 "z",
                 "C",
+                "noise std / coord (z·C/m)",
                 "rounds",
                 *names,
                 "mean Dice",
@@ -148,8 +157,9 @@ def report_text(
         + ". This counts computation and bytes only: the protocol adds three request/response "
         "steps per round (keys, shares, unmask), each one network round trip plus the wait for "
         "the slowest site; on a WAN that latency, not the maths, dominates the overhead. The "
-        "service does not run the protocol yet (see `docs/privacy.md`), so no end-to-end round "
-        "over HTTP was measured.",
+        "service runs the protocol (`docs/privacy.md`), but no end-to-end round over HTTP "
+        "was timed here: this machine was shared with other long jobs (load ~20 on 2 "
+        "cores) while it ran.",
         "- Upload bytes: the masked vector is 4 bytes per value, like float32, plus one ring "
         "element for the sample count; keys and shares add "
         "O(neighbours) × ~0.2 kB per site.",

@@ -70,6 +70,7 @@ def _drop_after_sharing(fed: Federation, name: str, task: TaskAssignment) -> Non
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_five_sites_one_dropping_mid_round_match_plain_fedavg(
     fed5: Federation, services: Services, tmp_path: Path
