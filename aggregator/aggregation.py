@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from aggregator.errors import AggregationError
 from aggregator.global_models import load_state, load_weights, store_global, store_state
 from data_specs.constants import BundleKind
 from data_specs.errors import BundleError
+
+if TYPE_CHECKING:
+    from aggregator.dp_aggregation import CentralNoise
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ def aggregate_updates(
     updates: Sequence[UpdateInput],
     local_keys: frozenset[str],
     verify: bool = True,
+    noise: CentralNoise | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Aggregate stored updates into new global weights and server state (nothing is written).
 
@@ -114,11 +118,14 @@ def aggregate_updates(
         updates: accepted updates (any order; sorted by site id here).
         local_keys: keys kept from θ (FedBN).
         verify: re-hash every input blob first (catches on-disk corruption). Default True.
+        noise: central DP: a noisy fixed-denominator mean replaces the strategy's combiner
+            (``aggregator.dp_aggregation``). Default None.
 
     Raises:
         AggregationError: no updates, or the strategy refused them.
         StorageError: a blob is missing or corrupt.
     """
+    from aggregator.dp_aggregation import dp_strategy
     from aggregator.strategies import StrategyError, aggregate_streaming, build_strategy
 
     if not updates:
@@ -129,7 +136,10 @@ def aggregate_updates(
     theta = load_weights(blobs.require(global_sha256))
     state = load_state(blobs, state_sha256)
     try:
-        strategy = build_strategy(strategy_name, dict(strategy_params))
+        if noise is None:
+            strategy = build_strategy(strategy_name, dict(strategy_params))
+        else:
+            strategy = dp_strategy(strategy_name, dict(strategy_params), noise)
         readers = open_readers(blobs, ordered, theta)
         return aggregate_streaming(strategy, theta, readers, state, local_keys)
     except (StrategyError, BundleError) as exc:
@@ -147,6 +157,7 @@ def aggregate_round(
     state_sha256: str | None,
     updates: Sequence[UpdateInput],
     local_keys: frozenset[str],
+    noise: CentralNoise | None = None,
 ) -> RoundResult:
     """Aggregate and store the global model of ``round_number`` (idempotent: same inputs, same blob)."""
     new_global, new_state = aggregate_updates(
@@ -157,6 +168,7 @@ def aggregate_round(
         state_sha256=state_sha256,
         updates=updates,
         local_keys=local_keys,
+        noise=noise,
     )
     model = store_global(blobs, new_global, spec_hash=spec_hash, round_number=round_number)
     return RoundResult(model=model, state=store_state(blobs, new_state))

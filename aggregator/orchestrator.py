@@ -34,9 +34,12 @@ from aggregator.db import (
     TaskStatus,
 )
 from aggregator.db.models import OPEN_TASK_STATES, utcnow
+from aggregator.dp_aggregation import round_noise
 from aggregator.errors import AggregationError, StorageError
 from aggregator.logs import log_event
+from aggregator.privacy_budget import record_budget_spent, rounds_allowed
 from aggregator.schemas.experiments import ExperimentCreate
+from aggregator.secagg_aggregation import secagg_aggregate_round, secure_aggregation_on
 from aggregator.task_board import TaskBoard
 from aggregator.telemetry import AggregatorMetrics
 from aggregator.transitions import complete_experiment, fail_experiment, open_round, site_names
@@ -138,7 +141,10 @@ class Orchestrator:
             cfg = exp_crud.config_of(experiment)
             rnd = round_crud.latest_round(session, experiment_id=experiment_id)
             if rnd is None or rnd.status == RoundStatus.CLOSED:
-                if experiment.current_round >= cfg.rounds:
+                limit = rounds_allowed(cfg, len(experiment.participants or []))
+                if experiment.current_round >= limit:
+                    if limit < cfg.rounds:  # the DP budget ran out first
+                        record_budget_spent(session, experiment, cfg)
                     complete_experiment(session, experiment, now)
                     session.commit()
                     return True, set()
@@ -262,22 +268,36 @@ class Orchestrator:
                 UpdateInput(names[t.site_id], int(t.num_samples or 0), t.update_blob_sha256 or "")
                 for t in accepted
             ]
-            number, attempt = rnd.number, rnd.attempt
+            number, attempt, sampled = rnd.number, rnd.attempt, len(rnd.sampled)
             spec_hash, local_keys = experiment.spec_hash, frozenset(experiment.local_keys)
             global_sha, state_sha = previous.sha256, previous.state_sha256
         started = time.perf_counter()
         try:
-            result = aggregate_round(
-                self._blobs,
-                spec_hash=spec_hash,
-                round_number=number,
-                strategy_name=cfg.strategy.name,
-                strategy_params=cfg.strategy.params,
-                global_sha256=global_sha,
-                state_sha256=state_sha,
-                updates=inputs,
-                local_keys=local_keys,
-            )
+            if secure_aggregation_on(cfg):  # unmask the running sum (None: answers pending)
+                pending = secagg_aggregate_round(
+                    self._db,
+                    self._blobs,
+                    round_id=round_id,
+                    global_sha256=global_sha,
+                    state_sha256=state_sha,
+                    now=self.clock(),
+                )
+                if pending is None:
+                    return set()
+                result = pending
+            else:
+                result = aggregate_round(
+                    self._blobs,
+                    spec_hash=spec_hash,
+                    round_number=number,
+                    strategy_name=cfg.strategy.name,
+                    strategy_params=cfg.strategy.params,
+                    global_sha256=global_sha,
+                    state_sha256=state_sha,
+                    updates=inputs,
+                    local_keys=local_keys,
+                    noise=round_noise(cfg.privacy, sampled=sampled),
+                )
         except (AggregationError, StorageError) as exc:
             return self._aggregation_failed(experiment_id, round_id, exc)
         seconds = time.perf_counter() - started

@@ -37,3 +37,7 @@ class RoutingBundleError(BundleError):
 
 class RoutingSpecMismatchError(RoutingBundleError, SpecMismatchError):
     """A routing bundle (or one of its experts) does not match the task spec it should serve."""
+
+
+class PrivacyError(DataSpecError):
+    """A privacy step (ring quantisation, secret sharing, masking, clipping, accounting) refused."""

@@ -18,6 +18,7 @@ from data_specs.constants import (
     PersonalizationMethod,
     Precision,
 )
+from data_specs.privacy.secagg_wire import SecAggTask
 from data_specs.task_spec import TaskSpec
 
 _Strict = ConfigDict(extra="forbid")
@@ -124,6 +125,10 @@ class TaskAssignment(BaseModel):
     local_keys: list[str] = Field(default_factory=list)
     deadline: datetime | None = None
     total_rounds: Annotated[int, Field(ge=1)] | None = None
+    # Client-level DP: the site clips its update W − θ to this L2 norm before upload.
+    clip_norm: Annotated[float, Field(gt=0.0)] | None = None
+    # Secure aggregation: the site uploads a masked ring vector through the protocol steps.
+    secagg: SecAggTask | None = None
 
 
 class EnrollRequest(BaseModel):

@@ -24,6 +24,7 @@ from aggregator.schemas.experiments import ExperimentCreate, StrategyConfig
 from data_specs.constants import OptimizerName, PersonalizationMethod
 from data_specs.files import atomic_write_bytes, atomic_write_text
 from data_specs.partition import PartitionScheme, partition_manifests, write_partition
+from data_specs.privacy import PrivacyConfig
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import CodecConfig, PersonalizationConfig, TrainConfig
 from deploy.researcher_client import ResearcherClient
@@ -57,6 +58,7 @@ class SimulationConfig:
         device: ``cpu``, ``cuda`` or ``auto`` for every site. Default ``cpu``.
         train_overrides: further ``TrainConfig`` fields (the training recipe: ``lr_schedule``,
             ``precision``, ``persist_optimizer``, ...). Example: ``{"lr_schedule": "poly"}``.
+        privacy: client-level DP options (``docs/privacy.md``). Default None.
     """
 
     manifests: list[Path]
@@ -84,6 +86,7 @@ class SimulationConfig:
     evaluate: bool = True
     train_overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    privacy: PrivacyConfig | None = None
 
 
 @dataclass
@@ -174,6 +177,7 @@ def _experiment(cfg: SimulationConfig, site_ids: list[str]) -> ExperimentCreate:
         strategy=StrategyConfig(name=cfg.strategy, params=cfg.strategy_params),
         round_deadline_s=24 * 3600,
         seed=cfg.seed,
+        privacy=cfg.privacy,
     )
 
 

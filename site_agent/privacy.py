@@ -9,6 +9,9 @@ what actually goes on the wire (method, path, query, headers, body) and refuses 
 - JSON bodies: exactly an ``EnrollRequest``, a ``DatasetFingerprint`` (aggregates only: extra
   fields forbidden, no free text), or a ``FailureReport`` whose reason is one of
   ``FailureReason`` (fixed texts, so no error message can carry a file name);
+- secure aggregation: the key, share and unmask steps as exactly their JSON models (hex
+  keys and ciphertexts only), polls without a body, and a masked ring vector of exactly the
+  length registered for its task;
 - bundle bodies: safetensors whose metadata keys are the bundle's own, whose tensor names
   are the task's state-dict keys (or a codec's ``<key>#<part>`` payload names) and whose
   tensor data fills the body exactly (nothing appended after the tensors).
@@ -20,9 +23,10 @@ import json
 import re
 from collections.abc import Collection
 from enum import StrEnum
+from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from data_specs.bundle import read_header
 from data_specs.constants import (
@@ -35,6 +39,7 @@ from data_specs.constants import (
 )
 from data_specs.errors import BundleError
 from data_specs.fingerprint import DatasetFingerprint
+from data_specs.privacy.secagg_wire import KeysIn, SharesIn, UnmaskIn
 from data_specs.wire import EnrollRequest, FailureReport, SiteMetrics
 from site_agent.errors import OutboundRefusedError
 
@@ -60,6 +65,17 @@ _ROUTES: dict[tuple[str, str], re.Pattern[str]] = {
     ("PUT", "personal"): re.compile(rf"{_P}/tasks/{_ID}/personal"),
     ("GET", "routing"): re.compile(rf"{_P}/experiments/{_ID}/routing-bundle"),
     ("PUT", "fingerprint"): re.compile(rf"{_P}/sites/me/fingerprint"),
+    # secure aggregation (data_specs.privacy.secagg_wire): polls, three JSON steps, masked vector
+    ("GET", "secagg-poll"): re.compile(rf"{_P}/tasks/{_ID}/secagg/(keys|inbox|unmask)"),
+    ("POST", "secagg-keys"): re.compile(rf"{_P}/tasks/{_ID}/secagg/keys"),
+    ("POST", "secagg-shares"): re.compile(rf"{_P}/tasks/{_ID}/secagg/shares"),
+    ("POST", "secagg-unmask"): re.compile(rf"{_P}/tasks/{_ID}/secagg/unmask"),
+    ("PUT", "secagg-masked"): re.compile(rf"{_P}/tasks/({_ID})/secagg/masked"),
+}
+_SECAGG_JSON: dict[str, type[BaseModel]] = {
+    "secagg-keys": KeysIn,
+    "secagg-shares": SharesIn,
+    "secagg-unmask": UnmaskIn,
 }
 _HTTPX_HEADERS = {"host", "accept", "accept-encoding", "connection", "user-agent", "content-length"}
 _OUR_HEADERS = {"authorization", "content-type"}
@@ -93,6 +109,11 @@ class OutboundGuard:
 
     def __init__(self) -> None:
         self._keys: dict[str, frozenset[str]] = {}
+        self._ring: dict[str, int] = {}  # task id -> bytes of its masked vector
+
+    def allow_ring(self, task_id: str, nbytes: int) -> None:
+        """Let one masked ring vector of exactly ``nbytes`` go out for ``task_id``."""
+        self._ring[task_id] = nbytes
 
     def allow_keys(self, spec_hash: str, keys: Collection[str]) -> None:
         """Register the state-dict keys a bundle of ``spec_hash`` may carry."""
@@ -116,16 +137,20 @@ class OutboundGuard:
         allowed = (
             _HTTPX_HEADERS
             | _OUR_HEADERS
-            | (_BUNDLE_HEADERS if route in ("update", "personal") else set())
+            | (_BUNDLE_HEADERS if route in ("update", "personal", "secagg-masked") else set())
         )
         if extra := headers - allowed:
             raise OutboundRefusedError(f"refusing to send headers {sorted(extra)} on {route}")
         if set(request.url.params) - ({"wait"} if route == "next" else set()):
             raise OutboundRefusedError(f"refusing query parameters on {route}")
         body = request.content
-        if route in ("next", "model", "routing"):
+        if route in ("next", "model", "routing", "secagg-poll"):
             if body:
                 raise OutboundRefusedError(f"refusing a body on the {route} request")
+        elif route in _SECAGG_JSON:
+            _check_json(body, _SECAGG_JSON[route])
+        elif route == "secagg-masked":
+            self._check_ring(request)
         elif route == "enroll":
             _check_json(body, EnrollRequest)
         elif route == "fingerprint":
@@ -179,6 +204,17 @@ class OutboundGuard:
         if 8 + header_len + end != len(body):
             raise OutboundRefusedError("refusing a bundle with bytes outside its tensors")
 
+    def _check_ring(self, request: httpx.Request) -> None:
+        match = _ROUTES[("PUT", "secagg-masked")].fullmatch(request.url.path)
+        task_id = match.group(1) if match else ""
+        if self._ring.get(task_id) != len(request.content):
+            raise OutboundRefusedError(
+                "refusing a masked vector whose length is not the one registered for its task"
+            )
+        if not _SHA.fullmatch(request.headers.get(HEADER_SHA256, "")):
+            raise OutboundRefusedError(f"{HEADER_SHA256} must be a hex sha256")
+        self._check_update_headers(request)
+
     def _check_update_headers(self, request: httpx.Request) -> None:
         samples = request.headers.get(HEADER_NUM_SAMPLES, "")
         if not samples.isdigit():
@@ -193,11 +229,9 @@ class OutboundGuard:
                 ) from None
 
 
-def _check_json(
-    body: bytes, model: type[EnrollRequest] | type[FailureReport] | type[DatasetFingerprint]
-) -> FailureReport:
+def _check_json(body: bytes, model: type[BaseModel]) -> Any:
     try:
-        return model.model_validate(json.loads(body))  # type: ignore[return-value]
+        return model.model_validate(json.loads(body))
     except (ValueError, ValidationError):
         raise OutboundRefusedError(f"refusing a JSON body that is not a {model.__name__}") from None
 

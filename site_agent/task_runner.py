@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from data_specs.bundle import sha256_hex
 from data_specs.task_spec import expected_tensors
-from data_specs.wire import SiteMetrics, TaskAssignment
+from data_specs.wire import SiteMetrics, TaskAssignment, UpdateReceipt
 from site_agent.client import AggregatorClient
 from site_agent.errors import (
     IntegrityError,
@@ -141,15 +141,31 @@ class TaskRunner:
     def _upload(self, state: TaskState, files: RoundFiles) -> TaskState:
         task = state.task
         body = files.read_update(state.update_sha256)
-        receipt = self.client.upload_update(
-            task.task_id,
-            body,
-            sha256=sha256_hex(body),
-            num_samples=state.num_samples,
-            metrics=state.metrics or SiteMetrics(),
-        )
+        if task.secagg is not None:  # only a masked ring vector leaves (site_agent.secagg_upload)
+            receipt = self._upload_masked(task, files, body, state)
+        else:
+            receipt = self.client.upload_update(
+                task.task_id,
+                body,
+                sha256=sha256_hex(body),
+                num_samples=state.num_samples,
+                metrics=state.metrics or SiteMetrics(),
+            )
         self.workdir.write_json(files.receipt_path, receipt.model_dump(mode="json"))
         return self._advance(state, TaskPhase.UPLOADED)
+
+    def _upload_masked(
+        self, task: TaskAssignment, files: RoundFiles, body: bytes, state: TaskState
+    ) -> UpdateReceipt:
+        import numpy as np
+
+        from site_agent.secagg_upload import SecAggUpload, masked_input
+
+        samples = state.num_samples or 1
+        vector = masked_input(task, body, files.read_global(), samples, np.random.default_rng())
+        return SecAggUpload(self.client, task).run(
+            vector, num_samples=samples, metrics=state.metrics or SiteMetrics()
+        )
 
     def _finish(self, state: TaskState, files: RoundFiles) -> TaskOutcome:
         task = state.task

@@ -90,7 +90,11 @@ class RoundFiles:
         train = self.task.train
         trained = {k: v.numpy() for k, v in result.state.items()}
         kind = train.update_kind
-        if kind == BundleKind.DIFF:
+        if self.task.clip_norm is not None:  # client-level DP: clipped W − θ
+            from site_agent.dp_upload import clipped_diff
+
+            tensors, kind = clipped_diff(trained, global_state, self.task), BundleKind.DIFF
+        elif kind == BundleKind.DIFF:
             tensors = {k: (v - global_state[k]).astype(v.dtype) for k, v in trained.items()}
         else:
             tensors = trained

@@ -17,6 +17,7 @@ from aggregator.api.routes import (
     fingerprints,
     health,
     researchers,
+    secagg,
     sites,
     tasks,
 )
@@ -97,7 +98,7 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (researchers, sites, experiments, tasks, events, fingerprints):
+    for module in (researchers, sites, experiments, tasks, secagg, events, fingerprints):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -123,6 +123,8 @@ def refresh_task(session: Session, *, task_id: str) -> Task:
 
 def to_assignment(*, task: Task, rnd: Round, experiment: Experiment) -> TaskAssignment:
     """The wire form of a task: spec, model to fetch, training config with the task's own seed."""
+    from aggregator.secagg_protocol import task_setup
+
     cfg = config_of(experiment)
     return TaskAssignment(
         task_id=task.id,
@@ -136,4 +138,6 @@ def to_assignment(*, task: Task, rnd: Round, experiment: Experiment) -> TaskAssi
         local_keys=list(experiment.local_keys),
         deadline=rnd.deadline_at,
         total_rounds=cfg.rounds,
+        clip_norm=cfg.privacy.dp.clip_norm if cfg.privacy and cfg.privacy.dp else None,
+        secagg=task_setup(cfg, rnd, task),
     )

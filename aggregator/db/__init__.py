@@ -20,6 +20,7 @@ from aggregator.db.models import (
     Task,
     TaskStatus,
 )
+from aggregator.db.secagg_models import SecAggEntry, SecAggSum
 
 __all__ = [
     "Base",
@@ -34,6 +35,8 @@ __all__ = [
     "Researcher",
     "Round",
     "RoundStatus",
+    "SecAggEntry",
+    "SecAggSum",
     "Site",
     "SiteFingerprint",
     "SiteStatus",

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from data_specs.plan import PlanOptions
+from data_specs.privacy import PrivacyConfig
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
 
@@ -59,6 +60,9 @@ class ExperimentCreate(BaseModel):
             (``GET /experiments/{id}/plan``); None keeps ``spec`` and ``train`` as given.
             Default None.
         plan_options: budget and network knobs of the plan. Default None (``PlanOptions()``).
+        privacy: client-level DP (and, later, secure aggregation); see ``docs/privacy.md``.
+            With ``dp`` the update norm bound becomes ``dp.clip_norm`` (sites clip to it).
+            Default None.
     """
 
     model_config = _Strict
@@ -77,6 +81,7 @@ class ExperimentCreate(BaseModel):
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     plan: Literal["auto"] | None = None
     plan_options: PlanOptions | None = None
+    privacy: PrivacyConfig | None = None
 
     @field_validator("sites")
     @classmethod
@@ -84,6 +89,13 @@ class ExperimentCreate(BaseModel):
         if value is not None and len(set(value)) != len(value):
             raise ValueError("sites must not repeat a site id")
         return value
+
+    @model_validator(mode="after")
+    def _privacy_fits(self) -> ExperimentCreate:
+        from aggregator.privacy_rules import apply_privacy_rules
+
+        apply_privacy_rules(self)
+        return self
 
     @model_validator(mode="after")
     def _enough_sites(self) -> ExperimentCreate:

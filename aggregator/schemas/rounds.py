@@ -26,6 +26,17 @@ class SiteRoundPublic(BaseModel):
     reported_at: datetime | None
 
 
+class RoundPrivacy(BaseModel):
+    """Client-level DP of a closed round: ε of this round alone and of rounds 1..number."""
+
+    epsilon_round: float
+    epsilon_total: float
+    delta: float
+    noise_multiplier: float
+    clip_norm: float
+    epsilon_budget: float | None
+
+
 class RoundPublic(BaseModel):
     """One attempt at a round; ``model_sha256`` is the global model it produced (when closed)."""
 
@@ -39,6 +50,7 @@ class RoundPublic(BaseModel):
     reason: str | None
     model_sha256: str | None
     sites: list[SiteRoundPublic]
+    privacy: RoundPrivacy | None = None
 
 
 class TaskStatusPublic(BaseModel):

@@ -27,6 +27,13 @@ SITE_ONLY = {
     ("PUT", "/api/v1/tasks/{task_id}/personal"),
     ("GET", "/api/v1/experiments/{experiment_id}/routing-bundle"),
     ("PUT", "/api/v1/sites/me/fingerprint"),
+    ("GET", "/api/v1/tasks/{task_id}/secagg/keys"),
+    ("GET", "/api/v1/tasks/{task_id}/secagg/inbox"),
+    ("GET", "/api/v1/tasks/{task_id}/secagg/unmask"),
+    ("POST", "/api/v1/tasks/{task_id}/secagg/keys"),
+    ("POST", "/api/v1/tasks/{task_id}/secagg/shares"),
+    ("POST", "/api/v1/tasks/{task_id}/secagg/unmask"),
+    ("PUT", "/api/v1/tasks/{task_id}/secagg/masked"),
 }
 
 

@@ -27,6 +27,7 @@ from aggregator.lifecycle import (
     set_initial_model,
     start_experiment,
 )
+from aggregator.privacy_budget import with_privacy
 from aggregator.routing_bundle import Expert
 from aggregator.schemas import (
     ExperimentCreate,
@@ -157,9 +158,13 @@ def abort(
 def rounds(
     experiment_id: str, session: SessionDep, researcher: CurrentResearcher
 ) -> list[RoundPublic]:
-    """Every round attempt: sampled sites, per-site status, sample counts, metrics, bytes, reasons."""
-    exp_crud.get_experiment(session, experiment_id=experiment_id, owner_id=researcher.id)
-    return round_crud.list_rounds(session, experiment_id=experiment_id)
+    """Every round attempt: sampled sites, per-site status, sample counts, metrics, bytes, reasons,
+    and for DP experiments the (ε, δ) spent by each closed round and by all rounds up to it."""
+    experiment = exp_crud.get_experiment(
+        session, experiment_id=experiment_id, owner_id=researcher.id
+    )
+    listed = round_crud.list_rounds(session, experiment_id=experiment_id)
+    return with_privacy(listed, exp_crud.config_of(experiment), experiment.participants)
 
 
 @router.get("/{experiment_id}/rounds/{round_number}/model", response_class=FileResponse)

@@ -1,0 +1,108 @@
+"""Central client-level DP through the service: clip bound, noisy mean, ε per round, budget stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from aggregator.api.deps import Services
+from data_specs.bundle import decode_bundle
+from data_specs.privacy.accountant import epsilon, rounds_within
+from tests.aggregator.helpers import API, Federation, plausible_weights
+
+DP = {"clip_norm": 5.0, "noise_multiplier": 0.8, "delta": 1e-5}
+
+
+def _tasks(fed: Federation) -> dict[str, dict[str, Any]]:
+    return {name: t for name in fed.sites if (t := fed.next_task(name)) is not None}
+
+
+def _floats(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float64) for k, v in tensors.items() if v.dtype.kind == "f"}
+
+
+def test_dp_round_clips_adds_calibrated_noise_and_reports_epsilon(
+    fed: Federation, services: Services
+) -> None:
+    exp = fed.create_experiment(rounds=1, privacy={"dp": DP})
+    cfg = fed.experiment(exp)["config"]
+    assert cfg["update_norm_bound"] == pytest.approx(5.0 * (1 + 1e-4))
+    fed.start(exp)
+    services.orchestrator.step()
+    tasks = _tasks(fed)
+    assert {t["clip_norm"] for t in tasks.values()} == {5.0}
+    theta = _floats(decode_bundle(fed.model("site-a", tasks["site-a"]["task_id"])).tensors)
+    diffs = []
+    for name in ("site-a", "site-b"):
+        r = fed.train_and_upload(name, tasks[name], num_samples=10 if name == "site-a" else 1000)
+        assert r.status_code == 200 and r.json()["accepted"], r.text
+        w = plausible_weights(
+            decode_bundle(fed.model(name, tasks[name]["task_id"])).tensors,
+            site=name,
+            round_number=1,
+        )
+        diffs.append({k: w[k].astype(np.float64) - theta[k] for k in theta})
+    # an update above the clip norm is refused by the intake
+    big = fed.train_and_upload("site-c", tasks["site-c"], scale=1.0)
+    assert big.status_code == 200 and not big.json()["accepted"]
+    assert "norm" in big.json()["reason"]
+    services.orchestrator.step()
+    new = _floats(decode_bundle(fed.round_model(exp, 1)).tensors)
+    # sample counts are ignored and the sum is divided by the 3 sampled sites, not the 2 accepted
+    residual = np.concatenate(
+        [(new[k] - theta[k] - (diffs[0][k] + diffs[1][k]) / 3).ravel() for k in theta]
+    )
+    assert residual.size > 500
+    assert np.std(residual) == pytest.approx(0.8 * 5.0 / 3, rel=0.1)
+    assert abs(np.mean(residual)) < 0.1
+    privacy = fed.rounds(exp)[0]["privacy"]
+    assert privacy["epsilon_total"] == pytest.approx(epsilon(0.8, 1.0, 1, 1e-5))
+    assert privacy["epsilon_round"] == privacy["epsilon_total"] and privacy["delta"] == 1e-5
+
+
+def test_experiment_stops_when_the_budget_is_spent(fed: Federation, services: Services) -> None:
+    budget = (epsilon(2.0, 1.0, 2, 1e-5) + epsilon(2.0, 1.0, 3, 1e-5)) / 2  # fits 2 rounds
+    assert rounds_within(2.0, 1.0, 1e-5, budget, 10) == 2
+    dp = {"clip_norm": 100.0, "noise_multiplier": 2.0, "epsilon_budget": budget}
+    exp = fed.create_experiment(rounds=10, privacy={"dp": dp})
+    fed.start(exp)
+    for _ in range(4):
+        services.orchestrator.step()
+        for name, task in _tasks(fed).items():
+            assert fed.train_and_upload(name, task).status_code == 200
+    services.orchestrator.step()
+    assert fed.experiment(exp)["status"] == "completed"
+    rounds = fed.rounds(exp)
+    assert [r["number"] for r in rounds] == [1, 2]
+    totals = [r["privacy"]["epsilon_total"] for r in rounds]
+    assert totals[0] < totals[1] <= budget
+    events = fed.client.get(f"{API}/events", params={"experiment_id": exp}, headers=fed.rh).json()
+    spent = [e for e in events if e["kind"] == "privacy.budget_spent"]
+    assert len(spent) == 1 and spent[0]["detail"]["rounds"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"strategy": {"name": "median"}}, "mean-based strategy"),
+        ({"train": {"codec": {"name": "quantize"}}}, "cannot combine with the update codec"),
+        (
+            {"privacy": {"secure_aggregation": {}}, "strategy": {"name": "trimmed_mean"}},
+            "privacy.secure_aggregation needs a mean-based strategy",
+        ),
+        ({"privacy": {"dp": {"mode": "distributed"}}}, "needs secure_aggregation"),
+    ],
+)
+def test_privacy_options_that_cannot_hold_are_refused(
+    fed: Federation, overrides: dict[str, Any], message: str
+) -> None:
+    body = {"privacy": {"dp": DP}, **overrides}
+    body.setdefault("name", "tiny")
+    from tests.aggregator.helpers import TINY_SPEC
+
+    body.update({"spec": TINY_SPEC.model_dump(mode="json"), "rounds": 1})
+    r = fed.client.post(f"{API}/experiments", json=body, headers=fed.rh)
+    assert r.status_code == 422
+    assert message in r.text
