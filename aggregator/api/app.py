@@ -11,7 +11,16 @@ from fastapi import APIRouter, FastAPI
 
 from aggregator.api.deps import Services
 from aggregator.api.errors import install_error_handlers
-from aggregator.api.routes import events, experiments, health, researchers, sites, tasks
+from aggregator.api.routes import (
+    dashboard,
+    events,
+    experiments,
+    health,
+    researchers,
+    sites,
+    tasks,
+    ui,
+)
 from aggregator.blobs import BlobStore
 from aggregator.db import Database
 from aggregator.logs import log_event
@@ -89,7 +98,8 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (researchers, sites, experiments, tasks, events):
+    for module in (researchers, sites, experiments, tasks, events, dashboard):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(ui.router)
     return app

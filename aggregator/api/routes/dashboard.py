@@ -1,0 +1,37 @@
+"""``/dashboard``: small read-only views the web dashboard needs (summaries, curves, timelines)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from aggregator.api.deps import CurrentResearcher, SessionDep
+from aggregator.crud import dashboard
+from aggregator.crud import experiments as exp_crud
+
+router = APIRouter(prefix="/dashboard", tags=["dashboard"])
+
+
+@router.get("/experiments")
+def experiments(session: SessionDep, researcher: CurrentResearcher) -> list[dict[str, Any]]:
+    """The caller's experiments with status, rounds done of rounds planned and best mean Dice."""
+    return dashboard.experiment_summaries(session, owner_id=researcher.id)
+
+
+@router.get("/experiments/{experiment_id}/series")
+def series(experiment_id: str, session: SessionDep, researcher: CurrentResearcher) -> dict[str, Any]:
+    """Per-site Dice (update, personal, global when reported) and train loss per closed round."""
+    exp_crud.get_experiment(session, experiment_id=experiment_id, owner_id=researcher.id)
+    return dashboard.metric_series(session, experiment_id=experiment_id)
+
+
+@router.get("/experiments/{experiment_id}/rounds/{round_number}/timeline")
+def timeline(
+    experiment_id: str, round_number: int, session: SessionDep, researcher: CurrentResearcher
+) -> dict[str, Any]:
+    """When each sampled site fetched its task, how long it trained and when it reported."""
+    exp_crud.get_experiment(session, experiment_id=experiment_id, owner_id=researcher.id)
+    return dashboard.round_timeline(
+        session, experiment_id=experiment_id, round_number=round_number
+    )
