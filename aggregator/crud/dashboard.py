@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import Experiment, Round, RoundStatus, Site, Task, TaskStatus
+from aggregator.errors import NotFoundError
 
 # Metric keys drawn as curves; a site reports some or all of them (others are ignored here).
 SERIES_KEYS = ("val_dice", "val_dice_personal", "val_dice_global", "train_loss")
@@ -109,21 +110,80 @@ def metric_series(session: Session, *, experiment_id: str) -> dict[str, Any]:
     return {"rounds": rounds, "sites": out}
 
 
-def round_timeline(session: Session, *, experiment_id: str, round_number: int) -> dict[str, Any]:
-    """When each sampled site of the round's last attempt got its task, trained and reported.
+def round_summaries(session: Session, *, experiment_id: str) -> list[dict[str, Any]]:
+    """Every round attempt in a few numbers (the rounds table), oldest first; cheap at any size.
+
+    Each: ``number``, ``attempt``, ``status``, ``reason``, ``sampled`` (count), ``reported``,
+    ``accepted``, ``rejected`` (rejected or failed), ``samples``, ``bytes_up``, ``bytes_down``,
+    ``opened_at``, ``deadline``, ``closed_at``.
+    """
+    rounds = list(
+        session.scalars(
+            select(Round)
+            .where(Round.experiment_id == experiment_id)
+            .order_by(Round.number, Round.attempt)
+        )
+    )
+    tasks = session.execute(
+        select(
+            Task.round_id,
+            Task.status,
+            Task.num_samples,
+            Task.bytes_up,
+            Task.bytes_down,
+            Task.reported_at,
+        ).where(Task.experiment_id == experiment_id)
+    ).all()
+    totals: dict[str, dict[str, int]] = {}
+    for round_id, status, samples, up, down, reported in tasks:
+        t = totals.setdefault(
+            round_id,
+            dict.fromkeys(
+                ("reported", "accepted", "rejected", "samples", "bytes_up", "bytes_down"), 0
+            ),
+        )
+        t["reported"] += reported is not None
+        t["accepted"] += status == TaskStatus.ACCEPTED
+        t["rejected"] += status in (TaskStatus.REJECTED, TaskStatus.FAILED)
+        t["samples"] += samples or 0
+        t["bytes_up"] += up
+        t["bytes_down"] += down
+    empty = dict.fromkeys(("reported", "accepted", "rejected", "samples", "bytes_up", "bytes_down"), 0)
+    return [
+        {
+            "number": r.number,
+            "attempt": r.attempt,
+            "status": r.status,
+            "reason": r.reason,
+            "sampled": len(r.sampled),
+            **totals.get(r.id, empty),
+            "opened_at": r.opened_at,
+            "deadline": r.deadline_at,
+            "closed_at": r.closed_at,
+        }
+        for r in rounds
+    ]
+
+
+def round_detail(
+    session: Session, *, experiment_id: str, round_number: int, attempt: int | None = None
+) -> dict[str, Any]:
+    """One round attempt (default its last) site by site, with when each site worked.
 
     Times are seconds since the attempt opened: ``delivered_s`` (the site fetched the task),
     ``reported_s`` (its update or failure arrived), ``train_s`` (local training time it
-    reported), all null where unknown.
+    reported), all null where unknown. Each site also has its status, samples, bytes, metrics
+    and reject or failure reason.
+
+    Raises:
+        NotFoundError: no such round attempt.
     """
-    rnd = session.scalar(
-        select(Round)
-        .where(Round.experiment_id == experiment_id, Round.number == round_number)
-        .order_by(Round.attempt.desc())
-        .limit(1)
-    )
+    query = select(Round).where(Round.experiment_id == experiment_id, Round.number == round_number)
+    if attempt is not None:
+        query = query.where(Round.attempt == attempt)
+    rnd = session.scalar(query.order_by(Round.attempt.desc()).limit(1))
     if rnd is None:
-        return {"round": round_number, "attempt": None, "sites": []}
+        raise NotFoundError(f"experiment {experiment_id} has no round {round_number}")
     rows = session.execute(
         select(Task, Site.name)
         .join(Site, Site.id == Task.site_id)
@@ -143,17 +203,23 @@ def round_timeline(session: Session, *, experiment_id: str, round_number: int) -
                 "site_id": task.site_id,
                 "site_name": name,
                 "status": task.status,
+                "num_samples": task.num_samples,
+                "bytes_up": task.bytes_up,
+                "bytes_down": task.bytes_down,
+                "metrics": task.metrics,
+                "reject_reason": task.reject_reason,
+                "failure_reason": task.failure_reason,
                 "delivered_s": since(task.delivered_at),
                 "reported_s": since(task.reported_at),
                 "train_s": float(train) if isinstance(train, int | float) else None,
             }
         )
-    closed = since(rnd.closed_at)
     return {
         "round": round_number,
         "attempt": rnd.attempt,
         "status": rnd.status,
+        "reason": rnd.reason,
         "deadline_s": since(rnd.deadline_at),
-        "closed_s": closed,
+        "closed_s": since(rnd.closed_at),
         "sites": sites,
     }

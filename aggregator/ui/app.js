@@ -42,6 +42,31 @@ function ago(iso) {
   return `${Math.round(s / 3600)} h ago`;
 }
 
+// Replace an element's content only when it changed, and keep keyboard focus on the same
+// link, button or control across the update (polling must not steal focus).
+function setHtml(el, html) {
+  if (el.dataset.html === html) return;
+  const active = document.activeElement;
+  const key = active && el.contains(active)
+    ? (active.id ? `#${CSS.escape(active.id)}`
+      : active.getAttribute("href") ? `[href="${CSS.escape(active.getAttribute("href"))}"]`
+        : active.dataset.round ? `[data-round="${active.dataset.round}"]` : null)
+    : null;
+  const summaryOf = active && active.tagName === "SUMMARY" ? active.parentElement.dataset.round : null;
+  el.innerHTML = html;
+  el.dataset.html = html;
+  const again = summaryOf ? el.querySelector(`details[data-round="${summaryOf}"] > summary`)
+    : key ? el.querySelector(key) : null;
+  if (again) again.focus();
+}
+
+// Replace the whole view (a new page): forget what setHtml remembered of it.
+function resetView(html) {
+  const view = $("#view");
+  view.innerHTML = html;
+  delete view.dataset.html;
+}
+
 async function api(path) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   const resp = await fetch(API + path, { headers: { Authorization: `Bearer ${token}` } });
@@ -58,7 +83,7 @@ async function api(path) {
 function showLogin(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   stopPolling();
-  $("#view").innerHTML = "";
+  resetView("");
   $("#login").hidden = false;
   $("#signout").hidden = true;
   $("#login-error").textContent = message || "";
@@ -91,6 +116,7 @@ function route() {
   $("#login").hidden = true;
   $("#signout").hidden = false;
   stopPolling();
+  resetView("");
   const hash = location.hash.replace(/^#\/?/, "") || "experiments";
   const [page, id] = hash.split("/");
   for (const a of document.querySelectorAll("[data-nav]")) {
@@ -116,7 +142,7 @@ function route() {
     } catch (err) {
       if (err.status === 401) { showLogin(`The token was refused (${err.message}).`); return; }
       $("#live").textContent = `update failed: ${err.message}`;
-      if (first) $("#view").innerHTML = `<p class="error" role="alert">${esc(err.message)}</p>`;
+      if (first) resetView(`<p class="error" role="alert">${esc(err.message)}</p>`);
     }
     if (generation === state.generation && !document.hidden) {
       state.timer = setTimeout(() => tick(false), POLL_MS);
@@ -140,37 +166,43 @@ class ExperimentsView {
         <td class="num">${e.rounds_done} / ${e.rounds}</td>
         <td class="num">${fmt(e.best_dice)}</td>
         <td>${when(e.created_at)}</td></tr>`).join("");
-    $("#view").innerHTML = `<h2>Experiments</h2>
+    setHtml($("#view"), `<h2>Experiments</h2>
       ${rows.length ? "" : '<p class="muted">No experiments yet.</p>'}
       <table><caption class="muted">Your experiments, newest first; updates live.</caption>
       <thead><tr><th scope="col">Name</th><th scope="col">Status</th>
       <th scope="col" class="num">Rounds done</th><th scope="col" class="num">Best mean Dice</th>
-      <th scope="col">Created</th></tr></thead><tbody>${body}</tbody></table>`;
+      <th scope="col">Created</th></tr></thead><tbody>${body}</tbody></table>`);
   }
 }
 
 // ---- one experiment --------------------------------------------------------------------------
 
 class ExperimentView {
-  constructor(id) { this.id = id; this.roundsKey = null; this.openRounds = new Set(); }
+  constructor(id) {
+    this.id = id; this.key = null; this.openRounds = new Set(); this.details = new Map();
+    this.phases = {};
+  }
+
+  get base() { return `/dashboard/experiments/${encodeURIComponent(this.id)}`; }
 
   async refresh(first) {
-    const id = encodeURIComponent(this.id);
-    const exp = await api(`/experiments/${id}`);
+    const exp = await api(`/experiments/${encodeURIComponent(this.id)}`);
     const key = `${exp.status}:${exp.current_round}`;
     const live = exp.status === "running" || exp.status === "paused";
-    if (first || live || key !== this.roundsKey) {
-      const [series, rounds] = await Promise.all([
-        api(`/dashboard/experiments/${id}/series`), api(`/experiments/${id}/rounds`)]);
-      this.series = series; this.rounds = rounds; this.roundsKey = key;
+    if (first || live || key !== this.key) {
+      // Small, aggregated answers only: the page paints fast at hundreds of rounds x sites.
+      const [series, rounds] = await Promise.all([api(`${this.base}/series`), api(`${this.base}/rounds`)]);
+      if (key !== this.key) this.details.clear();
+      this.series = series; this.rounds = rounds; this.key = key;
     }
     this.exp = exp;
     if (first) this.layout();
     this.render();
+    if (first) this.loadPhases();
   }
 
   layout() {
-    $("#view").innerHTML = `<h2 id="exp-title"></h2>
+    resetView(`<h2 id="exp-title"></h2>
       <p id="exp-status"></p>
       <section aria-labelledby="open-title"><h3 id="open-title">Open round</h3>
         <div id="open-round"></div></section>
@@ -183,7 +215,7 @@ class ExperimentView {
       <section aria-labelledby="rounds-title"><h3 id="rounds-title">Rounds</h3>
         <div id="rounds"></div></section>
       <section aria-labelledby="plan-title"><h3 id="plan-title">Plan and config</h3>
-        <pre id="config" tabindex="0" aria-label="experiment configuration (JSON)"></pre></section>`;
+        <pre id="config" tabindex="0" aria-label="experiment configuration (JSON)"></pre></section>`);
     $("#timeline-round").addEventListener("change", () => this.loadTimeline());
     $("#rounds").addEventListener("toggle", (ev) => this.expandRound(ev.target), true);
   }
@@ -191,12 +223,12 @@ class ExperimentView {
   render() {
     const e = this.exp;
     $("#exp-title").textContent = `Experiment ${e.name}`;
-    $("#exp-status").innerHTML = `Status <strong class="status-${esc(e.status)}">${esc(e.status)}</strong>;
+    setHtml($("#exp-status"), `Status <strong class="status-${esc(e.status)}">${esc(e.status)}</strong>;
       ${e.current_round} of ${e.config.rounds} rounds done; strategy ${esc(e.config.strategy.name)},
       personalisation ${esc(e.config.train.personalization?.method ?? "none")}.
-      ${e.failure_reason ? `<span class="error">${esc(e.failure_reason)}</span>` : ""}`;
+      ${e.failure_reason ? `<span class="error">${esc(e.failure_reason)}</span>` : ""}`);
     this.renderOpenRound();
-    $("#chart").innerHTML = chart(this.series);
+    setHtml($("#chart"), chart(this.series));
     this.renderRounds();
     const config = JSON.stringify({ ...e.config, participants: e.participants,
       local_keys: e.local_keys.length, spec_hash: e.spec_hash }, null, 2);
@@ -206,54 +238,54 @@ class ExperimentView {
 
   renderOpenRound() {
     const open = [...this.rounds].reverse().find((r) => r.status === "open" || r.status === "aggregating");
-    if (!open) { $("#open-round").innerHTML = '<p class="muted">No round is open.</p>'; return; }
-    const reported = open.sites.filter((s) => s.reported_at).length;
+    if (!open) { setHtml($("#open-round"), '<p class="muted">No round is open.</p>'); return; }
     const left = Math.max(0, (new Date(open.deadline) - Date.now()) / 1000);
-    $("#open-round").innerHTML = `<p id="open-round-text">Round ${open.number}
-      (attempt ${open.attempt}, ${esc(open.status)}): ${reported} of ${open.sampled.length}
+    setHtml($("#open-round"), `<p id="open-round-text">Round ${open.number}
+      (attempt ${open.attempt}, ${esc(open.status)}): ${open.reported} of ${open.sampled}
       sites reported; ${Math.round(left)} s to the deadline.</p>
-      <progress class="progress" max="${open.sampled.length}" value="${reported}"
-        aria-label="sites reported in round ${open.number}">${reported}/${open.sampled.length}</progress>`;
+      <progress class="progress" max="${open.sampled}" value="${open.reported}"
+        aria-label="sites reported in round ${open.number}">${open.reported}/${open.sampled}</progress>`);
   }
 
   renderRounds() {
     const rows = [...this.rounds].reverse().map((r) => {
-      const rep = r.sites.filter((s) => s.status === "accepted").length;
-      const samples = r.sites.reduce((a, s) => a + (s.num_samples || 0), 0);
-      const up = r.sites.reduce((a, s) => a + s.bytes_up, 0);
-      const down = r.sites.reduce((a, s) => a + s.bytes_down, 0);
-      const rejects = r.sites.filter((s) => s.reject_reason || s.failure_reason).length;
       const k = `${r.number}:${r.attempt}`;
+      const detail = this.openRounds.has(k) && this.details.get(k);
       return `<tr><td class="num">${r.number}</td><td class="num">${r.attempt}</td>
         <td class="status-${esc(r.status)}">${esc(r.status)}${r.reason ? ` — ${esc(r.reason)}` : ""}</td>
-        <td class="num">${rep} / ${r.sampled.length}</td><td class="num">${samples}</td>
-        <td class="num">${bytes(up)}</td><td class="num">${bytes(down)}</td>
+        <td class="num">${r.accepted} / ${r.sampled}</td><td class="num">${r.samples}</td>
+        <td class="num">${bytes(r.bytes_up)}</td><td class="num">${bytes(r.bytes_down)}</td>
         <td><details data-round="${k}"${this.openRounds.has(k) ? " open" : ""}>
-          <summary>${rejects ? `${rejects} rejected or failed; ` : ""}per site</summary>
-          ${this.openRounds.has(k) ? siteTable(r) : ""}</details></td></tr>`;
+          <summary>${r.rejected ? `${r.rejected} rejected or failed; ` : ""}per site</summary>
+          ${detail ? siteTable(detail) : ""}</details></td></tr>`;
     }).join("");
-    $("#rounds").innerHTML = `<table><caption class="muted">Newest first. Open a row's
+    setHtml($("#rounds"), `<table><caption class="muted">Newest first. Open a row's
       "per site" to see each site's status, samples, bytes and reasons.</caption>
       <thead><tr><th scope="col" class="num">Round</th><th scope="col" class="num">Attempt</th>
       <th scope="col">Status</th><th scope="col" class="num">Accepted</th>
       <th scope="col" class="num">Samples</th><th scope="col" class="num">Bytes up</th>
       <th scope="col" class="num">Bytes down</th><th scope="col">Sites</th></tr></thead>
-      <tbody>${rows}</tbody></table>`;
+      <tbody>${rows}</tbody></table>`);
   }
 
-  expandRound(details) {
+  async expandRound(details) {
     if (!details.dataset || !details.dataset.round) return;
     const k = details.dataset.round;
     if (!details.open) { this.openRounds.delete(k); return; }
     this.openRounds.add(k);
-    const r = this.rounds.find((x) => `${x.number}:${x.attempt}` === k);
-    if (r && !details.querySelector("table")) details.insertAdjacentHTML("beforeend", siteTable(r));
+    if (!this.details.has(k)) {
+      const [n, attempt] = k.split(":");
+      this.details.set(k, await api(`${this.base}/rounds/${n}?attempt=${attempt}`));
+    }
+    if (details.isConnected && !details.querySelector("table")) {
+      details.insertAdjacentHTML("beforeend", siteTable(this.details.get(k)));
+    }
   }
 
   renderTimelineChoices() {
     const sel = $("#timeline-round");
     const numbers = [...new Set(this.rounds.map((r) => r.number))].reverse();
-    const want = numbers.map(String).join(",");
+    const want = numbers.map(String).join(",") + this.key;
     if (sel.dataset.numbers === want) return;
     const keep = sel.value;
     sel.dataset.numbers = want;
@@ -264,10 +296,25 @@ class ExperimentView {
 
   async loadTimeline() {
     const n = $("#timeline-round").value;
-    if (!n) { $("#timeline").innerHTML = '<p class="muted">No round yet.</p>'; return; }
-    const t = await api(`/dashboard/experiments/${encodeURIComponent(this.id)}/rounds/${n}/timeline`);
-    const round = [...this.rounds].reverse().find((r) => r.number === Number(n));
-    $("#timeline").innerHTML = timeline(t, round);
+    if (!n) { setHtml($("#timeline"), '<p class="muted">No round yet.</p>'); return; }
+    const t = await api(`${this.base}/rounds/${n}`);
+    setHtml($("#timeline"), timeline(t, this.phases[`${t.round}:${t.attempt}`] || {}));
+  }
+
+  // Per-site download/train/upload phases (t_download, t_train, t_upload), where the rounds API
+  // gives them; read once after the first paint, since that answer grows with the run.
+  async loadPhases() {
+    let rounds;
+    try { rounds = await api(`/experiments/${encodeURIComponent(this.id)}/rounds`); } catch (_) { return; }
+    const phases = {};
+    for (const r of rounds) {
+      for (const s of r.sites) {
+        const p = ["t_download", "t_train", "t_upload"].filter((k) => typeof s[k] === "number");
+        if (p.length) (phases[`${r.number}:${r.attempt}`] ??= {})[s.site_id] = p.map((k) => [k.slice(2), s[k]]);
+      }
+    }
+    this.phases = phases;
+    if (Object.keys(phases).length && state.view === this) this.loadTimeline();
   }
 }
 
@@ -288,10 +335,15 @@ function siteTable(r) {
 
 // ---- the chart: one SVG, Dice on the left axis (0..1), loss on the right ---------------------
 
+function swatch(color, dash) {
+  return `<svg width="28" height="8" aria-hidden="true"><line x1="0" x2="28" y1="4" y2="4"
+    stroke="${color}" stroke-width="3" stroke-dasharray="${dash}"/></svg> `;
+}
+
 function chart(series) {
   const rounds = series.rounds;
   if (!rounds.length) return '<p class="muted" id="no-curves">No closed round yet.</p>';
-  const W = 960, H = 360, L = 48, R = 56, T = 16, B = 36;
+  const W = 960, H = 370, L = 48, R = 56, T = 28, B = 36;
   const xmax = Math.max(rounds[rounds.length - 1], rounds[0] + 1);
   const xmin = rounds[0];
   const x = (n) => L + ((n - xmin) / (xmax - xmin || 1)) * (W - L - R);
@@ -311,8 +363,9 @@ function chart(series) {
     parts.push(`<text x="${x(rounds[i])}" y="${H - B + 16}" text-anchor="middle">${rounds[i]}</text>`);
   }
   parts.push(`<text x="${(L + W - R) / 2}" y="${H - 4}" text-anchor="middle">round</text>`,
-    `<text x="12" y="${T + 4}">Dice</text>`, `<text x="${W - R + 6}" y="${T - 4}">loss</text>`);
-  const legend = [];
+    `<text x="${L}" y="${T - 12}" text-anchor="middle">Dice</text>`,
+    `<text x="${W - R}" y="${T - 12}" text-anchor="middle">loss</text>`);
+  const legend = [], kinds = new Set();
   series.sites.forEach((site, i) => {
     const color = COLORS[i % COLORS.length];
     for (const kind of SERIES) {
@@ -329,11 +382,13 @@ function chart(series) {
       parts.push(`<path class="curve" data-site="${esc(site.site_name)}" data-kind="${kind.key}"
         data-points="${values.filter((v) => v !== null).length}" d="${d}" fill="none"
         stroke="${color}" stroke-width="2" stroke-dasharray="${kind.dash}" opacity="${opacity}"/>`);
-      legend.push(`<li><svg width="28" height="8" aria-hidden="true"><line x1="0" x2="28" y1="4" y2="4"
-        stroke="${color}" stroke-width="3" stroke-dasharray="${kind.dash}"/></svg>
-        ${esc(site.site_name)}: ${kind.label}</li>`);
+      kinds.add(kind.key);
     }
+    legend.push(`<li>${swatch(color, "")}${esc(site.site_name)}</li>`);
   });
+  for (const kind of SERIES) {
+    if (kinds.has(kind.key)) legend.push(`<li>${swatch("#444", kind.dash)}${kind.label}</li>`);
+  }
   const last = rounds[rounds.length - 1];
   const summary = series.sites.map((s) => {
     const d = s.val_dice ? s.val_dice[s.val_dice.length - 1] : null;
@@ -345,18 +400,13 @@ function chart(series) {
     <line x1="${L}" x2="${L}" y1="${T}" y2="${H - B}" stroke="#888"/>
     <line x1="${W - R}" x2="${W - R}" y1="${T}" y2="${H - B}" stroke="#888"/>
     <line x1="${L}" x2="${W - R}" y1="${H - B}" y2="${H - B}" stroke="#888"/>
-    ${parts.join("")}</svg><ul class="legend" aria-label="legend">${legend.join("")}</ul>`;
+    ${parts.join("")}</svg><ul class="legend" aria-label="legend: colour per site, line style per figure">${legend.join("")}</ul>`;
 }
 
 // ---- per-round timeline: fetch task, train, report (plus t_* phases when the API gives them) --
 
-function timeline(t, round) {
+function timeline(t, phases) {
   if (!t.sites.length) return '<p class="muted">No site was sampled in this round.</p>';
-  const phases = {};
-  for (const s of round ? round.sites : []) {
-    const p = ["t_download", "t_train", "t_upload"].filter((k) => typeof s[k] === "number");
-    if (p.length) phases[s.site_id] = p.map((k) => [k.slice(2), s[k]]);
-  }
   const ends = t.sites.flatMap((s) => [s.reported_s, s.delivered_s]).filter((v) => v !== null);
   if (t.closed_s !== null) ends.push(t.closed_s);
   const span = Math.max(1e-3, ...ends);
@@ -406,10 +456,10 @@ class SitesView {
       <td class="status-${esc(s.status)}">${esc(s.status)}</td>
       <td>${ago(s.last_seen_at)}</td><td>${when(s.enrolled_at)}</td><td>${when(s.created_at)}</td>
       ${approvals ? `<td>${esc(JSON.stringify(s.approvals ?? s.consent ?? null))}</td>` : ""}</tr>`).join("");
-    $("#view").innerHTML = `<h2>Sites</h2><table>
+    setHtml($("#view"), `<h2>Sites</h2><table>
       <thead><tr><th scope="col">Name</th><th scope="col">Status</th><th scope="col">Last seen</th>
       <th scope="col">Enrolled</th><th scope="col">Registered</th>
-      ${approvals ? '<th scope="col">Approvals</th>' : ""}</tr></thead><tbody>${rows}</tbody></table>`;
+      ${approvals ? '<th scope="col">Approvals</th>' : ""}</tr></thead><tbody>${rows}</tbody></table>`);
   }
 }
 
@@ -428,11 +478,11 @@ class AuditView {
     const rows = this.events.slice(-500).reverse().map((e) => `<tr><td class="num">${e.id}</td>
       <td>${when(e.at)}</td><td>${esc(e.actor)}</td><td>${esc(e.kind)}</td>
       <td>${esc(e.experiment_id ?? "")}</td><td><code>${esc(JSON.stringify(e.detail))}</code></td></tr>`).join("");
-    $("#view").innerHTML = `<h2>Audit log</h2><p class="muted">${this.events.length} events;
+    setHtml($("#view"), `<h2>Audit log</h2><p class="muted">${this.events.length} events;
       the newest 500 shown, newest first.</p><table><thead><tr><th scope="col" class="num">#</th>
       <th scope="col">When</th><th scope="col">Actor</th><th scope="col">Event</th>
       <th scope="col">Experiment</th><th scope="col">Detail</th></tr></thead>
-      <tbody>${rows}</tbody></table>`;
+      <tbody>${rows}</tbody></table>`);
   }
 
   get changed() { const c = this.after !== this.seen; this.seen = this.after; return c; }
