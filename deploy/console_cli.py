@@ -79,7 +79,9 @@ def _session(
         code = EXIT_REFUSED if exc.status_code and exc.status_code < 500 else EXIT_UNREACHABLE
         raise _fail(str(exc), code) from exc
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach the aggregator at {config.url}: {exc}", EXIT_UNREACHABLE) from exc
+        raise _fail(
+            f"cannot reach the aggregator at {config.url}: {exc}", EXIT_UNREACHABLE
+        ) from exc
     except OSError as exc:  # e.g. an unreadable CA bundle
         raise _fail(f"cannot connect to {config.url}: {exc}", EXIT_UNREACHABLE) from exc
 
@@ -123,26 +125,34 @@ def create(
     _emit(as_json, exp, lambda: _out.print(f"{exp.id}  {exp.name}  {exp.status}", markup=False))
 
 
-def _transition(action: str, experiment_id: str, url: str | None, config: Path | None, as_json: bool) -> None:
+def _transition(
+    action: str, experiment_id: str, url: str | None, config: Path | None, as_json: bool
+) -> None:
     with _session(url, config) as client:
         exp = getattr(client, action)(experiment_id)
     _emit(as_json, exp, lambda: _out.print(f"{exp.id}  {exp.status}", markup=False))
 
 
 @experiments_app.command("start")
-def start(experiment_id: ExpArg, url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def start(
+    experiment_id: ExpArg, url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """Start a created experiment, or resume a paused one."""
     _transition("start", experiment_id, url, config, as_json)
 
 
 @experiments_app.command("pause")
-def pause(experiment_id: ExpArg, url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def pause(
+    experiment_id: ExpArg, url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """Pause a running experiment (no new tasks, deadlines stop)."""
     _transition("pause", experiment_id, url, config, as_json)
 
 
 @experiments_app.command("abort")
-def abort(experiment_id: ExpArg, url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def abort(
+    experiment_id: ExpArg, url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """Abort an experiment for good."""
     _transition("abort", experiment_id, url, config, as_json)
 
@@ -158,13 +168,21 @@ def grant(
     """Let an outside site download the experiment's routing bundle."""
     with _session(url, config) as client:
         granted = client.grant(experiment_id, site_id)
-    _emit(as_json, granted, lambda: _out.print(
-        f"granted {granted['site_name']} ({granted['site_id']}) the routing bundle of "
-        f"{granted['experiment_id']}", markup=False))
+    _emit(
+        as_json,
+        granted,
+        lambda: _out.print(
+            f"granted {granted['site_name']} ({granted['site_id']}) the routing bundle of "
+            f"{granted['experiment_id']}",
+            markup=False,
+        ),
+    )
 
 
 @experiments_app.command("list")
-def list_experiments(url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def list_experiments(
+    url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """Your experiments: status, rounds done, best mean Dice."""
     with _session(url, config) as client:
         rows = client.experiment_summaries()
@@ -172,46 +190,84 @@ def list_experiments(url: UrlOpt = None, config: ConfigOpt = None, as_json: Json
     def human() -> None:
         table = Table("id", "name", "status", "rounds", "best Dice", "created")
         for r in rows:
-            table.add_row(r["id"], r["name"], r["status"], f"{r['rounds_done']}/{r['rounds']}",
-                          _fmt(r["best_dice"]), str(r["created_at"])[:19])
+            table.add_row(
+                r["id"],
+                r["name"],
+                r["status"],
+                f"{r['rounds_done']}/{r['rounds']}",
+                _fmt(r["best_dice"]),
+                str(r["created_at"])[:19],
+            )
         _out.print(table)
 
     _emit(as_json, rows, human)
 
 
 @experiments_app.command("show")
-def show(experiment_id: ExpArg, url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def show(
+    experiment_id: ExpArg, url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """One experiment: status, config and every round with per-site outcome."""
     with _session(url, config) as client:
         exp = client.experiment(experiment_id)
         rounds = client.rounds(experiment_id)
 
     def human() -> None:
-        _out.print(f"{exp.name}  {exp.id}  {exp.status}  {exp.current_round}/{exp.config.rounds} "
-                   f"rounds  strategy {exp.config.strategy.name}", markup=False)
+        _out.print(
+            f"{exp.name}  {exp.id}  {exp.status}  {exp.current_round}/{exp.config.rounds} "
+            f"rounds  strategy {exp.config.strategy.name}",
+            markup=False,
+        )
         if exp.failure_reason:
             _out.print(f"failure: {exp.failure_reason}", markup=False)
-        table = Table("round", "attempt", "status", "site", "site status", "samples", "Dice",
-                      "personal", "loss", "reason")
+        table = Table(
+            "round",
+            "attempt",
+            "status",
+            "site",
+            "site status",
+            "samples",
+            "Dice",
+            "personal",
+            "loss",
+            "reason",
+        )
         for r in rounds:
             for s in r.sites:
                 m = s.metrics
-                table.add_row(str(r.number), str(r.attempt), r.status, s.site_name, s.status,
-                              _fmt(s.num_samples), _fmt(m.val_dice if m else None),
-                              _fmt(m.val_dice_personal if m else None),
-                              _fmt(m.train_loss if m else None),
-                              s.reject_reason or s.failure_reason or r.reason or "")
+                table.add_row(
+                    str(r.number),
+                    str(r.attempt),
+                    r.status,
+                    s.site_name,
+                    s.status,
+                    _fmt(s.num_samples),
+                    _fmt(m.val_dice if m else None),
+                    _fmt(m.val_dice_personal if m else None),
+                    _fmt(m.train_loss if m else None),
+                    s.reject_reason or s.failure_reason or r.reason or "",
+                )
         _out.print(table)
 
-    _emit(as_json, {"experiment": exp.model_dump(mode="json"),
-                    "rounds": [r.model_dump(mode="json") for r in rounds]}, human)
+    _emit(
+        as_json,
+        {
+            "experiment": exp.model_dump(mode="json"),
+            "rounds": [r.model_dump(mode="json") for r in rounds],
+        },
+        human,
+    )
 
 
 @experiments_app.command("watch")
 def watch(
     experiment_id: ExpArg,
-    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls.")] = 2.0,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Stop after this many seconds.")] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="Seconds between polls.")
+    ] = 2.0,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop after this many seconds.")
+    ] = None,
     url: UrlOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line per ended round.")] = False,
@@ -220,17 +276,27 @@ def watch(
     from deploy.watch_view import watch as follow
 
     with _session(url, config) as client:
-        exp = follow(client, experiment_id, console=_out, interval_s=interval, as_json=as_json,
-                     timeout_s=timeout)
+        exp = follow(
+            client,
+            experiment_id,
+            console=_out,
+            interval_s=interval,
+            as_json=as_json,
+            timeout_s=timeout,
+        )
     if exp.status in ("failed", "aborted"):
-        raise _fail(f"experiment {exp.id} {exp.status}: {exp.failure_reason or 'no reason given'}",
-                    EXIT_RUN_FAILED)
+        raise _fail(
+            f"experiment {exp.id} {exp.status}: {exp.failure_reason or 'no reason given'}",
+            EXIT_RUN_FAILED,
+        )
 
 
 @experiments_app.command("download-model")
 def download_model(
     experiment_id: ExpArg,
-    round_number: Annotated[int, typer.Option("--round", min=0, help="Round (0: the initial model).")],
+    round_number: Annotated[
+        int, typer.Option("--round", min=0, help="Round (0: the initial model).")
+    ],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output file.")] = None,
     url: UrlOpt = None,
     config: ConfigOpt = None,
@@ -250,8 +316,11 @@ def download_model(
         tmp.unlink(missing_ok=True)
         raise _fail(f"cannot write {target}: {exc.strerror}", EXIT_BAD_INPUT) from exc
     info = {"path": str(target), "bytes": len(data), "sha256": sha256_hex(data)}
-    _emit(as_json, info, lambda: _out.print(f"{target}  {len(data)} bytes  sha256 {info['sha256']}",
-                                            markup=False))
+    _emit(
+        as_json,
+        info,
+        lambda: _out.print(f"{target}  {len(data)} bytes  sha256 {info['sha256']}", markup=False),
+    )
 
 
 # ---- sites and researchers ---------------------------------------------------------------------
@@ -266,8 +335,13 @@ def sites_list(url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = 
     def human() -> None:
         table = Table("id", "name", "status", "enrolled", "last seen")
         for s in sites:
-            table.add_row(s.id, s.name, s.status, str(s.enrolled_at or "—")[:19],
-                          str(s.last_seen_at or "—")[:19])
+            table.add_row(
+                s.id,
+                s.name,
+                s.status,
+                str(s.enrolled_at or "—")[:19],
+                str(s.last_seen_at or "—")[:19],
+            )
         _out.print(table)
 
     _emit(as_json, sites, human)
@@ -283,23 +357,43 @@ def sites_register(
     """Register a site; prints its one-time enrollment token (give it to the site's IT)."""
     with _session(url, config) as client:
         reg = client.register_site(name)
-    _emit(as_json, reg, lambda: _out.print(
-        f"{reg.id}  {reg.name}\nenrollment token (shown once): {reg.enrollment_token}", markup=False))
+    _emit(
+        as_json,
+        reg,
+        lambda: _out.print(
+            f"{reg.id}  {reg.name}\nenrollment token (shown once): {reg.enrollment_token}",
+            markup=False,
+        ),
+    )
 
 
 @sites_app.command("rotate")
-def sites_rotate(site_id: Annotated[str, typer.Argument(help="Site id.")], url: UrlOpt = None,
-                 config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def sites_rotate(
+    site_id: Annotated[str, typer.Argument(help="Site id.")],
+    url: UrlOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Revoke a site's token and print a new one-time enrollment token."""
     with _session(url, config) as client:
         reg = client.rotate_site(site_id)
-    _emit(as_json, reg, lambda: _out.print(
-        f"{reg.id}  {reg.name}\nenrollment token (shown once): {reg.enrollment_token}", markup=False))
+    _emit(
+        as_json,
+        reg,
+        lambda: _out.print(
+            f"{reg.id}  {reg.name}\nenrollment token (shown once): {reg.enrollment_token}",
+            markup=False,
+        ),
+    )
 
 
 @sites_app.command("revoke")
-def sites_revoke(site_id: Annotated[str, typer.Argument(help="Site id.")], url: UrlOpt = None,
-                 config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def sites_revoke(
+    site_id: Annotated[str, typer.Argument(help="Site id.")],
+    url: UrlOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Revoke a site for good."""
     with _session(url, config) as client:
         site = client.revoke_site(site_id)
@@ -316,8 +410,13 @@ def researchers_create(
     """As the admin (FEDSEG_ADMIN_TOKEN or admin_token in the config), create a researcher."""
     with _session(url, config, admin=True) as client:
         created = client.create_researcher(client.token or "", name)  # the admin token
-    _emit(as_json, created, lambda: _out.print(
-        f"{created.id}  {created.name}\ntoken (shown once): {created.token}", markup=False))
+    _emit(
+        as_json,
+        created,
+        lambda: _out.print(
+            f"{created.id}  {created.name}\ntoken (shown once): {created.token}", markup=False
+        ),
+    )
 
 
 def register(app: typer.Typer) -> None:

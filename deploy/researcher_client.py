@@ -101,7 +101,9 @@ class ResearcherClient:
 
     def experiments(self) -> list[ExperimentPublic]:
         """The caller's experiments, newest first."""
-        return [ExperimentPublic.model_validate(e) for e in self._call("GET", "/experiments").json()]
+        return [
+            ExperimentPublic.model_validate(e) for e in self._call("GET", "/experiments").json()
+        ]
 
     def experiment_summaries(self) -> list[dict[str, Any]]:
         """The caller's experiments with rounds done and best mean Dice (the dashboard's view)."""
@@ -128,9 +130,7 @@ class ResearcherClient:
 
     def grant(self, experiment_id: str, site_id: str) -> dict[str, Any]:
         """Let ``site_id`` (an outside site) download the experiment's routing bundle."""
-        resp = self._call(
-            "POST", f"/experiments/{experiment_id}/grants", json={"site_id": site_id}
-        )
+        resp = self._call("POST", f"/experiments/{experiment_id}/grants", json={"site_id": site_id})
         return dict(resp.json())
 
     def wait_finished(

@@ -105,7 +105,11 @@ def metric_series(session: Session, *, experiment_id: str) -> dict[str, Any]:
     out = []
     for entry in sorted(sites.values(), key=lambda s: s["site_name"]):
         out.append(
-            {k: v for k, v in entry.items() if k not in SERIES_KEYS or any(x is not None for x in v)}
+            {
+                k: v
+                for k, v in entry.items()
+                if k not in SERIES_KEYS or any(x is not None for x in v)
+            }
         )
     return {"rounds": rounds, "sites": out}
 
@@ -148,7 +152,9 @@ def round_summaries(session: Session, *, experiment_id: str) -> list[dict[str, A
         t["samples"] += samples or 0
         t["bytes_up"] += up
         t["bytes_down"] += down
-    empty = dict.fromkeys(("reported", "accepted", "rejected", "samples", "bytes_up", "bytes_down"), 0)
+    empty = dict.fromkeys(
+        ("reported", "accepted", "rejected", "samples", "bytes_up", "bytes_down"), 0
+    )
     return [
         {
             "number": r.number,

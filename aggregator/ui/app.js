@@ -216,7 +216,7 @@ class ExperimentView {
         <div id="rounds"></div></section>
       <section aria-labelledby="plan-title"><h3 id="plan-title">Plan and config</h3>
         <pre id="config" tabindex="0" aria-label="experiment configuration (JSON)"></pre></section>`);
-    $("#timeline-round").addEventListener("change", () => this.loadTimeline());
+    $("#timeline-round").addEventListener("change", () => { this.picked = true; this.loadTimeline(); });
     $("#rounds").addEventListener("toggle", (ev) => this.expandRound(ev.target), true);
   }
 
@@ -285,12 +285,17 @@ class ExperimentView {
   renderTimelineChoices() {
     const sel = $("#timeline-round");
     const numbers = [...new Set(this.rounds.map((r) => r.number))].reverse();
-    const want = numbers.map(String).join(",") + this.key;
-    if (sel.dataset.numbers === want) return;
-    const keep = sel.value;
-    sel.dataset.numbers = want;
-    sel.innerHTML = numbers.map((n) => `<option value="${n}">${n}</option>`).join("");
-    if (keep && numbers.includes(Number(keep))) sel.value = keep;
+    const want = numbers.map(String).join(",");
+    const live = this.exp.status === "running" || this.exp.status === "paused";
+    if (sel.dataset.numbers !== want) {
+      const keep = sel.value;
+      sel.dataset.numbers = want;
+      sel.innerHTML = numbers.map((n) => `<option value="${n}">${n}</option>`).join("");
+      // Follow the newest round unless the reader picked one.
+      if (this.picked && keep && numbers.includes(Number(keep))) sel.value = keep;
+    } else if (!live) {
+      return;
+    }
     this.loadTimeline();
   }
 
@@ -464,9 +469,17 @@ class SitesView {
 }
 
 class AuditView {
-  constructor() { this.events = []; this.after = 0; }
+  constructor() { this.events = []; this.after = 0; this.names = {}; }
+
+  actor(actor) {
+    const [kind, id] = actor.split(":");
+    return kind === "site" && this.names[id] ? `site ${this.names[id]}` : actor;
+  }
 
   async refresh(first) {
+    if (first) {
+      try { for (const s of await api("/sites")) this.names[s.id] = s.name; } catch (_) { /* ids only */ }
+    }
     for (;;) {
       const page = await api(`/events?after=${this.after}&limit=1000`);
       this.events.push(...page);
@@ -476,7 +489,7 @@ class AuditView {
     const changed = this.changed;
     if (!first && !changed) return;
     const rows = this.events.slice(-500).reverse().map((e) => `<tr><td class="num">${e.id}</td>
-      <td>${when(e.at)}</td><td>${esc(e.actor)}</td><td>${esc(e.kind)}</td>
+      <td>${when(e.at)}</td><td>${esc(this.actor(e.actor))}</td><td>${esc(e.kind)}</td>
       <td>${esc(e.experiment_id ?? "")}</td><td><code>${esc(JSON.stringify(e.detail))}</code></td></tr>`).join("");
     setHtml($("#view"), `<h2>Audit log</h2><p class="muted">${this.events.length} events;
       the newest 500 shown, newest first.</p><table><thead><tr><th scope="col" class="num">#</th>

@@ -145,7 +145,9 @@ def live_federation(data_dir: Path, site_names: list[str]) -> Iterator[LiveFeder
         assert r.status_code == 201, r.text
         fed = LiveFederation(url, app.state.services, r.json()["token"], http=http)
         for i, name in enumerate(site_names):
-            reg = http.post(f"{API}/sites", json={"name": name}, headers=bearer(fed.researcher_token))
+            reg = http.post(
+                f"{API}/sites", json={"name": name}, headers=bearer(fed.researcher_token)
+            )
             enrolled = http.post(
                 f"{API}/sites/enroll", json={"enrollment_token": reg.json()["enrollment_token"]}
             ).json()

@@ -113,7 +113,12 @@ def test_pages_render_and_curves_show_the_rounds(browser: Any, fed: LiveFederati
     browser.find_element("css selector", 'a[data-nav="audit"]').click()
     wait_until(lambda: "Audit log" in browser.find_element("css selector", "#view").text)
     audit = browser.find_element("css selector", "#view table").text
-    for kind in ("experiment.created", "experiment.started", "round.closed", "experiment.completed"):
+    for kind in (
+        "experiment.created",
+        "experiment.started",
+        "round.closed",
+        "experiment.completed",
+    ):
         assert kind in audit
     screenshot(browser, "audit")
 
@@ -129,12 +134,18 @@ def test_started_experiment_appears_live(browser: Any, fed: LiveFederation) -> N
     assert "running" in row.text
     row.find_element("css selector", "a").click()
     wait_for(browser, "#curves", timeout=20)
-    first = int(browser.find_element("css selector", "#curves path.curve").get_attribute("data-points"))
+    first = int(
+        browser.find_element("css selector", "#curves path.curve").get_attribute("data-points")
+    )
     wait_until(
-        lambda: int(
-            browser.find_element("css selector", "#curves path.curve").get_attribute("data-points")
-        )
-        > first,
+        lambda: (
+            int(
+                browser.find_element("css selector", "#curves path.curve").get_attribute(
+                    "data-points"
+                )
+            )
+            > first
+        ),
         timeout=20,
         what="a new round on the curves without a reload",
     )
@@ -147,9 +158,11 @@ def test_first_paint_with_200_rounds_of_20_sites(browser: Any, fed: LiveFederati
     exp_id = seed_history(fed, rounds=200, sites=20)
     browser.get(f"{fed.url}/ui/")
     wait_for(browser, "#token")
-    browser.execute_script("sessionStorage.setItem('fedseg.token', arguments[0])", fed.researcher_token)
+    browser.execute_script(
+        "sessionStorage.setItem('fedseg.token', arguments[0])", fed.researcher_token
+    )
     timings = []
-    for _ in range(3):
+    for _ in range(5):
         browser.get(f"{fed.url}/ui/#/experiments/{exp_id}")
         browser.refresh()  # a full navigation of the experiment page itself
         wait_for(browser, "#curves", timeout=20)
@@ -172,5 +185,5 @@ def test_first_paint_with_200_rounds_of_20_sites(browser: Any, fed: LiveFederati
         json.dumps({"rounds": 200, "sites": 20, "first_paint_ms": timings}, indent=2)
     )
     screenshot(browser, "experiment-200x20")
-    assert min(timings) <= 1000.0, f"first paint {timings} ms"
-    assert sorted(timings)[1] <= 1000.0, f"median first paint over 1 s: {timings} ms"
+    median = sorted(timings)[len(timings) // 2]
+    assert median <= 1000.0, f"median first paint over 1 s: {timings} ms"

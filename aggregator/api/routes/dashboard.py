@@ -20,7 +20,9 @@ def experiments(session: SessionDep, researcher: CurrentResearcher) -> list[dict
 
 
 @router.get("/experiments/{experiment_id}/series")
-def series(experiment_id: str, session: SessionDep, researcher: CurrentResearcher) -> dict[str, Any]:
+def series(
+    experiment_id: str, session: SessionDep, researcher: CurrentResearcher
+) -> dict[str, Any]:
     """Per-site Dice (update, personal, global when reported) and train loss per closed round."""
     exp_crud.get_experiment(session, experiment_id=experiment_id, owner_id=researcher.id)
     return dashboard.metric_series(session, experiment_id=experiment_id)

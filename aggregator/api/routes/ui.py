@@ -17,7 +17,12 @@ from aggregator.errors import NotFoundError
 router = APIRouter(tags=["ui"], include_in_schema=False)
 
 UI_DIR = Path(str(resources.files("aggregator") / "ui"))
-_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
 _HEADERS = {
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
