@@ -10,7 +10,7 @@ const COLORS = ["#0b57d0", "#b3261e", "#146c2e", "#8e24aa", "#e37400", "#00838f"
 // Which metric keys are drawn, how, and what they are called.
 const SERIES = [
   { key: "val_dice", label: "Dice (site's update)", dash: "", axis: "dice" },
-  { key: "val_dice_global", label: "Dice (global model)", dash: "2 3", axis: "dice" },
+  { key: "val_dice_global", label: "Dice (global model)", dash: "10 3 2 3", axis: "dice" },
   { key: "val_dice_personal", label: "Dice (personal model)", dash: "8 4", axis: "dice" },
   { key: "train_loss", label: "train loss", dash: "1 4", axis: "loss" },
 ];
@@ -395,10 +395,11 @@ function chart(series) {
     if (kinds.has(kind.key)) legend.push(`<li>${swatch("#444", kind.dash)}${kind.label}</li>`);
   }
   const last = rounds[rounds.length - 1];
+  const lastOf = (values) => (values ? values[values.length - 1] : null);
   const summary = series.sites.map((s) => {
-    const d = s.val_dice ? s.val_dice[s.val_dice.length - 1] : null;
-    const p = s.val_dice_personal ? s.val_dice_personal[s.val_dice_personal.length - 1] : null;
-    return `${s.site_name} Dice ${fmt(d)}${p !== null ? `, personal ${fmt(p)}` : ""}`;
+    const g = lastOf(s.val_dice_global), p = lastOf(s.val_dice_personal);
+    return `${s.site_name} Dice ${fmt(lastOf(s.val_dice))}${g !== null ? `, global ${fmt(g)}` : ""}${
+      p !== null ? `, personal ${fmt(p)}` : ""}`;
   }).join("; ");
   return `<svg class="chart" id="curves" viewBox="0 0 ${W} ${H}" role="img" font-size="11"
     aria-label="Dice and train loss per round for ${series.sites.length} sites over ${rounds.length} rounds; at round ${last}: ${esc(summary)}">

@@ -73,8 +73,8 @@ def test_from_token_to_watching_in_three_commands(
     assert "round 1 attempt 0: closed; 2/2 sites accepted" in out
     assert "round 2 attempt 0: closed" in out
     assert "Dice per site" in out and "hospital-a" in out and "hospital-b" in out
-    # hospital-b (index 1) at round 2: Dice 0.35 + 0.08 + 0.24 = 0.67, personal 0.71
-    assert "0.670" in out and "0.710" in out
+    # hospital-b (index 1) at round 2: Dice 0.35 + 0.08 + 0.24 = 0.67, global 0.61, personal 0.71
+    assert "0.670" in out and "0.610" in out and "0.710" in out
 
     listed = runner.invoke(app, ["experiments", "list", "--json"], env=env)
     row = next(r for r in json.loads(listed.stdout) if r["id"] == exp["id"])

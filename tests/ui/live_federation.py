@@ -34,13 +34,15 @@ from tests.aggregator.helpers import (
 
 
 def site_metrics(site_index: int, round_number: int) -> dict[str, float]:
-    """Dice that climbs with the round; the personal model a little above the update."""
+    """Dice that climbs with the round; the personal model a little above the update, the
+    global model a little below (what a personalising site reports)."""
     base = 0.35 + 0.08 * site_index
     dice = min(0.95, base + 0.12 * round_number)
     return {
         "train_loss": round(1.2 / (1 + round_number) + 0.05 * site_index, 4),
         "val_dice": round(dice, 4),
         "val_dice_personal": round(min(0.97, dice + 0.04), 4),
+        "val_dice_global": round(dice - 0.06, 4),
         "train_seconds": 0.05,
     }
 
@@ -120,6 +122,11 @@ def _fake_site(url: str, token: str, name: str, index: int, stop: threading.Even
 @contextmanager
 def live_federation(data_dir: Path, site_names: list[str]) -> Iterator[LiveFederation]:
     """Start uvicorn on a free loopback port, a researcher and one fake site thread per name."""
+    from data_specs.task_spec import build_unet
+
+    # Creating an experiment builds the spec's U-Net: import torch and MONAI here, outside any
+    # HTTP timeout (tens of seconds on a loaded 2-core machine).
+    build_unet(TINY_SPEC)
     settings = AggregatorSettings(
         data_dir=data_dir,
         admin_token=ADMIN_TOKEN,
@@ -140,7 +147,7 @@ def live_federation(data_dir: Path, site_names: list[str]) -> Iterator[LiveFeder
     url = f"http://127.0.0.1:{port}"
     stop = threading.Event()
     workers: list[threading.Thread] = []
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx.Client(base_url=url, timeout=120) as http:  # a loaded CI machine is slow
         r = http.post(f"{API}/researchers", json={"name": "alice"}, headers=bearer(ADMIN_TOKEN))
         assert r.status_code == 201, r.text
         fed = LiveFederation(url, app.state.services, r.json()["token"], http=http)
@@ -209,6 +216,7 @@ def seed_history(fed: LiveFederation, *, rounds: int, sites: int) -> str:
                 metrics = site_metrics(i % 8, n)
                 metrics["val_dice"] = round(0.3 + 0.6 * (1 - 0.98**n) - 0.01 * (i % 8), 4)
                 metrics["val_dice_personal"] = round(metrics["val_dice"] + 0.03, 4)
+                metrics["val_dice_global"] = round(metrics["val_dice"] - 0.05, 4)
                 session.add(
                     Task(
                         round_id=rnd.id,
