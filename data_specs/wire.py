@@ -159,12 +159,16 @@ class SiteMetrics(BaseModel):
         val_hd95: mean 95th-percentile Hausdorff distance (voxels or mm).
         num_val_cases: validation cases behind the figures.
         train_seconds: wall time of local training.
+        val_dice_global: mean Dice of the global model the site received, on its validation split.
+        val_dice_personal: mean Dice of the site's personal model after this round, same split.
     """
 
     model_config = _Strict
 
     train_loss: float | None = None
     val_dice: float | None = None
+    val_dice_global: float | None = None
+    val_dice_personal: float | None = None
     val_dice_per_class: list[float] | None = Field(default=None, max_length=64)
     val_hd95: float | None = None
     num_val_cases: Annotated[int, Field(ge=0)] | None = None

@@ -6,6 +6,7 @@ import typer
 
 from aggregator.cli import app as aggregator_app
 from data_specs.cli import app as data_app
+from deploy.console_cli import register as register_console
 from deploy.launcher_cli import register as register_launcher
 from deploy.tls import deploy_app
 from site_agent.cli import app as site_app
@@ -21,6 +22,7 @@ app.add_typer(aggregator_app, name="aggregator", help="Run the federated aggrega
 app.add_typer(site_app, name="site", help="Run a hospital's site agent, adapt and infer.")
 app.add_typer(deploy_app, name="deploy", help="Deployment helpers: development TLS certificates.")
 register_launcher(app)
+register_console(app)
 
 if __name__ == "__main__":
     app()

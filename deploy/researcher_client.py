@@ -17,7 +17,16 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "aborted"})
 
 
 class ResearcherApiError(RuntimeError):
-    """The aggregator refused a researcher's request; the message carries its reason."""
+    """The aggregator refused a researcher's request; the message carries its reason.
+
+    Args:
+        message: what was asked and why it was refused.
+        status_code: the HTTP status, or None when no answer came back. Default None.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class ResearcherClient:
@@ -32,6 +41,11 @@ class ResearcherClient:
     def __init__(self, http: httpx.Client, token: str | None = None) -> None:
         self.http = http
         self._token = token
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token this client sends."""
+        return self._token
 
     def use_token(self, token: str) -> None:
         """Send ``token`` as the bearer token from now on."""
@@ -75,8 +89,32 @@ class ResearcherClient:
             self._call("POST", f"/experiments/{experiment_id}/start").json()
         )
 
-    def abort(self, experiment_id: str) -> None:
-        self._call("POST", f"/experiments/{experiment_id}/abort")
+    def abort(self, experiment_id: str) -> ExperimentPublic:
+        return ExperimentPublic.model_validate(
+            self._call("POST", f"/experiments/{experiment_id}/abort").json()
+        )
+
+    def pause(self, experiment_id: str) -> ExperimentPublic:
+        return ExperimentPublic.model_validate(
+            self._call("POST", f"/experiments/{experiment_id}/pause").json()
+        )
+
+    def experiments(self) -> list[ExperimentPublic]:
+        """The caller's experiments, newest first."""
+        return [
+            ExperimentPublic.model_validate(e) for e in self._call("GET", "/experiments").json()
+        ]
+
+    def experiment_summaries(self) -> list[dict[str, Any]]:
+        """The caller's experiments with rounds done and best mean Dice (the dashboard's view)."""
+        return list(self._call("GET", "/dashboard/experiments").json())
+
+    def events(self, *, experiment_id: str | None = None, after: int = 0) -> list[dict[str, Any]]:
+        """Audit events the caller may see, oldest first, after event id ``after``."""
+        params: dict[str, Any] = {"after": after, "limit": 1000}
+        if experiment_id:
+            params["experiment_id"] = experiment_id
+        return list(self._call("GET", "/events", params=params).json())
 
     def rounds(self, experiment_id: str) -> list[RoundPublic]:
         resp = self._call("GET", f"/experiments/{experiment_id}/rounds")
@@ -90,9 +128,10 @@ class ResearcherClient:
             raise ResearcherApiError(f"global model of round {round_number}: sha256 mismatch")
         return resp.content
 
-    def grant(self, experiment_id: str, site_id: str) -> None:
+    def grant(self, experiment_id: str, site_id: str) -> dict[str, Any]:
         """Let ``site_id`` (an outside site) download the experiment's routing bundle."""
-        self._call("POST", f"/experiments/{experiment_id}/grants", json={"site_id": site_id})
+        resp = self._call("POST", f"/experiments/{experiment_id}/grants", json={"site_id": site_id})
+        return dict(resp.json())
 
     def wait_finished(
         self,
@@ -134,5 +173,7 @@ class ResearcherClient:
                 detail = resp.json().get("detail")
             except ValueError:
                 detail = resp.text[:200]
-            raise ResearcherApiError(f"{method} {path}: HTTP {resp.status_code}: {detail}")
+            raise ResearcherApiError(
+                f"{method} {path}: HTTP {resp.status_code}: {detail}", resp.status_code
+            )
         return resp

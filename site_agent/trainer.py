@@ -35,6 +35,7 @@ from site_agent.local_training import (
     poly_lr,
 )
 from site_agent.precision import memory_format, use_bf16
+from site_agent.round_scores import with_global_and_personal_dice
 from site_agent.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,9 @@ class SiteTrainer(ExchangeObjectAPI):
             result = self.evaluate_model(self.model, self.val_data)
             metrics = result.as_site_metrics(train_loss=stats.mean_loss, train_seconds=seconds)
             self.run_log.round_metrics(tag, round_, result)
+            metrics = with_global_and_personal_dice(
+                self, metrics, global_state=global_t, personal_state=kept, trained_state=trained
+            )
         log.info(
             "round %d: %d steps, loss %.4f, %.1f s", round_, stats.steps, stats.mean_loss, seconds
         )

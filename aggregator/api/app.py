@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from aggregator.api.deps import Services
 from aggregator.api.errors import install_error_handlers
 from aggregator.api.routes import (
+    dashboard,
     events,
     experiments,
     fingerprints,
@@ -20,6 +21,7 @@ from aggregator.api.routes import (
     secagg,
     sites,
     tasks,
+    ui,
 )
 from aggregator.blobs import BlobStore
 from aggregator.db import Database
@@ -98,7 +100,8 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (researchers, sites, experiments, tasks, secagg, events, fingerprints):
+    for module in (researchers, sites, experiments, tasks, secagg, events, fingerprints, dashboard):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(ui.router)
     return app
