@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -60,6 +60,9 @@ def _print_report(report: ValidationReport) -> None:
 
     console = Console()
     summary = f"{report.cases} cases, {report.files} files, {report.seconds:.1f} s"
+    _print_histograms(console, report)
+    for w in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {w.file}: expected {w.expected}, found {w.found}")
     if report.ok:
         console.print(f"[green]OK[/green] {report.manifest}: {summary}")
         return
@@ -70,6 +73,21 @@ def _print_report(report: ValidationReport) -> None:
         table.add_row(p.file, str(p.check), p.expected, p.found)
     console.print(table)
     console.print(f"[red]FAILED[/red] {summary}")
+
+
+def _print_histograms(console: Any, report: ValidationReport, most: int = 20) -> None:
+    """Each mask's stored values and voxel counts; grouped by value set when there are many."""
+    if len(report.histograms) <= most:
+        for name, hist in report.histograms.items():
+            console.print(f"{name}: values {hist}", markup=False, highlight=False)
+        return
+    groups: dict[tuple[int, ...], int] = {}
+    for hist in report.histograms.values():
+        key = tuple(sorted(hist))
+        groups[key] = groups.get(key, 0) + 1
+    for values, count in sorted(groups.items(), key=lambda kv: -kv[1]):
+        console.print(f"{count} mask(s) with values {list(values)}", markup=False)
+    console.print("(each mask's histogram: --json)")
 
 
 @app.command("synth")
