@@ -41,8 +41,21 @@ _ROTATE_RADIANS = 0.26  # about 15 degrees: small enough to keep anatomy plausib
 
 
 @functools.cache
+def _quiet_monai_dicom_plugin() -> None:
+    """MONAI builds its pydicom reader in every ``LoadImage`` once pydicom is installed (highdicom
+    needs it), and that reader announces on each build that no GPU decoder is available."""
+    import logging
+    import warnings
+
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+
+
+@functools.cache
 def _reader_classes() -> tuple[type, type]:
     from monai.data import ImageReader, PILReader
+
+    _quiet_monai_dicom_plugin()
     from monai.utils import ensure_tuple
 
     class DicomSeriesReader(ImageReader):  # type: ignore[misc]
@@ -57,9 +70,16 @@ def _reader_classes() -> tuple[type, type]:
 
         def read(self, data: Any, **kwargs: Any) -> Any:
             files = ensure_tuple(data)  # several: one series per channel, geometry checked
-            return read_image(files[0] if len(files) == 1 else list(files), label=self.label)
+            try:
+                return read_image(files[0] if len(files) == 1 else list(files), label=self.label)
+            except DataSpecError as exc:
+                # Raised later, from get_data: LoadImage would otherwise fall back to MONAI's
+                # pydicom reader, which reads a folder of two series as one scan.
+                return exc
 
         def get_data(self, img: Any) -> tuple[np.ndarray, dict[str, Any]]:
+            if isinstance(img, DataSpecError):
+                raise img
             meta = {
                 "affine": img.affine.copy(),
                 "original_affine": img.affine.copy(),

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from site_agent.errors import ScanError, TrainingError
-from site_agent.models import ModelKind, load_model
 from site_agent.settings import SiteSettings
 from site_agent.workdir import WorkDir
 
 if TYPE_CHECKING:
     from data_specs.manifest import DatasetManifest
     from data_specs.task_spec import TaskSpec
+    from site_agent.models import ModelKind
     from site_agent.scan_batch import ScanJob
 
 _KINDS = ("global", "personal", "routed")
@@ -75,6 +75,8 @@ def run_infer(
 
     jobs = plan_jobs(scans, output, channels=channels, png=png, mask_suffix=mask_suffix)
     echo(f"segmenting {len(jobs)} scan(s) with the {kind} model")
+    from site_agent.models import load_model  # torch and MONAI: after the first line
+
     manifest = _site_manifest(settings)
     model, spec = load_model(
         WorkDir(settings.work_dir),
@@ -196,6 +198,8 @@ def run_evaluate(
         raise TrainingError(f"the manifest declares no {split} cases")
     if any(c.label is None for c in cases):
         raise TrainingError(f"every {split} case needs a label to be evaluated")
+    from site_agent.models import load_model
+
     model, spec = load_model(
         WorkDir(settings.work_dir),
         _kind(kind),
