@@ -38,6 +38,7 @@ _COLOURS = (
 )
 _FILL_ALPHA = 0.35
 _MIN_VIEW_SIDE = 4  # a view thinner than this many voxels is a strip, not a picture
+_MIN_VIEW_ASPECT = 0.1  # ... and so is one whose short side is under a tenth of its long side
 _MIN_DISPLAY = 256  # small images are enlarged by a whole factor up to about this many pixels
 _GAP = 8
 
@@ -98,16 +99,32 @@ def mask_views(
     sx, sy, sz = spacing
     fg = lab > 0
     i, j, k = (_busiest(fg, axis) for axis in (0, 1, 2))
+    nx, ny, nz = lab.shape
     candidates = [
-        ("axial", vol[:, ::-1, ::-1, k].transpose(0, 2, 1), lab[::-1, ::-1, k].T, (sy, sx)),
-        ("coronal", vol[:, ::-1, j, ::-1].transpose(0, 2, 1), lab[::-1, j, ::-1].T, (sz, sx)),
-        ("sagittal", vol[:, i, ::-1, ::-1].transpose(0, 2, 1), lab[i, ::-1, ::-1].T, (sz, sy)),
+        (
+            f"axial {k + 1}/{nz}",
+            vol[:, ::-1, ::-1, k].transpose(0, 2, 1),
+            lab[::-1, ::-1, k].T,
+            (sy, sx),
+        ),
+        (
+            f"coronal {j + 1}/{ny}",
+            vol[:, ::-1, j, ::-1].transpose(0, 2, 1),
+            lab[::-1, j, ::-1].T,
+            (sz, sx),
+        ),
+        (
+            f"sagittal {i + 1}/{nx}",
+            vol[:, i, ::-1, ::-1].transpose(0, 2, 1),
+            lab[i, ::-1, ::-1].T,
+            (sz, sy),
+        ),
     ]
     if lab.shape[2] == 1:  # a 2D image: one view, no caption of a slice
         candidates = [("image", *candidates[0][1:])]
-    views = [c for c in candidates if min(c[2].shape) >= _MIN_VIEW_SIDE]
-    if not views:  # every view is thin: keep the least degenerate one
-        views = [max(candidates, key=lambda c: min(c[2].shape))]
+    views = [c for c in candidates if not _degenerate(c[2].shape, c[3])]
+    if not views:  # every view is thin: keep the axial one
+        views = candidates[:1]
     base = min(min(v[3]) for v in views)
     largest = max(max(v[2].shape) for v in views)
     factor = max(1, int(np.ceil(_MIN_DISPLAY / largest))) if largest < _MIN_DISPLAY else 1
@@ -195,6 +212,14 @@ def _display_intensities(img: np.ndarray, picture: bool) -> np.ndarray:
     lo, hi = np.percentile(first, (0.5, 99.5)) if first.size else (0.0, 1.0)
     scaled = np.clip((first - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
     return np.repeat((scaled * 255).round().astype(np.uint8)[None], 3, axis=0)
+
+
+def _degenerate(shape: tuple[int, ...], pixel_mm: tuple[float, float]) -> bool:
+    """A strip rather than a picture: a few voxels thick, or very thin in millimetres."""
+    rows_mm, cols_mm = shape[0] * pixel_mm[0], shape[1] * pixel_mm[1]
+    return min(shape) < _MIN_VIEW_SIDE or min(rows_mm, cols_mm) < _MIN_VIEW_ASPECT * max(
+        rows_mm, cols_mm
+    )
 
 
 def _busiest(fg: np.ndarray, axis: int) -> int:

@@ -18,8 +18,12 @@ from data_specs.task_spec import TaskSpec, build_unet
 from site_agent.cli import app
 from site_agent.models import save_global
 from site_agent.workdir import WorkDir
-from tests.site_agent.scan_kinds import block_picture, block_volume, save_picture
-from tests.site_agent.scan_kinds import write_dicom_series
+from tests.site_agent.scan_kinds import (
+    block_picture,
+    block_volume,
+    save_picture,
+    write_dicom_series,
+)
 
 runner = CliRunner()
 SPEC = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(16, 16), out_channels=2)
@@ -143,7 +147,9 @@ def test_channel_files_make_one_scan_and_must_share_their_grid(tmp_path: Path) -
     folder.mkdir()
     for i in range(2):
         for case in ("a", "b"):
-            nib.save(nib.Nifti1Image(block_volume(seed=i), affine), folder / f"{case}_000{i}.nii.gz")
+            nib.save(
+                nib.Nifti1Image(block_volume(seed=i), affine), folder / f"{case}_000{i}.nii.gz"
+            )
     result = runner.invoke(
         app, ["infer", str(folder), "-o", str(tmp_path / "nn"), "--work-dir", str(work)]
     )
