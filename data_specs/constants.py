@@ -61,7 +61,7 @@ class OptimizerName(StrEnum):
     ADAMW = "adamw"
 
 
-class FitMode(StrEnum):
+class InputFit(StrEnum):
     """How a scan is brought to the network's input size (and a prediction back)."""
 
     PATCH = "patch"  # random patches in training, sliding-window inference at the native grid

@@ -69,6 +69,7 @@ def build_dataset(
     nonzero: bool = False,
     augment: bool | None = None,
     workers: int | None = None,
+    foreground_ratio: float = 0.0,
 ) -> Dataset:
     """A dataset of one split, items ``{"image", "label", "case", "slice"}``.
 
@@ -90,6 +91,8 @@ def build_dataset(
         nonzero: z-score over non-zero voxels only. Default False.
         augment: force augmentation on or off; None follows ``train``. Default None.
         workers: threads loading scans; None picks ``min(cpu count, 4)``. Default None.
+        foreground_ratio: with ``fit="random"``, the share of patches centred on a labelled
+            voxel. Default 0 (uniform).
 
     Returns:
         A ``monai.data.Dataset`` (a torch ``Dataset``). Augmentation draws from one random
@@ -117,7 +120,12 @@ def build_dataset(
     do_augment = augment if augment is not None else train
     if do_augment or fit == "random":
         transform = augment_transforms(
-            spec, seed=seed, labelled=labelled, random_crop=fit == "random", augment=do_augment
+            spec,
+            seed=seed,
+            labelled=labelled,
+            random_crop=fit == "random",
+            augment=do_augment,
+            foreground_ratio=foreground_ratio,
         )
         return Dataset(items, transform=transform)
     return Dataset(items, transform=PlainItem())

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data_specs.constants import FitMode, NormKind
+from data_specs.constants import InputFit, NormKind
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +50,7 @@ class TaskSpec(BaseModel):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     patch_size: tuple[int, ...] = (32, 32)
     intensity: Literal["minmax", "zscore", "none", "ct"] = "zscore"
-    fit: FitMode = FitMode.PATCH
+    fit: InputFit = InputFit.PATCH
     target_spacing: tuple[Annotated[float, Field(gt=0.0)], ...] | None = None
     clip_range: tuple[float, float] | None = None
     norm_mean_std: tuple[float, Annotated[float, Field(gt=0.0)]] | None = None

@@ -9,6 +9,7 @@ conversion of ``data_specs.imageio``) for pictures, and a SimpleITK series reade
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,9 @@ def reader_for(fmt: ImageFormat, *, label: bool = False) -> Any:
 
 
 def _spacing(spec: TaskSpec, target_spacing: Sequence[float] | None) -> tuple[float, ...] | None:
+    # The experiment's plan (spec) wins over the site manifest's own target spacing.
+    if spec.target_spacing is not None:
+        target_spacing = spec.target_spacing
     if target_spacing is None:
         return None
     # A 2D task on volumes resamples in-plane only; 0 keeps the slice spacing.
@@ -144,8 +148,9 @@ def load_transforms(
     ``LoadImaged`` (reader by format), ``EnsureChannelFirstd``, ``Orientationd("RAS")`` for 3D
     tasks (a 2D task keeps the acquisition axes so slices stay slices), ``Spacingd`` when a
     target spacing is given (bilinear image, nearest label), then intensity normalisation of
-    the image: ``zscore`` (``NormalizeIntensityd``) or ``minmax`` (``ScaleIntensityd`` to [0, 1]),
-    per channel. Every spatial step is invertible (``Invertd``).
+    the image: ``zscore`` (``NormalizeIntensityd``), ``minmax`` (``ScaleIntensityd`` to [0, 1]),
+    per channel, ``ct`` (``ScaleIntensityRanged``: clip to the federation's window and z-score with
+    its mean and sd in one linear map) or ``none``. Every spatial step is invertible (``Invertd``).
 
     Args:
         spec: the task spec (dims, intensity). Example: ``TaskSpec(out_channels=4)``.
@@ -167,6 +172,7 @@ def load_transforms(
         NormalizeIntensityd,
         Orientationd,
         ScaleIntensityd,
+        ScaleIntensityRanged,
         Spacingd,
     )
 
@@ -190,8 +196,16 @@ def load_transforms(
         steps.append(Spacingd(keys, pixdim=pixdim, mode=modes))
     if spec.intensity == "zscore":
         steps.append(NormalizeIntensityd(IMAGE, nonzero=nonzero, channel_wise=True))
-    else:
+    elif spec.intensity == "minmax":
         steps.append(ScaleIntensityd(IMAGE, minv=0.0, maxv=1.0, channel_wise=True))
+    elif spec.intensity == "ct":
+        assert spec.clip_range is not None and spec.norm_mean_std is not None  # spec validator
+        (lo, hi), (mean, sd) = spec.clip_range, spec.norm_mean_std
+        steps.append(
+            ScaleIntensityRanged(
+                IMAGE, a_min=lo, a_max=hi, b_min=(lo - mean) / sd, b_max=(hi - mean) / sd, clip=True
+            )
+        )
     return Compose(steps)
 
 
@@ -256,6 +270,7 @@ def augment_transforms(
     labelled: bool = True,
     random_crop: bool = False,
     augment: bool = True,
+    foreground_ratio: float = 0.0,
 ) -> Compose:
     """Random training transforms, reproducible for a seed; ends in plain tensors.
 
@@ -271,6 +286,9 @@ def augment_transforms(
         labelled: items carry a label. Default True.
         random_crop: draw a random patch first. Default False.
         augment: apply the flips, rotation and intensity changes. Default True.
+        foreground_ratio: with ``random_crop`` on labelled items, the share of patches centred
+            on a labelled voxel (MONAI ``RandCropByPosNegLabeld``); the others are centred on
+            background. Default 0 (uniformly random patches).
     """
     from monai.transforms import (
         Compose,
@@ -283,7 +301,9 @@ def augment_transforms(
 
     keys = [IMAGE, LABEL] if labelled else [IMAGE]
     crop: list[Any] = []
-    if random_crop:
+    if random_crop and labelled and foreground_ratio > 0:
+        crop = [_foreground_crop(spec, foreground_ratio)]
+    elif random_crop:
         crop = [RandSpatialCropd(keys, roi_size=tuple(spec.patch_size), random_size=False)]
     if not augment:
         plain = Compose([*crop, PlainItem()])
@@ -312,6 +332,30 @@ def augment_transforms(
     pipeline = Compose(steps)
     pipeline.set_random_state(seed=seed)
     return pipeline
+
+
+def _foreground_crop(spec: TaskSpec, ratio: float) -> Any:
+    from monai.transforms import RandCropByPosNegLabeld
+
+    class OneForegroundCrop(RandCropByPosNegLabeld):  # type: ignore[misc]
+        """``RandCropByPosNegLabeld`` with one sample per item, returned as the item itself."""
+
+        def __call__(self, data: Any, lazy: bool | None = None) -> Any:
+            with warnings.catch_warnings():
+                # A slice without any label falls back to background centres, with a warning.
+                warnings.simplefilter("ignore")
+                return super().__call__(data)[0]
+
+    # Label values > 0 count as foreground; pos / (pos + neg) is the foreground share.
+    return OneForegroundCrop(
+        [IMAGE, LABEL],
+        label_key=LABEL,
+        spatial_size=tuple(spec.patch_size),
+        pos=ratio,
+        neg=1.0 - ratio,
+        num_samples=1,
+        allow_smaller=True,
+    )
 
 
 class PlainItem:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from data_specs.constants import InputFit, LrSchedule, Precision
+
 if TYPE_CHECKING:
     from data_specs.task_spec import TaskSpec
 
@@ -18,9 +20,10 @@ def simulation_spec(
     patch: int,
     classes: int | None = None,
     in_channels: int | None = None,
+    fit: InputFit | None = None,
 ) -> TaskSpec:
-    """The small U-Net ``fedseg simulate`` trains: channels and classes from the first
-    manifest unless given.
+    """The recipe's U-Net for ``fedseg simulate``: channels and classes from the first manifest
+    unless given.
 
     Raises:
         ManifestError: the first manifest does not load.
@@ -29,13 +32,16 @@ def simulation_spec(
     from data_specs.task_spec import TaskSpec
 
     first = load_manifest(manifests[0]) if manifests else None
+    deep = dims == 2
     return TaskSpec(
         spatial_dims=2 if dims == 2 else 3,
         in_channels=in_channels or (first.num_channels if first else 1),
         out_channels=classes or (first.num_classes if first else 4),
-        channels=(8, 16, 32),
-        strides=(2, 2),
+        channels=(16, 32, 64, 128) if deep else (16, 32, 64),
+        strides=(2, 2, 2) if deep else (2, 2),
+        num_res_units=2,
         patch_size=(patch,) * dims,
+        fit=fit or (InputFit.RESIZE if deep else InputFit.PATCH),
     )
 
 
@@ -133,8 +139,28 @@ def register(app: typer.Typer) -> None:
             typer.Option("--in-channels", min=1, help="Image channels (default: the manifest's)."),
         ] = None,
         seed: Annotated[int, typer.Option("--seed")] = 0,
+        fit: Annotated[
+            InputFit | None,
+            typer.Option(
+                "--fit",
+                help="resize (whole slices resized to the patch; 2D default) or patch "
+                "(random patches, sliding-window inference; 3D default).",
+            ),
+        ] = None,
+        lr_schedule: Annotated[
+            LrSchedule, typer.Option("--lr-schedule", help="poly (default) or constant.")
+        ] = LrSchedule.POLY,
+        precision: Annotated[
+            Precision, typer.Option("--precision", help="auto (bf16 where supported), fp32, bf16.")
+        ] = Precision.AUTO,
     ) -> None:
-        """Run one federated experiment in-process through the real aggregator and agent code."""
+        """Run one federated experiment in-process through the real aggregator and agent code.
+
+        The default network is the recipe's: a U-Net 16-32-64-128 with two residual units per
+        level (16-32-64 in 3D), trained with a poly learning-rate schedule over all rounds, the
+        optimiser's state kept on each site between rounds, and bf16 autocast where the CPU or
+        GPU supports it.
+        """
         from pydantic import ValidationError
 
         from data_specs.errors import DataSpecError
@@ -144,7 +170,12 @@ def register(app: typer.Typer) -> None:
 
         try:
             spec = simulation_spec(
-                manifests, dims=dims, patch=patch, classes=classes, in_channels=in_channels
+                manifests,
+                dims=dims,
+                patch=patch,
+                classes=classes,
+                in_channels=in_channels,
+                fit=fit,
             )
             cfg = SimulationConfig(
                 manifests=manifests,
@@ -162,6 +193,11 @@ def register(app: typer.Typer) -> None:
                 personalization=personalization,
                 fedprox_mu=mu,
                 seed=seed,
+                train_overrides={
+                    "lr_schedule": lr_schedule,
+                    "precision": precision,
+                    "persist_optimizer": True,
+                },
             )
             result = run_simulation(cfg)
         except (

@@ -54,6 +54,9 @@ class SimulationConfig:
         max_steps: cap on local optimiser steps per round. Default None.
         seed: seed of partition, sampling and training. Default 0.
         evaluate: evaluate final global (and personal) models on each site's test split.
+        device: ``cpu``, ``cuda`` or ``auto`` for every site. Default ``cpu``.
+        train_overrides: further ``TrainConfig`` fields (the training recipe: ``lr_schedule``,
+            ``precision``, ``persist_optimizer``, ...). Example: ``{"lr_schedule": "poly"}``.
     """
 
     manifests: list[Path]
@@ -79,6 +82,8 @@ class SimulationConfig:
     max_steps: int | None = None
     seed: int = 0
     evaluate: bool = True
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
 
 
 @dataclass
@@ -129,7 +134,7 @@ def run_simulation(cfg: SimulationConfig, console: Console | None = None) -> Sim
     with TestClient(create_app(settings)) as tc:
         researcher = ResearcherClient(tc)
         researcher.create_researcher(admin, "simulation")
-        agents = _make_agents(researcher, tc, manifest_paths, out)
+        agents = _make_agents(researcher, tc, manifest_paths, out, cfg.device)
         exp = researcher.create_experiment(_experiment(cfg, [a[0] for a in agents]))
         researcher.start(exp.id)
         progress = RoundProgress(researcher, exp.id, console)
@@ -165,28 +170,35 @@ def _experiment(cfg: SimulationConfig, site_ids: list[str]) -> ExperimentCreate:
         fraction=cfg.fraction,
         min_sites=max(1, min(k, round(cfg.fraction * k))),
         sites=site_ids,
-        train=TrainConfig(
-            local_epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            optimizer=OptimizerName(cfg.optimizer),
-            fedprox_mu=cfg.fedprox_mu,
-            max_steps=cfg.max_steps,
-            codec=cfg.codec,
-            personalization=PersonalizationConfig(
-                method=PersonalizationMethod(cfg.personalization),
-                alpha=cfg.alpha,
-                ditto_lambda=cfg.ditto_lambda,
-            ),
-        ),
+        train=_train_config(cfg),
         strategy=StrategyConfig(name=cfg.strategy, params=cfg.strategy_params),
         round_deadline_s=24 * 3600,
         seed=cfg.seed,
     )
 
 
+def _train_config(cfg: SimulationConfig) -> TrainConfig:
+    base = TrainConfig(
+        local_epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        optimizer=OptimizerName(cfg.optimizer),
+        fedprox_mu=cfg.fedprox_mu,
+        max_steps=cfg.max_steps,
+        codec=cfg.codec,
+        personalization=PersonalizationConfig(
+            method=PersonalizationMethod(cfg.personalization),
+            alpha=cfg.alpha,
+            ditto_lambda=cfg.ditto_lambda,
+        ),
+    )
+    if not cfg.train_overrides:
+        return base
+    return TrainConfig.model_validate({**base.model_dump(), **cfg.train_overrides})
+
+
 def _make_agents(
-    researcher: ResearcherClient, tc: Any, manifests: list[Path], out: Path
+    researcher: ResearcherClient, tc: Any, manifests: list[Path], out: Path, device: str = "cpu"
 ) -> list[tuple[str, Any, Path]]:
 
     from site_agent.loop import SiteAgent
@@ -200,7 +212,7 @@ def _make_agents(
             allow_insecure_http=True,
             manifest=manifest,
             work_dir=out / "sites" / f"site_{i}",
-            device="cpu",
+            device=device,
             poll_wait_s=1,
             enrollment_token=SecretStr(reg.enrollment_token),
         )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from data_specs.constants import SplitName
+from data_specs.constants import InputFit, SplitName
 from data_specs.errors import DataSpecError
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TaskAssignment
@@ -69,6 +69,7 @@ def load_split(
     train: bool,
     seed: int,
     fit: FitMode = "crop",
+    foreground_ratio: float = 0.0,
 ) -> Dataset | None:
     """The dataset of one split (``data_specs.datasets.build_dataset``), None when not declared.
 
@@ -80,6 +81,9 @@ def load_split(
         seed: augmentation seed. Example: ``TrainConfig.seed``.
         fit: ``random`` patches (training), ``crop`` to the patch size (validation patches)
             or ``none`` (whole scans, for sliding-window evaluation). Default ``crop``.
+            A task whose spec says ``fit = resize`` always gets whole slices (or volumes)
+            resized to the patch size, un-augmented: its trainer augments whole batches.
+        foreground_ratio: share of random patches centred on a labelled voxel. Default 0.
 
     Raises:
         TrainingError: the manifest does not fit the task spec, or a scan does not load.
@@ -90,7 +94,19 @@ def load_split(
         return None
     check_task_fits(manifest, spec)
     try:
-        return build_dataset(manifest, spec, split, train=train, seed=seed, fit=fit)
+        if spec.fit == InputFit.RESIZE and fit != "none":
+            return build_dataset(
+                manifest, spec, split, train=train, seed=seed, fit="resize", augment=False
+            )
+        return build_dataset(
+            manifest,
+            spec,
+            split,
+            train=train,
+            seed=seed,
+            fit=fit,
+            foreground_ratio=foreground_ratio,
+        )
     except DataSpecError as exc:
         # The cause names a scan file: keep it out of logs; `fedseg data validate` shows it.
         raise TrainingError(
@@ -128,15 +144,24 @@ class ManifestTrainers:
         self.workdir = workdir
         self.manifest = load_manifest(settings.require_manifest())
         self.device = settings.resolve_device()
+        # Optimiser states of the experiments this site trains (``persist_optimizer``), kept in
+        # memory between rounds; a restart begins afresh.
+        self.optimizer_states: dict[str, dict[str, Any]] = {}
+        # The last task's prepared splits, reused while the spec and data options stay the same:
+        # later rounds of an experiment re-read no scan (the augmentation is re-seeded per task).
+        self._cached: tuple[Any, Any, Any] | None = None
 
     def __call__(self, task: TaskAssignment) -> SiteTrainer:
         spec, seed = task.spec, task.train.seed
-        # Random patches: the model sees the whole field of view that sliding-window inference
-        # and `fedseg site evaluate` cover, not only the centre.
-        train = load_split(
-            self.manifest, spec, SplitName.TRAINING, train=True, seed=seed, fit="random"
-        )
-        val = load_split(self.manifest, spec, SplitName.VALIDATION, train=False, seed=seed)
+        key = (spec.spec_hash(), task.train.foreground_oversample)
+        if self._cached is not None and self._cached[0] == key:
+            train, val = self._cached[1], self._cached[2]
+            transform = getattr(train, "transform", None)
+            if hasattr(transform, "set_random_state"):
+                transform.set_random_state(seed=seed)
+        else:
+            train, val = self._load(task)
+            self._cached = (key, train, val)
         assert train is not None  # a manifest always declares training
         return SiteTrainer(
             spec,
@@ -145,4 +170,26 @@ class ManifestTrainers:
             device=self.device,
             tensorboard_dir=self.workdir.tensorboard_dir,
             num_workers=self.settings.num_workers,
+            optimizer_states=self.optimizer_states,
         )
+
+    def _load(self, task: TaskAssignment) -> tuple[Any, Any]:
+        spec, seed = task.spec, task.train.seed
+        # Random patches: the model sees the whole field of view that sliding-window inference
+        # and `fedseg site evaluate` cover, not only the centre.
+        train = load_split(
+            self.manifest,
+            spec,
+            SplitName.TRAINING,
+            train=True,
+            seed=seed,
+            fit="random",
+            foreground_ratio=task.train.foreground_oversample,
+        )
+        val = None
+        if SplitName.VALIDATION in self.manifest.declared_splits():
+            from site_agent.scan_evaluation import load_eval_cases
+
+            # Validation scores whole scans in their own geometry, as `fedseg site evaluate`.
+            val = load_eval_cases(self.manifest, spec, SplitName.VALIDATION)
+        return train, val

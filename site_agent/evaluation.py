@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -24,12 +24,15 @@ class EvalResult:
         mean_dice: mean of ``dice_per_class`` over classes present, NaN if none.
         hd95: mean 95th-percentile Hausdorff distance in voxels over finite values, or None.
         num_cases: items evaluated (cases, or slices for a 2D task).
+        case_dice: mean foreground Dice of each case, in order (whole-scan evaluation only;
+            kept on the site, never sent). Default empty.
     """
 
     dice_per_class: list[float]
     mean_dice: float
     hd95: float | None
     num_cases: int
+    case_dice: list[float] = field(default_factory=list)
 
     def as_site_metrics(self, **extra: float | None) -> SiteMetrics:
         """The ``SiteMetrics`` to send with an update; NaN figures travel as null.

@@ -2,8 +2,9 @@
 
 The scan goes through the training chain minus cropping and augmentation
 (``data_specs.transforms.prepare_scan``: reader by format, channel first, RAS orientation for 3D
-tasks, optional resampling, intensity normalisation). The network predicts on that grid with
-MONAI's ``sliding_window_inference`` at the task's patch size (a 2D task on a volume: every slice
+tasks, optional resampling, intensity normalisation). The network predicts on that grid
+(``site_agent.prediction``: sliding windows at the patch size, or each slice resized to the patch
+size and the scores resized back, as the task's ``fit`` says; a 2D task on a volume: every slice
 along the last axis, as training sliced it). The label map is then carried back through the
 inverse of every spatial step (``PreparedScan.to_scan_geometry``: ``Invertd``, nearest
 neighbour), so the mask has exactly the scan's shape and affine and each label sits on the voxel
@@ -25,6 +26,7 @@ from data_specs.errors import DataSpecError
 from data_specs.imageio import ImageGeometry
 from data_specs.task_spec import TaskSpec
 from site_agent.errors import ScanError, WorkDirError
+from site_agent.prediction import predict_scores
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,15 @@ def segment_scan(
         raise ScanError(
             f"the model expects {spec.in_channels} image channel(s), the scan has {channels}"
         )
-    logits = _predict(model, spec, prepared.image, prepared.sliced, device, sw_batch_size, overlap)
+    logits = predict_scores(
+        model,
+        spec,
+        prepared.image,
+        sliced=prepared.sliced,
+        device=device,
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+    )
     try:
         mask = prepared.to_scan_geometry(label_map(logits))
     except DataSpecError as exc:
@@ -155,26 +165,3 @@ def label_map(logits: torch.Tensor) -> torch.Tensor:
         labels.masked_fill_(logits[k] > best, k)
         torch.maximum(best, logits[k], out=best)
     return labels
-
-
-def _predict(
-    model: nn.Module,
-    spec: TaskSpec,
-    image: torch.Tensor,
-    sliced: bool,
-    device: str | torch.device,
-    sw_batch_size: int,
-    overlap: float,
-) -> torch.Tensor:
-    """Logits ``(K, *spatial)`` on the preprocessed grid."""
-    from monai.inferers import sliding_window_inference
-
-    # A 2D task on a volume: the slices along the last axis become the batch.
-    batch = image.permute(3, 0, 1, 2) if sliced else image[None]
-    model = model.to(device).eval()
-    with torch.inference_mode():
-        logits = sliding_window_inference(
-            batch.to(device, torch.float32), spec.patch_size, sw_batch_size, model, overlap=overlap
-        )
-    logits = torch.as_tensor(logits)
-    return logits.permute(1, 2, 3, 0) if sliced else logits[0]

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, float], None]
 Penalty = Callable[[], torch.Tensor]
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+LrAt = Callable[[int], float]
+"""Learning rate for the local step about to be taken (0-based)."""
 
 
 @dataclass(frozen=True)
@@ -45,16 +48,54 @@ class FitStats:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum 0.9, or Adam, as the train config says.
+    """SGD (momentum 0.9), SGD with Nesterov momentum 0.99, Adam or AdamW, as the config says.
 
     Args:
         model: the model to optimise.
         config: the round's train config. Example: ``TrainConfig(optimizer="adam", lr=1e-3)``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    lr, wd = config.lr, config.weight_decay
     if config.optimizer == OptimizerName.ADAM:
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if config.optimizer == OptimizerName.ADAMW:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if config.optimizer == OptimizerName.SGD_NESTEROV:
+        return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+
+
+def poly_lr(
+    base_lr: float,
+    *,
+    round_: int,
+    total_rounds: int,
+    steps_per_round: int,
+    exponent: float = 0.9,
+) -> LrAt:
+    """nnU-Net's poly schedule over the whole federation, continuous across rounds.
+
+    Progress counts whole rounds done plus the share of this round's steps taken, so the last
+    step of round r and the first of round r + 1 get neighbouring rates.
+
+    Args:
+        base_lr: the experiment's learning rate. Example: ``1e-2``.
+        round_: this round, from 1. Example: ``3``.
+        total_rounds: rounds of the experiment. Example: ``50``.
+        steps_per_round: optimiser steps this site takes in this round. Example: ``18``.
+        exponent: the poly exponent. Default 0.9.
+
+    Returns:
+        ``lr_at(step)`` for the 0-based local step.
+    """
+    total = max(total_rounds, 1)
+    per = max(steps_per_round, 1)
+
+    def lr_at(step: int) -> float:
+        progress = min(((round_ - 1) + step / per) / total, 1.0)
+        return base_lr * (1.0 - progress) ** exponent
+
+    return lr_at
 
 
 def make_loss() -> nn.Module:
@@ -78,6 +119,10 @@ def fit(
     on_epoch: EpochCallback | None = None,
     progress: bool | None = None,
     desc: str = "train",
+    bf16: bool = False,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    batch_transform: BatchTransform | None = None,
+    lr_at: LrAt | None = None,
 ) -> FitStats:
     """Train ``model`` in place for some epochs.
 
@@ -95,6 +140,12 @@ def fit(
         on_epoch: called with ``(epoch, mean loss)`` after each epoch (TensorBoard). Default None.
         progress: show a tqdm bar; None shows one only on a terminal. Default None.
         desc: progress bar label. Default ``"train"``.
+        bf16: autocast the forward pass to bf16 (the loss is computed in float32). Default False.
+        memory_format: layout of the input batches (``torch.channels_last`` for a 2D model
+            converted to it). Default contiguous.
+        batch_transform: random augmentation of each ``(images, labels)`` batch on the device
+            (``site_agent.batch_augment.BatchAugment``). Default None.
+        lr_at: learning rate of each local step (``poly_lr``). Default None (the optimiser's).
 
     Returns:
         Steps, samples and the mean loss.
@@ -103,6 +154,8 @@ def fit(
         TrainingError: the loader is empty, or the loss became NaN or infinite.
     """
     from tqdm.auto import tqdm
+
+    from site_agent.precision import autocast
 
     model.train()
     non_blocking = torch.device(device).type == "cuda"
@@ -127,8 +180,16 @@ def fit(
                     break
                 images = batch["image"].to(device, non_blocking=non_blocking)
                 labels = batch["label"].to(device, non_blocking=non_blocking)
+                if batch_transform is not None:
+                    images, labels = batch_transform(images, labels)
+                if lr_at is not None:
+                    lr = lr_at(steps + epoch_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(images), labels)
+                with autocast(bf16, device):
+                    logits = model(images.contiguous(memory_format=memory_format))
+                loss = loss_fn(logits.float(), labels)
                 objective = loss if penalty is None else loss + penalty()
                 objective.backward()
                 optimizer.step()

@@ -183,8 +183,8 @@ def run_evaluate(
     """
     from data_specs.constants import SplitName
     from data_specs.manifest import load_manifest
-    from site_agent.datasets import check_task_fits, load_split
-    from site_agent.evaluation import evaluate_segmentation
+    from site_agent.datasets import check_task_fits
+    from site_agent.scan_evaluation import evaluate_cases, load_eval_cases
 
     manifest = load_manifest(settings.require_manifest())
     try:
@@ -208,10 +208,10 @@ def run_evaluate(
         spec=spec,
     )
     check_task_fits(manifest, spec)
-    data = load_split(manifest, spec, split_name, train=False, seed=0, fit="none")
-    assert data is not None  # the split has cases, so it is declared
+    # Whole scans, predicted as `fedseg site infer` does and scored in their own geometry.
+    data = load_eval_cases(manifest, spec, split_name)
     device = settings.resolve_device()
-    result = evaluate_segmentation(model.to(device), data, spec, device=device)
+    result = evaluate_cases(model.to(device), data, spec, device=device)
     names = [manifest.labels.get(str(k), f"class {k}") for k in range(1, spec.out_channels)]
     return {
         "split": split,

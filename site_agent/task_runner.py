@@ -123,6 +123,7 @@ class TaskRunner:
                 personal_state=personal,
                 tag=task.experiment_id,
                 round_=task.round,
+                total_rounds=task.total_rounds,
             )
         finally:
             trainer.close()

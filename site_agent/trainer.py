@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data_specs.constants import InputFit, LrSchedule
 from data_specs.task_spec import TaskSpec, build_unet
 from data_specs.wire import SiteMetrics, TrainConfig
 from personalization.errors import PersonalizationError
@@ -25,7 +26,15 @@ from personalization.inside import InsidePolicy, anchor_params, ditto_penalty, p
 from site_agent.client_algo import ExchangeObjectAPI
 from site_agent.errors import ModelMismatchError, TrainingError
 from site_agent.evaluation import EvalResult, evaluate_segmentation
-from site_agent.local_training import FitStats, Penalty, fit, make_loss, make_optimizer
+from site_agent.local_training import (
+    FitStats,
+    Penalty,
+    fit,
+    make_loss,
+    make_optimizer,
+    poly_lr,
+)
+from site_agent.precision import memory_format, use_bf16
 from site_agent.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -62,8 +71,8 @@ def to_torch_state(state: StateLike) -> dict[str, torch.Tensor]:
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of a model's state dict."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """A detached, contiguous CPU copy of a model's state dict (whatever the model's layout)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
 class SiteTrainer(ExchangeObjectAPI):
@@ -75,25 +84,35 @@ class SiteTrainer(ExchangeObjectAPI):
     Args:
         spec: the task spec; the U-Net is built from it. Example: ``TaskSpec(out_channels=4)``.
         train_data: training split, items ``{"image", "label"}`` at the patch size.
-        val_data: validation split for the metrics sent with each update. Default None.
+        val_data: validation split for the metrics sent with each update: a list of
+            ``EvalCase`` (whole scans) or a dataset of items. Default None.
         device: ``"cpu"`` or ``"cuda"``. Default ``"cpu"``.
         tensorboard_dir: where event files go (one sub-folder per run tag). Default None (off).
         num_workers: DataLoader workers. Default 0.
         progress: show progress bars; None shows them only on a terminal. Default None.
+        optimizer_states: where optimiser states persist between rounds when the train config
+            asks for it (``persist_optimizer``); the trainer factory keeps one mapping per site.
+            Default None (a fresh optimiser every round).
+
+    With ``spec.fit = resize`` the training items are whole slices resized to the patch size
+    and arrive un-augmented; the trainer augments each batch (``BatchAugment``).
     """
 
     def __init__(
         self,
         spec: TaskSpec,
         train_data: Dataset,
-        val_data: Dataset | None = None,
+        val_data: Dataset | list[Any] | None = None,
         *,
         device: str = "cpu",
         tensorboard_dir: str | Path | None = None,
         num_workers: int = 0,
         progress: bool | None = None,
+        optimizer_states: MutableMapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self.spec = spec
+        self.optimizer_states = optimizer_states if optimizer_states is not None else {}
+        self.total_rounds: int | None = None
         self.train_data = train_data
         self.val_data = val_data
         self.device = torch.device(device)
@@ -128,6 +147,7 @@ class SiteTrainer(ExchangeObjectAPI):
         personal_state: StateLike | None = None,
         tag: str = "run",
         round_: int = 1,
+        total_rounds: int | None = None,
     ) -> TrainResult:
         """Train locally from the global model for one round, then update the personal model.
 
@@ -144,7 +164,9 @@ class SiteTrainer(ExchangeObjectAPI):
             personal_state: the personal model stored after this site's last round. Default
                 None (first round).
             tag: TensorBoard run name, e.g. the experiment id. Default ``"run"``.
-            round_: the federated round, for TensorBoard steps. Default 1.
+            round_: the federated round, for TensorBoard steps and the LR schedule. Default 1.
+            total_rounds: rounds of the experiment (``TaskAssignment.total_rounds``), for the
+                ``poly`` LR schedule. Default None (the schedule then stays constant).
 
         Returns:
             The trained state (to upload), sample count, metrics and the personal model to keep.
@@ -155,6 +177,7 @@ class SiteTrainer(ExchangeObjectAPI):
         """
         start = time.perf_counter()
         self._abort = False
+        self.total_rounds = total_rounds
         if len(self.train_data) == 0:  # type: ignore[arg-type]
             raise TrainingError("the training split is empty: no batch to train on")
         policy = InsidePolicy.from_train_config(config)
@@ -193,8 +216,16 @@ class SiteTrainer(ExchangeObjectAPI):
             raise TrainingError("no evaluation split was given to the trainer")
         return self.evaluate_model(self.model, split)
 
-    def evaluate_model(self, model: torch.nn.Module, data: Dataset) -> EvalResult:
-        """Dice per class, mean Dice and HD95 of ``model`` on ``data``."""
+    def evaluate_model(self, model: torch.nn.Module, data: Any) -> EvalResult:
+        """Dice per class, mean Dice and HD95 of ``model`` on ``data``.
+
+        ``data`` is either a list of ``EvalCase`` (whole scans scored in their own geometry,
+        ``site_agent.scan_evaluation``) or a dataset of items (``evaluate_segmentation``).
+        """
+        if isinstance(data, list):
+            from site_agent.scan_evaluation import evaluate_cases
+
+            return evaluate_cases(model, data, self.spec, device=self.device)
         return evaluate_segmentation(model, data, self.spec, device=self.device)
 
     def request_abort(self) -> None:
@@ -239,8 +270,12 @@ class SiteTrainer(ExchangeObjectAPI):
         tag: str,
         round_: int,
     ) -> FitStats:
+        from site_agent.batch_augment import BatchAugment
+
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
+        fmt = memory_format(self.spec.spatial_dims, config.channels_last)
+        model.to(memory_format=fmt)
         loader = DataLoader(
             self.train_data,
             batch_size=config.batch_size,
@@ -250,10 +285,25 @@ class SiteTrainer(ExchangeObjectAPI):
             pin_memory=self.device.type == "cuda",
         )
         base_step = (round_ - 1) * epochs
-        return fit(
+        steps = len(loader) * epochs
+        if config.max_steps is not None:
+            steps = min(steps, config.max_steps)
+        lr_at = None
+        if config.lr_schedule == LrSchedule.POLY and self.total_rounds:
+            lr_at = poly_lr(
+                config.lr, round_=round_, total_rounds=self.total_rounds, steps_per_round=steps
+            )
+        augment = None
+        if self.spec.fit == InputFit.RESIZE:
+            augment = BatchAugment(self.spec.spatial_dims, seed=config.seed)
+        optimizer = make_optimizer(model, config)
+        key = f"{tag}/{'ditto' if model is not self.model else 'main'}"
+        if config.persist_optimizer and key in self.optimizer_states:
+            optimizer.load_state_dict(self.optimizer_states[key])
+        stats = fit(
             model,
             loader,
-            make_optimizer(model, config),
+            optimizer,
             make_loss(),
             device=self.device,
             epochs=epochs,
@@ -263,7 +313,14 @@ class SiteTrainer(ExchangeObjectAPI):
             on_epoch=lambda e, loss: self.run_log.epoch_loss(tag, base_step + e, loss),
             progress=self.progress,
             desc=f"{tag} round {round_}",
+            bf16=use_bf16(config.precision, self.device),
+            memory_format=fmt,
+            batch_transform=augment,
+            lr_at=lr_at,
         )
+        if config.persist_optimizer:
+            self.optimizer_states[key] = optimizer.state_dict()
+        return stats
 
     def __enter__(self) -> SiteTrainer:
         return self

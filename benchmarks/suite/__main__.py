@@ -1,0 +1,96 @@
+"""``python -m benchmarks.suite run|report``: run the missing ACDC runs, then build the reports.
+
+Examples::
+
+    python -m benchmarks.suite run --table inside --seeds 0            # what is missing, then report
+    python -m benchmarks.suite run --methods fedavg_iopfl central --budget-minutes 12
+    python -m benchmarks.suite run --device cuda --seeds 0 1 2         # on a GPU machine
+    python -m benchmarks.suite report                                  # reports from stored runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from benchmarks.acdc_common import default_acdc_dir
+from benchmarks.suite.recipe import RECIPE_TRAIN, RunConfig, recipe_spec_json, rounds_for
+from benchmarks.suite.store import has_run, run_path, save_run
+
+INSIDE_ORDER = ("fedavg_iopfl", "central", "local", "fedbn", "fedprox", "ditto")
+
+
+def inside_configs(budget_minutes: float, methods: list[str] | None = None) -> list[RunConfig]:
+    """The inside table's run configurations at a budget."""
+    from benchmarks.suite.acdc_runs import INSIDE_METHODS
+
+    rounds = rounds_for(budget_minutes)
+    chosen = methods or list(INSIDE_ORDER)
+    return [
+        RunConfig(
+            table="inside",
+            method=m,
+            rounds=rounds,
+            spec=recipe_spec_json(),
+            train=dict(RECIPE_TRAIN),
+            params=dict(INSIDE_METHODS[m][1]),
+        )
+        for m in chosen
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the missing runs, then write the reports")
+    run.add_argument("--table", choices=["inside"], default="inside")
+    run.add_argument("--methods", nargs="*", default=None)
+    run.add_argument("--seeds", nargs="*", type=int, default=[0])
+    run.add_argument("--budget-minutes", type=float, default=12.0)
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    run.add_argument("--acdc-dir", type=Path, default=default_acdc_dir())
+    run.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedseg_suite")
+    run.add_argument("--dry-run", action="store_true", help="list the missing runs only")
+    sub.add_parser("report", help="write the reports from every stored run")
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        from benchmarks.suite.report import write_reports
+
+        for path in write_reports():
+            print(f"wrote {path}")
+        return 0
+    configs = inside_configs(args.budget_minutes, args.methods)
+    todo = [(c, s) for s in args.seeds for c in configs if not has_run(c, s)]
+    print(f"{len(todo)} run(s) missing of {len(configs) * len(args.seeds)}")
+    failures = 0
+    for cfg, seed in todo:
+        print(
+            f"- {cfg.table}/{cfg.method} seed {seed} ({cfg.rounds} rounds) -> {run_path(cfg, seed).name}"
+        )
+        if args.dry_run:
+            continue
+        from benchmarks.suite.acdc_runs import run_inside
+
+        t = time.monotonic()
+        try:
+            work = args.work_dir / f"{cfg.method}-{seed}"
+            body = run_inside(cfg, seed, work, args.acdc_dir, args.device)
+        except Exception:  # one failed run must not lose the others; it stays missing
+            failures += 1
+            traceback.print_exc()
+            continue
+        path = save_run(cfg, seed, body, device=args.device)
+        print(f"  stored {path} ({(time.monotonic() - t) / 60:.1f} min)")
+    if not args.dry_run:
+        from benchmarks.suite.report import write_reports
+
+        for path in write_reports():
+            print(f"wrote {path}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
