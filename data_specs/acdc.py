@@ -8,12 +8,13 @@ point into the (read-only) ACDC folder through ``data_root``; nothing is copied 
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 
 from data_specs.constants import SplitName
 from data_specs.errors import ManifestError
-from data_specs.imageio import NIFTI_SUFFIXES
+from data_specs.folder_pairing import pair_by_patterns, pair_by_suffix
 from data_specs.manifest import (
     CaseEntry,
     DatasetManifest,
@@ -118,14 +119,6 @@ def write_manifests(manifests: list[DatasetManifest], out: str | Path) -> list[P
     return paths
 
 
-def _split_name(path: Path) -> tuple[str, str]:
-    name = path.name
-    for ext in NIFTI_SUFFIXES:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)], name[-len(ext) :]
-    return path.stem, path.suffix
-
-
 def folder_manifest(
     data_dir: str | Path,
     *,
@@ -142,14 +135,19 @@ def folder_manifest(
     test_frac: float = 0.2,
     seed: int = 0,
     group_pattern: str | None = None,
+    image_pattern: str | None = None,
+    label_pattern: str | None = None,
 ) -> DatasetManifest:
     """A manifest for a hospital's folder of scans (``fedseg data init-manifest``).
 
     Images are the files (or DICOM folders) matching ``image_glob``; the label of
-    ``x.nii.gz`` is ``x<label_suffix>.nii.gz`` beside it or in ``label_dir``. Labelled scans
+    ``x.nii.gz`` is ``x<label_suffix>.nii.gz`` beside it or in ``label_dir`` (a suffix with
+    its own extension, ``_mask.png``, pairs ``x.jpg`` with ``x_mask.png``). Or, with
+    ``image_pattern`` and ``label_pattern``, regexes sharing a capture group pair them
+    (``data_specs.folder_pairing``; a ``channel`` group gathers channel files). Labelled scans
     are split training / validation / test; scans without a label go to ``test`` unlabelled.
     Paths are relative to the manifest's folder when ``data_dir`` lies inside it, else to
-    ``data_root = data_dir``.
+    ``data_root = data_dir``; symlinks keep their own names and must point inside that root.
 
     Args:
         data_dir: the scans. Example: ``"/mnt/pacs/export"``.
@@ -161,12 +159,17 @@ def folder_manifest(
         label_suffix: added to an image's name stem for its label. Default ``"_gt"``.
         label_dir: folder of the labels. Default None (beside the images).
         name: dataset name. Default None (the folder's name).
-        modality: the one channel's name. Default ``"MRI"``.
+        modality: channel names, comma separated (``"FLAIR,T1c"``); one name for several
+            channel files numbers them. Default ``"MRI"``.
         val_frac: fraction for validation. Default 0.2.
         test_frac: fraction for test. Default 0.2.
         seed: split seed. Default 0.
         group_pattern: regex whose first match in a file name groups scans of one patient
             into one split. Example: ``"patient\\d+"``. Default None (each scan alone).
+        image_pattern: regex over image paths relative to ``data_dir``. Default None.
+            Example: ``"(?P<case>.+)_scan\\.tif"``.
+        label_pattern: regex over label paths relative to ``label_dir`` (or ``data_dir``),
+            capturing the same case key. Example: ``"(?P<case>.+)_annotation\\.gif"``.
 
     Raises:
         ManifestError: no folder, no labelled scan, or an invalid pattern.
@@ -183,45 +186,64 @@ def folder_manifest(
         raise ManifestError(
             f"expected a valid group_pattern regex, found {group_pattern!r}"
         ) from exc
-    labelled: list[tuple[Path, Path]] = []
-    unlabelled: list[Path] = []
-    for image in sorted(data.glob(image_glob)):
-        stem, ext = _split_name(image)
-        if image.name.startswith(".") or (labels_at is None and stem.endswith(label_suffix)):
-            continue
-        label = (labels_at or image.parent) / f"{stem}{label_suffix}{ext}"
-        if label.exists():
-            labelled.append((image, label))
-        else:
-            unlabelled.append(image)
+    if (image_pattern is None) != (label_pattern is None):
+        raise ManifestError("expected both image_pattern and label_pattern, found only one")
+    if image_pattern is not None and label_pattern is not None:
+        found = pair_by_patterns(data, image_pattern, label_pattern, labels_at)
+        how = f"image pattern {image_pattern!r} and label pattern {label_pattern!r}"
+    else:
+        found = pair_by_suffix(data, image_glob, label_suffix, labels_at)
+        how = f"{image_glob!r} with labels named '<name>{label_suffix}<ext>'"
+    labelled = [(c.images, c.label) for c in found if c.label is not None]
+    unlabelled = [c.images for c in found if c.label is None]
     if not labelled:
         raise ManifestError(
-            f"{data}: expected scans matching {image_glob!r} with labels named "
-            f"'<name>{label_suffix}<ext>', found {len(unlabelled)} scans and no labels"
+            f"{data}: expected scans matching {how}, found {len(unlabelled)} scans and no labels"
         )
-    for _, label in labelled:
-        if not label.resolve().is_relative_to(root):
-            raise ManifestError(f"{label}: expected labels inside {root}; set label_dir inside it")
+    for images, label in labelled:
+        for path in (*images, label):
+            if not path.resolve().is_relative_to(root):
+                raise ManifestError(
+                    f"{path}: expected files (and symlink targets) inside {root}; "
+                    "set label_dir inside it"
+                )
+    names = [n.strip() for n in modality.split(",") if n.strip()] or ["MRI"]
+    n_channels = len(labelled[0][0])
+    if any(len(i) != n_channels for i, _ in labelled) or any(
+        len(u) != n_channels for u in unlabelled
+    ):
+        raise ManifestError(f"{data}: expected every case to have {n_channels} channel file(s)")
+    if len(names) == 1 and n_channels > 1:
+        names = [f"{names[0]}_{i}" for i in range(n_channels)]
+    if n_channels > 1 and len(names) != n_channels:
+        raise ManifestError(
+            f"expected {n_channels} channel name(s) in modality for {n_channels} channel "
+            f"file(s) per case, found {names}"
+        )
 
     def rel(p: Path) -> str:
-        return p.resolve().relative_to(root).as_posix()
+        # the path as named (a symlink stays a symlink), not its target
+        return Path(os.path.abspath(p)).relative_to(root).as_posix()
 
-    def group(p: Path) -> str:
-        match = grouper.search(p.name) if grouper else None
-        return match.group(0) if match else p.name
+    def image(paths: tuple[Path, ...]) -> str | list[str]:
+        return rel(paths[0]) if len(paths) == 1 else [rel(p) for p in paths]
+
+    def group(paths: tuple[Path, ...]) -> str:
+        match = grouper.search(paths[0].name) if grouper else None
+        return match.group(0) if match else paths[0].name
 
     splits = assign_splits(
         [group(i) for i, _ in labelled], val_frac=val_frac, test_frac=test_frac, seed=seed
     )
-    entries = [CaseEntry(image=rel(i), label=rel(lb)) for i, lb in labelled]
+    entries = [CaseEntry(image=image(i), label=rel(lb)) for i, lb in labelled]
     test = [entries[i] for i in splits[SplitName.TEST]] + [
-        CaseEntry(image=rel(u)) for u in unlabelled
+        CaseEntry(image=image(u)) for u in unlabelled
     ]
     fields = {
         "name": name or data.name,
         "site_id": site_id,
         "spatial_dims": spatial_dims,
-        "modality": {"0": modality},
+        "modality": {str(i): n for i, n in enumerate(names)},
         "labels": labels,
         "data_root": None if root == folder else str(root),
         "training": [entries[i] for i in splits[SplitName.TRAINING]],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -60,6 +60,9 @@ def _print_report(report: ValidationReport) -> None:
 
     console = Console()
     summary = f"{report.cases} cases, {report.files} files, {report.seconds:.1f} s"
+    _print_histograms(console, report)
+    for w in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {w.file}: expected {w.expected}, found {w.found}")
     if report.ok:
         console.print(f"[green]OK[/green] {report.manifest}: {summary}")
         return
@@ -70,6 +73,21 @@ def _print_report(report: ValidationReport) -> None:
         table.add_row(p.file, str(p.check), p.expected, p.found)
     console.print(table)
     console.print(f"[red]FAILED[/red] {summary}")
+
+
+def _print_histograms(console: Any, report: ValidationReport, most: int = 20) -> None:
+    """Each mask's stored values and voxel counts; grouped by value set when there are many."""
+    if len(report.histograms) <= most:
+        for name, hist in report.histograms.items():
+            console.print(f"{name}: values {hist}", markup=False, highlight=False)
+        return
+    groups: dict[tuple[int, ...], int] = {}
+    for hist in report.histograms.values():
+        key = tuple(sorted(hist))
+        groups[key] = groups.get(key, 0) + 1
+    for values, count in sorted(groups.items(), key=lambda kv: -kv[1]):
+        console.print(f"{count} mask(s) with values {list(values)}", markup=False)
+    console.print("(each mask's histogram: --json)")
 
 
 @app.command("synth")
@@ -112,11 +130,42 @@ def init_manifest(
     labels: Annotated[str, typer.Option(help="Classes, e.g. '0=background,1=liver'.")],
     out: Annotated[Path, typer.Option(help="Manifest to write.")] = Path("dataset.json"),
     image_glob: Annotated[str, typer.Option(help="Image pattern under DATA_DIR.")] = "*.nii.gz",
-    label_suffix: Annotated[str, typer.Option(help="Label = image stem + suffix.")] = "_gt",
+    label_suffix: Annotated[
+        str, typer.Option(help="Label = image stem + suffix ('_mask.png' sets the extension too).")
+    ] = "_gt",
+    image_pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Regex over image paths under DATA_DIR capturing the case key, e.g. "
+            "'(?P<case>.+)_scan\\.tif'; a 'channel' group gathers channel files."
+        ),
+    ] = None,
+    label_pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Regex over label paths capturing the same key, e.g. "
+            "'(?P<case>.+)_annotation\\.gif'."
+        ),
+    ] = None,
+    label_map: Annotated[
+        str | None,
+        typer.Option(help="Stored label value -> class, e.g. '255=1' or '0=1,255=0' (inverted)."),
+    ] = None,
+    binarize: Annotated[
+        bool, typer.Option("--binarize", help="Every non-zero stored label value is class 1.")
+    ] = False,
+    nnunet: Annotated[
+        bool,
+        typer.Option(
+            "--nnunet", help="nnU-Net layout: imagesTr/<case>_0000.<ext>, labelsTr/<case>.<ext>."
+        ),
+    ] = False,
     label_dir: Annotated[Path | None, typer.Option(help="Folder of labels.")] = None,
     dims: Annotated[int, typer.Option(help="Task dims: 2 (slices) or 3.")] = 2,
     name: Annotated[str | None, typer.Option(help="Dataset name.")] = None,
-    modality: Annotated[str, typer.Option(help="Channel name.")] = "MRI",
+    modality: Annotated[
+        str, typer.Option(help="Channel name(s), comma separated, e.g. 'FLAIR,T1c'.")
+    ] = "MRI",
     val_frac: Annotated[float, typer.Option(help="Validation fraction.")] = 0.2,
     test_frac: Annotated[float, typer.Option(help="Test fraction.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
@@ -127,7 +176,12 @@ def init_manifest(
 ) -> None:
     """Write a dataset.json for a folder of scans (labels found by name)."""
     from data_specs.acdc import folder_manifest
-    from data_specs.manifest import save_manifest
+    from data_specs.folder_pairing import NNUNET_IMAGE_PATTERN, NNUNET_LABEL_PATTERN
+    from data_specs.manifest import parse_manifest, save_manifest
+
+    if nnunet:
+        image_pattern = image_pattern or NNUNET_IMAGE_PATTERN
+        label_pattern = label_pattern or NNUNET_LABEL_PATTERN
 
     if out.exists() and not overwrite:
         _fail(DataSpecError(f"{out}: expected no manifest there, found one; pass --overwrite"))
@@ -147,7 +201,15 @@ def init_manifest(
             test_frac=test_frac,
             seed=seed,
             group_pattern=group_pattern,
+            image_pattern=image_pattern,
+            label_pattern=label_pattern,
         )
+        if label_map or binarize:
+            stored = {k: int(v) for k, v in parse_labels(label_map or "").items()}
+            manifest = manifest.model_copy(
+                update={"label_map": stored or None, "binarize": binarize}
+            )
+            manifest = parse_manifest(manifest.model_dump(), where=str(out))
         save_manifest(manifest, out)
     except (DataSpecError, ValueError) as exc:
         _fail(DataSpecError(str(exc)))

@@ -35,6 +35,7 @@ class ValidationCheck(StrEnum):
     GEOMETRY = "geometry"  # image and label affines differ
     LABELS = "labels"  # undeclared label values
     DUPLICATE = "duplicate"  # one file listed twice (leakage between splits)
+    FOREGROUND = "foreground"  # a warning: implausible foreground share (inverted mask?)
 
 
 class BundleKind(StrEnum):

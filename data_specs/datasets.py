@@ -137,6 +137,7 @@ class _CaseLoader:
     def __init__(self, spec: TaskSpec, manifest: DatasetManifest, fit: FitMode, nonzero: bool):
         self.spec, self.fit, self.nonzero = spec, fit, nonzero
         self.target_spacing = manifest.target_spacing
+        self.label_mapping = manifest.label_mapping
         self._pipelines: dict[Any, Any] = {}
 
     def _pipeline(self, key: Any, build: Any) -> Any:
@@ -155,9 +156,10 @@ class _CaseLoader:
                 label_format=label_fmt,
                 target_spacing=self.target_spacing,
                 nonzero=self.nonzero,
+                label_mapping=self.label_mapping,
             ),
         )
-        data = {IMAGE: str(case.image)}
+        data: dict[str, Any] = {IMAGE: case.image_source}
         if case.label is not None:
             data[LABEL] = str(case.label)
         try:

@@ -4,11 +4,17 @@ Axis conventions match MONAI's readers so that a mask predicted by the training 
 arrays are channel first, ``(C, x, y[, z])``; affines are 4x4 voxel-to-world in RAS (DICOM's LPS
 is flipped, as nibabel would store the same geometry); a 2D picture's first spatial axis is its
 column (``array[c, x, y] = picture[y, x]``, MONAI ``PILReader`` ``reverse_indexing=True``).
+
+A picture's affine is ``PICTURE_AFFINE``: ITK (SimpleITK, 3D Slicer, ITK-SNAP) reads a PNG with
+origin 0, spacing 1 and identity direction in LPS, which is ``diag(-1, -1, 1, 1)`` in RAS; a
+NIfTI mask written with it overlays the picture in those viewers, and its array is the
+picture's ``(x, y)`` grid as NIfTI stores every image.
 """
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +28,13 @@ from data_specs.files import atomic_write_bytes
 if TYPE_CHECKING:
     from PIL import Image
 
+    from data_specs.label_mapping import LabelMapping
+
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+PICTURE_AFFINE = _LPS_TO_RAS.copy()
+PICTURE_AFFINE.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -95,21 +105,33 @@ def detect_format(path: str | Path) -> ImageFormat:
     )
 
 
-def read_image(path: str | Path, *, label: bool = False) -> ImageData:
+def read_image(
+    path: str | Path | Sequence[str | Path],
+    *,
+    label: bool = False,
+    mapping: LabelMapping | None = None,
+    affine_tol: float = 1e-3,
+) -> ImageData:
     """Read a scan or a label map, channel first.
 
     Args:
-        path: NIfTI file, DICOM series folder (or one .dcm file), or picture.
+        path: NIfTI file, DICOM series folder (or one .dcm file), or picture; or a list of
+            such files, one per channel, which must share their geometry.
             Example: ``"imagesTr/case_000.nii.gz"``.
         label: read a label map: integer values, one channel. Default False.
+        mapping: for a label map, the manifest's stored value -> class rule. Default None.
+        affine_tol: largest affine difference between channel files. Default ``1e-3``.
 
     Returns:
         The array, its RAS affine and format.
 
     Raises:
-        ImageReadError: missing, truncated or corrupt file, unsupported format, or a label map
-            with non-integer values or several channels; the message names the file.
+        ImageReadError: missing, truncated or corrupt file, unsupported format, channel files
+            of different geometry, or a label map with non-integer values or several channels;
+            the message names the file.
     """
+    if not isinstance(path, str | Path):
+        return _read_channels([Path(p) for p in path], affine_tol)
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: expected an image file, found nothing at this path")
@@ -124,8 +146,33 @@ def read_image(path: str | Path, *, label: bool = False) -> ImageData:
             f"{path}: expected a readable {fmt} image, found a truncated or corrupt file "
             f"({type(exc).__name__})"
         ) from exc
-    array = _as_label(array, path) if label else np.ascontiguousarray(array, dtype=np.float32)
+    if label:
+        array = _as_label(array, path)
+        array = mapping.apply(array) if mapping is not None else array
+    else:
+        array = np.ascontiguousarray(array, dtype=np.float32)
     return ImageData(array=array, affine=np.asarray(affine, dtype=np.float64), format=fmt)
+
+
+def _read_channels(paths: list[Path], affine_tol: float) -> ImageData:
+    if not paths:
+        raise ImageReadError("expected at least one image file, found an empty list")
+    parts = [read_image(p) for p in paths]
+    first = parts[0]
+    for p, part in zip(paths[1:], parts[1:], strict=True):
+        if part.spatial_shape != first.spatial_shape:
+            raise ImageReadError(
+                f"{p}: expected the spatial shape {first.spatial_shape} of {paths[0].name} "
+                f"(channels share one grid), found {part.spatial_shape}"
+            )
+        diff = float(np.abs(part.affine - first.affine).max())
+        if diff > affine_tol:
+            raise ImageReadError(
+                f"{p}: expected the affine of {paths[0].name} (channels share one grid), "
+                f"found one differing by up to {diff:.4g}"
+            )
+    array = np.concatenate([part.array for part in parts], axis=0)
+    return ImageData(array=array, affine=first.affine, format=first.format)
 
 
 def _as_label(array: np.ndarray, path: Path) -> np.ndarray:
@@ -223,7 +270,7 @@ def _read_pil(path: Path, label: bool) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: expected a single-channel label picture, found {pic.shape[2]}"
         )
     pic = pic[..., None] if pic.ndim == 2 else pic
-    return np.transpose(pic, (2, 1, 0)), np.eye(4)
+    return np.transpose(pic, (2, 1, 0)), PICTURE_AFFINE.copy()
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> None:

@@ -23,6 +23,7 @@ from pydantic import (
 from data_specs.constants import SplitName
 from data_specs.errors import ManifestError
 from data_specs.files import atomic_write_text
+from data_specs.label_mapping import LabelMapping
 
 # Informational Decathlon keys: accepted so an MSD dataset.json loads, not kept on save.
 _MSD_INFO_KEYS = frozenset(
@@ -36,22 +37,43 @@ class CaseEntry(BaseModel):
 
     Args:
         image: image path. Example: ``"imagesTr/case_000.nii.gz"``; a DICOM series is a folder.
+            A scan stored as one file per channel (sequence) lists them in channel order:
+            ``["case_0000.nii.gz", "case_0001.nii.gz"]``; they must share their geometry.
         label: label path, optional in ``test`` (an unlabelled scan). Default None.
             Example: ``"labelsTr/case_000.nii.gz"``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image: _NonEmpty
+    image: _NonEmpty | Annotated[list[_NonEmpty], Field(min_length=1, max_length=64)]
     label: _NonEmpty | None = None
+
+    @property
+    def image_files(self) -> list[str]:
+        """The image file(s) in channel order. Example: ``["imagesTr/case_000.nii.gz"]``."""
+        return [self.image] if isinstance(self.image, str) else list(self.image)
 
 
 @dataclass(frozen=True)
 class ResolvedCase:
-    """Absolute paths of a case, checked to stay inside the manifest's root."""
+    """Absolute paths of a case, checked to stay inside the manifest's root.
+
+    Args:
+        image: the (first) image file.
+        label: the label file, if any.
+        channels: every image file in channel order (``(image,)`` for a single file).
+    """
 
     image: Path
     label: Path | None
+    channels: tuple[Path, ...] = ()
+
+    @property
+    def image_source(self) -> str | list[str]:
+        """What a MONAI ``LoadImage`` takes: one path, or the channel files to stack."""
+        if len(self.channels) > 1:
+            return [str(p) for p in self.channels]
+        return str(self.image)
 
 
 class DatasetManifest(BaseModel):
@@ -69,8 +91,12 @@ class DatasetManifest(BaseModel):
         target_spacing: resample to this voxel spacing (one entry per spatial dim; for a 2D task
             on volumes, the in-plane spacing). Default None (keep the scan's spacing).
         data_root: absolute folder the paths are relative to, for a hospital whose scans live on
-            a read-only mount elsewhere; paths must stay inside it. Default None (the manifest's
-            own folder). Example: ``"/mnt/pacs/export"``.
+            a read-only mount elsewhere; paths (and the targets of symlinks) must stay inside it.
+            Default None (the manifest's own folder). Example: ``"/mnt/pacs/export"``.
+        label_map: stored label value -> class index, applied whenever a label is read (never
+            written back). Example: ``{"255": 1}``; inverted masks ``{"0": 1, "255": 0}``.
+            Default None.
+        binarize: every non-zero stored value (after ``label_map``) is class 1. Default False.
         training: labelled training cases; must not be empty.
         validation: labelled validation cases. Default None (not declared).
         test: test cases, label optional. Default None (not declared).
@@ -86,6 +112,8 @@ class DatasetManifest(BaseModel):
     labels: dict[str, str]
     target_spacing: tuple[Annotated[float, Field(gt=0)], ...] | None = None
     data_root: str | None = None
+    label_map: dict[str, Annotated[int, Field(ge=0)]] | None = None
+    binarize: bool = False
     training: list[CaseEntry]
     validation: list[CaseEntry] | None = None
     test: list[CaseEntry] | None = None
@@ -133,15 +161,29 @@ class DatasetManifest(BaseModel):
             raise ValueError(f"data_root must be an absolute folder, found {value!r}")
         return value
 
+    @field_validator("label_map")
+    @classmethod
+    def _check_label_map(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None:
+            bad = [k for k in value if not k.strip().lstrip("-").isdigit()]
+            if bad:
+                raise ValueError(f"expected integer stored values as keys, found {bad[:3]}")
+        return value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> DatasetManifest:
+        if self.label_map and max(self.label_map.values()) >= len(self.labels):
+            raise ValueError(
+                f"label_map targets must be declared classes 0..{len(self.labels) - 1}, "
+                f"found {sorted(set(self.label_map.values()))}"
+            )
         if self.target_spacing is not None and len(self.target_spacing) != self.spatial_dims:
             raise ValueError(
                 f"target_spacing needs {self.spatial_dims} entries for spatial_dims="
                 f"{self.spatial_dims}, found {len(self.target_spacing)}"
             )
         for split in (SplitName.TRAINING, SplitName.VALIDATION):
-            unlabelled = [c.image for c in self.iter_cases(split) if c.label is None]
+            unlabelled = [c.image_files[0] for c in self.iter_cases(split) if c.label is None]
             if unlabelled:
                 raise ValueError(f"every {split} case needs a label; missing for {unlabelled[:3]}")
         return self
@@ -160,6 +202,11 @@ class DatasetManifest(BaseModel):
     def num_classes(self) -> int:
         """Number of classes including background (the network's ``out_channels``)."""
         return len(self.labels)
+
+    @property
+    def label_mapping(self) -> LabelMapping | None:
+        """The ``label_map`` / ``binarize`` reading rule, or None when labels are stored as classes."""
+        return LabelMapping.from_manifest(self.label_map, self.binarize)
 
     @property
     def label_values(self) -> list[int]:
@@ -242,7 +289,8 @@ class DatasetManifest(BaseModel):
             case: an entry of this manifest. Example: ``next(m.iter_cases("training"))``.
         """
         label = self.resolve_path(case.label) if case.label is not None else None
-        return ResolvedCase(image=self.resolve_path(case.image), label=label)
+        channels = tuple(self.resolve_path(p) for p in case.image_files)
+        return ResolvedCase(image=channels[0], label=label, channels=channels)
 
 
 def _int_or_inf(key: str) -> float:

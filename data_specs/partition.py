@@ -60,14 +60,15 @@ def partition_manifests(
         return list(manifests)
     first = manifests[0]
     for m in manifests[1:]:
-        if (m.labels, m.modality, m.spatial_dims) != (
+        if (m.labels, m.modality, m.spatial_dims, m.label_mapping) != (
             first.labels,
             first.modality,
             first.spatial_dims,
+            first.label_mapping,
         ):
             raise ManifestError(
                 f"partition: manifest {m.site_id} differs from {first.site_id} in labels, "
-                "channels or spatial dims; expected them to describe the same task"
+                "label mapping, channels or spatial dims; expected them to describe the same task"
             )
     if num_sites < 1:
         raise ManifestError(f"partition: expected num_sites >= 1, found {num_sites}")
@@ -122,7 +123,8 @@ def _rebase(manifest: DatasetManifest, case: CaseEntry, root: Path) -> CaseEntry
     def rel(p: str) -> str:
         return manifest.resolve_path(p).relative_to(root).as_posix()
 
-    return CaseEntry(image=rel(case.image), label=rel(case.label) if case.label else None)
+    image = rel(case.image) if isinstance(case.image, str) else [rel(p) for p in case.image]
+    return CaseEntry(image=image, label=rel(case.label) if case.label else None)
 
 
 def _deal(

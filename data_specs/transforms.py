@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from data_specs.constants import ImageFormat
-from data_specs.errors import ImageReadError, ImageWriteError
+from data_specs.errors import DataSpecError, ImageReadError, ImageWriteError
 from data_specs.imageio import (
+    PICTURE_AFFINE,
     PIL_SUFFIXES,
     ImageGeometry,
     detect_format,
@@ -33,14 +34,29 @@ from data_specs.task_spec import TaskSpec
 if TYPE_CHECKING:
     from monai.transforms import Compose
 
+    from data_specs.label_mapping import LabelMapping
+
 FitMode = Literal["crop", "random", "resize", "none"]
 IMAGE, LABEL = "image", "label"
 _ROTATE_RADIANS = 0.26  # about 15 degrees: small enough to keep anatomy plausible
 
 
 @functools.cache
+def _quiet_monai_dicom_plugin() -> None:
+    """MONAI builds its pydicom reader in every ``LoadImage`` once pydicom is installed (highdicom
+    needs it), and that reader announces on each build that no GPU decoder is available."""
+    import logging
+    import warnings
+
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+
+
+@functools.cache
 def _reader_classes() -> tuple[type, type]:
     from monai.data import ImageReader, PILReader
+
+    _quiet_monai_dicom_plugin()
     from monai.utils import ensure_tuple
 
     class DicomSeriesReader(ImageReader):  # type: ignore[misc]
@@ -54,9 +70,17 @@ def _reader_classes() -> tuple[type, type]:
             return all(_format_or_none(f) == ImageFormat.DICOM for f in ensure_tuple(filename))
 
         def read(self, data: Any, **kwargs: Any) -> Any:
-            return read_image(ensure_tuple(data)[0], label=self.label)
+            files = ensure_tuple(data)  # several: one series per channel, geometry checked
+            try:
+                return read_image(files[0] if len(files) == 1 else list(files), label=self.label)
+            except DataSpecError as exc:
+                # Raised later, from get_data: LoadImage would otherwise fall back to MONAI's
+                # pydicom reader, which reads a folder of two series as one scan.
+                return exc
 
         def get_data(self, img: Any) -> tuple[np.ndarray, dict[str, Any]]:
+            if isinstance(img, DataSpecError):
+                raise img
             meta = {
                 "affine": img.affine.copy(),
                 "original_affine": img.affine.copy(),
@@ -117,6 +141,7 @@ def load_transforms(
     label_format: ImageFormat | None = None,
     target_spacing: Sequence[float] | None = None,
     nonzero: bool = False,
+    label_mapping: LabelMapping | None = None,
 ) -> Compose:
     """Deterministic chain from file paths to a normalised scan in the network's frame.
 
@@ -134,9 +159,11 @@ def load_transforms(
         target_spacing: voxel spacing to resample to (in-plane for a 2D task). Default None.
         nonzero: z-score statistics over non-zero voxels only (MRI with zero background), and
             zero voxels stay zero. Default False.
+        label_mapping: the manifest's stored value -> class rule, applied right after the
+            label is read. Default None.
 
     Returns:
-        A ``Compose`` taking ``{"image": path[, "label": path]}``.
+        A ``Compose`` taking ``{"image": path or [channel paths], "label": path}``.
     """
     from monai.transforms import (
         Compose,
@@ -155,6 +182,10 @@ def load_transforms(
         steps.append(
             LoadImaged(LABEL, reader=reader_for(label_format, label=True), image_only=True)
         )
+        if label_mapping is not None:
+            from monai.transforms import Lambdad
+
+            steps.append(Lambdad(LABEL, label_mapping))
     steps.append(EnsureChannelFirstd(keys))
     if spec.spatial_dims == 3:
         # Explicit labels: RAS as nibabel and data_specs.imageio define it (and no FutureWarning).
@@ -416,8 +447,20 @@ class PreparedScan:
         write_mask_like(self.to_scan_geometry(label_map), self.geometry, path)
 
 
+def _data_spec_cause(exc: BaseException) -> DataSpecError | None:
+    """The first of our own errors in an exception's chain (MONAI wraps them)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DataSpecError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def prepare_scan(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     spec: TaskSpec,
     *,
     target_spacing: Sequence[float] | None = None,
@@ -426,7 +469,8 @@ def prepare_scan(
     """Load one scan for inference with the training chain minus cropping and augmentation.
 
     Args:
-        path: NIfTI file, DICOM series folder or picture. Example: ``"scan.nii.gz"``.
+        path: NIfTI file, DICOM series folder or picture, or one such file per channel
+            (same geometry). Example: ``"scan.nii.gz"``.
         spec: the task spec. Example: ``TaskSpec(out_channels=4)``.
         target_spacing: the manifest's ``target_spacing`` the model was trained with. Default None.
         nonzero: as for training. Default False.
@@ -436,13 +480,20 @@ def prepare_scan(
     """
     import torch
 
-    fmt = detect_format(path)
+    files = [path] if isinstance(path, str | Path) else list(path)
+    fmt = detect_format(files[0])
+    if len(files) > 1:
+        read_image(files)  # the channels share one grid, or a clear error now
     pipeline = inference_transforms(
         spec, image_format=fmt, target_spacing=target_spacing, nonzero=nonzero
     )
+    source: str | list[str] = str(files[0]) if len(files) == 1 else [str(f) for f in files]
     try:
-        loaded = pipeline({IMAGE: str(path)})[IMAGE]
+        loaded = pipeline({IMAGE: source})[IMAGE]
     except Exception as exc:  # MONAI wraps reader errors in RuntimeError
+        own = _data_spec_cause(exc)
+        if own is not None:  # our reader already said what is wrong (two series, ...)
+            raise ImageReadError(str(own)) from exc
         raise ImageReadError(
             f"{path}: expected a readable {fmt} scan, found {type(exc.__cause__ or exc).__name__}"
         ) from exc
@@ -457,6 +508,8 @@ def prepare_scan(
         full = np.eye(4)
         full[:ndim, :ndim], full[:ndim, 3] = affine[:ndim, :ndim], affine[:ndim, ndim]
         affine = full
+    if fmt == ImageFormat.PIL:  # ITK's (every viewer's) picture geometry, not MONAI's identity
+        affine = PICTURE_AFFINE.copy()
     shape = tuple(int(s) for s in np.asarray(meta["spatial_shape"]).tolist())
     return PreparedScan(
         image=_plain(loaded).to(torch.float32),

@@ -16,7 +16,12 @@ from pydantic import BaseModel, computed_field
 from data_specs.constants import SplitName, ValidationCheck
 from data_specs.errors import ImageReadError, ManifestError
 from data_specs.imageio import ImageData, read_image
+from data_specs.label_mapping import LabelMapping, value_histogram
 from data_specs.manifest import DatasetManifest, load_manifest
+
+# A mask whose foreground covers more than this share of its voxels is more likely inverted
+# (0 = organ) or stored with the wrong values than a true segmentation.
+FOREGROUND_WARN_SHARE = 0.5
 
 # Below this many cases starting worker processes costs more than it saves.
 _MIN_CASES_FOR_POOL = 8
@@ -48,6 +53,9 @@ class ValidationReport(BaseModel):
         files: image and label files read.
         seconds: wall time of the check.
         problems: every problem found, in manifest order.
+        warnings: things that look wrong but may be right (not counted against ``ok``).
+        histograms: each label file's stored values and voxel counts, before the manifest's
+            ``label_map`` / ``binarize``. Example: ``{"labels/a.png": {0: 9800, 255: 200}}``.
     """
 
     manifest: str
@@ -55,6 +63,8 @@ class ValidationReport(BaseModel):
     files: int = 0
     seconds: float = 0.0
     problems: list[Problem] = []
+    warnings: list[Problem] = []
+    histograms: dict[str, dict[int, int]] = {}
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -65,7 +75,7 @@ class ValidationReport(BaseModel):
 
 @dataclass(frozen=True)
 class _CaseJob:
-    image: Path
+    image: tuple[Path, ...]
     image_name: str
     label: Path | None
     label_name: str | None
@@ -73,6 +83,14 @@ class _CaseJob:
     spatial_dims: int
     label_values: tuple[int, ...]
     affine_tol: float
+    mapping: LabelMapping | None = None
+
+
+@dataclass
+class _CaseResult:
+    problems: list[Problem]
+    warnings: list[Problem]
+    histogram: dict[int, int] | None
 
 
 def validate_manifest(
@@ -82,8 +100,11 @@ def validate_manifest(
 
     Checks: the manifest loads; training is not empty and no declared split is empty; no path
     escapes the manifest's root; no file is listed twice; every file exists and reads; images
-    have the declared channel count and suitable dimensions; image and label agree in spatial
-    shape and affine; label values are declared.
+    have the declared channel count and suitable dimensions (channel files share one grid);
+    image and label agree in spatial shape and affine; label values, after the manifest's
+    ``label_map`` / ``binarize``, are declared. Warns when a mask's foreground covers more than
+    half of it (an inverted mask?) or when no mask has any foreground; reports each mask's
+    stored value histogram.
 
     Args:
         path: the ``dataset.json``. Example: ``"site_1/dataset.json"``.
@@ -112,9 +133,23 @@ def validate_manifest(
     report.problems.extend(_split_problems(manifest, str(path)))
     jobs = _case_jobs(manifest, affine_tol, report)
     report.cases = sum(len(list(manifest.iter_cases(s))) for s in SplitName)
-    report.files = sum(1 + (job.label is not None) for job in jobs)
-    for problems in _run(jobs, workers):
-        report.problems.extend(problems)
+    report.files = sum(len(job.image) + (job.label is not None) for job in jobs)
+    for job, result in zip(jobs, _run(jobs, workers), strict=True):
+        report.problems.extend(result.problems)
+        report.warnings.extend(result.warnings)
+        if result.histogram is not None and job.label_name is not None:
+            report.histograms[job.label_name] = result.histogram
+    if report.histograms and not any(
+        _foreground(h, manifest.label_mapping) for h in report.histograms.values()
+    ):
+        report.warnings.append(
+            Problem(
+                file=str(path),
+                check=ValidationCheck.FOREGROUND,
+                expected="some foreground in at least one mask",
+                found="every mask is background only (label_map or binarize missing?)",
+            )
+        )
     report.seconds = round(time.perf_counter() - start, 3)
     return report
 
@@ -141,7 +176,7 @@ def _case_jobs(
     seen: dict[Path, str] = {}
     for split in manifest.declared_splits():
         for case in manifest.iter_cases(split):
-            paths: dict[str, Path | None] = {case.image: None}
+            paths: dict[str, Path | None] = dict.fromkeys(case.image_files)
             if case.label is not None:
                 paths[case.label] = None
             for name in paths:
@@ -167,26 +202,27 @@ def _case_jobs(
                         )
                     )
                 seen.setdefault(full, name)
-            image = paths[case.image]
+            images = [paths[name] for name in case.image_files]
             label = paths[case.label] if case.label is not None else None
-            if image is None or (case.label is not None and label is None):
+            if None in images or (case.label is not None and label is None):
                 continue
             jobs.append(
                 _CaseJob(
-                    image=image,
-                    image_name=case.image,
+                    image=tuple(p for p in images if p is not None),
+                    image_name=", ".join(case.image_files),
                     label=label,
                     label_name=case.label,
                     num_channels=manifest.num_channels,
                     spatial_dims=manifest.spatial_dims,
                     label_values=tuple(manifest.label_values),
                     affine_tol=affine_tol,
+                    mapping=manifest.label_mapping,
                 )
             )
     return jobs
 
 
-def _run(jobs: list[_CaseJob], workers: int | None) -> Iterable[list[Problem]]:
+def _run(jobs: list[_CaseJob], workers: int | None) -> Iterable[_CaseResult]:
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers <= 1 or len(jobs) < _MIN_CASES_FOR_POOL:
         return [_check_case(job) for job in jobs]
@@ -196,13 +232,23 @@ def _run(jobs: list[_CaseJob], workers: int | None) -> Iterable[list[Problem]]:
         return list(pool.map(_check_case, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
 
 
-def _read(path: Path, name: str, label: bool, problems: list[Problem]) -> ImageData | None:
-    if not path.exists():
+def _read(
+    path: Path | tuple[Path, ...], name: str, label: bool, problems: list[Problem]
+) -> ImageData | None:
+    missing = [p for p in ((path,) if isinstance(path, Path) else path) if not p.exists()]
+    if missing:
         problems.append(
-            Problem(file=name, check=ValidationCheck.EXISTS, expected="a file", found="nothing")
+            Problem(
+                file=name if isinstance(path, Path) or len(path) == 1 else str(missing[0]),
+                check=ValidationCheck.EXISTS,
+                expected="a file",
+                found="nothing",
+            )
         )
         return None
     try:
+        if isinstance(path, tuple):
+            return read_image(path[0] if len(path) == 1 else list(path))
         return read_image(path, label=label)
     except ImageReadError as exc:
         problems.append(
@@ -216,8 +262,9 @@ def _read(path: Path, name: str, label: bool, problems: list[Problem]) -> ImageD
         return None
 
 
-def _check_case(job: _CaseJob) -> list[Problem]:
+def _check_case(job: _CaseJob) -> _CaseResult:
     problems: list[Problem] = []
+    result = _CaseResult(problems=problems, warnings=[], histogram=None)
     image = _read(job.image, job.image_name, False, problems)
     if image is not None:
         if image.num_channels != job.num_channels:
@@ -242,24 +289,45 @@ def _check_case(job: _CaseJob) -> list[Problem]:
                 )
             )
     if job.label is None or job.label_name is None:
-        return problems
+        return result
     label = _read(job.label, job.label_name, True, problems)
     if label is None:
-        return problems
+        return result
     if image is not None:
         problems.extend(_compare_geometry(image, label, job))
-    values = np.unique(label.array)
+    result.histogram = value_histogram(label.array)
+    classes = job.mapping.apply(label.array) if job.mapping is not None else label.array
+    share = float((classes > 0).mean()) if classes.size else 0.0
+    if share > FOREGROUND_WARN_SHARE:
+        result.warnings.append(
+            Problem(
+                file=job.label_name,
+                check=ValidationCheck.FOREGROUND,
+                expected=f"foreground on at most {FOREGROUND_WARN_SHARE:.0%} of the mask",
+                found=f"{share:.0%} foreground (values {result.histogram}); an inverted mask? "
+                'map it with "label_map"',
+            )
+        )
+    values = np.unique(classes)
     undeclared = sorted(set(values.tolist()) - set(job.label_values))
     if undeclared:
         problems.append(
             Problem(
                 file=job.label_name,
                 check=ValidationCheck.LABELS,
-                expected=f"label values in {list(job.label_values)}",
-                found=f"undeclared values {undeclared[:10]}",
+                expected=f"label values in {list(job.label_values)}"
+                + (" after label_map/binarize" if job.mapping is not None else ""),
+                found=f"undeclared values {undeclared[:10]}"
+                + ("" if job.mapping is not None else '; declare "label_map" or "binarize"'),
             )
         )
-    return problems
+    return result
+
+
+def _foreground(histogram: dict[int, int], mapping: LabelMapping | None) -> bool:
+    values = np.asarray(list(histogram), dtype=np.int64)
+    classes = mapping.apply(values) if mapping is not None else values
+    return bool((classes > 0).any())
 
 
 def _compare_geometry(image: ImageData, label: ImageData, job: _CaseJob) -> list[Problem]:

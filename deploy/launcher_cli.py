@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from data_specs.constants import InputFit, LrSchedule, Precision
+
+if TYPE_CHECKING:
+    from data_specs.task_spec import TaskSpec
+
+
+def simulation_spec(
+    manifests: list[Path],
+    *,
+    dims: int,
+    patch: int,
+    classes: int | None = None,
+    in_channels: int | None = None,
+    fit: InputFit | None = None,
+) -> TaskSpec:
+    """The recipe's U-Net for ``fedseg simulate``: channels and classes from the first manifest
+    unless given.
+
+    Raises:
+        ManifestError: the first manifest does not load.
+    """
+    from data_specs.manifest import load_manifest
+    from data_specs.task_spec import TaskSpec
+
+    first = load_manifest(manifests[0]) if manifests else None
+    deep = dims == 2
+    return TaskSpec(
+        spatial_dims=2 if dims == 2 else 3,
+        in_channels=in_channels or (first.num_channels if first else 1),
+        out_channels=classes or (first.num_classes if first else 4),
+        channels=(16, 32, 64, 128) if deep else (16, 32, 64),
+        strides=(2, 2, 2) if deep else (2, 2),
+        num_res_units=2,
+        patch_size=(patch,) * dims,
+        fit=fit or (InputFit.RESIZE if deep else InputFit.PATCH),
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -94,8 +129,15 @@ def register(app: typer.Typer) -> None:
         ] = 32,
         dims: Annotated[int, typer.Option("--dims", min=2, max=3)] = 2,
         classes: Annotated[
-            int, typer.Option("--classes", help="Classes including background.")
-        ] = 4,
+            int | None,
+            typer.Option(
+                "--classes", help="Classes including background (default: the manifest's)."
+            ),
+        ] = None,
+        in_channels: Annotated[
+            int | None,
+            typer.Option("--in-channels", min=1, help="Image channels (default: the manifest's)."),
+        ] = None,
         seed: Annotated[int, typer.Option("--seed")] = 0,
         fit: Annotated[
             InputFit | None,
@@ -122,21 +164,18 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
 
         from data_specs.errors import DataSpecError
-        from data_specs.task_spec import TaskSpec
         from deploy.researcher_client import ResearcherApiError
         from deploy.simulation import SimulationConfig, run_simulation
         from site_agent.errors import SiteAgentError
 
         try:
-            deep = dims == 2
-            spec = TaskSpec(
-                spatial_dims=2 if dims == 2 else 3,
-                out_channels=classes,
-                channels=(16, 32, 64, 128) if deep else (16, 32, 64),
-                strides=(2, 2, 2) if deep else (2, 2),
-                num_res_units=2,
-                patch_size=(patch,) * dims,
-                fit=fit or (InputFit.RESIZE if deep else InputFit.PATCH),
+            spec = simulation_spec(
+                manifests,
+                dims=dims,
+                patch=patch,
+                classes=classes,
+                in_channels=in_channels,
+                fit=fit,
             )
             cfg = SimulationConfig(
                 manifests=manifests,
@@ -176,3 +215,6 @@ def register(app: typer.Typer) -> None:
                 f"  {site}: "
                 + ", ".join(f"{k} Dice {v:.3f}" for k, v in row.items() if v is not None)
             )
+        if result.status != "completed":  # a failed experiment is a failed command
+            typer.echo(f"simulation {result.status}; see {result.out_dir}", err=True)
+            raise typer.Exit(1)

@@ -209,26 +209,58 @@ def fingerprint(
 
 @app.command("infer")
 def infer(
-    scan: Annotated[Path, typer.Argument(help="NIfTI file or DICOM series folder.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Mask to write (.nii.gz).")],
+    scans: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Scans: NIfTI files, pictures, DICOM series folders, or folders of scans."
+        ),
+    ] = None,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Mask to write: .nii.gz, .png/.tif (2D) or .dcm (DICOM SEG); a folder for "
+            "several scans.",
+        ),
+    ] = Path("mask.nii.gz"),
+    channel: Annotated[
+        list[Path] | None,
+        typer.Option("--channel", help="One channel file of the scan; repeat in channel order."),
+    ] = None,
     model: ModelOpt = "global",
     experiment: ExperimentOpt = None,
     weights: WeightsOpt = None,
     png: Annotated[
-        Path | None, typer.Option("--png", help="Also write a picture with contours.")
+        Path | None,
+        typer.Option("--png", help="Also write a picture with the mask (a folder for several)."),
+    ] = None,
+    mask_suffix: Annotated[
+        str | None,
+        typer.Option("--mask-suffix", help="Masks' suffix for several scans, e.g. .png or .dcm."),
     ] = None,
     config: Config = None,
     work_dir: WorkDirOpt = None,
     manifest: ManifestOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Segment one scan; the mask keeps the scan's exact shape and affine."""
+    """Segment scans, loading the model once; each mask keeps its scan's exact grid."""
     from site_agent.segment_command import run_infer
 
     try:
         settings = _settings(config, work_dir=work_dir, manifest=manifest, device=device)
         lines = run_infer(
-            settings, scan, output, kind=model, experiment_id=experiment, weights=weights, png=png
+            settings,
+            scans or [],
+            output,
+            channels=channel or [],
+            kind=model,
+            experiment_id=experiment,
+            weights=weights,
+            png=png,
+            mask_suffix=mask_suffix,
+            echo=typer.echo,
+            progress=sys.stderr.isatty(),
         )
     except SiteAgentError as exc:
         raise _fail(exc) from None

@@ -14,7 +14,7 @@ it was predicted for.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from data_specs.errors import DataSpecError
-from data_specs.imageio import ImageGeometry, write_mask_like
+from data_specs.imageio import ImageGeometry
 from data_specs.task_spec import TaskSpec
 from site_agent.errors import ScanError, WorkDirError
 from site_agent.prediction import predict_scores
@@ -49,7 +49,7 @@ class Segmentation:
 def segment_scan(
     model: nn.Module,
     spec: TaskSpec,
-    scan: str | Path,
+    scan: str | Path | Sequence[str | Path],
     *,
     target_spacing: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
@@ -61,7 +61,8 @@ def segment_scan(
     Args:
         model: a network of ``spec`` (plain or routed U-Net), any mode; it is put in eval mode.
         spec: the task spec: dims, channels, patch size, intensity.
-        scan: the scan path. Example: ``"scans/heart.nii.gz"`` or a DICOM series folder.
+        scan: the scan path. Example: ``"scans/heart.nii.gz"`` or a DICOM series folder; or
+            one file per channel, in channel order (they must share their geometry).
         target_spacing: the site manifest's ``target_spacing`` (the resampling used in
             training). Default None (no resampling).
         device: where to run the network. Default ``"cpu"``.
@@ -79,10 +80,14 @@ def segment_scan(
     from data_specs.transforms import prepare_scan
 
     start = time.perf_counter()
-    if not Path(scan).exists():
-        raise ScanError(f"no scan at {scan}")
+    files = [Path(scan)] if isinstance(scan, str | Path) else [Path(f) for f in scan]
+    for f in files:
+        if not f.exists():
+            raise ScanError(f"no scan at {f}")
     try:
-        prepared = prepare_scan(scan, spec, target_spacing=target_spacing)
+        prepared = prepare_scan(
+            files[0] if len(files) == 1 else files, spec, target_spacing=target_spacing
+        )
     except DataSpecError as exc:
         raise ScanError(f"the scan cannot be used: {exc}") from exc
     channels = int(prepared.image.shape[0])
@@ -106,14 +111,40 @@ def segment_scan(
     return Segmentation(mask=mask, geometry=prepared.geometry, seconds=time.perf_counter() - start)
 
 
-def write_segmentation(segmentation: Segmentation, path: str | Path) -> None:
-    """Write the mask as NIfTI with exactly the scan's shape and affine (atomic).
+def write_segmentation(
+    segmentation: Segmentation,
+    path: str | Path,
+    *,
+    source: str | Path | None = None,
+    class_names: Mapping[int, str] | None = None,
+    values: Mapping[int, int] | None = None,
+) -> None:
+    """Write the mask with exactly the scan's grid, in the format of ``path``'s suffix (atomic).
+
+    ``.nii.gz``/``.nii``: NIfTI with the scan's shape and affine; ``.png``/``.tif``: a 2D
+    picture of the scan's size; ``.dcm``: a DICOM SEG referencing the series ``source``.
+
+    Args:
+        segmentation: what ``segment_scan`` returned.
+        path: the mask file. Example: ``"scan_mask.nii.gz"``.
+        source: the DICOM series the SEG references (``.dcm`` only). Default None.
+        class_names: foreground class names, for the SEG's segments. Default None.
+        values: class index -> value written in a picture mask. Default None (indices).
 
     Raises:
-        WorkDirError: the destination cannot be written (missing folder, full disk).
+        WorkDirError: the destination cannot be written (suffix, missing folder, full disk).
     """
+    from data_specs.mask_io import write_mask
+
     try:
-        write_mask_like(segmentation.mask, segmentation.geometry, path)
+        write_mask(
+            segmentation.mask,
+            segmentation.geometry,
+            path,
+            source=source,
+            class_names=class_names,
+            values=values,
+        )
     except DataSpecError as exc:
         raise WorkDirError(f"cannot write the mask: {exc}") from exc
     except OSError as exc:

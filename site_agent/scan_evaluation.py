@@ -70,8 +70,9 @@ def load_eval_cases(
         raise TrainingError(f"every {split} case needs a label to be evaluated")
 
     def load(case: Any) -> EvalCase:
-        scan = prepare_scan(case.image, spec, target_spacing=manifest.target_spacing)
-        label = read_image(case.label, label=True)
+        image = list(case.channels) if len(case.channels) > 1 else case.image
+        scan = prepare_scan(image, spec, target_spacing=manifest.target_spacing)
+        label = read_image(case.label, label=True, mapping=manifest.label_mapping)
         array = np.asarray(label.array)
         if array.ndim == len(scan.geometry.spatial_shape) + 1:
             array = array[0]

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from site_agent.errors import ScanError, TrainingError
-from site_agent.models import ModelKind, load_model
 from site_agent.settings import SiteSettings
 from site_agent.workdir import WorkDir
 
 if TYPE_CHECKING:
     from data_specs.manifest import DatasetManifest
     from data_specs.task_spec import TaskSpec
+    from site_agent.models import ModelKind
+    from site_agent.scan_batch import ScanJob
 
 _KINDS = ("global", "personal", "routed")
 
@@ -35,52 +38,120 @@ def _site_manifest(settings: SiteSettings) -> DatasetManifest | None:
 
 def run_infer(
     settings: SiteSettings,
-    scan: Path,
+    scans: Sequence[Path],
     output: Path,
     *,
+    channels: Sequence[Path] = (),
     kind: str = "global",
     experiment_id: str | None = None,
     weights: Path | None = None,
     png: Path | None = None,
+    mask_suffix: str | None = None,
+    echo: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> list[str]:
-    """Segment ``scan`` into ``output`` (and ``png``); return the lines to print.
+    """Segment scans into masks (and pictures), loading the model once; return closing lines.
+
+    Every destination is checked and the first line printed before torch and MONAI load.
 
     Args:
         settings: site settings (work dir, optional manifest, device).
-        scan: NIfTI file or DICOM series folder. Example: ``Path("scan.nii.gz")``.
-        output: the mask to write. Example: ``Path("scan_mask.nii.gz")``.
+        scans: scan files, DICOM series folders or folders of scans. Example:
+            ``[Path("scan.nii.gz")]``.
+        output: the mask (one scan) or a folder (several). Example: ``Path("mask.png")``.
+        channels: the channel files of one scan, in order, instead of ``scans``. Default none.
         kind: ``global``, ``personal`` or ``routed``. Default ``global``.
         experiment_id: the experiment. Default None (the only one known).
         weights: a model file to use instead of the work dir's. Default None.
-        png: a picture to write as well. Default None.
+        png: a picture (one scan) or a folder of pictures (several). Default None.
+        mask_suffix: masks' suffix in a batch. Default None (by scan kind).
+        echo: where progress lines go. Default ``print``.
+        progress: show a progress bar over several scans (on stderr). Default False.
 
     Raises:
         ScanError, ModelMismatchError, WorkDirError: with a message saying what is wrong.
     """
-    from site_agent.inference import segment_scan, write_segmentation
+    from site_agent.scan_batch import plan_jobs
 
-    if not scan.exists():
-        raise ScanError(f"no scan at {scan}")
+    jobs = plan_jobs(scans, output, channels=channels, png=png, mask_suffix=mask_suffix)
+    echo(f"segmenting {len(jobs)} scan(s) with the {kind} model")
+    from site_agent.models import load_model  # torch and MONAI: after the first line
+
+    manifest = _site_manifest(settings)
     model, spec = load_model(
         WorkDir(settings.work_dir),
         _kind(kind),
         experiment_id=experiment_id,
         weights=weights,
     )
-    manifest = _site_manifest(settings)
-    spacing = manifest.target_spacing if manifest is not None else None
-    seg = segment_scan(model, spec, scan, target_spacing=spacing, device=settings.resolve_device())
-    write_segmentation(seg, output)
-    lines = [f"mask written to {output} (shape {seg.geometry.spatial_shape}, {seg.seconds:.1f} s)"]
-    if png is not None:
-        from data_specs.imageio import read_image
-        from site_agent.picture import class_names_for, save_mask_picture
+    from site_agent.picture import class_names_for
 
-        image = read_image(scan)
-        names = class_names_for(spec.out_channels, manifest.labels if manifest else None)
-        save_mask_picture(image.array, seg.mask, png, class_names=names, spacing=image.spacing)
-        lines.append(f"picture written to {png}")
+    names = class_names_for(spec.out_channels, manifest.labels if manifest else None)
+    mapping = manifest.label_mapping if manifest is not None else None
+    values = (
+        {k: mapping.stored_value(k) for k in range(spec.out_channels)}
+        if mapping is not None and mapping.label_map
+        else None
+    )
+    spacing = manifest.target_spacing if manifest is not None else None
+    device = settings.resolve_device()
+    lines: list[str] = []
+    bar = _progress_bar(len(jobs)) if progress and len(jobs) > 1 else None
+    for job in jobs:
+        lines.extend(_infer_one(model, spec, job, spacing, device, names, values))
+        if bar is not None:
+            bar.update(1)
+        elif len(jobs) > 1:
+            echo(lines[-1])
+    if bar is not None:
+        bar.close()
+    return lines if len(jobs) == 1 else [f"{len(jobs)} masks written to {output}"]
+
+
+def _infer_one(
+    model: Any,
+    spec: TaskSpec,
+    job: ScanJob,
+    spacing: Sequence[float] | None,
+    device: Any,
+    names: dict[int, str],
+    values: dict[int, int] | None,
+) -> list[str]:
+    from data_specs.constants import ImageFormat
+    from site_agent.inference import segment_scan, write_segmentation
+
+    scan = job.files[0] if len(job.files) == 1 else list(job.files)
+    seg = segment_scan(model, spec, scan, target_spacing=spacing, device=device)
+    source = job.files[0] if job.format == ImageFormat.DICOM else None
+    write_segmentation(seg, job.mask, source=source, class_names=names, values=values)
+    lines = [
+        f"mask written to {job.mask} (shape {seg.geometry.spatial_shape}, {seg.seconds:.1f} s)"
+    ]
+    if job.picture is not None:
+        from data_specs.errors import DataSpecError
+        from data_specs.imageio import read_image
+        from site_agent.picture import save_mask_picture
+
+        try:
+            image = read_image(scan)
+        except DataSpecError as exc:
+            raise ScanError(f"the scan cannot be drawn: {exc}") from exc
+        save_mask_picture(
+            image.array,
+            seg.mask,
+            job.picture,
+            class_names=names,
+            affine=seg.geometry.affine,
+            picture=job.format == ImageFormat.PIL,
+        )
+        lines.append(f"picture written to {job.picture}")
     return lines
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="scan", file=sys.stderr, dynamic_ncols=True)
 
 
 def run_evaluate(
@@ -127,6 +198,8 @@ def run_evaluate(
         raise TrainingError(f"the manifest declares no {split} cases")
     if any(c.label is None for c in cases):
         raise TrainingError(f"every {split} case needs a label to be evaluated")
+    from site_agent.models import load_model
+
     model, spec = load_model(
         WorkDir(settings.work_dir),
         _kind(kind),

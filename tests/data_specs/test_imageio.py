@@ -145,7 +145,8 @@ def test_rgb_picture_gives_three_channels_column_first(tmp_path: Path) -> None:
     img = read_image(tmp_path / "a.png")
     assert img.array.shape == (3, 9, 7) and img.format == ImageFormat.PIL
     assert img.array[0, 4, 2] == pic[2, 4, 0]  # array[c, x, y] = picture[y, x, c]
-    np.testing.assert_array_equal(img.affine, np.eye(4))
+    # ITK reads a picture with identity direction in LPS: diag(-1, -1, 1, 1) in RAS
+    np.testing.assert_array_equal(img.affine, np.diag([-1.0, -1.0, 1.0, 1.0]))
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif", ".gif", ".jpg"])

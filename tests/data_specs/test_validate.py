@@ -65,7 +65,7 @@ def test_every_problem_is_reported_with_its_file_and_nothing_is_modified(tmp_pat
     assert found[ValidationCheck.SPLIT] == [str(manifest)]
     assert found[ValidationCheck.DUPLICATE] == ["images/c5.nii.gz", "labels/c5.nii.gz"]
     labels_problem = next(p for p in report.problems if p.check == ValidationCheck.LABELS)
-    assert labels_problem.found == "undeclared values [7, 9]"
+    assert labels_problem.found.startswith('undeclared values [7, 9]; declare "label_map"')
     assert "[0, 1, 2]" in labels_problem.expected
     assert not report.ok
     assert tree_digest(tmp_path) == before
