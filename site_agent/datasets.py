@@ -131,6 +131,11 @@ class ManifestTrainers:
 
     def __call__(self, task: TaskAssignment) -> SiteTrainer:
         spec, seed = task.spec, task.train.seed
+        if not self.manifest.training:
+            raise TrainingError(
+                "the manifest lists no training cases (an outside site's manifest): an outside "
+                "site adapts with `fedseg site adapt` instead of training"
+            )
         # Random patches: the model sees the whole field of view that sliding-window inference
         # and `fedseg site evaluate` cover, not only the centre.
         train = load_split(

@@ -19,9 +19,11 @@ _KINDS = ("global", "personal", "routed")
 
 
 def _kind(value: str) -> ModelKind:
-    if value not in _KINDS:
-        raise ScanError(f"--model must be one of {', '.join(_KINDS)}, got {value!r}")
-    return value  # type: ignore[return-value]
+    if value not in _KINDS and not (value.startswith("expert:") and len(value) > 7):
+        raise ScanError(
+            f"--model must be one of {', '.join(_KINDS)} or expert:<site>, got {value!r}"
+        )
+    return value
 
 
 def _site_manifest(settings: SiteSettings) -> DatasetManifest | None:
@@ -72,6 +74,7 @@ def run_infer(
     seg = segment_scan(model, spec, scan, target_spacing=spacing, device=settings.resolve_device())
     write_segmentation(seg, output)
     lines = [f"mask written to {output} (shape {seg.geometry.spatial_shape}, {seg.seconds:.1f} s)"]
+    lines.extend(_choice_note(settings, kind, experiment_id, weights))
     if png is not None:
         from data_specs.imageio import read_image
         from site_agent.picture import class_names_for, save_mask_picture
@@ -81,6 +84,26 @@ def run_infer(
         save_mask_picture(image.array, seg.mask, png, class_names=names, spacing=image.spacing)
         lines.append(f"picture written to {png}")
     return lines
+
+
+def _choice_note(
+    settings: SiteSettings, kind: str, experiment_id: str | None, weights: Path | None
+) -> list[str]:
+    """For ``--model routed`` after ``fedseg site adapt``: which model the safeguard chose."""
+    if kind != "routed" or weights is not None:
+        return []
+    from site_agent.models import known_experiments
+    from site_agent.outside_models import read_choice
+
+    workdir = WorkDir(settings.work_dir)
+    known = known_experiments(workdir)
+    exp_id = experiment_id or (known[0] if len(known) == 1 else None)
+    record = read_choice(workdir, exp_id) if exp_id else None
+    if record is None:
+        return []
+    return [
+        f"model: {record['choice']}, as `fedseg site adapt` chose ({record.get('message', '')})"
+    ]
 
 
 def run_evaluate(
