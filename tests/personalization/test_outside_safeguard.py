@@ -102,9 +102,7 @@ def test_a_forced_collapse_is_rejected_and_falls_back_in_plain_words() -> None:
     # A prior of pure background plus a large learning rate drives the routed model's
     # foreground to nothing; the experts themselves predict plenty on these scans.
     cfg = SafeAdaptConfig(
-        adapt=AdaptConfig(
-            steps=25, lr=0.5, share_weight=50.0, shape_weight=0.0, anchor_weight=0.0
-        ),
+        adapt=AdaptConfig(steps=25, lr=0.5, share_weight=50.0, shape_weight=0.0, anchor_weight=0.0),
         check_every=1000,  # no early stop: let it collapse
         score_scans=8,
     )
