@@ -172,11 +172,9 @@ def test_an_outside_site_segments_with_the_bundle_alone_and_the_recorded_choice(
     assert (masks["global"] != masks["expert:2"]).any() or (
         masks["global"] != masks["expert:site-a"]
     ).any()
-    bad = runner.invoke(
-        app,
-        ["infer", str(scan), "-o", str(tmp_path / "x.nii.gz"), "--model", "expert:nobody"]
-        + ["--work-dir", str(work.root)],
-    )
+    out = str(tmp_path / "x.nii.gz")
+    args = ["infer", str(scan), "-o", out, "--model", "expert:nobody", "--work-dir", str(work.root)]
+    bad = runner.invoke(app, args)
     line = _one_line_exit_1(bad)
     assert "global, site-a, site-b" in line
 
