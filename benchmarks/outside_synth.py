@@ -41,8 +41,8 @@ class SynthSetting:
 
 
 SETTINGS: dict[Case, SynthSetting] = {
-    "shift": SynthSetting(sites=3, cases=24, size=64, classes=3, rounds=4, max_steps=15),
-    "rgb": SynthSetting(sites=1, cases=30, size=64, classes=1, rounds=6, max_steps=15),
+    "shift": SynthSetting(sites=3, cases=24, size=48, classes=3, rounds=8, max_steps=30),
+    "rgb": SynthSetting(sites=1, cases=30, size=48, classes=1, rounds=8, max_steps=30),
 }
 QUICK: dict[Case, SynthSetting] = {
     "shift": SynthSetting(

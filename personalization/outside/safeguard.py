@@ -58,9 +58,9 @@ class SafeAdaptConfig(BaseModel):
         bn_modes: batch-norm statistics to compare. Default ``("stored", "site", "mix")``.
         bn_mix: weight of the site's statistics in ``mix``. Default ``0.5``.
         max_scans: scans read from the loader (adaptation cycles over them). Default ``128``.
-        score_scans: scans the label-free score uses (evenly spaced). Default ``48``.
+        score_scans: scans the label-free score uses (evenly spaced). Default ``24``.
         batch_size: scans per adaptation step. Default ``4``.
-        check_every: steps between early-stopping checks. Default ``10``.
+        check_every: steps between early-stopping checks. Default ``15``.
         patience: checks without improvement before stopping. Default ``2``.
         share_tolerance: the admissible foreground share is the experts' range divided and
             multiplied by this factor. Default ``2.0``.
@@ -75,9 +75,9 @@ class SafeAdaptConfig(BaseModel):
     bn_modes: tuple[BnMode, ...] = BN_MODES
     bn_mix: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     max_scans: Annotated[int, Field(ge=1, le=100_000)] = 128
-    score_scans: Annotated[int, Field(ge=1, le=100_000)] = 48
+    score_scans: Annotated[int, Field(ge=1, le=100_000)] = 24
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
-    check_every: Annotated[int, Field(ge=1)] = 10
+    check_every: Annotated[int, Field(ge=1)] = 15
     patience: Annotated[int, Field(ge=1)] = 2
     share_tolerance: Annotated[float, Field(ge=1.0)] = 2.0
     margin: Annotated[float, Field(ge=0.0)] = 0.01
