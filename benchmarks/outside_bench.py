@@ -126,7 +126,7 @@ def run_acdc(args: Any, cmd: str) -> None:
         fold = _fold(h, inside_of[h], manifests, unlabelled[h], evals, setting, args, work)
         folds.append(fold)
         print(f"held out {h}: " + ", ".join(f"{m} {fmt(fold.dice[m])}" for m in METHODS))
-    timing = time_100_scans(ACDC_SPEC)
+    timing = time_100_scans(ACDC_SPEC, scans=10 if args.quick else 100)
     total = time.monotonic() - started
     (work / "folds.json").write_text(json.dumps([asdict(f) for f in folds], indent=2))
     from deploy.report import write_report
