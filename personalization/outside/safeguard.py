@@ -323,7 +323,10 @@ def _message(
 ) -> str:
     mode, s = table[choice]
     stats = {"stored": "the federation's", "site": "this site's", "mix": "mixed"}[mode]
-    used = f"using the {choice.replace('expert:', 'expert of ')} model with {stats} batch-norm statistics"
+    what = (
+        f"{choice.removeprefix('expert:')}'s" if choice.startswith("expert:") else f"the {choice}"
+    )
+    used = f"using {what} model with {stats} batch-norm statistics"
     if not accepted:
         return (
             f"The adapted routed model was rejected: {'; and '.join(reasons)}. Falling back "
