@@ -12,10 +12,14 @@ models it started from:
    class prior, a foreground-share penalty and an anchor to the initial mix), checking the
    label-free score every ``check_every`` steps: stop early when it stops improving or when
    the foreground share leaves the experts' range, and keep the best state seen.
-4. Reject the routed model when its score falls below every expert's or its predicted
-   foreground share leaves the range the experts produce (widened by ``share_tolerance``).
-5. Choose among the global model, the best single expert and the routed model (if not
-   rejected) by the same score; the global model wins unless another beats it by ``margin``.
+4. Reject the routed model when its score falls below every expert's, its predicted
+   foreground share leaves the range the experts produce (widened by ``share_tolerance``), or
+   it agrees with the federation's consensus (the mean prediction of the unadapted models)
+   less than the best plain model does, by more than ``agreement_tolerance``: the score is
+   what adaptation optimises, agreement is what it cannot game.
+5. The best plain model is the global model unless the best single expert beats its score by
+   ``margin``; the routed model (if not rejected) replaces it only if it beats that score by
+   ``margin`` too.
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ from personalization.outside.bn_stats import (
 from personalization.outside.errors import RoutingError
 from personalization.outside.layers import Gate
 from personalization.outside.routed import RoutedUNet, build_routed_model
-from personalization.outside.site_score import SiteScore, batches_of, score_model
+from personalization.outside.site_score import (
+    SiteScore,
+    agreement,
+    batches_of,
+    predictions,
+    score_model,
+)
 
 
 class SafeAdaptConfig(BaseModel):
@@ -66,6 +76,8 @@ class SafeAdaptConfig(BaseModel):
             multiplied by this factor. Default ``2.0``.
         margin: score a candidate must gain over the global model to replace it.
             Default ``0.01``.
+        agreement_tolerance: how much less than the best plain model the routed model may
+            agree with the federation's consensus. Default ``0.02``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -81,6 +93,7 @@ class SafeAdaptConfig(BaseModel):
     patience: Annotated[int, Field(ge=1)] = 2
     share_tolerance: Annotated[float, Field(ge=1.0)] = 2.0
     margin: Annotated[float, Field(ge=0.0)] = 0.01
+    agreement_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
 
 
 class Candidate(BaseModel):
@@ -223,6 +236,18 @@ def safe_adapt(
     expert_shares = [s.fg_share for _, s in scored.values()]
     lo = min(expert_shares) / config.share_tolerance
     hi = min(1.0, max(expert_shares) * config.share_tolerance)
+    # The federation's consensus on these scans, and each plain model's agreement with it.
+    preds = {k: predictions(m, score_batches) for k, m in plain.items()}
+    consensus = [torch.stack(batch).mean(dim=0) for batch in zip(*preds.values(), strict=True)]
+    for k, (mode, s) in scored.items():
+        scored[k] = (mode, s.model_copy(update={"agreement": agreement(preds[k], consensus)}))
+    experts_only = [k for k in scored if k != "global"]
+    best_expert = max(experts_only, key=lambda k: scored[k][1].score) if experts_only else None
+    best_plain = "global"
+    if best_expert and scored[best_expert][1].score >= scored["global"][1].score + config.margin:
+        best_plain = best_expert
+    plain_agreement = scored[best_plain][1].agreement or 0.0
+    agree_floor = plain_agreement - config.agreement_tolerance
 
     experts_t = [{k: torch.as_tensor(v) for k, v in e.items()} for e in experts]
     routed = build_routed_model(spec, experts_t, gate=config.gate, seed=config.adapt.seed)
@@ -235,9 +260,10 @@ def safe_adapt(
             return False
         modes = [m.training for m in routed.modules()]
         s = score_model(routed, score_batches)
+        agree = agreement(predictions(routed, score_batches), consensus)
         for m, was in zip(routed.modules(), modes, strict=True):
             m.train(was)
-        if not lo <= s.fg_share <= hi:
+        if not lo <= s.fg_share <= hi or agree < agree_floor:  # drifting away: stop here
             checks["early"] = step + 1 < run_cfg.steps
             return True
         if s.score > best["score"]:
@@ -257,6 +283,8 @@ def safe_adapt(
     # (re-estimated with the final routers), or their mix.
     write_stats(routed, _stored_of(experts_t[0], routed))
     r_mode, r_score, _ = _best_mode(routed, score_batches, config)
+    r_agree = agreement(predictions(routed, score_batches), consensus)
+    r_score = r_score.model_copy(update={"agreement": r_agree})
 
     reasons: list[str] = []
     floor = min(s.score for _, s in scored.values())
@@ -271,14 +299,16 @@ def safe_adapt(
             f"federation's models predict {_percent(min(expert_shares))}–"
             f"{_percent(max(expert_shares))} on these scans"
         )
+    if r_agree < agree_floor:
+        reasons.append(
+            f"its masks agree less with the federation's consensus on these scans than the "
+            f"{_label(best_plain)} does (soft Dice {r_agree:.3f} against {plain_agreement:.3f})"
+        )
     accepted = not reasons
-    experts_only = [k for k in scored if k != "global"]
-    best_expert = max(experts_only, key=lambda k: scored[k][1].score) if experts_only else None
-    pool = ["global", *([best_expert] if best_expert else []), *(["routed"] if accepted else [])]
     table = {**scored, "routed": (r_mode, r_score)}
-    choice = max(pool, key=lambda k: table[k][1].score)
-    if choice != "global" and table[choice][1].score < table["global"][1].score + config.margin:
-        choice = "global"
+    choice = best_plain
+    if accepted and r_score.score >= table[best_plain][1].score + config.margin:
+        choice = "routed"
     message = _message(choice, table, accepted, reasons, report.steps)
     chosen: nn.Module = routed if choice == "routed" else plain[choice]
     record = SafeAdaptRecord(
@@ -314,6 +344,12 @@ def _stored_of(global_state: Mapping[str, torch.Tensor], routed: RoutedUNet) -> 
     return out
 
 
+def _label(choice: str) -> str:
+    if choice.startswith("expert:"):
+        return f"{choice.removeprefix('expert:')} model"
+    return f"{choice} model"
+
+
 def _message(
     choice: str,
     table: Mapping[str, tuple[BnMode, SiteScore]],
@@ -323,10 +359,7 @@ def _message(
 ) -> str:
     mode, s = table[choice]
     stats = {"stored": "the federation's", "site": "this site's", "mix": "mixed"}[mode]
-    what = (
-        f"{choice.removeprefix('expert:')}'s" if choice.startswith("expert:") else f"the {choice}"
-    )
-    used = f"using {what} model with {stats} batch-norm statistics"
+    used = f"using the {_label(choice)} with {stats} batch-norm statistics"
     if not accepted:
         return (
             f"The adapted routed model was rejected: {'; and '.join(reasons)}. Falling back "
@@ -335,9 +368,9 @@ def _message(
         )
     if choice == "routed":
         return (
-            f"The routed model adapted in {steps} steps and scores best on these scans "
-            f"(label-free score {s.score:.3f} against {table['global'][1].score:.3f} for the "
-            f"global model); {used}."
+            f"The routed model adapted in {steps} steps, agrees with the federation's models "
+            f"and scores best on these scans (label-free score {s.score:.3f} against "
+            f"{table['global'][1].score:.3f} for the global model); {used}."
         )
     return (
         f"The adapted routed model (label-free score {table['routed'][1].score:.3f}) is not "

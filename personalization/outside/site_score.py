@@ -10,6 +10,10 @@ each with its batch-norm statistics choice) are compared by what their predictio
 - ``score = consistency - entropy`` (higher is better).
 - ``fg_share`` and ``class_shares``: the predicted (argmax) foreground share and the soft class
   proportions, for the collapse/explosion checks and the label-free class prior.
+- ``agreement`` (``agreement``): soft Dice of the foreground classes between a model's
+  prediction and the federation's consensus (the mean prediction of its unadapted models).
+  Adaptation minimises entropy and maximises consistency, so the score above flatters an
+  adapted model; agreement with models that did not adapt is what it cannot game.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class SiteScore(BaseModel):
     entropy: float
     fg_share: float
     class_shares: list[float]
+    agreement: float | None = None
 
 
 def score_model(model: nn.Module, batches: Sequence[torch.Tensor]) -> SiteScore:
@@ -99,3 +104,35 @@ def batches_of(images: Sequence[torch.Tensor], batch_size: int = 8) -> list[torc
     if run:
         out.append(torch.cat(run))
     return out
+
+
+def predictions(model: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Softmax predictions of ``model`` (eval mode, no gradients) per batch, on the CPU."""
+    device = next(iter(model.state_dict().values())).device
+    model.eval()
+    with torch.no_grad():
+        return [
+            torch.softmax(model(x.to(device=device, dtype=torch.float32)), dim=1).cpu()
+            for x in batches
+        ]
+
+
+def agreement(probs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """Pooled soft Dice of the foreground classes between two lists of predictions
+    ``(B, C, ...)``, averaged over the classes (0 for a class neither predicts).
+
+    Args:
+        probs: a model's predictions per batch (``predictions``).
+        reference: the consensus per batch, same shapes. Example: the mean of several
+            models' ``predictions``.
+    """
+    inter = total = None
+    for p, q in zip(probs, reference, strict=True):
+        a, b = p[:, 1:].transpose(0, 1).flatten(1), q[:, 1:].transpose(0, 1).flatten(1)
+        i, t = (a * b).sum(dim=1), (a + b).sum(dim=1)
+        inter = i if inter is None else inter + i
+        total = t if total is None else total + t
+    if inter is None or total is None or not inter.numel():
+        return 0.0
+    dice = (2 * inter / total.clamp_min(_EPS)).where(total > _EPS, torch.zeros_like(inter))
+    return round(float(dice.mean()), 6)

@@ -152,3 +152,15 @@ def test_bad_inputs_are_routing_errors() -> None:
         safe_adapt(SPEC, _experts(2), ["global"], _scans(2))
     with pytest.raises(RoutingError, match="class_prior needs 2"):
         safe_adapt(SPEC, _experts(2), ["global", "a"], _scans(2), class_prior=[1.0])
+
+
+def test_agreement_is_one_for_the_same_masks_and_zero_for_disjoint_ones() -> None:
+    from personalization.outside.site_score import agreement
+
+    left = torch.zeros(2, 2, 8, 8)
+    left[:, 1, :, :4], left[:, 0, :, 4:] = 1.0, 1.0
+    right = left.flip(-1)
+    assert agreement([left], [left]) == pytest.approx(1.0)
+    assert agreement([left], [right]) == pytest.approx(0.0)
+    half = (left + right) / 2  # a consensus of the two
+    assert 0.0 < agreement([left], [half]) < 1.0
