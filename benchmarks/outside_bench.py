@@ -145,23 +145,25 @@ def run_synthetic(case: str, args: Any, seeds: list[int], cmd: str) -> None:
 
     setting = (SYNTH_QUICK if args.quick else SETTINGS)[case]  # type: ignore[index]
     started = time.monotonic()
-    folds = []
-    for seed in seeds:
-        work = fresh_dir(args.work_dir / f"{case}_seed{seed}")
-        fold = run_case(case, setting, seed, work)  # type: ignore[arg-type]
-        folds.append(fold)
-        print(f"{fold.held_out}: " + ", ".join(f"{m} {fmt(fold.dice[m])}" for m in METHODS))
-        (work / "fold.json").write_text(json.dumps(asdict(fold), indent=2))
-    total = time.monotonic() - started
     report = RESULTS / f"outside_{case}.md"
     plot = RESULTS / f"outside_{case}_dice.png"
     title = {
         "shift": "Outside hospital with a strong shift (synthetic)",
         "rgb": "Outside institution, 2D RGB photographs (synthetic)",
     }[case]
-    _plot(folds, plot, f"{title}: Dice")
-    write_report(report, _report_synth(case, title, folds, setting, seeds, total, cmd, plot))
-    print(f"report written to {report} ({seconds_str(total)})")
+    folds: list[MethodScores] = []
+    for seed in seeds:
+        work = fresh_dir(args.work_dir / f"{case}_seed{seed}")
+        fold = run_case(case, setting, seed, work)  # type: ignore[arg-type]
+        folds.append(fold)
+        print(f"{fold.held_out}: " + ", ".join(f"{m} {fmt(fold.dice[m])}" for m in METHODS))
+        (work / "fold.json").write_text(json.dumps(asdict(fold), indent=2))
+        # Rewritten after every seed: a long run that is stopped still leaves its report.
+        total = time.monotonic() - started
+        done = seeds[: len(folds)]
+        _plot(folds, plot, f"{title}: Dice")
+        write_report(report, _report_synth(case, title, folds, setting, done, total, cmd, plot))
+    print(f"report written to {report} ({seconds_str(time.monotonic() - started)})")
 
 
 def _plot(folds: list[MethodScores], path: Path, title: str) -> None:
