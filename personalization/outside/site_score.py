@@ -10,8 +10,9 @@ each with its batch-norm statistics choice) are compared by what their predictio
 - ``score = consistency - entropy`` (higher is better).
 - ``fg_share`` and ``class_shares``: the predicted (argmax) foreground share and the soft class
   proportions, for the collapse/explosion checks and the label-free class prior.
-- ``agreement`` (``agreement``): soft Dice of the foreground classes between a model's
-  prediction and the federation's consensus (the mean prediction of its unadapted models).
+- ``agreement`` (``agreement``): Dice of the argmax masks of the foreground classes between a
+  model's prediction and the federation's consensus (the mean prediction of its unadapted
+  models).
   Adaptation minimises entropy and maximises consistency, so the score above flatters an
   adapted model; agreement with models that did not adapt is what it cannot game.
 """
@@ -118,8 +119,11 @@ def predictions(model: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch
 
 
 def agreement(probs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
-    """Pooled soft Dice of the foreground classes between two lists of predictions
-    ``(B, C, ...)``, averaged over the classes (0 for a class neither predicts).
+    """Dice of the argmax masks of two lists of predictions ``(B, C, ...)``, pooled over the
+    batches and averaged over the foreground classes (0 for a class neither predicts).
+
+    Hard masks, not probabilities: a soft Dice grows with confidence alone, which adaptation
+    (entropy minimisation) would buy without agreeing any better.
 
     Args:
         probs: a model's predictions per batch (``predictions``).
@@ -128,7 +132,10 @@ def agreement(probs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) 
     """
     inter = total = None
     for p, q in zip(probs, reference, strict=True):
-        a, b = p[:, 1:].transpose(0, 1).flatten(1), q[:, 1:].transpose(0, 1).flatten(1)
+        c = p.shape[1]
+        a = torch.nn.functional.one_hot(p.argmax(dim=1), c).movedim(-1, 1)[:, 1:]
+        b = torch.nn.functional.one_hot(q.argmax(dim=1), c).movedim(-1, 1)[:, 1:]
+        a, b = a.transpose(0, 1).flatten(1).float(), b.transpose(0, 1).flatten(1).float()
         i, t = (a * b).sum(dim=1), (a + b).sum(dim=1)
         inter = i if inter is None else inter + i
         total = t if total is None else total + t

@@ -162,5 +162,8 @@ def test_agreement_is_one_for_the_same_masks_and_zero_for_disjoint_ones() -> Non
     right = left.flip(-1)
     assert agreement([left], [left]) == pytest.approx(1.0)
     assert agreement([left], [right]) == pytest.approx(0.0)
-    half = (left + right) / 2  # a consensus of the two
-    assert 0.0 < agreement([left], [half]) < 1.0
+    # Hard masks: confidence alone buys nothing.
+    assert agreement([left * 0.4 + 0.3], [left]) == pytest.approx(1.0)
+    top = left.clone()
+    top[:, :, :4] = right[:, :, :4]  # half the rows agree
+    assert 0.0 < agreement([top], [left]) < 1.0
