@@ -101,6 +101,15 @@ def synth(
     classes: Annotated[int, typer.Option(help="Foreground classes, 1..3.")] = 3,
     outside: Annotated[int, typer.Option(help="Extra outside hospitals (outside_1..K).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing synthetic sites.")] = False,
+    rgb: Annotated[
+        bool, typer.Option(help="2D RGB PNG photographs, a colour cast per site (dims 2).")
+    ] = False,
+    outside_shift: Annotated[
+        bool,
+        typer.Option(
+            help="Strong shift for outside hospitals: curve, inversion, blur, resolution."
+        ),
+    ] = False,
 ) -> None:
     """Write synthetic hospitals, each with its own scanner, NIfTI pairs and dataset.json."""
     from data_specs.synth import synthesize
@@ -116,6 +125,8 @@ def synth(
             classes=classes,
             outside=outside,
             overwrite=overwrite,
+            rgb=rgb,
+            outside_shift=outside_shift,
         )
     except DataSpecError as exc:
         _fail(exc)

@@ -97,9 +97,14 @@ class DatasetManifest(BaseModel):
             written back). Example: ``{"255": 1}``; inverted masks ``{"0": 1, "255": 0}``.
             Default None.
         binarize: every non-zero stored value (after ``label_map``) is class 1. Default False.
-        training: labelled training cases; must not be empty.
+        training: labelled training cases; may be empty (or left out) only for an outside
+            site, whose manifest lists unlabelled scans in ``adaptation`` or ``test``.
+            Default empty.
         validation: labelled validation cases. Default None (not declared).
         test: test cases, label optional. Default None (not declared).
+        adaptation: unlabelled scans an outside site adapts on (``fedseg site adapt``), bare
+            image paths or ``{"image": ...}``; never trained on. Default None (not declared).
+            Example: ``["scans/a.nii.gz", "scans/b.nii.gz"]``.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -114,9 +119,10 @@ class DatasetManifest(BaseModel):
     data_root: str | None = None
     label_map: dict[str, Annotated[int, Field(ge=0)]] | None = None
     binarize: bool = False
-    training: list[CaseEntry]
+    training: list[CaseEntry] = Field(default_factory=list)
     validation: list[CaseEntry] | None = None
     test: list[CaseEntry] | None = None
+    adaptation: list[CaseEntry] | None = None
 
     _folder: Path | None = PrivateAttr(default=None)
 
@@ -125,9 +131,10 @@ class DatasetManifest(BaseModel):
     def _drop_msd_info(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if k not in _MSD_INFO_KEYS}
-            # Decathlon test lists are bare image paths.
-            if isinstance(data.get("test"), list):
-                data["test"] = [{"image": e} if isinstance(e, str) else e for e in data["test"]]
+            # Decathlon test lists (and adaptation lists) are bare image paths.
+            for key in ("test", "adaptation"):
+                if isinstance(data.get(key), list):
+                    data[key] = [{"image": e} if isinstance(e, str) else e for e in data[key]]
         return data
 
     @field_validator("modality")
@@ -186,7 +193,26 @@ class DatasetManifest(BaseModel):
             unlabelled = [c.image_files[0] for c in self.iter_cases(split) if c.label is None]
             if unlabelled:
                 raise ValueError(f"every {split} case needs a label; missing for {unlabelled[:3]}")
+        labelled = [c.image for c in self.adaptation or [] if c.label is not None]
+        if labelled:
+            raise ValueError(
+                f"adaptation cases are unlabelled scans; found labels for {labelled[:3]} "
+                "(list labelled cases under test)"
+            )
         return self
+
+    @property
+    def is_outside_site(self) -> bool:
+        """No training cases, but scans to adapt on (``adaptation`` or ``test``)."""
+        return not self.training and bool(self.adaptation or self.test)
+
+    def adaptation_cases(self) -> list[CaseEntry]:
+        """The scans ``fedseg site adapt`` reads, images only: ``adaptation`` if declared,
+        else ``test``, else ``training``."""
+        for cases in (self.adaptation, self.test, self.training):
+            if cases:
+                return [CaseEntry(image=c.image) for c in cases]
+        return []
 
     @property
     def channel_names(self) -> list[str]:

@@ -46,6 +46,8 @@ META_ROUTING_VERSION = "1"
 META_SPEC_HASH = "spec_hash"
 META_SPEC = "spec"
 META_EXPERTS = "experts"
+# Optional: the federation's aggregate class frequencies (JSON list, background first).
+META_CLASS_PRIOR = "class_prior"
 EXPERT_PREFIX = "expert."
 _EXPERT_KEY = re.compile(r"^expert\.(0|[1-9][0-9]*)\.(.+)$")
 
@@ -136,6 +138,7 @@ def encode_routing_bundle(
     spec: TaskSpec,
     *,
     expected: ExpectedTensors | None = None,
+    class_prior: Sequence[float] | None = None,
 ) -> bytes:
     """Serialise the global model and K personal models into one routing bundle.
 
@@ -148,6 +151,9 @@ def encode_routing_bundle(
         spec: the task spec every expert must match.
         expected: ``{key: (shape, dtype)}`` each expert must match; default ``None`` derives
             it from ``spec`` with ``expected_tensors`` (needs torch and MONAI).
+        class_prior: the federation's aggregate class frequencies, one share per class
+            (background first); stored as metadata ``class_prior``. Default None (absent).
+            Example: ``[0.93, 0.03, 0.02, 0.02]``.
 
     Returns:
         safetensors bytes.
@@ -171,6 +177,8 @@ def encode_routing_bundle(
         META_SPEC: spec.model_dump_json(),
         META_EXPERTS: json.dumps([s.model_dump(mode="json") for s in srcs]),
     }
+    if class_prior is not None:
+        metadata[META_CLASS_PRIOR] = json.dumps(_check_prior(class_prior, spec.out_channels))
     # Byte-stable, like weights bundles: the aggregator stores bundles content-addressed.
     return canonical_safetensors(st_save(arrays, metadata=metadata))
 
@@ -253,3 +261,36 @@ def decode_routing_bundle(
     # safetensors sorts keys; hand back state-dict order.
     ordered = [{k: tensors[k] for k in want} for tensors in experts]
     return RoutingBundle(spec=bundle_spec, experts=ordered, sources=sources)
+
+
+def _check_prior(prior: Any, classes: int) -> list[float]:
+    if (
+        not isinstance(prior, list | tuple)
+        or len(prior) != classes
+        or not all(isinstance(p, int | float) and not isinstance(p, bool) for p in prior)
+        or not all(np.isfinite(p) and p >= 0 for p in prior)
+        or not sum(prior) > 0
+    ):
+        raise RoutingBundleError(
+            f"class_prior must be {classes} non-negative shares (one per class, background "
+            f"first), got {str(prior)[:80]}"
+        )
+    total = float(sum(prior))
+    return [float(p) / total for p in prior]
+
+
+def read_class_prior(data: bytes | memoryview) -> list[float] | None:
+    """The federation's class frequencies a routing bundle carries, normalised; None if absent.
+
+    Raises:
+        RoutingBundleError: not a routing bundle, or a malformed ``class_prior``.
+    """
+    spec, _ = _read_metadata(data)
+    raw = (read_header(data).get("__metadata__") or {}).get(META_CLASS_PRIOR)
+    if raw is None:
+        return None
+    try:
+        prior = json.loads(raw)
+    except ValueError as exc:
+        raise RoutingBundleError(f"routing bundle class_prior is not JSON: {exc}") from exc
+    return _check_prior(prior, spec.out_channels)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,8 @@ class Scanner:
         origin: world position of voxel 0 in mm. Example: ``(-20.0, 13.5)``.
         flip_x: stores the first axis right-to-left (3D only). Example: ``False``.
         full_scale: scanner units of the brightest tissue. Example: ``1000.0``.
+        invert: contrast inversion (bright tissue dark), as another sequence or camera
+            would give. Default ``False``.
     """
 
     gamma: float
@@ -59,6 +61,7 @@ class Scanner:
     origin: tuple[float, ...]
     flip_x: bool
     full_scale: float
+    invert: bool = False
 
     def affine(self, size: int) -> np.ndarray:
         """4x4 RAS affine of a ``size``-voxel cube (or square) from this scanner."""
@@ -93,6 +96,18 @@ def draw_scanner(rng: np.random.Generator, dims: int) -> Scanner:
         origin=tuple(round(float(o), 2) for o in rng.uniform(-60, 60, size=dims)),
         flip_x=bool(dims == 3 and rng.random() < 0.5),
         full_scale=float(rng.choice([255.0, 1000.0, 4095.0])),
+    )
+
+
+def strong_shift(scanner: Scanner) -> Scanner:
+    """The same scanner with a strong shift: another intensity curve, contrast inversion,
+    heavy blur and a coarse acquisition resolution (an outside hospital unlike any site)."""
+    return replace(
+        scanner,
+        gamma=2.4 if scanner.gamma < 1.0 else 0.45,
+        invert=True,
+        blur=max(scanner.blur, 1.6),
+        resolution=3.0,
     )
 
 
@@ -183,6 +198,8 @@ def apply_scanner(rng: np.random.Generator, scanner: Scanner, tissue: np.ndarray
         image = gaussian_filter(image, scanner.blur)
     image = image * np.exp(scanner.bias * _smooth_field(rng, shape, cells=3) / 2)
     image = np.clip(image, 0, None) ** scanner.gamma
+    if scanner.invert:
+        image = np.clip(1.0 - image, 0, None)
     image = scanner.brightness + scanner.contrast * image
     n1, n2 = rng.standard_normal((2, *shape)) * scanner.noise
     image = np.sqrt((image + n1) ** 2 + n2**2)  # Rician, as magnitude MRI
@@ -199,6 +216,7 @@ def write_site(
     dims: int,
     classes: int,
     split_seed: int = 0,
+    tint: tuple[float, float, float] | None = None,
 ) -> Path:
     """Write one synthetic hospital: ``imagesTr/``, ``labelsTr/``, ``scanner.json``, ``dataset.json``.
 
@@ -211,6 +229,9 @@ def write_site(
         dims: 2 or 3.
         classes: foreground classes, 1 to 3.
         split_seed: seed of the 60/20/20 split. Default 0.
+        tint: RGB gains: write 8-bit RGB PNG photographs (2D only) whose colour channels are
+            the image times these gains, instead of NIfTI. Default None (NIfTI).
+            Example: ``(1.0, 0.6, 0.3)``.
 
     Returns:
         The manifest path.
@@ -224,9 +245,13 @@ def write_site(
         image, label = synth_case(
             np.random.default_rng(seq), scanner, size=size, dims=dims, classes=classes
         )
-        name = f"case_{i:03d}.nii.gz"
-        write_nifti(image, affine, folder / "imagesTr" / name)
-        write_mask_nifti(label, affine, folder / "labelsTr" / name)
+        if tint is None:
+            name = f"case_{i:03d}.nii.gz"
+            write_nifti(image, affine, folder / "imagesTr" / name)
+            write_mask_nifti(label, affine, folder / "labelsTr" / name)
+        else:
+            name = f"case_{i:03d}.png"
+            _write_rgb(image / scanner.full_scale, tint, label, folder, name)
         entries.append(CaseEntry(image=f"imagesTr/{name}", label=f"labelsTr/{name}"))
     splits = assign_splits([str(i) for i in range(len(entries))], seed=split_seed)
     atomic_write_text(folder / "scanner.json", json.dumps(asdict(scanner), indent=2) + "\n")
@@ -235,7 +260,7 @@ def write_site(
         description=f"synthetic {dims}D hospital, {len(entries)} cases, its own scanner",
         site_id=site_id,
         spatial_dims=dims,  # type: ignore[arg-type]
-        modality={"0": "MRI"},
+        modality={"0": "MRI"} if tint is None else {"0": "R", "1": "G", "2": "B"},
         labels={"0": "background", **_LABEL_NAMES[classes]},
         training=[entries[i] for i in splits[SplitName.TRAINING]],
         validation=[entries[i] for i in splits[SplitName.VALIDATION]],
@@ -243,6 +268,35 @@ def write_site(
     )
     save_manifest(manifest, folder / "dataset.json")
     return folder / "dataset.json"
+
+
+def _write_rgb(
+    image: np.ndarray,
+    tint: tuple[float, float, float],
+    label: np.ndarray,
+    folder: Path,
+    name: str,
+) -> None:
+    """A 2D image (about 0..1) as an RGB PNG photograph and its mask as a grey PNG (x, y order
+    of the arrays becomes PIL's column, row order, as ``read_image`` reads it back)."""
+    import io
+
+    from PIL import Image
+
+    from data_specs.files import atomic_write_bytes
+
+    rgb = np.stack([np.clip(image * g, 0, 1) for g in tint], axis=-1)
+    pictures = (
+        (
+            Image.fromarray((rgb.transpose(1, 0, 2) * 255).round().astype(np.uint8), "RGB"),
+            "imagesTr",
+        ),
+        (Image.fromarray(label.T.astype(np.uint8), "L"), "labelsTr"),
+    )
+    for picture, sub in pictures:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        atomic_write_bytes(folder / sub / name, buffer.getvalue())
 
 
 def synthesize(
@@ -256,6 +310,8 @@ def synthesize(
     classes: int = 3,
     outside: int = 0,
     overwrite: bool = False,
+    rgb: bool = False,
+    outside_shift: bool = False,
 ) -> list[Path]:
     """Write ``out/site_<i>/`` (i = 1..sites) and ``out/outside_<j>/`` (j = 1..outside).
 
@@ -272,6 +328,10 @@ def synthesize(
         classes: foreground classes, 1 to 3 (out_channels = classes + 1). Default 3.
         outside: extra outside hospitals. Default 0.
         overwrite: replace existing synthetic sites. Default False.
+        rgb: write 2D RGB PNG photographs, each site with its own colour cast (a camera),
+            instead of NIfTI. Default False.
+        outside_shift: give outside hospitals a strong shift (``strong_shift``: intensity
+            curve, contrast inversion, blur, resolution). Default False.
 
     Returns:
         Manifest paths, sites first, then outside hospitals.
@@ -287,6 +347,7 @@ def synthesize(
         (16 <= size <= 512, "size in 16..512", size),
         (1 <= classes <= 3, "classes in 1..3", classes),
         (outside >= 0, "outside >= 0", outside),
+        (not rgb or dims == 2, "dims 2 for RGB photographs", dims),
     ]
     for ok, expected, found in checks:
         if not ok:
@@ -304,6 +365,12 @@ def synthesize(
         site_seq = np.random.SeedSequence([seed, kind, index])
         scanner_seq, *case_seqs = site_seq.spawn(cases + 1)
         scanner = draw_scanner(np.random.default_rng(scanner_seq), dims)
+        if outside_shift and kind == _OUTSIDE:
+            scanner = strong_shift(scanner)
+        tint = None
+        if rgb:  # its own stream: grey sites keep the bytes they had
+            cast = np.random.default_rng([seed, kind, index, 7]).uniform(0.35, 1.0, 3)
+            tint = (float(cast[0]), float(cast[1]), float(cast[2]))
         paths.append(
             write_site(
                 out / name,
@@ -314,6 +381,7 @@ def synthesize(
                 dims=dims,
                 classes=classes,
                 split_seed=seed * 1009 + kind * 101 + index,
+                tint=tint,
             )
         )
     return paths

@@ -98,7 +98,8 @@ def validate_manifest(
 ) -> ValidationReport:
     """Check every file a manifest lists; never modifies anything.
 
-    Checks: the manifest loads; training is not empty and no declared split is empty; no path
+    Checks: the manifest loads; training is not empty (unless the manifest is an outside
+    site's: unlabelled scans in ``adaptation`` or ``test``) and no declared split is empty; no path
     escapes the manifest's root; no file is listed twice; every file exists and reads; images
     have the declared channel count and suitable dimensions (channel files share one grid);
     image and label agree in spatial shape and affine; label values, after the manifest's
@@ -132,7 +133,9 @@ def validate_manifest(
         return report
     report.problems.extend(_split_problems(manifest, str(path)))
     jobs = _case_jobs(manifest, affine_tol, report)
-    report.cases = sum(len(list(manifest.iter_cases(s))) for s in SplitName)
+    report.cases = sum(len(list(manifest.iter_cases(s))) for s in SplitName) + len(
+        manifest.adaptation or []
+    )
     report.files = sum(len(job.image) + (job.label is not None) for job in jobs)
     for job, result in zip(jobs, _run(jobs, workers), strict=True):
         report.problems.extend(result.problems)
@@ -156,14 +159,30 @@ def validate_manifest(
 
 def _split_problems(manifest: DatasetManifest, where: str) -> list[Problem]:
     problems = []
+    if manifest.adaptation is not None and not manifest.adaptation:
+        problems.append(
+            Problem(
+                file=where,
+                check=ValidationCheck.SPLIT,
+                expected="at least one scan in the declared adaptation list",
+                found="an empty list",
+            )
+        )
     for split in manifest.declared_splits():
-        if not list(manifest.iter_cases(split)):
+        # An outside site trains nothing: its scans are in adaptation or test.
+        outside = split == SplitName.TRAINING and manifest.is_outside_site
+        if not outside and not list(manifest.iter_cases(split)):
             problems.append(
                 Problem(
                     file=where,
                     check=ValidationCheck.SPLIT,
-                    expected=f"at least one case in the declared {split} split",
-                    found="an empty list",
+                    expected=f"at least one case in the declared {split} split"
+                    + (
+                        " (or, for an outside site, unlabelled scans in adaptation or test)"
+                        if split == SplitName.TRAINING
+                        else ""
+                    ),
+                    found="no cases",
                 )
             )
     return problems
@@ -174,8 +193,10 @@ def _case_jobs(
 ) -> list[_CaseJob]:
     jobs: list[_CaseJob] = []
     seen: dict[Path, str] = {}
-    for split in manifest.declared_splits():
-        for case in manifest.iter_cases(split):
+    splits = [(str(s), list(manifest.iter_cases(s))) for s in manifest.declared_splits()]
+    splits.append(("adaptation", manifest.adaptation or []))
+    for split, cases in splits:
+        for case in cases:
             paths: dict[str, Path | None] = dict.fromkeys(case.image_files)
             if case.label is not None:
                 paths[case.label] = None

@@ -56,7 +56,13 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda or au
 ExperimentOpt = Annotated[
     str | None, typer.Option("--experiment", help="Experiment id (default: the only one).")
 ]
-ModelOpt = Annotated[str, typer.Option("--model", help="global, personal or routed.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="global, personal, routed (what `adapt` chose) or expert:<site> (routing bundle).",
+    ),
+]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Use this model file instead.")]
 
 
@@ -301,22 +307,33 @@ def evaluate(
 def adapt(
     experiment: Annotated[str, typer.Option("--experiment", help="Experiment id.")],
     manifest: Annotated[Path, typer.Option("--manifest", help="The outside site's dataset.json.")],
-    steps: Annotated[int, typer.Option("--steps", min=1)] = 50,
-    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=100_000)] = 60,
+    lr: Annotated[float, typer.Option("--lr", min=1e-6, max=1.0)] = 3e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    gate: Annotated[
+        str, typer.Option("--gate", help="Router gate: softmax or sigmoid.")
+    ] = "softmax",
     config: Config = None,
     aggregator_url: UrlOpt = None,
     work_dir: WorkDirOpt = None,
     device: DeviceOpt = None,
     allow_insecure_http: Annotated[bool | None, typer.Option("--allow-insecure-http")] = None,
 ) -> None:
-    """Download the routing bundle, adapt it on the unlabelled local scans, save routed/<id>."""
-    from site_agent.adapt import adapt_experiment
+    """Download the routing bundle, adapt it safely on the unlabelled local scans, record the choice.
+
+    The adapted routed model is checked label-free against the federation's own models; when
+    it looks worse, the command falls back to the global model or the best single expert and
+    says so. `fedseg site infer --model routed` then uses that choice.
+    """
+    from site_agent.adapt import adapt_experiment, adaptation_manifest
     from site_agent.client import AggregatorClient, make_http_client
     from site_agent.enrollment import ensure_token
     from site_agent.workdir import WorkDir
 
     _setup_logging("INFO")
+    if gate not in ("softmax", "sigmoid"):
+        typer.echo(f"error: --gate must be softmax or sigmoid, got {gate!r}", err=True)
+        raise typer.Exit(1)
     try:
         settings = _settings(
             config,
@@ -326,10 +343,11 @@ def adapt(
             allow_insecure_http=allow_insecure_http,
         )
         workdir = WorkDir(settings.work_dir)
+        adaptation_manifest(manifest)  # a bad manifest fails before any network call
         with make_http_client(settings) as http:
             client = AggregatorClient(http, backoff=_backoff(settings))
             ensure_token(client, settings, workdir)
-            path, report = adapt_experiment(
+            path, result = adapt_experiment(
                 client,
                 workdir,
                 experiment,
@@ -337,11 +355,21 @@ def adapt(
                 steps=steps,
                 lr=lr,
                 seed=seed,
+                gate=gate,  # type: ignore[arg-type]
                 device=settings.resolve_device(),
             )
     except SiteAgentError as exc:
         raise _fail(exc) from None
-    typer.echo(f"routed model saved to {path} after {report.steps} steps ({report.seconds:.1f} s)")  # type: ignore[attr-defined]
+    record = result.record
+    typer.echo(
+        f"routed model saved to {path} after {record.steps} steps over {record.scans} scans "
+        f"({record.seconds:.1f} s)"
+    )
+    typer.echo(record.message)
+    typer.echo(
+        f"choice: {record.choice} (recorded in {workdir.choice_path(experiment)}; "
+        "`fedseg site infer --model routed` uses it)"
+    )
 
 
 def main() -> None:

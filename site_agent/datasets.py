@@ -153,6 +153,11 @@ class ManifestTrainers:
 
     def __call__(self, task: TaskAssignment) -> SiteTrainer:
         spec, seed = task.spec, task.train.seed
+        if not self.manifest.training:
+            raise TrainingError(
+                "the manifest lists no training cases (an outside site's manifest): an outside "
+                "site adapts with `fedseg site adapt` instead of training"
+            )
         key = (spec.spec_hash(), task.train.foreground_oversample)
         if self._cached is not None and self._cached[0] == key:
             train, val = self._cached[1], self._cached[2]

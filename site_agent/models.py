@@ -23,7 +23,8 @@ from personalization.errors import PersonalizationError
 from site_agent.errors import ModelMismatchError, WorkDirError
 from site_agent.workdir import WorkDir
 
-ModelKind = Literal["global", "personal", "routed"]
+# Also "expert:<site>": one expert of the routing bundle an outside site downloaded.
+ModelKind = Literal["global", "personal", "routed"] | str
 
 
 class ExperimentRecord(BaseModel):
@@ -54,6 +55,7 @@ def known_experiments(workdir: WorkDir) -> list[str]:
     """Experiments this site holds a global or a routed model of, sorted."""
     found = {p.stem for p in (workdir.root / "global").glob("*.json")}
     found |= {p.stem for p in (workdir.root / "routed").glob("*.safetensors")}
+    found |= {p.stem for p in (workdir.root / "routing").glob("*.safetensors")}
     return sorted(found)
 
 
@@ -80,6 +82,9 @@ def experiment_spec(workdir: WorkDir, experiment_id: str | None) -> tuple[str, T
             return experiment_id, ExperimentRecord.model_validate_json(sidecar.read_bytes()).spec
         if routed.is_file():
             return experiment_id, TaskSpec.model_validate_json(_metadata(routed)["spec"])
+        routing = workdir.routing_path(experiment_id)
+        if routing.is_file():
+            return experiment_id, TaskSpec.model_validate_json(_metadata(routing)["spec"])
     except (OSError, KeyError, ValidationError) as exc:
         raise WorkDirError(f"the model files of experiment {experiment_id} are unreadable") from exc
     raise WorkDirError(f"no model of experiment {experiment_id} in {workdir.root}")
@@ -97,8 +102,11 @@ def load_model(
 
     Args:
         workdir: the site work dir.
-        kind: ``global``, ``personal`` (latest IOP-FL / FedBN / Ditto model) or ``routed``
-            (after ``fedseg site adapt``). Default ``global``.
+        kind: ``global``, ``personal`` (latest IOP-FL / FedBN / Ditto model), ``routed``
+            (what ``fedseg site adapt`` chose: the adapted routed model, or the model its
+            safeguard fell back to) or ``expert:<site>`` (one model of the routing bundle).
+            An outside site's ``global`` is the routing bundle's global model. Default
+            ``global``.
         experiment_id: which experiment. Default None (the only one known).
         weights: a file to use instead of the work dir's: a fedseg weights bundle, a personal
             model file, or a routed model file. Default None.
@@ -109,8 +117,22 @@ def load_model(
         ModelMismatchError: the weights are of another task spec or not a model file.
         WorkDirError: the model or its experiment is missing.
     """
+    if weights is None and (kind == "routed" or kind.startswith("expert:")):
+        from site_agent.outside_models import load_outside_model
+
+        found = load_outside_model(workdir, kind, experiment_id)
+        if found is not None:
+            return found
     if kind == "routed" or (weights is not None and "fedseg_routed" in _metadata(weights)):
         return _load_routed(workdir, experiment_id, weights)
+    if weights is None and kind == "global":
+        exp_id, spec = experiment_spec(workdir, experiment_id)
+        if not workdir.global_path(exp_id).is_file():
+            from site_agent.outside_models import load_outside_model
+
+            found = load_outside_model(workdir, "expert:0", exp_id)
+            if found is not None:
+                return found
     if weights is None:
         exp_id, spec = experiment_spec(workdir, experiment_id)
         if kind == "global":

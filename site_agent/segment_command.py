@@ -22,9 +22,11 @@ _KINDS = ("global", "personal", "routed")
 
 
 def _kind(value: str) -> ModelKind:
-    if value not in _KINDS:
-        raise ScanError(f"--model must be one of {', '.join(_KINDS)}, got {value!r}")
-    return value  # type: ignore[return-value]
+    if value not in _KINDS and not (value.startswith("expert:") and len(value) > 7):
+        raise ScanError(
+            f"--model must be one of {', '.join(_KINDS)} or expert:<site>, got {value!r}"
+        )
+    return value
 
 
 def _site_manifest(settings: SiteSettings) -> DatasetManifest | None:
@@ -105,7 +107,8 @@ def run_infer(
             echo(lines[-1])
     if bar is not None:
         bar.close()
-    return lines if len(jobs) == 1 else [f"{len(jobs)} masks written to {output}"]
+    note = _choice_note(settings, kind, experiment_id, weights)
+    return [*lines, *note] if len(jobs) == 1 else [f"{len(jobs)} masks written to {output}", *note]
 
 
 def _infer_one(
@@ -152,6 +155,26 @@ def _progress_bar(total: int) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, unit="scan", file=sys.stderr, dynamic_ncols=True)
+
+
+def _choice_note(
+    settings: SiteSettings, kind: str, experiment_id: str | None, weights: Path | None
+) -> list[str]:
+    """For ``--model routed`` after ``fedseg site adapt``: which model the safeguard chose."""
+    if kind != "routed" or weights is not None:
+        return []
+    from site_agent.models import known_experiments
+    from site_agent.outside_models import read_choice
+
+    workdir = WorkDir(settings.work_dir)
+    known = known_experiments(workdir)
+    exp_id = experiment_id or (known[0] if len(known) == 1 else None)
+    record = read_choice(workdir, exp_id) if exp_id else None
+    if record is None:
+        return []
+    return [
+        f"model: {record['choice']}, as `fedseg site adapt` chose ({record.get('message', '')})"
+    ]
 
 
 def run_evaluate(

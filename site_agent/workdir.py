@@ -100,6 +100,18 @@ class WorkDir:
     def routed_path(self, experiment_id: str) -> Path:
         return self.root / "routed" / f"{safe_id(experiment_id, what='experiment id')}.safetensors"
 
+    def routing_path(self, experiment_id: str) -> Path:
+        """The routing bundle as downloaded by ``fedseg site adapt`` (an outside site's models)."""
+        return self.root / "routing" / f"{safe_id(experiment_id, what='experiment id')}.safetensors"
+
+    def choice_path(self, experiment_id: str) -> Path:
+        """What ``fedseg site adapt`` chose to use, and why (JSON)."""
+        return self.root / "adapted" / f"{safe_id(experiment_id, what='experiment id')}.json"
+
+    def chosen_path(self, experiment_id: str) -> Path:
+        """The plain model ``fedseg site adapt`` fell back to, with its batch-norm statistics."""
+        return self.root / "adapted" / f"{safe_id(experiment_id, what='experiment id')}.safetensors"
+
     def personal_dir(self, experiment_id: str) -> Path:
         return self.root / "personal" / safe_id(experiment_id, what="experiment id")
 

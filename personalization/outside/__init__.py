@@ -2,7 +2,9 @@
 
 A site outside the federation downloads the routing bundle (global model + K shared personal
 models), builds one routed U-Net whose every convolution mixes the experts' kernels per sample,
-and adapts only the routers and norm affine parameters on its unlabelled scans.
+and adapts only the routers and norm affine parameters on its unlabelled scans. ``safe_adapt``
+(``safeguard``) wraps that adaptation in label-free checks and falls back to the global model
+or the best single expert when the adapted mixture looks worse.
 
 Importing this package pulls no torch: the bundle codec is numpy-only, ``adapt`` and
 ``AdaptConfig`` import torch when called, and the torch-bound classes (``RoutedUNet``,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from personalization.outside.baselines import OutputAverage, global_model, tent_adapt
     from personalization.outside.routed import RoutedUNet, build_routed_model
     from personalization.outside.routed_file import load_routed, save_routed
+    from personalization.outside.safeguard import SafeAdaptConfig, SafeAdaptResult, safe_adapt
 
 _LAZY = {
     "OutputAverage": "baselines",
@@ -42,6 +45,9 @@ _LAZY = {
     "build_routed_model": "routed",
     "load_routed": "routed_file",
     "save_routed": "routed_file",
+    "SafeAdaptConfig": "safeguard",
+    "SafeAdaptResult": "safeguard",
+    "safe_adapt": "safeguard",
 }
 
 __all__ = [
@@ -55,6 +61,8 @@ __all__ = [
     "RoutingBundleError",
     "RoutingError",
     "RoutingSpecMismatchError",
+    "SafeAdaptConfig",
+    "SafeAdaptResult",
     "StepLosses",
     "adapt",
     "build_routed_model",
@@ -62,6 +70,7 @@ __all__ = [
     "encode_routing_bundle",
     "global_model",
     "load_routed",
+    "safe_adapt",
     "save_routed",
     "tent_adapt",
 ]

@@ -4,7 +4,9 @@ Only the routers and the norm layers' affine parameters move; expert kernels are
 never change. The objective (see ``losses``) is
 
     entropy_weight * entropy + consistency_weight * consistency(scan, augmented copy)
-    + shape_weight * KL(class prior || predicted class proportions) + smoothness_weight * TV.
+    + shape_weight * KL(class prior || predicted class proportions)
+    + share_weight * log(predicted / prior foreground share)^2
+    + anchor_weight * KL(initial mix || mix) + smoothness_weight * TV.
 
 Labels are never read: a batch is a tensor of images or a mapping from which only ``"image"``
 is taken. Runs are deterministic for ``AdaptConfig.seed`` (the global RNG is forked, seeded and
@@ -16,7 +18,7 @@ torch is imported inside the functions, so ``AdaptConfig`` (and the package) loa
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +43,11 @@ class AdaptConfig(BaseModel):
             forward pass. Default ``1.0``.
         shape_weight: weight of the class-proportion prior. Default ``1.0``.
         smoothness_weight: weight of the total-variation smoothness prior. Default ``0.0``.
+        share_weight: weight of the foreground-share prior, which penalises a predicted
+            foreground share that collapses or explodes against the class prior. Default
+            ``1.0``.
+        anchor_weight: weight of ``KL(initial mix || mix)`` over the routers (routed models
+            only). Default ``1.0``.
         class_prior: expected class proportions (background first, sums to one); default
             ``None`` takes the proportions the unadapted model predicts on the first batch.
             Example: ``(0.95, 0.05)``.
@@ -61,6 +68,8 @@ class AdaptConfig(BaseModel):
     consistency_weight: NonNegative = 1.0
     shape_weight: NonNegative = 1.0
     smoothness_weight: NonNegative = 0.0
+    share_weight: NonNegative = 1.0
+    anchor_weight: NonNegative = 1.0
     class_prior: tuple[float, ...] | None = None
     noise_std: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1
     batch_norm_stats: bool = True
@@ -75,6 +84,8 @@ class StepLosses(BaseModel):
     consistency: float
     shape: float
     smoothness: float
+    share: float = 0.0
+    anchor: float = 0.0
 
 
 class AdaptReport(BaseModel):
@@ -144,6 +155,7 @@ def run_adaptation(
     *,
     spatial_dims: int,
     out_channels: int | None,
+    monitor: Callable[[int, StepLosses], bool] | None = None,
 ) -> tuple[list[StepLosses], list[float], int, float]:
     """The shared optimisation loop of ``adapt`` and ``tent_adapt``.
 
@@ -155,6 +167,8 @@ def run_adaptation(
         config: the settings.
         spatial_dims: 2 or 3, to check batch shapes.
         out_channels: number of classes, to check ``config.class_prior``; ``None`` skips it.
+        monitor: called after every step with the step index and its losses; returning
+            ``True`` stops the run there (early stopping). Default ``None``.
 
     Returns:
         ``(losses per step, class prior, images seen, seconds)``; the model is left in eval
@@ -167,10 +181,12 @@ def run_adaptation(
     from torch.nn.modules.batchnorm import _BatchNorm
 
     from personalization.outside.losses import (
+        anchor_loss,
         class_proportions,
         consistency_loss,
         entropy_loss,
         proportion_prior_loss,
+        share_prior_loss,
         smoothness_loss,
     )
     from personalization.outside.views import random_view
@@ -198,12 +214,14 @@ def run_adaptation(
             if isinstance(m, _BatchNorm) and (config.batch_norm_stats or m.running_mean is None):
                 m.train()
         batches = image_batches(loader, spatial_dims)
+        routed = list(getattr(model, "routed_layers", dict)().values())
+        initial_mix: list[torch.Tensor] | None = None
         try:
             for step in range(config.steps):
                 x = next(batches).to(device=device, dtype=torch.float32)
                 seen += x.shape[0]
                 zero = x.new_zeros(())
-                cons = shape = smooth = zero
+                cons = shape = smooth = share = anchor = zero
                 back = None
                 if config.consistency_weight > 0:
                     # The augmented copy runs first, so the routers' last_mix is the scan's own.
@@ -220,11 +238,20 @@ def run_adaptation(
                     shape = proportion_prior_loss(probs, prior)
                 if config.smoothness_weight > 0:
                     smooth = smoothness_loss(probs)
+                if config.share_weight > 0:
+                    share = share_prior_loss(probs, prior)
+                mixes = [m.live_mix for m in routed if m.live_mix is not None]
+                if config.anchor_weight > 0 and mixes:
+                    if initial_mix is None:  # the mix the routers start from
+                        initial_mix = [m.detach().mean(dim=0) for m in mixes]
+                    anchor = anchor_loss(mixes, initial_mix)
                 total = (
                     config.entropy_weight * ent
                     + config.consistency_weight * cons
                     + config.shape_weight * shape
                     + config.smoothness_weight * smooth
+                    + config.share_weight * share
+                    + config.anchor_weight * anchor
                 )
                 if not torch.isfinite(total):
                     raise RoutingError(
@@ -241,16 +268,26 @@ def run_adaptation(
                         consistency=float(cons.detach()),
                         shape=float(shape.detach()),
                         smoothness=float(smooth.detach()),
+                        share=float(share.detach()),
+                        anchor=float(anchor.detach()),
                     )
                 )
+                if monitor is not None and monitor(step, history[-1]):
+                    break
         finally:
             model.eval()
+            for m in routed:
+                m.live_mix = None
     assert prior is not None
     return history, [float(p) for p in prior.cpu()], seen, time.perf_counter() - started
 
 
 def adapt(
-    routed_model: Any, loader: Iterable[Any], config: AdaptConfig | None = None
+    routed_model: Any,
+    loader: Iterable[Any],
+    config: AdaptConfig | None = None,
+    *,
+    monitor: Callable[[int, StepLosses], bool] | None = None,
 ) -> AdaptReport:
     """Adapt a routed model's routers and norm affine parameters to unlabelled scans, in place.
 
@@ -260,6 +297,7 @@ def adapt(
             ``"image"`` is read (labels, if present, are ignored). Example: a MONAI
             ``DataLoader`` over the site's unlabelled test scans.
         config: settings; default ``AdaptConfig()``.
+        monitor: see ``run_adaptation`` (early stopping). Default ``None``.
 
     Returns:
         The report (losses per step, seconds, final mixing weights). The model is left in eval
@@ -280,6 +318,7 @@ def adapt(
         config,
         spatial_dims=routed_model.spec.spatial_dims,
         out_channels=routed_model.spec.out_channels,
+        monitor=monitor,
     )
     return AdaptReport(
         method="routing",

@@ -112,6 +112,8 @@ def tent_adapt(
             "consistency_weight": 0.0,
             "shape_weight": 0.0,
             "smoothness_weight": 0.0,
+            "share_weight": 0.0,
+            "anchor_weight": 0.0,
             "batch_norm_stats": True,
         }
     )

@@ -109,6 +109,8 @@ class RoutedConv(nn.Module):
         self.register_buffer("expert_bias", torch.zeros(bias_shape, dtype=conv.weight.dtype))
         self.router = Router(self.in_channels, num_experts, gate)
         self.last_mix: torch.Tensor | None = None
+        # The same mix with its graph, for the adaptation's anchor term (not saved).
+        self.live_mix: torch.Tensor | None = None
 
     def set_experts(self, weights: torch.Tensor, biases: torch.Tensor | None) -> None:
         """Copy stacked expert kernels ``(E, *w)`` and biases ``(E, out)`` into the buffers."""
@@ -135,6 +137,7 @@ class RoutedConv(nn.Module):
         b = x.shape[0]
         mix = self.mixing_weights(x)
         self.last_mix = mix.detach()
+        self.live_mix = mix if mix.requires_grad else None
         kernel = (mix @ self.expert_weight.flatten(1)).reshape(
             b * self.expert_weight.shape[1], *self.expert_weight.shape[2:]
         )

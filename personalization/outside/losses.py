@@ -8,6 +8,11 @@
   entropy minimisation alone is happy to grow the dominant class (background) until the organ
   disappears, and this term makes a batch whose predicted foreground shrinks pay for it.
 - ``smoothness_loss``: optional total variation of the soft masks (off by default).
+- ``share_prior_loss``: the squared log-ratio of the predicted to the expected foreground
+  share. Symmetric: a foreground that collapses to a tenth of the prior pays what one that
+  grows tenfold pays, where the KL term above barely notices an explosion.
+- ``anchor_loss``: ``KL(initial mix || current mix)`` of the routers, so that entropy
+  minimisation cannot drive every router to one expert (or away from all of them).
 """
 
 from __future__ import annotations
@@ -76,4 +81,47 @@ def smoothness_loss(probs: torch.Tensor) -> torch.Tensor:
         A scalar, averaged over spatial axes.
     """
     terms = [probs.diff(dim=d).abs().mean() for d in range(2, probs.dim())]
+    return torch.stack(terms).mean()
+
+
+def foreground_share(probs: torch.Tensor) -> torch.Tensor:
+    """Mean soft foreground share (everything but class 0) of ``probs`` ``(B, C, ...)``."""
+    return 1.0 - class_proportions(probs)[0]
+
+
+def share_prior_loss(probs: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """``log(predicted foreground share / prior foreground share) ** 2``.
+
+    Args:
+        probs: ``(B, C, *spatial)`` softmax predictions.
+        prior: ``(C,)`` expected class proportions, background first. Example:
+            ``torch.tensor([0.9, 0.1])``.
+
+    Returns:
+        A scalar >= 0: 0 at the prior's share, ``log(10) ** 2`` at a tenth or ten times it.
+    """
+    prior = prior.to(probs).clamp_min(_EPS)
+    prior_fg = (1.0 - prior[0] / prior.sum()).clamp_min(_EPS)
+    pred_fg = foreground_share(probs).clamp_min(_EPS)
+    return (pred_fg.log() - prior_fg.log()).pow(2)
+
+
+def anchor_loss(mixes: list[torch.Tensor], initial: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over routed layers of ``KL(initial || mix)``, averaged over the batch.
+
+    Args:
+        mixes: per routed layer, the ``(B, E)`` mixing weights of this forward pass (with
+            their graph). Example: ``[layer.live_mix for layer in model.routed_layers().values()]``.
+        initial: per layer, the ``(E,)`` or ``(B, E)`` mix the routers started from (the
+            uniform 1/E for a fresh routed model).
+
+    Returns:
+        A scalar >= 0, 0 while every router keeps its initial mix.
+    """
+    if not mixes:
+        raise ValueError("anchor_loss needs at least one routed layer's mix")
+    terms = []
+    for mix, start in zip(mixes, initial, strict=True):
+        start = start.to(mix).clamp_min(_EPS)
+        terms.append((start * (start.log() - mix.clamp_min(_EPS).log())).sum(dim=-1).mean())
     return torch.stack(terms).mean()

@@ -178,3 +178,20 @@ def test_assign_splits_gives_each_split_one_case_when_few() -> None:
     assert [len(splits[s]) for s in SplitName] == [1, 1, 1]
     with pytest.raises(ValueError, match="summing below 1"):
         assign_splits(["a"], val_frac=0.5, test_frac=0.5)
+
+
+def test_an_outside_site_declares_unlabelled_adaptation_scans_without_training(
+    tmp_path: Path,
+) -> None:
+    data = {k: v for k, v in MSD.items() if k not in ("training", "test")}
+    m = load_manifest(_write(tmp_path / "dataset.json", {**data, "adaptation": ["a.nii.gz"]}))
+    assert m.training == [] and m.is_outside_site
+    assert m.adaptation == [CaseEntry(image="a.nii.gz")]
+    assert m.adaptation_cases() == [CaseEntry(image="a.nii.gz")]
+    # Without an adaptation list, the test images (labels dropped) are what adaptation reads.
+    m = load_manifest(_write(tmp_path / "dataset.json", MSD))
+    assert not m.is_outside_site
+    assert m.adaptation_cases() == [CaseEntry(image="./imagesTs/la_001.nii.gz")]
+    bad = {**data, "adaptation": [{"image": "a.nii.gz", "label": "b.nii.gz"}]}
+    with pytest.raises(ManifestError, match="adaptation cases are unlabelled"):
+        load_manifest(_write(tmp_path / "dataset.json", bad))

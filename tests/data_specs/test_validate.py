@@ -91,10 +91,43 @@ def test_a_2d_image_for_a_3d_task_is_reported(tmp_path: Path) -> None:
 
 def test_empty_training_split_is_reported(tmp_path: Path) -> None:
     manifest = tiny_site(tmp_path)
-    _edit(manifest, training=[])
+    # Without test or adaptation scans an empty training split is not an outside site either.
+    _edit(manifest, training=[], test=None)
     report = validate_manifest(manifest, workers=1)
     assert [p.check for p in report.problems] == [ValidationCheck.SPLIT]
     assert "training" in report.problems[0].expected
+
+
+def test_an_outside_site_with_unlabelled_scans_only_is_valid(tmp_path: Path) -> None:
+    manifest = tiny_site(tmp_path, n_train=2, n_val=0, n_test=1)
+    data = json.loads(manifest.read_text())
+    images = [c["image"] for c in data["training"]]
+    for key in ("training", "validation"):
+        data.pop(key, None)
+    data["test"] = [{"image": c["image"]} for c in data["test"]]  # labels dropped
+    data["adaptation"] = images
+    manifest.write_text(json.dumps(data))
+    report = validate_manifest(manifest, workers=1)
+    assert report.ok, report.problems
+    assert report.cases == 3 and report.files == 3  # images only, each one read
+    _edit(manifest, training=[])  # written as an empty list: the same
+    assert validate_manifest(manifest, workers=1).ok
+
+
+def test_an_outside_site_manifest_is_checked_like_any_other(tmp_path: Path) -> None:
+    manifest = tiny_site(tmp_path, n_train=2, n_val=0, n_test=0)
+    data = json.loads(manifest.read_text())
+    images = [c["image"] for c in data.pop("training")]
+    data["adaptation"] = [*images, "images/missing.nii.gz"]
+    data["modality"] = {"0": "MRI", "1": "T2"}  # two channels declared, the scans have one
+    manifest.write_text(json.dumps(data))
+    checks = _by_check(validate_manifest(manifest, workers=1))
+    assert checks[ValidationCheck.EXISTS] == ["images/missing.nii.gz"]
+    assert sorted(checks[ValidationCheck.CHANNELS]) == sorted(images)
+    _edit(manifest, adaptation=[])
+    report = validate_manifest(manifest, workers=1)
+    assert {p.check for p in report.problems} == {ValidationCheck.SPLIT}
+    assert any("adaptation" in p.expected for p in report.problems)
 
 
 def test_a_manifest_that_does_not_load_is_one_problem(tmp_path: Path) -> None:
