@@ -18,6 +18,7 @@ from data_specs.constants import (
     PersonalizationMethod,
     Precision,
 )
+from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import TaskSpec
 
 _Strict = ConfigDict(extra="forbid")
@@ -82,6 +83,8 @@ class TrainConfig(BaseModel):
             (``fit=patch`` only). Default 0.33.
         persist_optimizer: keep the site's optimiser state across rounds (in the work dir).
             Default False.
+        validate_every: validate on the local validation split every k rounds (and always in
+            the last round); 1 validates every round. Default 1.
     """
 
     model_config = _Strict
@@ -100,6 +103,7 @@ class TrainConfig(BaseModel):
     channels_last: bool = True
     foreground_oversample: Annotated[float, Field(ge=0.0, le=1.0)] = 0.33
     persist_optimizer: bool = False
+    validate_every: Annotated[int, Field(ge=1, le=100_000)] = 1
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
 
@@ -154,6 +158,9 @@ class SiteMetrics(BaseModel):
         val_hd95: mean 95th-percentile Hausdorff distance (voxels or mm).
         num_val_cases: validation cases behind the figures.
         train_seconds: wall time of local training.
+        val_round: the round whose locally trained model the validation figures score (None
+            when this update carries none).
+        timeline: where the site's round went, phase by phase (``SiteTimeline``).
     """
 
     model_config = _Strict
@@ -164,6 +171,8 @@ class SiteMetrics(BaseModel):
     val_hd95: float | None = None
     num_val_cases: Annotated[int, Field(ge=0)] | None = None
     train_seconds: Annotated[float, Field(ge=0.0)] | None = None
+    val_round: Annotated[int, Field(ge=1)] | None = None
+    timeline: SiteTimeline | None = None
 
 
 class UpdateReceipt(BaseModel):

@@ -10,6 +10,7 @@ from data_specs.constants import SplitName
 from data_specs.errors import DataSpecError
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TaskAssignment
+from site_agent.data_cache import SiteDataCache, cache_key, code_fingerprint, manifest_fingerprint
 from site_agent.errors import ManifestRejectedError, TrainingError
 from site_agent.settings import SiteSettings
 from site_agent.trainer import SiteTrainer
@@ -69,6 +70,7 @@ def load_split(
     train: bool,
     seed: int,
     fit: FitMode = "crop",
+    cache: SiteDataCache | None = None,
 ) -> Dataset | None:
     """The dataset of one split (``data_specs.datasets.build_dataset``), None when not declared.
 
@@ -80,6 +82,8 @@ def load_split(
         seed: augmentation seed. Example: ``TrainConfig.seed``.
         fit: ``random`` patches (training), ``crop`` to the patch size (validation patches)
             or ``none`` (whole scans, for sliding-window evaluation). Default ``crop``.
+        cache: reuse the split's pre-processed cases across calls (``SiteDataCache``). Default
+            None (read the scans every time).
 
     Raises:
         TrainingError: the manifest does not fit the task spec, or a scan does not load.
@@ -89,14 +93,47 @@ def load_split(
     if split not in manifest.declared_splits():
         return None
     check_task_fits(manifest, spec)
-    try:
+
+    def build() -> Dataset:
         return build_dataset(manifest, spec, split, train=train, seed=seed, fit=fit)
+
+    def empty() -> Dataset:  # the same pipeline over no cases (a disk-cache hit)
+        view = manifest.model_copy(update={split.value: []})
+        return build_dataset(view, spec, split, train=train, seed=seed, fit=fit)
+
+    try:
+        if cache is None:
+            return build()
+        fingerprint = manifest_fingerprint(manifest)
+        if fingerprint is None:
+            return build()
+        key = cache_key(
+            manifest=fingerprint,
+            code=code_fingerprint(),
+            spec=spec.spec_hash(),
+            split=split.value,
+            train=train,
+            fit=fit,
+        )
+        return cache.dataset(key, seed=seed, build=build, template=empty)
     except DataSpecError as exc:
         # The cause names a scan file: keep it out of logs; `fedseg data validate` shows it.
         raise TrainingError(
             f"the local {split} split did not load ({type(exc).__name__}); run "
             "`fedseg data validate` on the manifest for the details"
         ) from exc
+
+
+def validates_in_round(task: TaskAssignment) -> bool:
+    """Whether the site validates in this task's round: every ``validate_every`` rounds, and
+    always in the experiment's last round.
+
+    Args:
+        task: the assignment. Example: round 4 with ``validate_every=2`` validates.
+    """
+    every = task.train.validate_every
+    last = task.total_rounds is not None and task.round >= task.total_rounds
+    return every <= 1 or task.round % every == 0 or last
 
 
 def check_task_fits(manifest: DatasetManifest, spec: TaskSpec) -> None:
@@ -116,9 +153,13 @@ def check_task_fits(manifest: DatasetManifest, spec: TaskSpec) -> None:
 class ManifestTrainers:
     """Trainer factory over the site's manifest: one trainer per task, seeded by the task.
 
+    The pre-processed cases of each split are cached across tasks (``SiteDataCache``: in
+    memory up to ``data_cache_memory_mb``, on disk in ``<work dir>/cache/data``), and the
+    validation split is loaded only in the rounds that validate (``TrainConfig.validate_every``).
+
     Args:
-        settings: site settings (manifest, device, workers).
-        workdir: the work dir (TensorBoard folder).
+        settings: site settings (manifest, device, workers, data cache).
+        workdir: the work dir (TensorBoard folder, data cache).
     """
 
     def __init__(self, settings: SiteSettings, workdir: WorkDir) -> None:
@@ -128,15 +169,32 @@ class ManifestTrainers:
         self.workdir = workdir
         self.manifest = load_manifest(settings.require_manifest())
         self.device = settings.resolve_device()
+        budget = settings.data_cache_memory_mb << 20
+        folder = workdir.root / "cache" / "data" if settings.data_cache_disk else None
+        self.cache = (
+            SiteDataCache(folder, memory_budget_bytes=budget)
+            if budget > 0 or folder is not None
+            else None
+        )
 
     def __call__(self, task: TaskAssignment) -> SiteTrainer:
         spec, seed = task.spec, task.train.seed
         # Random patches: the model sees the whole field of view that sliding-window inference
         # and `fedseg site evaluate` cover, not only the centre.
         train = load_split(
-            self.manifest, spec, SplitName.TRAINING, train=True, seed=seed, fit="random"
+            self.manifest,
+            spec,
+            SplitName.TRAINING,
+            train=True,
+            seed=seed,
+            fit="random",
+            cache=self.cache,
         )
-        val = load_split(self.manifest, spec, SplitName.VALIDATION, train=False, seed=seed)
+        val = None
+        if validates_in_round(task):
+            val = load_split(
+                self.manifest, spec, SplitName.VALIDATION, train=False, seed=seed, cache=self.cache
+            )
         assert train is not None  # a manifest always declares training
         return SiteTrainer(
             spec,

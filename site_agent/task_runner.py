@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from data_specs.bundle import sha256_hex
+from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import expected_tensors
 from data_specs.wire import SiteMetrics, TaskAssignment
 from site_agent.client import AggregatorClient
@@ -60,9 +62,14 @@ class TaskRunner:
     workdir: WorkDir
     client: AggregatorClient
     trainer_factory: TrainerFactory
+    _timeline: SiteTimeline = field(default_factory=SiteTimeline, init=False, repr=False)
+    _last_end: float | None = field(default=None, init=False, repr=False)
 
     def start(self, task: TaskAssignment) -> TaskOutcome:
         """Record a new task and run it."""
+        now = time.monotonic()
+        wait = None if self._last_end is None else now - self._last_end
+        self._timeline = SiteTimeline(received_at=time.time(), poll_wait_s=wait)
         state = TaskState(task=task, phase=TaskPhase.ASSIGNED)
         self.workdir.save_state(state)
         return self.resume(state)
@@ -78,16 +85,21 @@ class TaskRunner:
         task = state.task
         self.client.guard.allow_keys(task.spec_hash, expected_tensors(task.spec))
         files = RoundFiles(self.workdir, task)
+        if state.phase != TaskPhase.ASSIGNED and self._timeline.received_at is None:
+            self._timeline = SiteTimeline()  # resumed after a restart: earlier phases unknown
         try:
             if state.phase == TaskPhase.ASSIGNED:
                 self._check_spec(task)
+                started = time.monotonic()
                 files.download(self.client)
+                self._timeline.download_s = time.monotonic() - started
                 state = self._advance(state, TaskPhase.DOWNLOADED)
             if state.phase == TaskPhase.DOWNLOADED:
                 state = self._train(state, files)
             if state.phase == TaskPhase.TRAINED:
                 state = self._upload(state, files)
             outcome = self._finish(state, files)
+            self._end_task()
         except RoundClosedError as exc:
             log.info("task %s dropped: %s", task.task_id, exc)
             outcome = self._drop(task, None)
@@ -107,14 +119,25 @@ class TaskRunner:
             if state.phase in (TaskPhase.ASSIGNED, TaskPhase.DOWNLOADED):  # nothing sent yet
                 self._report(task, FailureReason.STORAGE)
             raise
+        if outcome == TaskOutcome.DROPPED:
+            self._end_task()
         return outcome
+
+    def _end_task(self) -> None:
+        self._last_end = time.monotonic()
+        self._timeline = SiteTimeline()
 
     # -- phases -----------------------------------------------------------------------------
     def _train(self, state: TaskState, files: RoundFiles) -> TaskState:
         task = state.task
+        timeline = self._timeline
+        started = time.monotonic()
         global_state = files.read_global()
         personal = files.previous_personal()
         trainer = self.trainer_factory(task)
+        timeline.load_s = time.monotonic() - started
+        started = time.monotonic()
+        validates = getattr(trainer, "val_data", None) is not None
         try:
             result = trainer.train_round(
                 global_state,
@@ -126,26 +149,37 @@ class TaskRunner:
             )
         finally:
             trainer.close()
+        # train_round validates after training: its train_seconds split the call in two.
+        total = time.monotonic() - started
+        train_s = min(result.metrics.train_seconds or total, total)
+        timeline.train_s = train_s
+        timeline.validate_s = total - train_s if validates else None
+        started = time.monotonic()
         sha = files.write_update(result, global_state)
         files.save_personal(result.personal_state)
+        timeline.encode_s = time.monotonic() - started
+        scored = result.metrics.val_dice is not None or result.metrics.num_val_cases is not None
+        metrics = result.metrics.model_copy(
+            update={"val_round": task.round if scored else None, "timeline": timeline}
+        )
         state = state.model_copy(
-            update={
-                "update_sha256": sha,
-                "num_samples": result.num_samples,
-                "metrics": result.metrics,
-            }
+            update={"update_sha256": sha, "num_samples": result.num_samples, "metrics": metrics}
         )
         return self._advance(state, TaskPhase.TRAINED)
 
     def _upload(self, state: TaskState, files: RoundFiles) -> TaskState:
         task = state.task
         body = files.read_update(state.update_sha256)
+        metrics = state.metrics or SiteMetrics()
+        if metrics.timeline is not None:  # resumed uploads keep what was measured before
+            stamped = metrics.timeline.model_copy(update={"upload_at": time.time()})
+            metrics = metrics.model_copy(update={"timeline": stamped})
         receipt = self.client.upload_update(
             task.task_id,
             body,
             sha256=sha256_hex(body),
             num_samples=state.num_samples,
-            metrics=state.metrics or SiteMetrics(),
+            metrics=metrics,
         )
         self.workdir.write_json(files.receipt_path, receipt.model_dump(mode="json"))
         return self._advance(state, TaskPhase.UPLOADED)
