@@ -64,10 +64,13 @@ def plot_gantt(
                 for phase, (start, end) in site.phases.items():
                     if start <= 0:
                         continue
-                    height = 0.3 if phase == "wait" else 0.7
+                    # wait: thin; load: the lower half (it runs beside the download).
+                    low, height = {"wait": (-0.15, 0.3), "load": (-0.4, 0.35)}.get(
+                        phase, (-0.35, 0.7)
+                    )
                     ax.broken_barh(
                         [(start - t0, max(end - start, 1e-4))],
-                        (y - height / 2, height),
+                        (y + low, height),
                         color=COLORS.get(phase, "gray"),
                     )
             if not zoomed:

@@ -201,9 +201,15 @@ def _site_phases(site: object) -> SitePhases:
             phases.phases["train"] = (0.0, metrics.train_seconds)
         return phases
     t = tl.received_at
+    if tl.download_s is not None:
+        phases.phases["download"] = (t, t + tl.download_s)
+        t += tl.download_s
+    if tl.load_s is not None:  # with the download (a new task) or after it (a resumed one)
+        start = tl.load_at if tl.load_at is not None else t
+        phases.phases["load"] = (start, start + tl.load_s)
+        t = max(t, start + tl.load_s)
+    t = tl.train_at if tl.train_at is not None else t
     for name, seconds in (
-        ("download", tl.download_s),
-        ("load", tl.load_s),
         ("train", tl.train_s),
         ("validate", tl.validate_s),
         ("encode", tl.encode_s),

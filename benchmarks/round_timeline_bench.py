@@ -38,8 +38,9 @@ from data_specs.task_spec import TaskSpec
 NAME = "round_timeline_bench"
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers" / "flower_overhead"
 TRAIN_SECONDS = 2.0
-# MONAI UNet(2D, 1 -> 2 channels, (16, 32, 64, 128), strides 2, 2 residual units), instance
-# norm without affine weights: the 49 tensors (1,606,420 bytes) of the Flower harness's unet2d.
+# MONAI UNet(2D, 1 -> 2 channels, (16, 32, 64, 128), strides 2, 2 residual units): the Flower
+# harness's unet2d (49 tensors, 1,606,420 bytes); fedseg builds it with affine instance norm,
+# so 26 more small tensors: 75 tensors, 1,611,044 bytes.
 SLEEP_SPEC = TaskSpec(
     spatial_dims=2,
     in_channels=1,
@@ -194,6 +195,7 @@ def _report(
         f"- The Flower peer harness's workload on both: N = {setting.clients} clients, "
         f'{setting.rounds} rounds, a fixed {TRAIN_SECONDS:.0f} s "training" (Gaussian noise '
         "on every weight + sleep), the 49 float32 tensors of the 2D MONAI U-Net (1,606,420 "
+        "bytes; fedseg's build adds affine instance-norm weights: 75 tensors, 1,611,044 "
         "bytes) each way, FedAvg, every client every round, no federated evaluation.",
         "- fedseg: `fedseg aggregator serve` (SQLite, default settings) and one "
         "`python -m benchmarks.sleep_site` process per site: the real agent loop (long poll, "
@@ -238,6 +240,12 @@ def _report(
         ),
         "",
         f"Flower: {flower.note or 'run in this benchmark'}.",
+        "",
+        f"fedseg start-up, seconds after launching the aggregator process: healthy "
+        f"{run.t_healthy - run.t_launch:.2f}, {setting.clients} agents started and enrolled "
+        f"{run.t_enrolled - run.t_launch:.2f}, experiment created and started "
+        f"{run.t_started - run.t_launch:.2f}, round 1 open {startup:.2f}, first training "
+        f"{_first_training(figures) - run.t_launch:.2f}.",
         "",
         "## fedseg per round",
         "",
@@ -289,6 +297,11 @@ def _report(
             "",
         ]
     return "\n".join(lines)
+
+
+def _first_training(figures: list[RoundFigures]) -> float:
+    starts = [s.phases["train"][0] for s in figures[0].sites if "train" in s.phases]
+    return min(starts) if starts else float("nan")
 
 
 def _ms(seconds: float | None) -> str:

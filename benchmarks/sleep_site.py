@@ -14,13 +14,12 @@ import argparse
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from data_specs.wire import SiteMetrics, TaskAssignment, TrainConfig
-from site_agent.trainer import TrainResult
+
+if TYPE_CHECKING:
+    from site_agent.trainer import TrainResult
 
 
 class SleepTrainer:
@@ -48,6 +47,11 @@ class SleepTrainer:
         round_: int = 1,
     ) -> TrainResult:
         """Perturb the weights, then wait until ``seconds`` have passed since the call."""
+        import numpy as np
+        import torch
+
+        from site_agent.trainer import TrainResult
+
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(config.seed)
         state: dict[str, torch.Tensor] = {}

@@ -1,7 +1,7 @@
 """Where a site's round went: the per-phase timings a site reports with its update.
 
-Durations are seconds measured with a monotonic clock on the site; the two instants
-(``received_at``, ``upload_at``) are Unix times on the site's clock, so that a timeline of all
+Durations are seconds measured with a monotonic clock on the site; the instants
+(``received_at``, ``load_at``, ``train_at``, ``upload_at``) are Unix times on the site's clock, so that a timeline of all
 sites can be drawn next to the aggregator's own timestamps (exact on one host; across hosts
 as good as the clocks' agreement).
 """
@@ -23,8 +23,11 @@ class SiteTimeline(BaseModel):
         received_at: Unix time the task arrived (the long poll returned). Example: ``1.7e9``.
         poll_wait_s: idle time between the end of the site's previous task and this one's
             arrival (waiting for the round to close and the next to open).
-        download_s: downloading and verifying the global model.
+        download_s: downloading and verifying the global model (starts at ``received_at``).
+        load_at: Unix time the datasets and the model began to be built (with the download,
+            on a second thread, for a new task).
         load_s: building the datasets and the model (the data cache makes later rounds cheap).
+        train_at: Unix time training began (after both the download and the load).
         train_s: local training (optimiser steps, personalisation).
         validate_s: validating the trained model on the local validation split.
         encode_s: encoding and writing the update to the work dir.
@@ -36,7 +39,9 @@ class SiteTimeline(BaseModel):
     received_at: Annotated[float, Field(ge=0.0)] | None = None
     poll_wait_s: _Seconds | None = None
     download_s: _Seconds | None = None
+    load_at: Annotated[float, Field(ge=0.0)] | None = None
     load_s: _Seconds | None = None
+    train_at: Annotated[float, Field(ge=0.0)] | None = None
     train_s: _Seconds | None = None
     validate_s: _Seconds | None = None
     encode_s: _Seconds | None = None

@@ -13,7 +13,6 @@ from data_specs.wire import TaskAssignment
 from site_agent.data_cache import SiteDataCache, cache_key, code_fingerprint, manifest_fingerprint
 from site_agent.errors import ManifestRejectedError, TrainingError
 from site_agent.settings import SiteSettings
-from site_agent.trainer import SiteTrainer
 from site_agent.workdir import WorkDir
 
 if TYPE_CHECKING:
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
     from data_specs.manifest import DatasetManifest
     from data_specs.transforms import FitMode
     from data_specs.validate import ValidationReport
+    from site_agent.trainer import SiteTrainer
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,8 @@ class ManifestTrainers:
         )
 
     def __call__(self, task: TaskAssignment) -> SiteTrainer:
+        from site_agent.trainer import SiteTrainer
+
         spec, seed = task.spec, task.train.seed
         # Random patches: the model sees the whole field of view that sliding-window inference
         # and `fedseg site evaluate` cover, not only the centre.

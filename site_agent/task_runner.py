@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -87,15 +89,18 @@ class TaskRunner:
         files = RoundFiles(self.workdir, task)
         if state.phase != TaskPhase.ASSIGNED and self._timeline.received_at is None:
             self._timeline = SiteTimeline()  # resumed after a restart: earlier phases unknown
+        prefetch: Future[tuple[SiteTrainer, float]] | None = None
         try:
             if state.phase == TaskPhase.ASSIGNED:
                 self._check_spec(task)
+                prefetch = self._prefetch(task)  # the data loads while the model downloads
                 started = time.monotonic()
                 files.download(self.client)
                 self._timeline.download_s = time.monotonic() - started
                 state = self._advance(state, TaskPhase.DOWNLOADED)
             if state.phase == TaskPhase.DOWNLOADED:
-                state = self._train(state, files)
+                taken, prefetch = prefetch, None  # _train closes the trainer it takes
+                state = self._train(state, files, taken)
             if state.phase == TaskPhase.TRAINED:
                 state = self._upload(state, files)
             outcome = self._finish(state, files)
@@ -119,6 +124,9 @@ class TaskRunner:
             if state.phase in (TaskPhase.ASSIGNED, TaskPhase.DOWNLOADED):  # nothing sent yet
                 self._report(task, FailureReason.STORAGE)
             raise
+        finally:
+            if prefetch is not None:  # the task ended before training: close what was built
+                prefetch.add_done_callback(_close_prefetched)
         if outcome == TaskOutcome.DROPPED:
             self._end_task()
         return outcome
@@ -128,17 +136,46 @@ class TaskRunner:
         self._timeline = SiteTimeline()
 
     # -- phases -----------------------------------------------------------------------------
-    def _train(self, state: TaskState, files: RoundFiles) -> TaskState:
+    def _prefetch(self, task: TaskAssignment) -> Future[tuple[SiteTrainer, float]]:
+        """Build the task's trainer (datasets and model) on a second thread."""
+        future: Future[tuple[SiteTrainer, float]] = Future()
+        self._timeline.load_at = time.time()
+
+        def build() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            started = time.monotonic()
+            try:
+                trainer = self.trainer_factory(task)
+            except BaseException as exc:  # re-raised where the trainer is taken
+                future.set_exception(exc)
+            else:
+                future.set_result((trainer, time.monotonic() - started))
+
+        threading.Thread(target=build, name="fedseg-load", daemon=True).start()
+        return future
+
+    def _train(
+        self,
+        state: TaskState,
+        files: RoundFiles,
+        prefetch: Future[tuple[SiteTrainer, float]] | None = None,
+    ) -> TaskState:
         task = state.task
         timeline = self._timeline
-        started = time.monotonic()
-        global_state = files.read_global()
-        personal = files.previous_personal()
-        trainer = self.trainer_factory(task)
-        timeline.load_s = time.monotonic() - started
-        started = time.monotonic()
+        if prefetch is None:  # resumed after a restart: load now
+            timeline.load_at = time.time()
+            started = time.monotonic()
+            trainer = self.trainer_factory(task)
+            timeline.load_s = time.monotonic() - started
+        else:
+            trainer, timeline.load_s = prefetch.result()
         validates = getattr(trainer, "val_data", None) is not None
         try:
+            global_state = files.read_global()
+            personal = files.previous_personal()
+            timeline.train_at = time.time()
+            started = time.monotonic()
             result = trainer.train_round(
                 global_state,
                 task.train,
@@ -200,6 +237,7 @@ class TaskRunner:
             log.warning("task %s: update rejected by the aggregator: %s", task.task_id, reason)
         if self.settings.share_personal:
             self._share_personal(task, files)
+        files.keep_global()
         files.clean_up()
         self.workdir.clear_state()
         return TaskOutcome.ACCEPTED if accepted else TaskOutcome.REJECTED
@@ -239,3 +277,8 @@ class TaskRunner:
                 f"task {task.task_id} names spec hash {task.spec_hash} but its spec hashes to "
                 f"{task.spec.spec_hash()}"
             )
+
+
+def _close_prefetched(future: Future[tuple[SiteTrainer, float]]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result()[0].close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -93,12 +94,17 @@ def pick_threads(
 def apply_site_threads(env: Mapping[str, str] | None = None) -> int:
     """Set torch's intra-op threads as ``pick_threads`` says; returns the count.
 
+    Before torch is imported this only sets ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``
+    (torch sizes its pool from them when it loads), so the agent can enroll and start polling
+    without waiting for torch; afterwards it calls ``torch.set_num_threads``.
+
     Raises:
         SiteSettingsError: a bad ``FEDSEG_SITE_THREADS``.
     """
-    import torch
-
     threads, source = pick_threads(env)
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     log.info("torch uses %d thread(s) (%s)", threads, source)
     return threads
