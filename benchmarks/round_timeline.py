@@ -132,7 +132,7 @@ def run_federation(
             ),
             env={**env, **(aggregator_env or {})},
         )
-        wait_healthy(f"{url}/healthz", agg)
+        wait_healthy(f"{url}/healthz", agg, timeout_s=600)  # a loaded machine starts slowly
         t_healthy = time.time()
         researcher = ResearcherClient(http)
         researcher.create_researcher(admin, "round-timeline-bench")

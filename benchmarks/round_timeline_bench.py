@@ -158,7 +158,7 @@ def _flower(work: Path, setting: Setting, venv: Path | None) -> FlowerResult:
         "--clients", str(setting.clients), "--rounds", str(setting.rounds),
         "--train-seconds", str(TRAIN_SECONDS), "--out", str(out),
         "--workdir", str(work / "run"), "--venv", str(venv), "--idle-busy-max", "0",
-        "--timeout", "2700",
+        "--timeout", "2400",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3300, check=False)
     (work / "driver.log").write_text(proc.stdout + proc.stderr)
