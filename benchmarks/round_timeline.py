@@ -116,7 +116,7 @@ def run_federation(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     t_launch = time.time()
-    with process_group(work / "logs") as group, httpx.Client(base_url=url, timeout=60) as http:
+    with process_group(work / "logs") as group, httpx.Client(base_url=url, timeout=600) as http:
         env = {"FEDSEG_AGG_ADMIN_TOKEN": admin, "FEDSEG_AGG_LOG_LEVEL": "WARNING"}
         agg = group.start(
             "aggregator",
