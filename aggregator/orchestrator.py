@@ -184,6 +184,7 @@ class Orchestrator:
             to_status=RoundStatus.AGGREGATING,
         ):
             return "wait", set()
+        rnd.aggregating_at = now
         expired = round_crud.expire_open_tasks(session, round_id=rnd.id)
         accepted = sum(
             t.status == TaskStatus.ACCEPTED
@@ -314,6 +315,7 @@ class Orchestrator:
             rnd = session.get(Round, round_id, populate_existing=True)
             assert rnd is not None
             rnd.closed_at = now
+            rnd.aggregate_seconds = seconds
             if session.get(GlobalModel, (experiment_id, number)) is None:
                 session.add(
                     GlobalModel(

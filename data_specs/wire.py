@@ -19,6 +19,7 @@ from data_specs.constants import (
     Precision,
 )
 from data_specs.privacy.secagg_wire import SecAggTask
+from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import TaskSpec
 
 _Strict = ConfigDict(extra="forbid")
@@ -83,6 +84,8 @@ class TrainConfig(BaseModel):
             (``fit=patch`` only). Default 0.33.
         persist_optimizer: keep the site's optimiser state across rounds (in the work dir).
             Default False.
+        validate_every: validate on the local validation split every k rounds (and always in
+            the last round); 1 validates every round. Default 1.
     """
 
     model_config = _Strict
@@ -101,6 +104,7 @@ class TrainConfig(BaseModel):
     channels_last: bool = True
     foreground_oversample: Annotated[float, Field(ge=0.0, le=1.0)] = 0.33
     persist_optimizer: bool = False
+    validate_every: Annotated[int, Field(ge=1, le=100_000)] = 1
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
 
@@ -161,6 +165,9 @@ class SiteMetrics(BaseModel):
         train_seconds: wall time of local training.
         val_dice_global: mean Dice of the global model the site received, on its validation split.
         val_dice_personal: mean Dice of the site's personal model after this round, same split.
+        val_round: the round whose locally trained model the validation figures score (None
+            when this update carries none).
+        timeline: where the site's round went, phase by phase (``SiteTimeline``).
     """
 
     model_config = _Strict
@@ -173,6 +180,8 @@ class SiteMetrics(BaseModel):
     val_hd95: float | None = None
     num_val_cases: Annotated[int, Field(ge=0)] | None = None
     train_seconds: Annotated[float, Field(ge=0.0)] | None = None
+    val_round: Annotated[int, Field(ge=1)] | None = None
+    timeline: SiteTimeline | None = None
 
 
 class UpdateReceipt(BaseModel):

@@ -125,6 +125,7 @@ def run(
 ) -> None:
     """Validate the local data, enroll on first start, then train on the aggregator's tasks."""
     from site_agent.loop import SiteAgent
+    from site_agent.threads import apply_site_threads
 
     _setup_logging(log_level)
     try:
@@ -138,6 +139,7 @@ def run(
             allow_insecure_http=allow_insecure_http,
             poll_wait_s=poll_wait,
         )
+        apply_site_threads()
         with SiteAgent(settings) as agent:
             summary = agent.run(once=once, max_tasks=max_tasks)
     except SiteAgentError as exc:

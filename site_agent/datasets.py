@@ -10,9 +10,9 @@ from data_specs.constants import InputFit, SplitName
 from data_specs.errors import DataSpecError
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TaskAssignment
+from site_agent.data_cache import SiteDataCache, cache_key, code_fingerprint, manifest_fingerprint
 from site_agent.errors import ManifestRejectedError, TrainingError
 from site_agent.settings import SiteSettings
-from site_agent.trainer import SiteTrainer
 from site_agent.workdir import WorkDir
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from data_specs.manifest import DatasetManifest
     from data_specs.transforms import FitMode
     from data_specs.validate import ValidationReport
+    from site_agent.trainer import SiteTrainer
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def load_split(
     seed: int,
     fit: FitMode = "crop",
     foreground_ratio: float = 0.0,
+    cache: SiteDataCache | None = None,
 ) -> Dataset | None:
     """The dataset of one split (``data_specs.datasets.build_dataset``), None when not declared.
 
@@ -84,6 +86,8 @@ def load_split(
             A task whose spec says ``fit = resize`` always gets whole slices (or volumes)
             resized to the patch size, un-augmented: its trainer augments whole batches.
         foreground_ratio: share of random patches centred on a labelled voxel. Default 0.
+        cache: reuse the split's pre-processed cases across calls (``SiteDataCache``). Default
+            None (read the scans every time).
 
     Raises:
         TrainingError: the manifest does not fit the task spec, or a scan does not load.
@@ -93,26 +97,63 @@ def load_split(
     if split not in manifest.declared_splits():
         return None
     check_task_fits(manifest, spec)
-    try:
-        if spec.fit == InputFit.RESIZE and fit != "none":
-            return build_dataset(
-                manifest, spec, split, train=train, seed=seed, fit="resize", augment=False
-            )
+    if spec.fit == InputFit.RESIZE and fit != "none":
+        # Whole slices resized to the patch size, un-augmented: the trainer augments batches.
+        fit, augment, foreground_ratio = "resize", False, 0.0
+    else:
+        augment = None
+
+    def build_from(view: DatasetManifest) -> Dataset:
         return build_dataset(
-            manifest,
+            view,
             spec,
             split,
             train=train,
             seed=seed,
             fit=fit,
+            augment=augment,
             foreground_ratio=foreground_ratio,
         )
+
+    def build() -> Dataset:
+        return build_from(manifest)
+
+    def empty() -> Dataset:  # the same pipeline over no cases (a disk-cache hit)
+        return build_from(manifest.model_copy(update={split.value: []}))
+
+    try:
+        if cache is None:
+            return build()
+        fingerprint = manifest_fingerprint(manifest)
+        if fingerprint is None:
+            return build()
+        key = cache_key(
+            manifest=fingerprint,
+            code=code_fingerprint(),
+            spec=spec.spec_hash(),
+            split=split.value,
+            train=train,
+            fit=f"{fit}/foreground={foreground_ratio}",
+        )
+        return cache.dataset(key, seed=seed, build=build, template=empty)
     except DataSpecError as exc:
         # The cause names a scan file: keep it out of logs; `fedseg data validate` shows it.
         raise TrainingError(
             f"the local {split} split did not load ({type(exc).__name__}); run "
             "`fedseg data validate` on the manifest for the details"
         ) from exc
+
+
+def validates_in_round(task: TaskAssignment) -> bool:
+    """Whether the site validates in this task's round: every ``validate_every`` rounds, and
+    always in the experiment's last round.
+
+    Args:
+        task: the assignment. Example: round 4 with ``validate_every=2`` validates.
+    """
+    every = task.train.validate_every
+    last = task.total_rounds is not None and task.round >= task.total_rounds
+    return every <= 1 or task.round % every == 0 or last
 
 
 def check_task_fits(manifest: DatasetManifest, spec: TaskSpec) -> None:
@@ -132,9 +173,13 @@ def check_task_fits(manifest: DatasetManifest, spec: TaskSpec) -> None:
 class ManifestTrainers:
     """Trainer factory over the site's manifest: one trainer per task, seeded by the task.
 
+    The pre-processed cases of each split are cached across tasks (``SiteDataCache``: in
+    memory up to ``data_cache_memory_mb``, on disk in ``<work dir>/cache/data``), and the
+    validation split is loaded only in the rounds that validate (``TrainConfig.validate_every``).
+
     Args:
-        settings: site settings (manifest, device, workers).
-        workdir: the work dir (TensorBoard folder).
+        settings: site settings (manifest, device, workers, data cache).
+        workdir: the work dir (TensorBoard folder, data cache).
     """
 
     def __init__(self, settings: SiteSettings, workdir: WorkDir) -> None:
@@ -147,26 +192,40 @@ class ManifestTrainers:
         # Optimiser states of the experiments this site trains (``persist_optimizer``), kept in
         # memory between rounds; a restart begins afresh.
         self.optimizer_states: dict[str, dict[str, Any]] = {}
-        # The last task's prepared splits, reused while the spec and data options stay the same:
-        # later rounds of an experiment re-read no scan (the augmentation is re-seeded per task).
-        self._cached: tuple[Any, Any, Any] | None = None
+        # Whole validation scans, prepared once per task spec.
+        self._eval_cases: tuple[str, Any] | None = None
+        budget = settings.data_cache_memory_mb << 20
+        folder = workdir.root / "cache" / "data" if settings.data_cache_disk else None
+        self.cache = (
+            SiteDataCache(folder, memory_budget_bytes=budget)
+            if budget > 0 or folder is not None
+            else None
+        )
 
     def __call__(self, task: TaskAssignment) -> SiteTrainer:
+        from site_agent.trainer import SiteTrainer
+
         spec, seed = task.spec, task.train.seed
         if not self.manifest.training:
             raise TrainingError(
                 "the manifest lists no training cases (an outside site's manifest): an outside "
                 "site adapts with `fedseg site adapt` instead of training"
             )
-        key = (spec.spec_hash(), task.train.foreground_oversample)
-        if self._cached is not None and self._cached[0] == key:
-            train, val = self._cached[1], self._cached[2]
-            transform = getattr(train, "transform", None)
-            if hasattr(transform, "set_random_state"):
-                transform.set_random_state(seed=seed)
-        else:
-            train, val = self._load(task)
-            self._cached = (key, train, val)
+        # Random patches: the model sees the whole field of view that sliding-window inference
+        # and `fedseg site evaluate` cover, not only the centre.
+        train = load_split(
+            self.manifest,
+            spec,
+            SplitName.TRAINING,
+            train=True,
+            seed=seed,
+            fit="random",
+            foreground_ratio=task.train.foreground_oversample,
+            cache=self.cache,
+        )
+        val = None
+        if validates_in_round(task) and SplitName.VALIDATION in self.manifest.declared_splits():
+            val = self._validation_cases(spec)
         assert train is not None  # a manifest always declares training
         return SiteTrainer(
             spec,
@@ -178,23 +237,12 @@ class ManifestTrainers:
             optimizer_states=self.optimizer_states,
         )
 
-    def _load(self, task: TaskAssignment) -> tuple[Any, Any]:
-        spec, seed = task.spec, task.train.seed
-        # Random patches: the model sees the whole field of view that sliding-window inference
-        # and `fedseg site evaluate` cover, not only the centre.
-        train = load_split(
-            self.manifest,
-            spec,
-            SplitName.TRAINING,
-            train=True,
-            seed=seed,
-            fit="random",
-            foreground_ratio=task.train.foreground_oversample,
-        )
-        val = None
-        if SplitName.VALIDATION in self.manifest.declared_splits():
-            from site_agent.scan_evaluation import load_eval_cases
+    def _validation_cases(self, spec: TaskSpec) -> list[Any]:
+        """Whole validation scans in their own geometry (as `fedseg site evaluate` scores),
+        prepared once per task spec and kept for the following rounds."""
+        from site_agent.scan_evaluation import load_eval_cases
 
-            # Validation scores whole scans in their own geometry, as `fedseg site evaluate`.
-            val = load_eval_cases(self.manifest, spec, SplitName.VALIDATION)
-        return train, val
+        key = spec.spec_hash()
+        if self._eval_cases is None or self._eval_cases[0] != key:
+            self._eval_cases = (key, load_eval_cases(self.manifest, spec, SplitName.VALIDATION))
+        return self._eval_cases[1]

@@ -40,12 +40,14 @@ class EvalResult:
         Args:
             **extra: other aggregate fields. Example: ``train_loss=0.42, train_seconds=12.0``.
         """
-        return SiteMetrics(
-            val_dice=_finite_or_none(self.mean_dice),
-            val_dice_per_class=[_finite_or_zero(d) for d in self.dice_per_class],
-            val_hd95=self.hd95,
-            num_val_cases=self.num_cases,
-            **{k: _finite_or_none(v) for k, v in extra.items()},
+        return SiteMetrics.model_validate(
+            {
+                "val_dice": _finite_or_none(self.mean_dice),
+                "val_dice_per_class": [_finite_or_zero(d) for d in self.dice_per_class],
+                "val_hd95": self.hd95,
+                "num_val_cases": self.num_cases,
+                **{k: _finite_or_none(v) for k, v in extra.items()},
+            }
         )
 
 

@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -20,8 +22,10 @@ from site_agent.enrollment import enroll, ensure_token
 from site_agent.fingerprints import FingerprintSync
 from site_agent.retry import Backoff
 from site_agent.settings import SiteSettings
-from site_agent.task_runner import TaskOutcome, TaskRunner, TrainerFactory
 from site_agent.workdir import WorkDir
+
+if TYPE_CHECKING:
+    from site_agent.task_runner import TaskOutcome, TaskRunner, TrainerFactory
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,8 @@ class SiteAgent:
         ensure_token(self.client, self.settings, self.workdir)
         self.fingerprints.sync()  # for plan: auto; again whenever the manifest changes
         self._prepared = True
+        # Enrolled and ready to poll: torch and MONAI import while the first long poll waits.
+        threading.Thread(target=_warm_imports, name="fedseg-imports", daemon=True).start()
 
     def enroll(self) -> EnrollResponse:
         """Enroll now with the configured enrollment token (see ``site_agent.enrollment``)."""
@@ -125,6 +131,8 @@ class SiteAgent:
             WorkDirError: the disk is full or the work dir unwritable.
         """
         self.prepare()
+        from site_agent.task_runner import TaskRunner
+
         limit = 1 if once else max_tasks
         summary = RunSummary()
         runner = TaskRunner(self.settings, self.workdir, self.client, self._factory)  # type: ignore[arg-type]
@@ -155,6 +163,8 @@ class SiteAgent:
         """
         self.prepare()
         if self._runner is None:
+            from site_agent.task_runner import TaskRunner
+
             self._runner = TaskRunner(self.settings, self.workdir, self.client, self._factory)  # type: ignore[arg-type]
             state = self.workdir.load_state()
             if state is not None:
@@ -177,3 +187,15 @@ class SiteAgent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_HEAVY_MODULES = ("site_agent.task_runner", "site_agent.datasets", "monai.data")
+
+
+def _warm_imports() -> None:
+    """Import the training stack in the background (the import lock keeps this safe)."""
+    for name in _HEAVY_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the foreground import raises it properly when it is needed
+            return

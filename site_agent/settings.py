@@ -47,6 +47,10 @@ class SiteSettings(BaseSettings):
         backoff_max_s: largest retry delay. Default 60.0.
         max_retries: retries of one request before giving up with a clear error. Default 8.
         num_workers: DataLoader worker processes. Default 0 (deterministic, no fork).
+        data_cache_memory_mb: memory for pre-processed cases kept across rounds; 0 keeps none
+            in memory. Default 2048.
+        data_cache_disk: also keep them in ``<work dir>/cache/data`` (read at the next start
+            instead of the scans). Default True.
     """
 
     model_config = SettingsConfigDict(
@@ -68,6 +72,8 @@ class SiteSettings(BaseSettings):
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     max_retries: Annotated[int, Field(ge=0, le=1000)] = 8
     num_workers: Annotated[int, Field(ge=0, le=64)] = 0
+    data_cache_memory_mb: Annotated[int, Field(ge=0, le=1 << 20)] = 2048
+    data_cache_disk: bool = True
 
     @field_validator("aggregator_url")
     @classmethod

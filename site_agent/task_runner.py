@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from data_specs.bundle import sha256_hex
+from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import expected_tensors
 from data_specs.wire import SiteMetrics, TaskAssignment, UpdateReceipt
 from site_agent.client import AggregatorClient
@@ -60,9 +64,14 @@ class TaskRunner:
     workdir: WorkDir
     client: AggregatorClient
     trainer_factory: TrainerFactory
+    _timeline: SiteTimeline = field(default_factory=SiteTimeline, init=False, repr=False)
+    _last_end: float | None = field(default=None, init=False, repr=False)
 
     def start(self, task: TaskAssignment) -> TaskOutcome:
         """Record a new task and run it."""
+        now = time.monotonic()
+        wait = None if self._last_end is None else now - self._last_end
+        self._timeline = SiteTimeline(received_at=time.time(), poll_wait_s=wait)
         state = TaskState(task=task, phase=TaskPhase.ASSIGNED)
         self.workdir.save_state(state)
         return self.resume(state)
@@ -78,16 +87,24 @@ class TaskRunner:
         task = state.task
         self.client.guard.allow_keys(task.spec_hash, expected_tensors(task.spec))
         files = RoundFiles(self.workdir, task)
+        if state.phase != TaskPhase.ASSIGNED and self._timeline.received_at is None:
+            self._timeline = SiteTimeline()  # resumed after a restart: earlier phases unknown
+        prefetch: Future[tuple[SiteTrainer, float]] | None = None
         try:
             if state.phase == TaskPhase.ASSIGNED:
                 self._check_spec(task)
+                prefetch = self._prefetch(task)  # the data loads while the model downloads
+                started = time.monotonic()
                 files.download(self.client)
+                self._timeline.download_s = time.monotonic() - started
                 state = self._advance(state, TaskPhase.DOWNLOADED)
             if state.phase == TaskPhase.DOWNLOADED:
-                state = self._train(state, files)
+                taken, prefetch = prefetch, None  # _train closes the trainer it takes
+                state = self._train(state, files, taken)
             if state.phase == TaskPhase.TRAINED:
                 state = self._upload(state, files)
             outcome = self._finish(state, files)
+            self._end_task()
         except RoundClosedError as exc:
             log.info("task %s dropped: %s", task.task_id, exc)
             outcome = self._drop(task, None)
@@ -107,15 +124,58 @@ class TaskRunner:
             if state.phase in (TaskPhase.ASSIGNED, TaskPhase.DOWNLOADED):  # nothing sent yet
                 self._report(task, FailureReason.STORAGE)
             raise
+        finally:
+            if prefetch is not None:  # the task ended before training: close what was built
+                prefetch.add_done_callback(_close_prefetched)
+        if outcome == TaskOutcome.DROPPED:
+            self._end_task()
         return outcome
 
+    def _end_task(self) -> None:
+        self._last_end = time.monotonic()
+        self._timeline = SiteTimeline()
+
     # -- phases -----------------------------------------------------------------------------
-    def _train(self, state: TaskState, files: RoundFiles) -> TaskState:
+    def _prefetch(self, task: TaskAssignment) -> Future[tuple[SiteTrainer, float]]:
+        """Build the task's trainer (datasets and model) on a second thread."""
+        future: Future[tuple[SiteTrainer, float]] = Future()
+        self._timeline.load_at = time.time()
+
+        def build() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            started = time.monotonic()
+            try:
+                trainer = self.trainer_factory(task)
+            except BaseException as exc:  # re-raised where the trainer is taken
+                future.set_exception(exc)
+            else:
+                future.set_result((trainer, time.monotonic() - started))
+
+        threading.Thread(target=build, name="fedseg-load", daemon=True).start()
+        return future
+
+    def _train(
+        self,
+        state: TaskState,
+        files: RoundFiles,
+        prefetch: Future[tuple[SiteTrainer, float]] | None = None,
+    ) -> TaskState:
         task = state.task
-        global_state = files.read_global()
-        personal = files.previous_personal()
-        trainer = self.trainer_factory(task)
+        timeline = self._timeline
+        if prefetch is None:  # resumed after a restart: load now
+            timeline.load_at = time.time()
+            started = time.monotonic()
+            trainer = self.trainer_factory(task)
+            timeline.load_s = time.monotonic() - started
+        else:
+            trainer, timeline.load_s = prefetch.result()
+        validates = getattr(trainer, "val_data", None) is not None
         try:
+            global_state = files.read_global()
+            personal = files.previous_personal()
+            timeline.train_at = time.time()
+            started = time.monotonic()
             result = trainer.train_round(
                 global_state,
                 task.train,
@@ -127,20 +187,31 @@ class TaskRunner:
             )
         finally:
             trainer.close()
+        # train_round validates after training: its train_seconds split the call in two.
+        total = time.monotonic() - started
+        train_s = min(result.metrics.train_seconds or total, total)
+        timeline.train_s = train_s
+        timeline.validate_s = total - train_s if validates else None
+        started = time.monotonic()
         sha = files.write_update(result, global_state)
         files.save_personal(result.personal_state)
+        timeline.encode_s = time.monotonic() - started
+        scored = result.metrics.val_dice is not None or result.metrics.num_val_cases is not None
+        metrics = result.metrics.model_copy(
+            update={"val_round": task.round if scored else None, "timeline": timeline}
+        )
         state = state.model_copy(
-            update={
-                "update_sha256": sha,
-                "num_samples": result.num_samples,
-                "metrics": result.metrics,
-            }
+            update={"update_sha256": sha, "num_samples": result.num_samples, "metrics": metrics}
         )
         return self._advance(state, TaskPhase.TRAINED)
 
     def _upload(self, state: TaskState, files: RoundFiles) -> TaskState:
         task = state.task
         body = files.read_update(state.update_sha256)
+        metrics = state.metrics or SiteMetrics()
+        if metrics.timeline is not None:  # resumed uploads keep what was measured before
+            stamped = metrics.timeline.model_copy(update={"upload_at": time.time()})
+            metrics = metrics.model_copy(update={"timeline": stamped})
         if task.secagg is not None:  # only a masked ring vector leaves (site_agent.secagg_upload)
             receipt = self._upload_masked(task, files, body, state)
         else:
@@ -149,7 +220,7 @@ class TaskRunner:
                 body,
                 sha256=sha256_hex(body),
                 num_samples=state.num_samples,
-                metrics=state.metrics or SiteMetrics(),
+                metrics=metrics,
             )
         self.workdir.write_json(files.receipt_path, receipt.model_dump(mode="json"))
         return self._advance(state, TaskPhase.UPLOADED)
@@ -183,6 +254,7 @@ class TaskRunner:
             log.warning("task %s: update rejected by the aggregator: %s", task.task_id, reason)
         if self.settings.share_personal:
             self._share_personal(task, files)
+        files.keep_global()
         files.clean_up()
         self.workdir.clear_state()
         return TaskOutcome.ACCEPTED if accepted else TaskOutcome.REJECTED
@@ -222,3 +294,8 @@ class TaskRunner:
                 f"task {task.task_id} names spec hash {task.spec_hash} but its spec hashes to "
                 f"{task.spec.spec_hash()}"
             )
+
+
+def _close_prefetched(future: Future[tuple[SiteTrainer, float]]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result()[0].close()

@@ -44,6 +44,7 @@ class RoundFiles:
         self.receipt_path = self.folder / "receipt.json"
         self.codec_state_path = self.folder / "codec_state.safetensors"
         self.store = PersonalModelStore(workdir.root / "personal")
+        self._global: dict[str, np.ndarray] | None = None
 
     # -- global model -----------------------------------------------------------------------
     def download(self, client: AggregatorClient) -> None:
@@ -54,15 +55,29 @@ class RoundFiles:
         """
         client.download_model(self.task, self.global_path, self.workdir)
         self.read_global()  # refuse another spec before anything trains on it
-        data = self.global_path.read_bytes()
-        save_global(self.workdir, self.task.experiment_id, self.task.round, self.task.spec, data)
+
+    def keep_global(self) -> None:
+        """Keep the task's global model as the experiment's latest (``global/<id>``).
+
+        Called after the upload, off the round's critical path; a task resumed without its
+        global file keeps the previous round's copy.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            data = self.global_path.read_bytes()
+            save_global(
+                self.workdir, self.task.experiment_id, self.task.round, self.task.spec, data
+            )
 
     def read_global(self) -> dict[str, np.ndarray]:
         """The verified global model's tensors (float16 downlinks cast back to float32).
 
+        Decoded once per task; later calls return the same (read-only) arrays.
+
         Raises:
             ModelMismatchError: keys, shapes, dtypes or spec hash differ, or not a full model.
         """
+        if self._global is not None:
+            return self._global
         try:
             data = self.global_path.read_bytes()
         except OSError as exc:
@@ -78,6 +93,7 @@ class RoundFiles:
                 f"global model of task {self.task.task_id}: expected full uncompressed weights, "
                 f"got kind={bundle.meta.kind} codec={bundle.meta.codec}"
             )
+        self._global = bundle.tensors
         return bundle.tensors
 
     # -- update -----------------------------------------------------------------------------

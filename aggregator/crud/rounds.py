@@ -18,7 +18,7 @@ from aggregator.db.models import (
     TaskStatus,
 )
 from aggregator.errors import NotFoundError
-from aggregator.schemas.rounds import RoundPublic, SiteRoundPublic
+from aggregator.schemas.rounds import RoundPublic, RoundTimelinePublic, SiteRoundPublic
 from data_specs.wire import SiteMetrics
 
 
@@ -164,6 +164,7 @@ def list_rounds(session: Session, *, experiment_id: str) -> list[RoundPublic]:
                 reject_reason=task.reject_reason,
                 failure_reason=task.failure_reason,
                 reported_at=task.reported_at,
+                delivered_at=task.delivered_at,
             )
         )
     return [
@@ -178,6 +179,21 @@ def list_rounds(session: Session, *, experiment_id: str) -> list[RoundPublic]:
             reason=r.reason,
             model_sha256=models.get(r.number) if r.status == RoundStatus.CLOSED else None,
             sites=by_round.get(r.id, []),
+            timeline=_timeline(r, by_round.get(r.id, [])),
         )
         for r in rounds
     ]
+
+
+def _timeline(rnd: Round, sites: list[SiteRoundPublic]) -> RoundTimelinePublic:
+    reports = [s.reported_at for s in sites if s.reported_at is not None]
+    last = max(reports) if reports else None
+    latency = None
+    if last is not None and rnd.aggregating_at is not None:
+        latency = max((rnd.aggregating_at - last).total_seconds(), 0.0)
+    return RoundTimelinePublic(
+        last_report_at=last,
+        aggregating_at=rnd.aggregating_at,
+        aggregate_s=rnd.aggregate_seconds,
+        close_latency_s=latency,
+    )

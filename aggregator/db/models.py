@@ -164,6 +164,8 @@ class Round(Base):
     deadline_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
     reason: Mapped[str | None] = mapped_column(String(1000))
+    aggregating_at: Mapped[datetime | None]  # the round was claimed for aggregation
+    aggregate_seconds: Mapped[float | None]  # the aggregation's own compute and write time
 
 
 class Task(Base):

@@ -24,6 +24,20 @@ class SiteRoundPublic(BaseModel):
     reject_reason: str | None
     failure_reason: str | None
     reported_at: datetime | None
+    delivered_at: datetime | None = None
+
+
+class RoundTimelinePublic(BaseModel):
+    """The aggregator's side of a round (UTC instants, seconds).
+
+    ``close_latency_s`` is the time from the last site report to the round's claim for
+    aggregation (event-driven rounds: milliseconds; a deadline close: until the deadline).
+    """
+
+    last_report_at: datetime | None
+    aggregating_at: datetime | None
+    aggregate_s: float | None
+    close_latency_s: float | None
 
 
 class RoundPrivacy(BaseModel):
@@ -51,6 +65,7 @@ class RoundPublic(BaseModel):
     model_sha256: str | None
     sites: list[SiteRoundPublic]
     privacy: RoundPrivacy | None = None
+    timeline: RoundTimelinePublic | None = None
 
 
 class TaskStatusPublic(BaseModel):

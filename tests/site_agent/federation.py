@@ -81,14 +81,14 @@ def live_aggregator(data_dir: Path, **settings: Any) -> Iterator[LiveAggregator]
     from aggregator.api.app import create_app
     from aggregator.settings import AggregatorSettings
 
+    defaults: dict[str, Any] = {
+        "orchestrator_interval_s": 0.05,
+        "sqlite_synchronous": "NORMAL",
+        "log_level": "WARNING",
+        "max_long_poll_s": 2.0,
+    }
     agg_settings = AggregatorSettings(
-        data_dir=data_dir,
-        admin_token=ADMIN_TOKEN,
-        orchestrator_interval_s=0.05,
-        sqlite_synchronous="NORMAL",
-        log_level="WARNING",
-        max_long_poll_s=2.0,
-        **settings,
+        data_dir=data_dir, admin_token=ADMIN_TOKEN, **{**defaults, **settings}
     )
     app = create_app(agg_settings)
     sock = socket.socket()

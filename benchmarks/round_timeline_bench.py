@@ -1,0 +1,313 @@
+"""Rounds at the speed of the work: fedseg and Flower side by side, and a timeline of every round.
+
+``python -m benchmarks.round_timeline_bench [--quick] [--flower-venv DIR | --no-flower]``
+writes ``benchmarks/results/round_timeline.md`` and ``round_timeline_gantt.png``: the Flower
+peer harness's workload (N = 5 clients, a fixed 2 s "training" of noise + sleep, the weights
+of the 2D MONAI U-Net, 1.6 MB, 10 rounds) on fedseg (``fedseg aggregator serve`` and five
+``benchmarks.sleep_site`` agents: the real agent loop with the sleep as its trainer) and, in
+the same run, on Flower 1.42 in deployment mode (``shared/peers/flower_overhead/driver.py``
+in its own venv; when there is none the report says so and shows fedseg alone).
+
+``python -m benchmarks.round_timeline_bench --acdc [--quick]`` writes
+``round_timeline_acdc.md`` and ``round_timeline_acdc_gantt.png``: fedseg alone, five ACDC
+hospitals (``fedseg site run``, one torch thread each), real training at a small budget,
+validation every 2 rounds.
+
+Per round: cycle = this round's close − the previous close (round 1: its opening); critical
+= the slowest site's train + validate (from the sites' timelines); overhead = cycle −
+critical. Start-up = launch of the first process to the opening of round 1 (fedseg) or to the
+ServerApp's first ``configure_train`` (Flower).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.acdc_common import RESULTS, command_line, fresh_dir, parse_args, seconds_str
+from benchmarks.round_timeline import FederationRun, RoundFigures, analyse, run_federation
+from data_specs.task_spec import TaskSpec
+
+NAME = "round_timeline_bench"
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers" / "flower_overhead"
+TRAIN_SECONDS = 2.0
+# MONAI UNet(2D, 1 -> 2 channels, (16, 32, 64, 128), strides 2, 2 residual units): the Flower
+# harness's unet2d (49 tensors, 1,606,420 bytes); fedseg builds it with affine instance norm,
+# so 26 more small tensors: 75 tensors, 1,611,044 bytes.
+SLEEP_SPEC = TaskSpec(
+    spatial_dims=2,
+    in_channels=1,
+    out_channels=2,
+    channels=(16, 32, 64, 128),
+    strides=(2, 2, 2),
+    num_res_units=2,
+    norm="instance",
+    patch_size=(64, 64),
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    clients: int
+    rounds: int
+
+
+FULL = Setting(clients=5, rounds=10)
+QUICK = Setting(clients=3, rounds=3)
+
+
+@dataclass
+class FlowerResult:
+    """Flower's figures from the harness's result JSON, or why there are none."""
+
+    overhead_s: list[float]
+    cycle_overhead_s: list[float]
+    startup_s: float
+    note: str = ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--acdc", action="store_true")
+    pre.add_argument("--no-flower", action="store_true")
+    pre.add_argument("--flower-venv", type=Path, default=os.environ.get("FLWR_VENV"))
+    extra, rest = pre.parse_known_args(argv)
+    args = parse_args(NAME, __doc__, rest)
+    if extra.acdc:
+        from benchmarks.round_timeline_acdc import run_acdc
+
+        run_acdc(args, command_line(NAME, argv))
+        return
+    setting = QUICK if args.quick else FULL
+    started = time.monotonic()
+    work = fresh_dir(args.work_dir)
+    run = _fedseg_sleep(work / "fedseg", setting, args.seed)
+    figures = analyse(run)
+    flower = (
+        FlowerResult([], [], float("nan"), "not run (--no-flower)")
+        if extra.no_flower
+        else _flower(work / "flower", setting, extra.flower_venv)
+    )
+    from benchmarks.round_gantt import plot_gantt
+
+    gantt = RESULTS / "round_timeline_gantt.png"
+    plot_gantt(figures, gantt, t0=run.t_launch, title="fedseg, 5 sites, 2 s sleep as training")
+    (work / "rounds.json").write_text(
+        json.dumps([r.model_dump(mode="json") for r in run.rounds], indent=1)
+    )
+    from deploy.report import write_report
+
+    report = _report(run, figures, flower, setting, time.monotonic() - started, gantt)
+    write_report(RESULTS / "round_timeline.md", report.replace("{cmd}", command_line(NAME, argv)))
+    print(f"report written to {RESULTS / 'round_timeline.md'} and {gantt}")
+
+
+def _fedseg_sleep(work: Path, setting: Setting, seed: int) -> FederationRun:
+    from aggregator.schemas.experiments import ExperimentCreate
+    from data_specs.constants import PersonalizationMethod
+    from data_specs.wire import PersonalizationConfig, TrainConfig
+
+    def agent(name: str, token: str, site_work: Path) -> tuple[list[str], dict[str, str]]:
+        argv = [sys.executable, "-m", "benchmarks.sleep_site", "--train-seconds", "2.0"]
+        return argv, {
+            "FEDSEG_SITE_WORK_DIR": str(site_work),
+            "FEDSEG_SITE_ALLOW_INSECURE_HTTP": "true",  # loopback only
+            "FEDSEG_SITE_ENROLLMENT_TOKEN": token,
+            "FEDSEG_SITE_POLL_WAIT_S": "30",
+            "FEDSEG_SITE_THREADS": "1",
+        }
+
+    def experiment(ids: list[str]) -> ExperimentCreate:
+        return ExperimentCreate(
+            name="round-timeline",
+            spec=SLEEP_SPEC,
+            rounds=setting.rounds,
+            fraction=1.0,
+            min_sites=len(ids),
+            sites=ids,
+            train=TrainConfig(
+                personalization=PersonalizationConfig(method=PersonalizationMethod.NONE)
+            ),
+            round_deadline_s=600,
+            seed=seed,
+        )
+
+    names = [f"site_{i + 1}" for i in range(setting.clients)]
+    return run_federation(work, names, agent, experiment)
+
+
+def _flower(work: Path, setting: Setting, venv: Path | None) -> FlowerResult:
+    python = venv / "bin" / "python" if venv else None
+    if python is None or not python.exists():
+        return FlowerResult([], [], float("nan"), "not run: no Flower venv (set FLWR_VENV)")
+    if not (PEERS / "driver.py").exists():
+        return FlowerResult([], [], float("nan"), f"not run: no harness at {PEERS}")
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "flower.json"
+    cmd = [
+        str(python), str(PEERS / "driver.py"), "--model", "unet2d",
+        "--clients", str(setting.clients), "--rounds", str(setting.rounds),
+        "--train-seconds", str(TRAIN_SECONDS), "--out", str(out),
+        "--workdir", str(work / "run"), "--venv", str(venv), "--idle-busy-max", "0",
+        "--timeout", "2400",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3300, check=False)
+    (work / "driver.log").write_text(proc.stdout + proc.stderr)
+    if not out.exists():
+        return FlowerResult([], [], float("nan"), f"failed: exit {proc.returncode} (driver.log)")
+    rec = json.loads(out.read_text())
+    if "error" in rec:
+        return FlowerResult([], [], float("nan"), f"failed: {rec['error'][:200]}")
+    rounds = rec["serverapp"]["rounds"]
+    overhead = [r["t_end"] - r["t_start"] - TRAIN_SECONDS for r in rounds]
+    ends = [rounds[0]["t_start"]] + [r["t_end"] for r in rounds]
+    cycle = [b - a - TRAIN_SECONDS for a, b in itertools.pairwise(ends)]
+    return FlowerResult(overhead, cycle, rounds[0]["t_start"] - rec["t_launch"])
+
+
+def _report(
+    run: FederationRun,
+    figures: list[RoundFigures],
+    flower: FlowerResult,
+    setting: Setting,
+    total: float,
+    gantt: Path,
+) -> str:
+    from deploy.report import markdown_table, report_header
+
+    later = figures[1:] or figures
+    fed_over = statistics.median(f.overhead_s for f in later)
+    fed_span = statistics.median(f.span_overhead_s for f in later)
+    startup = figures[0].opened - run.t_launch
+    load = os.getloadavg()[0]
+    lines = [
+        report_header("Round overhead side by side: fedseg and Flower 1.42", "{cmd}"),
+        "## Setting",
+        "",
+        f"- The Flower peer harness's workload on both: N = {setting.clients} clients, "
+        f'{setting.rounds} rounds, a fixed {TRAIN_SECONDS:.0f} s "training" (Gaussian noise '
+        "on every weight + sleep), the 49 float32 tensors of the 2D MONAI U-Net (1,606,420 "
+        "bytes; fedseg's build adds affine instance-norm weights: 75 tensors, 1,611,044 "
+        "bytes) each way, FedAvg, every client every round, no federated evaluation.",
+        "- fedseg: `fedseg aggregator serve` (SQLite, default settings) and one "
+        "`python -m benchmarks.sleep_site` process per site: the real agent loop (long poll, "
+        "download and verify, restart-safe state, write and upload the update) with the "
+        "sleep as its trainer. Flower: `shared/peers/flower_overhead/driver.py` (deployment "
+        "mode: SuperLink, SuperNodes, a ClientApp process per message), in its own venv.",
+        f"- One host, {os.cpu_count()} cores, shared with other work: 1-min load average "
+        f"{load:.1f} when the report was written (**timings under contention**).",
+        "",
+        "## Summary",
+        "",
+    ]
+    rows = [
+        [
+            "fedseg",
+            f"{fed_over:.3f}",
+            f"{fed_span:.3f}",
+            f"{startup:.2f}",
+        ]
+    ]
+    if flower.overhead_s:
+        fl_cycle = statistics.median(flower.cycle_overhead_s)
+        fl_over = statistics.median(flower.overhead_s)
+        rows.append(["Flower 1.42", f"{fl_cycle:.3f}", f"{fl_over:.3f}", f"{flower.startup_s:.2f}"])
+        rows.append(
+            [
+                "ratio Flower / fedseg",
+                f"{fl_cycle / max(fed_over, 1e-9):.0f}×",
+                f"{fl_over / max(fed_span, 1e-9):.0f}×",
+                f"{flower.startup_s / max(startup, 1e-9):.1f}×",
+            ]
+        )
+    lines += [
+        markdown_table(
+            [
+                "system",
+                "overhead / round, close to close (s, median of rounds 2+)",
+                "overhead / round, open to close (s)",
+                "start-up to round 1 (s)",
+            ],
+            rows,
+        ),
+        "",
+        f"Flower: {flower.note or 'run in this benchmark'}.",
+        "",
+        f"fedseg start-up, seconds after launching the aggregator process: healthy "
+        f"{run.t_healthy - run.t_launch:.2f}, {setting.clients} agents started and enrolled "
+        f"{run.t_enrolled - run.t_launch:.2f}, experiment created and started "
+        f"{run.t_started - run.t_launch:.2f}, round 1 open {startup:.2f}, first training "
+        f"{_first_training(figures) - run.t_launch:.2f}.",
+        "",
+        "## fedseg per round",
+        "",
+        markdown_table(
+            [
+                "round",
+                "cycle s",
+                "slowest train+val s",
+                "overhead s",
+                "close latency ms",
+                "aggregate ms",
+                "download ms (max)",
+                "encode ms (max)",
+                "upload ms (max)",
+            ],
+            [
+                [
+                    f.number,
+                    f"{f.cycle_s:.3f}",
+                    f"{f.critical_s:.3f}",
+                    f"{f.overhead_s:.3f}",
+                    _ms(f.close_latency_s),
+                    _ms(f.aggregate_s),
+                    _ms(f.max_phase("download")),
+                    _ms(f.max_phase("encode")),
+                    _ms(f.max_phase("upload")),
+                ]
+                for f in figures
+            ],
+        ),
+        "",
+        f"![Gantt chart of every round]({gantt.name})",
+        "",
+        f"Total benchmark time: {seconds_str(total)}.",
+    ]
+    if flower.overhead_s:
+        lines[-3:-3] = [
+            "## Flower per round",
+            "",
+            markdown_table(
+                ["round", "overhead s (round − T)", "overhead s (close to close)"],
+                [
+                    [i + 1, f"{o:.2f}", f"{c:.2f}"]
+                    for i, (o, c) in enumerate(
+                        zip(flower.overhead_s, flower.cycle_overhead_s, strict=False)
+                    )
+                ],
+            ),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _first_training(figures: list[RoundFigures]) -> float:
+    starts = [s.phases["train"][0] for s in figures[0].sites if "train" in s.phases]
+    return min(starts) if starts else float("nan")
+
+
+def _ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{1000 * seconds:.0f}"
+
+
+if __name__ == "__main__":
+    main()
