@@ -174,9 +174,13 @@ def encode_routing_bundle(
     return canonical_safetensors(st_save(arrays, metadata=metadata))
 
 
+ROUTING_MAX_HEADER_BYTES = 64 << 20
+
+
 def _read_metadata(data: bytes | memoryview) -> tuple[TaskSpec, list[ExpertSource]]:
     try:
-        header = read_header(data)
+        # One model per expert: a larger header than a weights bundle's, still capped.
+        header = read_header(data, max_header_bytes=ROUTING_MAX_HEADER_BYTES)
     except BundleError as exc:
         raise RoutingBundleError(f"not a routing bundle: {exc}") from exc
     meta = header.get("__metadata__") or {}

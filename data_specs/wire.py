@@ -127,11 +127,16 @@ class TaskAssignment(BaseModel):
 
 
 class EnrollRequest(BaseModel):
-    """A site exchanges its one-time enrollment token for a site token."""
+    """A site exchanges its one-time enrollment token for a site token.
+
+    ``max_samples``, when given, is the most training cases the site will ever train on; the
+    aggregator caps every sample count the site reports at it (FedAvg weight).
+    """
 
     model_config = _Strict
 
     enrollment_token: Annotated[str, Field(min_length=8, max_length=512)]
+    max_samples: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
 
 
 class EnrollResponse(BaseModel):

@@ -96,6 +96,8 @@ class Researcher(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     token_hash: Mapped[str] = mapped_column(String(SHA_LEN), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    token_issued_at: Mapped[datetime | None]  # None: at created_at
+    revoked_at: Mapped[datetime | None]  # final: a revoked researcher never acts again
 
 
 class Site(Base):
@@ -110,6 +112,8 @@ class Site(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     enrolled_at: Mapped[datetime | None]
     last_seen_at: Mapped[datetime | None]
+    token_issued_at: Mapped[datetime | None]  # None: at enrolled_at
+    max_samples: Mapped[int | None]  # training cases declared at enrolment; caps X-Num-Samples
 
 
 class Experiment(Base):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
 
-_Strict = ConfigDict(extra="forbid")
+_Strict = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class StrategyConfig(BaseModel):

@@ -15,7 +15,9 @@ router = APIRouter(prefix="/sites", tags=["sites"])
 @router.post("/enroll")
 def enroll(body: EnrollRequest, session: SessionDep) -> EnrollResponse:
     """Exchange a one-time enrollment token for a site token (no bearer token needed)."""
-    site, token = principals.enroll_site(session, enrollment_token=body.enrollment_token)
+    site, token = principals.enroll_site(
+        session, enrollment_token=body.enrollment_token, max_samples=body.max_samples
+    )
     session.commit()
     return EnrollResponse(site_id=site.id, site_name=site.name, site_token=token)
 
