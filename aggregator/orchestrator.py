@@ -36,6 +36,8 @@ from aggregator.db import (
 from aggregator.db.models import OPEN_TASK_STATES, utcnow
 from aggregator.errors import AggregationError, StorageError
 from aggregator.logs import log_event
+from aggregator.round_failures import StepFailures
+from aggregator.safeguards import GuardReport, cap_samples, guard_detail
 from aggregator.schemas.experiments import ExperimentCreate
 from aggregator.task_board import TaskBoard
 from aggregator.telemetry import AggregatorMetrics
@@ -74,6 +76,7 @@ class Orchestrator:
         self._lock = threading.Lock()  # one step at a time, background or by hand
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._failures = StepFailures(database, lambda: self.clock())
 
     # -- asyncio side -----------------------------------------------------------------------
 
@@ -113,11 +116,10 @@ class Orchestrator:
             for experiment_id in ids:
                 try:
                     touched |= self._advance(experiment_id)
-                except Exception:
-                    log.exception(
-                        "orchestrator.experiment_failed",
-                        extra={"fields": {"experiment_id": experiment_id}},
-                    )
+                except Exception as exc:  # bounded: see aggregator.round_failures
+                    self._failures.failed(experiment_id, exc)
+                else:
+                    self._failures.succeeded(experiment_id)
             return touched
 
     def _advance(self, experiment_id: str) -> set[str]:
@@ -258,14 +260,20 @@ class Orchestrator:
             # Keyed (and so ordered) by site name: the sum's order, hence its bits, does not
             # depend on the random site ids of one deployment.
             names = site_names(session, [t.site_id for t in accepted])
+            samples = cap_samples(
+                session,
+                claimed={t.id: int(t.num_samples or 0) for t in accepted},
+                site_ids={t.id: t.site_id for t in accepted},
+            )
             inputs = [
-                UpdateInput(names[t.site_id], int(t.num_samples or 0), t.update_blob_sha256 or "")
+                UpdateInput(names[t.site_id], samples[t.id], t.update_blob_sha256 or "")
                 for t in accepted
             ]
             number, attempt = rnd.number, rnd.attempt
             spec_hash, local_keys = experiment.spec_hash, frozenset(experiment.local_keys)
             global_sha, state_sha = previous.sha256, previous.state_sha256
         started = time.perf_counter()
+        guards: list[GuardReport] = []
         try:
             result = aggregate_round(
                 self._blobs,
@@ -277,9 +285,14 @@ class Orchestrator:
                 state_sha256=state_sha,
                 updates=inputs,
                 local_keys=local_keys,
+                robust_norm_multiple=cfg.robust_norm_multiple,
+                report=guards,
             )
         except (AggregationError, StorageError) as exc:
             return self._aggregation_failed(experiment_id, round_id, exc)
+        except Exception as exc:  # anything else also ends the round with a reason
+            failure = AggregationError(f"aggregation failed: {type(exc).__name__}: {exc}"[:900])
+            return self._aggregation_failed(experiment_id, round_id, failure)
         seconds = time.perf_counter() - started
         self._metrics.aggregation_seconds.observe(seconds)
         now = self.clock()
@@ -318,6 +331,7 @@ class Orchestrator:
                     "attempt": attempt,
                     "updates": len(inputs),
                     "model_sha256": result.model.sha256,
+                    **guard_detail(guards),
                 },
             )
             if number >= cfg.rounds and closing.status == ExperimentStatus.RUNNING:

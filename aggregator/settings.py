@@ -44,6 +44,8 @@ class AggregatorSettings(BaseSettings):
         upload_burst: uploads allowed at once per site. Default 20.
         max_model_parameters: largest U-Net (trainable parameters, computed from the spec by
             arithmetic) an experiment may ask for. Default 100 million.
+        require_consent: sites take part only in experiments they approved (invitations or
+            their agent's ``accept_experiments``). Default True.
         token_ttl_days: researcher and site tokens expire this many days after they were issued
             or rotated. Default None (no expiry).
 
@@ -80,6 +82,7 @@ class AggregatorSettings(BaseSettings):
     upload_burst: Annotated[int, Field(ge=1)] = 20
     max_model_parameters: Annotated[int, Field(ge=1)] = 100_000_000
     token_ttl_days: Annotated[float, Field(gt=0.0)] | None = None
+    require_consent: bool = True
 
     @model_validator(mode="after")
     def _check_security(self) -> AggregatorSettings:

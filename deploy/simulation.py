@@ -179,7 +179,9 @@ def _experiment(cfg: SimulationConfig, site_ids: list[str]) -> ExperimentCreate:
                 ditto_lambda=cfg.ditto_lambda,
             ),
         ),
-        strategy=StrategyConfig(name=cfg.strategy, params=cfg.strategy_params),
+        strategy=StrategyConfig.model_validate(
+            {"name": cfg.strategy, "params": cfg.strategy_params}
+        ),
         round_deadline_s=24 * 3600,
         seed=cfg.seed,
     )
@@ -203,6 +205,7 @@ def _make_agents(
             device="cpu",
             poll_wait_s=1,
             enrollment_token=SecretStr(reg.enrollment_token),
+            accept_experiments=["*"],  # simulated hospitals consent to every experiment
         )
         # One client per agent over the app's single in-memory transport (one orchestrator).
         http = httpx.Client(transport=tc._transport, base_url="http://testserver")

@@ -6,7 +6,7 @@ what actually goes on the wire (method, path, query, headers, body) and refuses 
 - routes: only the site routes of docs/architecture.md, with ``wait`` as the only query;
 - headers: httpx's own, ``Authorization``, ``Content-Type`` and the three fedseg headers;
   ``X-Metrics`` must parse as ``SiteMetrics`` (aggregates only, extra fields forbidden);
-- JSON bodies: exactly an ``EnrollRequest``, or a ``FailureReport`` whose reason is one of
+- JSON bodies: exactly an ``EnrollRequest`` or ``ConsentPolicy`` (consent), or a ``FailureReport`` whose reason is one of
   ``FailureReason`` (fixed texts, so no error message can carry a file name);
 - bundle bodies: safetensors whose metadata keys are the bundle's own, whose tensor names
   are the task's state-dict keys (or a codec's ``<key>#<part>`` payload names) and whose
@@ -33,7 +33,7 @@ from data_specs.constants import (
     META_SPEC_HASH,
 )
 from data_specs.errors import BundleError
-from data_specs.wire import EnrollRequest, FailureReport, SiteMetrics
+from data_specs.wire import ConsentPolicy, EnrollRequest, FailureReport, SiteMetrics
 from site_agent.errors import OutboundRefusedError
 
 
@@ -57,6 +57,9 @@ _ROUTES: dict[tuple[str, str], re.Pattern[str]] = {
     ("POST", "failure"): re.compile(rf"{_P}/tasks/{_ID}/failure"),
     ("PUT", "personal"): re.compile(rf"{_P}/tasks/{_ID}/personal"),
     ("GET", "routing"): re.compile(rf"{_P}/experiments/{_ID}/routing-bundle"),
+    ("GET", "invitations"): re.compile(rf"{_P}/invitations"),
+    ("POST", "decide"): re.compile(rf"{_P}/invitations/{_ID}/(approve|decline)"),
+    ("PUT", "consent"): re.compile(rf"{_P}/sites/me/consent-policy"),
 }
 _HTTPX_HEADERS = {"host", "accept", "accept-encoding", "connection", "user-agent", "content-length"}
 _OUR_HEADERS = {"authorization", "content-type"}
@@ -120,11 +123,13 @@ class OutboundGuard:
         if set(request.url.params) - ({"wait"} if route == "next" else set()):
             raise OutboundRefusedError(f"refusing query parameters on {route}")
         body = request.content
-        if route in ("next", "model", "routing"):
+        if route in ("next", "model", "routing", "invitations", "decide"):
             if body:
                 raise OutboundRefusedError(f"refusing a body on the {route} request")
         elif route == "enroll":
             _check_json(body, EnrollRequest)
+        elif route == "consent":
+            _check_json(body, ConsentPolicy)
         elif route == "failure":
             report = _check_json(body, FailureReport)
             if report.reason not in {r.value for r in FailureReason}:
@@ -188,7 +193,9 @@ class OutboundGuard:
                 ) from None
 
 
-def _check_json(body: bytes, model: type[EnrollRequest] | type[FailureReport]) -> FailureReport:
+def _check_json(
+    body: bytes, model: type[EnrollRequest] | type[FailureReport] | type[ConsentPolicy]
+) -> FailureReport:
     try:
         return model.model_validate(json.loads(body))  # type: ignore[return-value]
     except (ValueError, ValidationError):

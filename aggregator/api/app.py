@@ -12,7 +12,15 @@ from fastapi import APIRouter, FastAPI
 from aggregator.api.deps import Services
 from aggregator.api.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from aggregator.api.guards import JsonBodyGuard
-from aggregator.api.routes import events, experiments, health, researchers, sites, tasks
+from aggregator.api.routes import (
+    events,
+    experiments,
+    health,
+    invitations,
+    researchers,
+    sites,
+    tasks,
+)
 from aggregator.blobs import BlobStore
 from aggregator.db import Database
 from aggregator.logs import log_event
@@ -103,7 +111,7 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
     )
     app.include_router(health.router)
     api = APIRouter(prefix=API_PREFIX, responses=error_responses(*COMMON_ERRORS))
-    for module in (researchers, sites, experiments, tasks, events):
+    for module in (researchers, sites, experiments, tasks, events, invitations):
         api.include_router(module.router)
     app.include_router(api)
     return app

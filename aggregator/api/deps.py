@@ -147,7 +147,9 @@ def current_researcher(
     if (
         researcher is None
         or not tokens_match(researcher.token_hash, hash_token(token))
-        or principals.token_expired(researcher.token_issued_at, settings.token_ttl_days)
+        or principals.token_expired(
+            researcher.token_issued_at or researcher.created_at, settings.token_ttl_days
+        )
     ):
         record_auth_failure(request, services)
         _refuse(session, settings, token, wanted="researcher")
@@ -170,7 +172,9 @@ def current_site(
         site is None
         or site.token_hash is None
         or not tokens_match(site.token_hash, hash_token(token))
-        or principals.token_expired(site.token_issued_at, settings.token_ttl_days)
+        or principals.token_expired(
+            site.token_issued_at or site.enrolled_at, settings.token_ttl_days
+        )
     ):
         record_auth_failure(request, services)
         _refuse(session, settings, token, wanted="site")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aggregator.db.engine import Database
 from aggregator.db.models import (
     Base,
+    Consent,
     Event,
     Experiment,
     ExperimentStatus,
@@ -22,6 +23,7 @@ from aggregator.db.models import (
 
 __all__ = [
     "Base",
+    "Consent",
     "Database",
     "Event",
     "Experiment",

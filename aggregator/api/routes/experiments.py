@@ -53,10 +53,21 @@ _OCTET = "application/octet-stream"
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create(
-    body: ExperimentCreate, session: SessionDep, researcher: CurrentResearcher
+    body: ExperimentCreate,
+    session: SessionDep,
+    services: ServicesDep,
+    researcher: CurrentResearcher,
 ) -> ExperimentPublic:
-    """Create an experiment (status ``created``)."""
-    return exp_crud.to_public(create_experiment(session, owner_id=researcher.id, body=body))
+    """Create an experiment (status ``created``); the spec's bounds are in its schema, and its
+    parameter count (computed by arithmetic, nothing is built) must not exceed the server's
+    ``max_model_parameters``."""
+    experiment = create_experiment(
+        session,
+        owner_id=researcher.id,
+        body=body,
+        max_parameters=services.settings.max_model_parameters,
+    )
+    return exp_crud.to_public(experiment)
 
 
 @router.get("")
@@ -133,7 +144,11 @@ def start(
         session, experiment_id=experiment_id, owner_id=researcher.id
     )
     sites = start_experiment(
-        session, blobs=services.blobs, experiment=experiment, actor=researcher.actor
+        session,
+        blobs=services.blobs,
+        experiment=experiment,
+        actor=researcher.actor,
+        require_consent=services.settings.require_consent,
     )
     services.orchestrator.wake()
     services.board.notify_threadsafe(sites)
