@@ -26,6 +26,10 @@ SITE_ONLY = {
     ("POST", "/api/v1/tasks/{task_id}/failure"),
     ("PUT", "/api/v1/tasks/{task_id}/personal"),
     ("GET", "/api/v1/experiments/{experiment_id}/routing-bundle"),
+    ("GET", "/api/v1/invitations"),
+    ("POST", "/api/v1/invitations/{experiment_id}/approve"),
+    ("POST", "/api/v1/invitations/{experiment_id}/decline"),
+    ("PUT", "/api/v1/sites/me/consent-policy"),
 }
 
 
