@@ -18,6 +18,7 @@ from aggregator.blobs import BlobRef, BlobStore
 from aggregator.bundle_views import BundleViews
 from aggregator.errors import AggregationError
 from aggregator.global_models import load_state, load_weights, store_global, store_state
+from aggregator.safeguards import GuardReport, guard_readers, require_finite
 from data_specs.constants import BundleKind
 from data_specs.errors import BundleError
 
@@ -106,6 +107,8 @@ def aggregate_updates(
     local_keys: frozenset[str],
     verify: bool = True,
     noise: CentralNoise | None = None,
+    robust_norm_multiple: float | None = None,
+    report: list[GuardReport] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Aggregate stored updates into new global weights and server state (nothing is written).
 
@@ -120,6 +123,10 @@ def aggregate_updates(
         verify: re-hash every input blob first (catches on-disk corruption). Default True.
         noise: central DP: a noisy fixed-denominator mean replaces the strategy's combiner
             (``aggregator.dp_aggregation``). Default None.
+        robust_norm_multiple: clip updates above this multiple of the median norm (see
+            ``aggregator.safeguards``); updates with a non-finite difference are always left
+            out. Default None (no clipping).
+        report: when given, the safeguards' ``GuardReport`` is appended to it.
 
     Raises:
         AggregationError: no updates, or the strategy refused them.
@@ -141,9 +148,16 @@ def aggregate_updates(
         else:
             strategy = dp_strategy(strategy_name, dict(strategy_params), noise)
         readers = open_readers(blobs, ordered, theta)
-        return aggregate_streaming(strategy, theta, readers, state, local_keys)
+        keys = [k for k in theta if k not in local_keys]
+        guarded, guard = guard_readers(readers, keys, robust_norm_multiple=robust_norm_multiple)
+        if report is not None:
+            report.append(guard)
+        new_global, new_state = aggregate_streaming(strategy, theta, guarded, state, local_keys)
     except (StrategyError, BundleError) as exc:
         raise AggregationError(f"aggregation failed: {exc}") from exc
+    require_finite(new_global)
+    require_finite(new_state)
+    return new_global, new_state
 
 
 def aggregate_round(
@@ -158,8 +172,16 @@ def aggregate_round(
     updates: Sequence[UpdateInput],
     local_keys: frozenset[str],
     noise: CentralNoise | None = None,
+    robust_norm_multiple: float | None = None,
+    report: list[GuardReport] | None = None,
 ) -> RoundResult:
-    """Aggregate and store the global model of ``round_number`` (idempotent: same inputs, same blob)."""
+    """Aggregate and store the global model of ``round_number`` (idempotent: same inputs, same blob).
+
+    Raises:
+        AggregationError: the strategy refused the updates, none was finite, or the aggregate
+            is not finite (nothing is stored then).
+        StorageError: a blob is missing or corrupt.
+    """
     new_global, new_state = aggregate_updates(
         blobs,
         strategy_name=strategy_name,
@@ -169,6 +191,8 @@ def aggregate_round(
         updates=updates,
         local_keys=local_keys,
         noise=noise,
+        robust_norm_multiple=robust_norm_multiple,
+        report=report,
     )
     model = store_global(blobs, new_global, spec_hash=spec_hash, round_number=round_number)
     return RoundResult(model=model, state=store_state(blobs, new_state))

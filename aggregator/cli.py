@@ -72,6 +72,34 @@ def serve(
     )
 
 
+@app.command("gc")
+def gc(
+    data_dir: Annotated[Path, typer.Option(help="the aggregator's data dir (service stopped)")],
+    grace_hours: Annotated[float, typer.Option(min=0.0, help="keep blobs newer than this")] = 24.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count only")] = False,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL if not SQLite in data dir")
+    ] = None,
+) -> None:
+    """Remove blobs that no database row names (run with the service stopped)."""
+    from aggregator.blob_gc import collect
+    from aggregator.blobs import BlobStore
+    from aggregator.db import Database
+    from aggregator.settings import default_database_url
+
+    database = Database(database_url or default_database_url(data_dir))
+    database.create_all()
+    try:
+        with database.session() as session:
+            report = collect(
+                session, BlobStore(data_dir / "blobs"), grace_s=grace_hours * 3600, dry_run=dry_run
+            )
+    finally:
+        database.dispose()
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} {report.removed} blob(s), {report.freed_bytes} bytes; kept {report.kept}")
+
+
 @app.command("create-researcher")
 def create_researcher(
     data_dir: Annotated[Path, typer.Option(help="the aggregator's data dir")],

@@ -52,6 +52,19 @@ class PayloadTooLargeError(InvalidRequestError):
     """An upload larger than ``max_upload_bytes``."""
 
 
+class TooManyRequestsError(AggregatorError):
+    """Too many failed logins, uploads or concurrent uploads from one token or address.
+
+    Args:
+        message: what limit was hit.
+        retry_after_s: seconds after which a retry may succeed.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class StorageError(AggregatorError):
     """The blob store holds a file whose sha256 is not its name, or misses a referenced blob."""
 

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.blobs import BlobStore, StagedBlob
@@ -18,7 +19,7 @@ from aggregator.crud import rounds as round_crud
 from aggregator.crud import tasks as task_crud
 from aggregator.crud.events import record_event
 from aggregator.crud.routing import share_personal_model
-from aggregator.db.models import ExperimentStatus, TaskStatus, utcnow
+from aggregator.db.models import ExperimentStatus, Task, TaskStatus, utcnow
 from aggregator.errors import ConflictError
 from aggregator.logs import log_event
 from aggregator.validation import UpdatePolicy, check_model, check_update
@@ -179,12 +180,24 @@ def prepare_personal(session: Session, *, task_id: str, site_id: str) -> ModelTa
 
     Raises:
         NotFoundError: not this site's task.
-        ConflictError: the experiment was aborted.
+        ConflictError: the experiment was aborted, or the task is not the site's latest in it
+            (personal models only for the open or last task, so old tasks cannot be replayed).
     """
     task = task_crud.get_site_task(session, task_id=task_id, site_id=site_id)
     experiment = exp_crud.get_experiment(session, experiment_id=task.experiment_id)
     if experiment.status == ExperimentStatus.ABORTED:
         raise ConflictError(f"experiment {experiment.id} was aborted: personal models are closed")
+    latest = session.scalar(
+        select(Task.id)
+        .where(Task.experiment_id == task.experiment_id, Task.site_id == site_id)
+        .order_by(Task.round_number.desc(), Task.created_at.desc())
+        .limit(1)
+    )
+    if latest != task.id:
+        raise ConflictError(
+            f"task {task.id} is not this site's latest task of experiment {experiment.id}: "
+            "personal models are accepted for the open or last task only"
+        )
     return ModelTarget(
         task.id,
         site_id,

@@ -10,16 +10,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.blobs import BlobRef, BlobStore
+from aggregator.consent import approved_sites
 from aggregator.crud import experiments as exp_crud
 from aggregator.crud.events import record_event
 from aggregator.db.models import Experiment, ExperimentStatus, Site, SiteStatus, utcnow
-from aggregator.errors import ConflictError
+from aggregator.errors import ConflictError, UnprocessableError
 from aggregator.global_models import build_initial_weights, load_weights, store_global
 from aggregator.logs import log_event
 from aggregator.planning import apply_auto_plan
 from aggregator.schemas.experiments import ExperimentCreate
 from data_specs.constants import PersonalizationMethod
 from data_specs.task_spec import TaskSpec
+from data_specs.unet_layout import norm_keys_of, parameter_count, unet_layout
 
 log = logging.getLogger("aggregator.lifecycle")
 Expected = dict[str, tuple[tuple[int, ...], str]]
@@ -27,15 +29,28 @@ Expected = dict[str, tuple[tuple[int, ...], str]]
 
 @functools.lru_cache(maxsize=16)
 def spec_layout(spec: TaskSpec) -> tuple[Expected, tuple[str, ...]]:
-    """``(expected tensors, FedBN norm keys)`` of a spec's U-Net (builds it once with torch)."""
-    from data_specs.task_spec import expected_tensors
-    from personalization.state_dict import norm_keys_for_spec
-
-    return expected_tensors(spec), tuple(norm_keys_for_spec(spec))
+    """``(expected tensors, FedBN norm keys)`` of a spec's U-Net, by arithmetic (no torch)."""
+    return unet_layout(spec), norm_keys_of(spec)
 
 
-def create_experiment(session: Session, *, owner_id: str, body: ExperimentCreate) -> Experiment:
-    """Create an experiment; FedBN experiments keep their norm layers local."""
+def create_experiment(
+    session: Session,
+    *,
+    owner_id: str,
+    body: ExperimentCreate,
+    max_parameters: int | None = None,
+) -> Experiment:
+    """Create an experiment; FedBN experiments keep their norm layers local.
+
+    Raises:
+        UnprocessableError: the network has more than ``max_parameters`` parameters.
+    """
+    params = parameter_count(body.spec)
+    if max_parameters is not None and params > max_parameters:
+        raise UnprocessableError(
+            f"spec: the network has {params} parameters, more than this aggregator's "
+            f"max_model_parameters of {max_parameters}"
+        )
     expected, norm_keys = spec_layout(body.spec)
     local = norm_keys if body.train.personalization.method == PersonalizationMethod.FEDBN else ()
     experiment = exp_crud.create_experiment(
@@ -65,12 +80,21 @@ def set_initial_model(
 
 
 def start_experiment(
-    session: Session, *, blobs: BlobStore, experiment: Experiment, actor: str
+    session: Session,
+    *,
+    blobs: BlobStore,
+    experiment: Experiment,
+    actor: str,
+    require_consent: bool = True,
 ) -> list[str]:
     """``created`` -> ``running`` (or resume a paused one); returns sites that may have work now.
 
+    With ``require_consent`` only sites that approved the experiment take part
+    (``aggregator.consent``).
+
     Raises:
-        ConflictError: not created or paused, or fewer than ``min_sites`` usable sites.
+        ConflictError: not created or paused, or fewer than ``min_sites`` usable (and approved)
+            sites.
     """
     now = utcnow()
     if experiment.status == ExperimentStatus.PAUSED:
@@ -80,6 +104,15 @@ def start_experiment(
     exp_crud.require_status(experiment, ExperimentStatus.CREATED, action="start")
     cfg = exp_crud.config_of(experiment)
     participants = _participants(session, cfg)
+    if require_consent:
+        usable = len(participants)
+        participants = approved_sites(session, experiment, participants)
+        if len(participants) < cfg.min_sites:
+            raise ConflictError(
+                f"cannot start: {len(participants)} of {usable} usable site(s) approved the "
+                f"experiment, min_sites is {cfg.min_sites}; sites approve with "
+                "`fedseg site approve` or their agent's accept_experiments"
+            )
     if len(participants) < cfg.min_sites:
         raise ConflictError(
             f"cannot start: {len(participants)} usable site(s) (enrolled, or listed and not revoked), "

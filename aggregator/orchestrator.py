@@ -38,6 +38,8 @@ from aggregator.dp_aggregation import round_noise
 from aggregator.errors import AggregationError, StorageError
 from aggregator.logs import log_event
 from aggregator.privacy_budget import record_budget_spent, rounds_allowed
+from aggregator.round_failures import StepFailures
+from aggregator.safeguards import GuardReport, cap_samples, guard_detail
 from aggregator.schemas.experiments import ExperimentCreate
 from aggregator.secagg_aggregation import secagg_aggregate_round, secure_aggregation_on
 from aggregator.task_board import TaskBoard
@@ -77,6 +79,7 @@ class Orchestrator:
         self._lock = threading.Lock()  # one step at a time, background or by hand
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._failures = StepFailures(database, lambda: self.clock())
 
     # -- asyncio side -----------------------------------------------------------------------
 
@@ -116,11 +119,10 @@ class Orchestrator:
             for experiment_id in ids:
                 try:
                     touched |= self._advance(experiment_id)
-                except Exception:
-                    log.exception(
-                        "orchestrator.experiment_failed",
-                        extra={"fields": {"experiment_id": experiment_id}},
-                    )
+                except Exception as exc:  # bounded: see aggregator.round_failures
+                    self._failures.failed(experiment_id, exc)
+                else:
+                    self._failures.succeeded(experiment_id)
             return touched
 
     def _advance(self, experiment_id: str) -> set[str]:
@@ -265,14 +267,20 @@ class Orchestrator:
             # Keyed (and so ordered) by site name: the sum's order, hence its bits, does not
             # depend on the random site ids of one deployment.
             names = site_names(session, [t.site_id for t in accepted])
+            samples = cap_samples(
+                session,
+                claimed={t.id: int(t.num_samples or 0) for t in accepted},
+                site_ids={t.id: t.site_id for t in accepted},
+            )
             inputs = [
-                UpdateInput(names[t.site_id], int(t.num_samples or 0), t.update_blob_sha256 or "")
+                UpdateInput(names[t.site_id], samples[t.id], t.update_blob_sha256 or "")
                 for t in accepted
             ]
             number, attempt, sampled = rnd.number, rnd.attempt, len(rnd.sampled)
             spec_hash, local_keys = experiment.spec_hash, frozenset(experiment.local_keys)
             global_sha, state_sha = previous.sha256, previous.state_sha256
         started = time.perf_counter()
+        guards: list[GuardReport] = []
         try:
             if secure_aggregation_on(cfg):  # unmask the running sum (None: answers pending)
                 pending = secagg_aggregate_round(
@@ -298,9 +306,14 @@ class Orchestrator:
                     updates=inputs,
                     local_keys=local_keys,
                     noise=round_noise(cfg.privacy, sampled=sampled),
+                    robust_norm_multiple=cfg.robust_norm_multiple,
+                    report=guards,
                 )
         except (AggregationError, StorageError) as exc:
             return self._aggregation_failed(experiment_id, round_id, exc)
+        except Exception as exc:  # anything else also ends the round with a reason
+            failure = AggregationError(f"aggregation failed: {type(exc).__name__}: {exc}"[:900])
+            return self._aggregation_failed(experiment_id, round_id, failure)
         seconds = time.perf_counter() - started
         self._metrics.aggregation_seconds.observe(seconds)
         now = self.clock()
@@ -340,6 +353,7 @@ class Orchestrator:
                     "attempt": attempt,
                     "updates": len(inputs),
                     "model_sha256": result.model.sha256,
+                    **guard_detail(guards),
                 },
             )
             if number >= cfg.rounds and closing.status == ExperimentStatus.RUNNING:

@@ -32,6 +32,22 @@ class AggregatorSettings(BaseSettings):
         log_format: ``json`` lines or ``kv`` (key=value). Default ``json``.
         ssl_certfile: TLS certificate for uvicorn. Default None (plain HTTP).
         ssl_keyfile: TLS key for uvicorn. Default None.
+        max_header_bytes: largest safetensors header accepted in an upload, checked before it
+            is parsed. Default 1 MiB.
+        max_json_bytes: largest JSON request body. Default 1 MiB.
+        body_timeout_s: longest wait for one chunk of a request body. Default 30.
+        max_concurrent_uploads: uploads streaming at once; more answer 429. Default 8.
+        auth_failures_per_minute: failed authentications allowed per address and per token
+            (after a burst of ``auth_failure_burst``); more answer 429. Default 30.
+        auth_failure_burst: failed authentications allowed at once. Default 10.
+        uploads_per_minute: uploads per site token (burst ``upload_burst``). Default 60.
+        upload_burst: uploads allowed at once per site. Default 20.
+        max_model_parameters: largest U-Net (trainable parameters, computed from the spec by
+            arithmetic) an experiment may ask for. Default 100 million.
+        require_consent: sites take part only in experiments they approved (invitations or
+            their agent's ``accept_experiments``). Default True.
+        token_ttl_days: researcher and site tokens expire this many days after they were issued
+            or rotated. Default None (no expiry).
 
     Raises:
         pydantic.ValidationError: no admin token outside dev, a short token, an unreadable token
@@ -56,6 +72,17 @@ class AggregatorSettings(BaseSettings):
     log_format: Literal["json", "kv"] = "json"
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
+    max_json_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
+    body_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
+    max_concurrent_uploads: Annotated[int, Field(ge=1, le=10_000)] = 8
+    auth_failures_per_minute: Annotated[float, Field(gt=0.0)] = 30.0
+    auth_failure_burst: Annotated[int, Field(ge=1)] = 10
+    uploads_per_minute: Annotated[float, Field(gt=0.0)] = 60.0
+    upload_burst: Annotated[int, Field(ge=1)] = 20
+    max_model_parameters: Annotated[int, Field(ge=1)] = 100_000_000
+    token_ttl_days: Annotated[float, Field(gt=0.0)] | None = None
+    require_consent: bool = True
 
     @model_validator(mode="after")
     def _check_security(self) -> AggregatorSettings:

@@ -73,6 +73,15 @@ class AggregatorMetrics:
             "fedseg_active_experiments", "Experiments in status running", registry=self.registry
         )
 
-    def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+    def render(self, *, with_sites: bool = True) -> bytes:
+        """The text exposition format; without ``with_sites`` no line names a hospital."""
+        text = generate_latest(self.registry)
+        if with_sites:
+            return text
+        return b"".join(
+            line
+            for line in text.splitlines(keepends=True)
+            if not line.startswith(
+                (b"fedseg_site_", b"# HELP fedseg_site_", b"# TYPE fedseg_site_")
+            )
+        )

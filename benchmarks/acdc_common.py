@@ -347,6 +347,7 @@ class InProcessFederation:
             poll_wait_s=1,
             share_personal=share_personal,
             enrollment_token=SecretStr(reg.enrollment_token),
+            accept_experiments=["*"],  # benchmark hospitals consent to every experiment
         )
         http = httpx.Client(transport=self._tc._transport, base_url="http://testserver")
         agent = SiteAgent(settings, http=http)

@@ -138,7 +138,8 @@ def bench_upload(work: Path, uploads: int) -> str:
             for i in range(uploads):
                 reg = client.post(f"{API}/sites", json={"name": f"site-{i}"}, headers=rh).json()
                 enrolled = client.post(
-                    f"{API}/sites/enroll", json={"enrollment_token": reg["enrollment_token"]}
+                    f"{API}/sites/enroll",
+                    json={"enrollment_token": reg["enrollment_token"], "accept_experiments": ["*"]},
                 ).json()
                 sites.append({"Authorization": f"Bearer {enrolled['site_token']}"})
             body = {

@@ -188,6 +188,7 @@ def _federation(
                     "FEDSEG_SITE_DEVICE": "cpu",
                     "FEDSEG_SITE_POLL_WAIT_S": str(setting.poll_wait_s),
                     "FEDSEG_SITE_ENROLLMENT_TOKEN": reg.enrollment_token,
+                    "FEDSEG_SITE_ACCEPT_EXPERIMENTS": '["*"]',
                     **config.env,
                 },
             )

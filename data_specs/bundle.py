@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,11 +32,19 @@ from data_specs.constants import (
     BundleKind,
 )
 from data_specs.errors import BundleError, SpecMismatchError
+from data_specs.safetensors_header import (
+    DEFAULT_MAX_HEADER_BYTES,
+    MAX_JSON_DEPTH,
+    header_length,
+    loads_shallow,
+    parse_header,
+)
 
 ExpectedTensors = Mapping[str, tuple[tuple[int, ...], str]]
 
-# A safetensors header is an 8-byte little-endian length then JSON; refuse absurd lengths early.
-_MAX_HEADER = 100 * 1024 * 1024
+MAX_ROUND = 1_000_000  # bounds that keep every integer of the metadata inside SQLite's int64
+MAX_NUM_SAMPLES = 1_000_000_000
+
 _ALIGN = 8  # safetensors pads the header so tensor data starts 8-byte aligned
 
 
@@ -77,6 +84,15 @@ class BundleMeta:
 
     @classmethod
     def from_header(cls, header: Mapping[str, str] | None) -> BundleMeta:
+        """Metadata from a header's ``__metadata__`` (a ``str -> str`` map), bounds checked.
+
+        Raises:
+            BundleError: not a fedseg bundle, or a field missing, malformed or out of bounds.
+        """
+        if (header is not None and not isinstance(header, Mapping)) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in (header or {}).items()
+        ):
+            raise BundleError("bundle metadata must be a JSON object of strings to strings")
         if not header or header.get(META_FORMAT) != META_FORMAT_VERSION:
             raise BundleError(
                 f"not a fedseg weights bundle: expected metadata {META_FORMAT}={META_FORMAT_VERSION}, "
@@ -89,16 +105,22 @@ class BundleMeta:
                 kind=BundleKind(header[META_KIND]),
                 num_samples=int(header[META_NUM_SAMPLES]),
                 codec=header.get(META_CODEC, "none"),
-                codec_params=json.loads(header.get(META_CODEC_PARAMS, "{}")),
+                codec_params=loads_shallow(
+                    header.get(META_CODEC_PARAMS, "{}"),
+                    max_depth=MAX_JSON_DEPTH,
+                    what="codec_params",
+                ),
                 wire_dtype=header.get(META_DTYPE, "float32"),
             )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise BundleError(f"bundle metadata is malformed: {exc}") from exc
-        if meta.round < 0 or meta.num_samples < 0:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise BundleError(f"bundle metadata is malformed: {str(exc)[:200]}") from exc
+        if not 0 <= meta.round <= MAX_ROUND or not 0 <= meta.num_samples <= MAX_NUM_SAMPLES:
             raise BundleError(
-                f"bundle metadata must have round >= 0 and num_samples >= 0, "
-                f"got round={meta.round}, num_samples={meta.num_samples}"
+                f"bundle metadata must have round in [0, {MAX_ROUND}] and num_samples in "
+                f"[0, {MAX_NUM_SAMPLES}], got round={meta.round}, num_samples={meta.num_samples}"
             )
+        if not isinstance(meta.codec_params, dict):
+            raise BundleError("bundle metadata codec_params must be a JSON object")
         return meta
 
 
@@ -148,7 +170,7 @@ def canonical_safetensors(data: bytes) -> bytes:
     Returns:
         Bytes that depend only on the tensors and the metadata values.
     """
-    header = read_header(data)
+    header = read_header(data, max_header_bytes=len(data))  # our own encoder's output
     length = int.from_bytes(data[:8], "little")
     ordered: dict[str, object] = {}
     meta = header.pop("__metadata__", None)
@@ -168,22 +190,31 @@ def canonical_safetensors(data: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
-def read_header(data: bytes | memoryview) -> dict[str, Any]:
-    """Parse the safetensors JSON header without touching the tensor data."""
-    if len(data) < 8:
-        raise BundleError(f"not safetensors: expected at least 8 bytes, got {len(data)}")
-    (n,) = struct.unpack("<Q", bytes(data[:8]))
-    if n > _MAX_HEADER or 8 + n > len(data):
+def read_header(
+    data: bytes | memoryview, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+) -> dict[str, Any]:
+    """Parse and check the safetensors JSON header without touching the tensor data.
+
+    Goes through the one defensive reader (``data_specs.safetensors_header``): the length is
+    checked against ``max_header_bytes`` before parsing, the nesting depth by a flat scan, and
+    the entries against the safetensors schema.
+
+    Args:
+        data: the file's bytes, or at least its first ``8 + header length`` bytes.
+        max_header_bytes: refuse longer headers. Default 1 MiB.
+
+    Returns:
+        The header as a dict (``__metadata__`` a ``str -> str`` map when present).
+
+    Raises:
+        BundleError: a header over the cap, truncated, not JSON, or off the schema.
+    """
+    n = header_length(data, max_bytes=max_header_bytes)
+    if 8 + n > len(data):
         raise BundleError(
             f"not safetensors or truncated: header length {n}, body {len(data)} bytes"
         )
-    try:
-        header = json.loads(bytes(data[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError("not safetensors: header is not JSON") from exc
-    if not isinstance(header, dict):
-        raise BundleError("not safetensors: header is not a JSON object")
-    return header
+    return parse_header(data[8 : 8 + n]).as_json()
 
 
 def decode_bundle(

@@ -7,9 +7,8 @@ experts ``i = 0..K`` (0 is the global model) and ``__metadata__`` with ``fedseg_
 
 The format is a contract between the aggregator (which assembles bundles) and an outside site
 (which routes them), so it lives here. This module imports neither torch nor MONAI, so the
-aggregator can assemble bundles from numpy arrays. The one torch-bound step is deriving the expected tensor shapes from a spec
-(``expected_tensors`` builds a U-Net); pass ``expected=`` (e.g. shapes of the experiment's
-global bundle) to stay torch-free.
+aggregator can assemble bundles from numpy arrays; ``expected_tensors`` derives the expected
+tensor shapes from a spec by arithmetic (``data_specs.unet_layout``).
 """
 
 from __future__ import annotations
@@ -150,7 +149,7 @@ def encode_routing_bundle(
             "round": 40}, {"source": "site", "name": "site-a", "round": 40}]``.
         spec: the task spec every expert must match.
         expected: ``{key: (shape, dtype)}`` each expert must match; default ``None`` derives
-            it from ``spec`` with ``expected_tensors`` (needs torch and MONAI).
+            it from ``spec`` with ``expected_tensors``.
         class_prior: the federation's aggregate class frequencies, one share per class
             (background first); stored as metadata ``class_prior``. Default None (absent).
             Example: ``[0.93, 0.03, 0.02, 0.02]``.
@@ -183,9 +182,13 @@ def encode_routing_bundle(
     return canonical_safetensors(st_save(arrays, metadata=metadata))
 
 
+ROUTING_MAX_HEADER_BYTES = 64 << 20
+
+
 def _read_metadata(data: bytes | memoryview) -> tuple[TaskSpec, list[ExpertSource]]:
     try:
-        header = read_header(data)
+        # One model per expert: a larger header than a weights bundle's, still capped.
+        header = read_header(data, max_header_bytes=ROUTING_MAX_HEADER_BYTES)
     except BundleError as exc:
         raise RoutingBundleError(f"not a routing bundle: {exc}") from exc
     meta = header.get("__metadata__") or {}
@@ -223,7 +226,7 @@ def decode_routing_bundle(
             bundle carries (still checking it against its own hash and every expert).
             Example: ``TaskSpec(out_channels=2)``.
         expected: ``{key: (shape, dtype)}`` every expert must match; default ``None`` derives
-            it from the spec with ``expected_tensors`` (needs torch and MONAI).
+            it from the spec with ``expected_tensors``.
 
     Returns:
         The bundle with numpy state dicts.

@@ -9,6 +9,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_specs.constants import InputFit, NormKind
+from data_specs.unet_layout import parameter_count
+
+MAX_CHANNELS = 1024  # feature channels per level
+MAX_DEPTH = 8  # down-sampling levels (entries of strides)
+MAX_STRIDE = 8
+MAX_PATCH = 2048  # voxels per patch side
+MAX_PARAMETERS = 500_000_000  # hard ceiling; the aggregator's max_model_parameters is lower
 
 if TYPE_CHECKING:
     import torch
@@ -21,12 +28,14 @@ class TaskSpec(BaseModel):
         spatial_dims: 2 or 3. Default 2. Example: ``3``.
         in_channels: image channels. Default 1.
         out_channels: number of classes including background. Example: ``4``.
-        channels: feature channels per level. Default ``(8, 16, 32)``.
-        strides: down-sampling strides between levels, one fewer than ``channels``.
+        channels: feature channels per level, each 1-1024, 2-9 levels. Default ``(8, 16, 32)``.
+        strides: down-sampling strides between levels (each 1-8), one fewer than ``channels``.
         num_res_units: residual units per block. Default 1.
         norm: ``batch`` or ``instance``. Default ``batch``.
         dropout: dropout probability. Default 0.
-        patch_size: spatial size the loader crops or pads to. Example: ``(32, 32)``.
+        patch_size: spatial size the loader crops or pads to, each side 1-2048 and divisible by
+            the product of ``strides``. Example: ``(32, 32)``. The network's parameter count
+            (computed by arithmetic) must stay under ``MAX_PARAMETERS``.
         intensity: ``minmax`` (scale to [0, 1]), ``zscore`` (per image), ``none`` (values as
             stored) or ``ct`` (clip to ``clip_range``, then z-score with ``norm_mean_std``, the
             federation's statistics). Default ``zscore``.
@@ -43,15 +52,25 @@ class TaskSpec(BaseModel):
     spatial_dims: Literal[2, 3] = 2
     in_channels: Annotated[int, Field(ge=1, le=16)] = 1
     out_channels: Annotated[int, Field(ge=2, le=64)] = 2
-    channels: tuple[int, ...] = (8, 16, 32)
-    strides: tuple[int, ...] = (2, 2)
+    channels: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)], ...],
+        Field(min_length=2, max_length=MAX_DEPTH + 1),
+    ] = (8, 16, 32)
+    strides: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=MAX_STRIDE)], ...], Field(max_length=MAX_DEPTH)
+    ] = (2, 2)
     num_res_units: Annotated[int, Field(ge=0, le=4)] = 1
     norm: NormKind = NormKind.BATCH
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    patch_size: tuple[int, ...] = (32, 32)
+    patch_size: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=MAX_PATCH)], ...], Field(min_length=2, max_length=3)
+    ] = (32, 32)
     intensity: Literal["minmax", "zscore", "none", "ct"] = "zscore"
     fit: InputFit = InputFit.PATCH
-    target_spacing: tuple[Annotated[float, Field(gt=0.0)], ...] | None = None
+    target_spacing: (
+        Annotated[tuple[Annotated[float, Field(gt=0.0, le=1000.0)], ...], Field(max_length=3)]
+        | None
+    ) = None
     clip_range: tuple[float, float] | None = None
     norm_mean_std: tuple[float, Annotated[float, Field(gt=0.0)]] | None = None
 
@@ -79,6 +98,11 @@ class TaskSpec(BaseModel):
         if any(p % factor for p in self.patch_size):
             raise ValueError(
                 f"patch_size {self.patch_size} must be divisible by the total stride {factor}"
+            )
+        params = parameter_count(self)  # arithmetic: nothing is built
+        if params > MAX_PARAMETERS:
+            raise ValueError(
+                f"the network has {params} parameters, more than the limit of {MAX_PARAMETERS}"
             )
         return self
 
@@ -121,10 +145,9 @@ def expected_tensors(spec: TaskSpec) -> dict[str, tuple[tuple[int, ...], str]]:
         spec: the task spec.
 
     Returns:
-        ``{name: (shape, numpy dtype name)}`` in state-dict order.
+        ``{name: (shape, numpy dtype name)}`` in state-dict order, computed by arithmetic
+        (``data_specs.unet_layout``): no torch, no MONAI.
     """
-    model = build_unet(spec)
-    out: dict[str, tuple[tuple[int, ...], str]] = {}
-    for name, t in model.state_dict().items():
-        out[name] = (tuple(t.shape), str(t.numpy().dtype))
-    return out
+    from data_specs.unet_layout import unet_layout
+
+    return unet_layout(spec)

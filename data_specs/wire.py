@@ -7,7 +7,7 @@ construction: the schema forbids extra fields, so per-case figures or file names
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,9 +37,9 @@ class CodecConfig(BaseModel):
 
     model_config = _Strict
 
-    name: str = "none"
+    name: Literal["none", "quantize", "subsample", "topk", "lowrank", "randmask"] = "none"
     params: dict[str, Any] = Field(default_factory=dict)
-    min_size: Annotated[int, Field(ge=0)] = 1024
+    min_size: Annotated[int, Field(ge=0, le=1 << 40)] = 1024
     downlink_float16: bool = False
 
 
@@ -57,7 +57,7 @@ class PersonalizationConfig(BaseModel):
 
     method: PersonalizationMethod = PersonalizationMethod.IOPFL
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
-    ditto_lambda: Annotated[float, Field(ge=0.0)] = 0.1
+    ditto_lambda: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.1
     ditto_epochs: Annotated[int, Field(ge=1, le=100)] = 1
 
 
@@ -94,11 +94,11 @@ class TrainConfig(BaseModel):
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 4
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.01
     optimizer: OptimizerName = OptimizerName.SGD
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
-    fedprox_mu: Annotated[float, Field(ge=0.0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    fedprox_mu: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
     update_kind: BundleKind = BundleKind.FULL
-    max_steps: Annotated[int, Field(ge=1)] | None = None
-    seed: int = 0
+    max_steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     lr_schedule: LrSchedule = LrSchedule.CONSTANT
     precision: Precision = Precision.AUTO
     channels_last: bool = True
@@ -136,11 +136,37 @@ class TaskAssignment(BaseModel):
 
 
 class EnrollRequest(BaseModel):
-    """A site exchanges its one-time enrollment token for a site token."""
+    """A site exchanges its one-time enrollment token for a site token.
+
+    ``max_samples``, when given, is the most training cases the site will ever train on; the
+    aggregator caps every sample count the site reports at it (FedAvg weight).
+    ``accept_experiments`` is the hospital's standing consent (``"*"``, experiment ids or
+    ``"researcher:<name>"``); None leaves the site's policy as it is.
+    """
 
     model_config = _Strict
 
     enrollment_token: Annotated[str, Field(min_length=8, max_length=512)]
+    max_samples: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
+    accept_experiments: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=250)]], Field(max_length=100)]
+        | None
+    ) = None
+
+
+class ConsentPolicy(BaseModel):
+    """``PUT /sites/me/consent-policy`` body: the hospital's standing consent.
+
+    Args:
+        accept: ``"*"`` (every experiment), experiment ids or ``"researcher:<name>"``;
+            empty: the hospital approves experiments one by one.
+    """
+
+    model_config = _Strict
+
+    accept: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=250)]], Field(max_length=100)
+    ] = Field(default_factory=list)
 
 
 class EnrollResponse(BaseModel):

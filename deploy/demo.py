@@ -198,6 +198,7 @@ def _site_env(url: str, manifest: Path, work: Path, **extra: str) -> dict[str, s
         "FEDSEG_SITE_ALLOW_INSECURE_HTTP": "true",  # loopback demo; deployments use TLS
         "FEDSEG_SITE_DEVICE": "cpu",
         "FEDSEG_SITE_POLL_WAIT_S": "5",
+        "FEDSEG_SITE_ACCEPT_EXPERIMENTS": '["*"]',  # demo hospitals consent to every experiment
         **extra,
     }
 

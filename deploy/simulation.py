@@ -174,7 +174,9 @@ def _experiment(cfg: SimulationConfig, site_ids: list[str]) -> ExperimentCreate:
         min_sites=max(1, min(k, round(cfg.fraction * k))),
         sites=site_ids,
         train=_train_config(cfg),
-        strategy=StrategyConfig(name=cfg.strategy, params=cfg.strategy_params),
+        strategy=StrategyConfig.model_validate(
+            {"name": cfg.strategy, "params": cfg.strategy_params}
+        ),
         round_deadline_s=24 * 3600,
         seed=cfg.seed,
         privacy=cfg.privacy,
@@ -219,6 +221,7 @@ def _make_agents(
             device=device,
             poll_wait_s=1,
             enrollment_token=SecretStr(reg.enrollment_token),
+            accept_experiments=["*"],  # simulated hospitals consent to every experiment
         )
         # One client per agent over the app's single in-memory transport (one orchestrator).
         http = httpx.Client(transport=tc._transport, base_url="http://testserver")

@@ -215,6 +215,65 @@ def fingerprint(
         typer.echo(f"{key}: {json.dumps(value)}")
 
 
+def _site_client(config: Path | None, work_dir: Path | None) -> Any:
+    """A context manager yielding an ``AggregatorClient`` holding the site's token."""
+    import contextlib
+
+    from site_agent.client import AggregatorClient, make_http_client
+    from site_agent.enrollment import ensure_token
+    from site_agent.workdir import WorkDir
+
+    @contextlib.contextmanager
+    def opened() -> Any:
+        settings = _settings(config, work_dir=work_dir)
+        with make_http_client(settings) as http:
+            client = AggregatorClient(http, backoff=_backoff(settings))
+            ensure_token(client, settings, WorkDir(settings.work_dir))
+            yield client
+
+    return opened()
+
+
+@app.command("invitations")
+def invitations(config: Config = None, work_dir: WorkDirOpt = None) -> None:
+    """Experiments that may sample this site: what each runs and this site's decision."""
+    _setup_logging("WARNING")
+    try:
+        with _site_client(config, work_dir) as client:
+            rows = client.invitations()
+    except SiteAgentError as exc:
+        raise _fail(exc) from None
+    if not rows:
+        typer.echo("no invitations")
+    for row in rows:
+        spec = row["spec"]
+        typer.echo(
+            f"{row['experiment_id']}  {row['decision']:<8} {row['name']!r} by {row['researcher']}: "
+            f"{spec['spatial_dims']}D U-Net channels {spec['channels']}, {row['rounds']} rounds x "
+            f"{row['local_epochs']} epoch(s) (max_steps {row['max_steps']}), codec {row['codec']}, "
+            f"personalisation {row['personalization']}, strategy {row['strategy']}, "
+            f"min_sites {row['min_sites']}; personal models go to the researcher only if this "
+            "agent sets share_personal"
+        )
+
+
+@app.command("approve")
+def approve(
+    experiment: Annotated[str, typer.Argument(help="experiment id from `fedseg site invitations`")],
+    decline: Annotated[bool, typer.Option("--decline", help="decline instead")] = False,
+    config: Config = None,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Approve (or ``--decline``) an experiment before it starts; only approved sites take part."""
+    _setup_logging("WARNING")
+    try:
+        with _site_client(config, work_dir) as client:
+            row = client.decide(experiment, approve=not decline)
+    except SiteAgentError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{row['experiment_id']}: {row['decision']}")
+
+
 @app.command("infer")
 def infer(
     scans: Annotated[

@@ -11,7 +11,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import SecretStr, ValidationError
@@ -19,6 +19,7 @@ from pydantic import SecretStr, ValidationError
 from data_specs.constants import API_PREFIX, HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
 from data_specs.fingerprint import DatasetFingerprint
 from data_specs.wire import (
+    ConsentPolicy,
     EnrollRequest,
     EnrollResponse,
     FailureReport,
@@ -112,18 +113,43 @@ class AggregatorClient:
         self._token = token
 
     # -- routes ---------------------------------------------------------------------------
-    def enroll(self, enrollment_token: SecretStr) -> EnrollResponse:
+    def enroll(
+        self, enrollment_token: SecretStr, *, accept_experiments: list[str] | None = None
+    ) -> EnrollResponse:
         """Exchange the one-time enrollment token for a site token.
+
+        Args:
+            enrollment_token: the one-time token.
+            accept_experiments: the hospital's standing consent, sent with the enrollment.
 
         Raises:
             EnrollmentError: the aggregator refused the enrollment token.
         """
-        body = EnrollRequest(enrollment_token=enrollment_token.get_secret_value())
+        body = EnrollRequest(
+            enrollment_token=enrollment_token.get_secret_value(),
+            accept_experiments=accept_experiments,
+        )
         try:
             resp = self._call("POST", "/sites/enroll", "enroll", auth=False, json=body.model_dump())
         except (TokenRevokedError, TaskRefusedError) as exc:
             raise EnrollmentError(f"the aggregator refused the enrollment token: {exc}") from exc
         return _parse(EnrollResponse, resp, "enrollment")
+
+    def set_consent_policy(self, accept: list[str]) -> None:
+        """Send the hospital's standing consent (``accept_experiments``) to the aggregator."""
+        body = ConsentPolicy(accept=accept)
+        self._call("PUT", "/sites/me/consent-policy", "consent", json=body.model_dump())
+
+    def invitations(self) -> list[dict[str, Any]]:
+        """Experiments that may sample this site, with what they run and the site's decision."""
+        resp = self._call("GET", "/invitations", "invitations")
+        return list(resp.json())
+
+    def decide(self, experiment_id: str, *, approve: bool) -> dict[str, Any]:
+        """Approve (or decline) an experiment before it starts."""
+        action = "approve" if approve else "decline"
+        resp = self._call("POST", f"/invitations/{experiment_id}/{action}", action)
+        return dict(resp.json())
 
     def next_task(self, wait_s: int) -> TaskAssignment | None:
         """Long-poll for work: a task, or None when none came within ``wait_s`` seconds."""

@@ -32,7 +32,9 @@ def enroll(client: AggregatorClient, settings: SiteSettings, workdir: WorkDir) -
             "no site token yet and no enrollment token: set FEDSEG_SITE_ENROLLMENT_TOKEN "
             "(from the researcher) for the first start"
         )
-    response = client.enroll(settings.enrollment_token)
+    response = client.enroll(
+        settings.enrollment_token, accept_experiments=list(settings.accept_experiments) or None
+    )
     token = SecretStr(response.site_token)
     workdir.write_token(token)
     client.set_token(token)
@@ -52,3 +54,5 @@ def ensure_token(client: AggregatorClient, settings: SiteSettings, workdir: Work
         enroll(client, settings, workdir)
     else:
         client.set_token(token)
+        if settings.accept_experiments:  # the hospital's standing consent, as configured now
+            client.set_consent_policy(list(settings.accept_experiments))

@@ -6,8 +6,9 @@ what actually goes on the wire (method, path, query, headers, body) and refuses 
 - routes: only the site routes of docs/architecture.md, with ``wait`` as the only query;
 - headers: httpx's own, ``Authorization``, ``Content-Type`` and the three fedseg headers;
   ``X-Metrics`` must parse as ``SiteMetrics`` (aggregates only, extra fields forbidden);
-- JSON bodies: exactly an ``EnrollRequest``, a ``DatasetFingerprint`` (aggregates only: extra
-  fields forbidden, no free text), or a ``FailureReport`` whose reason is one of
+- JSON bodies: exactly an ``EnrollRequest``, a ``ConsentPolicy`` (consent), a
+  ``DatasetFingerprint`` (aggregates only: extra fields forbidden, no free text), or a
+  ``FailureReport`` whose reason is one of
   ``FailureReason`` (fixed texts, so no error message can carry a file name);
 - secure aggregation: the key, share and unmask steps as exactly their JSON models (hex
   keys and ciphertexts only), polls without a body, and a masked ring vector of exactly the
@@ -40,7 +41,7 @@ from data_specs.constants import (
 from data_specs.errors import BundleError
 from data_specs.fingerprint import DatasetFingerprint
 from data_specs.privacy.secagg_wire import KeysIn, SharesIn, UnmaskIn
-from data_specs.wire import EnrollRequest, FailureReport, SiteMetrics
+from data_specs.wire import ConsentPolicy, EnrollRequest, FailureReport, SiteMetrics
 from site_agent.errors import OutboundRefusedError
 
 
@@ -65,6 +66,9 @@ _ROUTES: dict[tuple[str, str], re.Pattern[str]] = {
     ("PUT", "personal"): re.compile(rf"{_P}/tasks/{_ID}/personal"),
     ("GET", "routing"): re.compile(rf"{_P}/experiments/{_ID}/routing-bundle"),
     ("PUT", "fingerprint"): re.compile(rf"{_P}/sites/me/fingerprint"),
+    ("GET", "invitations"): re.compile(rf"{_P}/invitations"),
+    ("POST", "decide"): re.compile(rf"{_P}/invitations/{_ID}/(approve|decline)"),
+    ("PUT", "consent"): re.compile(rf"{_P}/sites/me/consent-policy"),
     # secure aggregation (data_specs.privacy.secagg_wire): polls, three JSON steps, masked vector
     ("GET", "secagg-poll"): re.compile(rf"{_P}/tasks/{_ID}/secagg/(keys|inbox|unmask)"),
     ("POST", "secagg-keys"): re.compile(rf"{_P}/tasks/{_ID}/secagg/keys"),
@@ -144,7 +148,7 @@ class OutboundGuard:
         if set(request.url.params) - ({"wait"} if route == "next" else set()):
             raise OutboundRefusedError(f"refusing query parameters on {route}")
         body = request.content
-        if route in ("next", "model", "routing", "secagg-poll"):
+        if route in ("next", "model", "routing", "secagg-poll", "invitations", "decide"):
             if body:
                 raise OutboundRefusedError(f"refusing a body on the {route} request")
         elif route in _SECAGG_JSON:
@@ -155,6 +159,8 @@ class OutboundGuard:
             _check_json(body, EnrollRequest)
         elif route == "fingerprint":
             _check_json(body, DatasetFingerprint)
+        elif route == "consent":
+            _check_json(body, ConsentPolicy)
         elif route == "failure":
             report = _check_json(body, FailureReport)
             if report.reason not in {r.value for r in FailureReason}:

@@ -39,6 +39,10 @@ class SiteSettings(BaseSettings):
         work_dir: where the agent keeps its token, state, models and logs. Default
             ``"site_work"``. Example: ``"/var/lib/fedseg"``.
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available). Default ``auto``.
+        accept_experiments: the hospital's standing consent: ``"*"`` (every experiment),
+            experiment ids, or ``"researcher:<name>"``. Default empty: approve each experiment
+            with ``fedseg site approve EXPERIMENT`` after ``fedseg site invitations``.
+            Example (environment): ``FEDSEG_SITE_ACCEPT_EXPERIMENTS='["researcher:alice"]'``.
         share_personal: send the personal model to the aggregator after each round so that
             outside hospitals can route to it. Default False (opt-in).
         poll_wait_s: long-poll duration of ``GET /tasks/next``. Default 30. Example: ``5``.
@@ -66,6 +70,9 @@ class SiteSettings(BaseSettings):
     work_dir: Path = Path("site_work")
     device: DeviceName = "auto"
     share_personal: bool = False
+    accept_experiments: list[Annotated[str, Field(min_length=1, max_length=250)]] = Field(
+        default_factory=list, max_length=100
+    )
     poll_wait_s: Annotated[int, Field(ge=1, le=300)] = 30
     request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     backoff_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0

@@ -10,13 +10,15 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, FastAPI
 
 from aggregator.api.deps import Services
-from aggregator.api.errors import install_error_handlers
+from aggregator.api.errors import COMMON_ERRORS, error_responses, install_error_handlers
+from aggregator.api.guards import JsonBodyGuard
 from aggregator.api.routes import (
     dashboard,
     events,
     experiments,
     fingerprints,
     health,
+    invitations,
     researchers,
     secagg,
     sites,
@@ -27,6 +29,7 @@ from aggregator.blobs import BlobStore
 from aggregator.db import Database
 from aggregator.logs import log_event
 from aggregator.orchestrator import Orchestrator
+from aggregator.rate_limits import RateLimiter, UploadSlots
 from aggregator.routing_bundle import RoutingBundles
 from aggregator.settings import AggregatorSettings
 from aggregator.task_board import TaskBoard
@@ -58,6 +61,13 @@ def build_services(settings: AggregatorSettings) -> Services:
         orchestrator=orchestrator,
         board=TaskBoard(),
         routing=RoutingBundles(blobs),
+        auth_failures=RateLimiter(
+            per_minute=settings.auth_failures_per_minute, burst=settings.auth_failure_burst
+        ),
+        upload_rate=RateLimiter(
+            per_minute=settings.uploads_per_minute, burst=settings.upload_burst
+        ),
+        upload_slots=UploadSlots(settings.max_concurrent_uploads),
     )
 
 
@@ -100,9 +110,15 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(
+        JsonBodyGuard,
+        max_json_bytes=settings.max_json_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
     app.include_router(health.router)
-    api = APIRouter(prefix=API_PREFIX)
-    for module in (researchers, sites, experiments, tasks, secagg, events, fingerprints, dashboard):
+    api = APIRouter(prefix=API_PREFIX, responses=error_responses(*COMMON_ERRORS))
+    routers = (researchers, sites, experiments, tasks, secagg, events, invitations, fingerprints)
+    for module in (*routers, dashboard):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(ui.router)

@@ -17,6 +17,7 @@ from aggregator.db import Database
 from aggregator.db.models import utcnow
 from aggregator.errors import AuthenticationError, PermissionDeniedError
 from aggregator.orchestrator import Orchestrator
+from aggregator.rate_limits import RateLimiter, UploadSlots
 from aggregator.routing_bundle import RoutingBundles
 from aggregator.settings import AggregatorSettings
 from aggregator.task_board import TaskBoard
@@ -34,6 +35,9 @@ class Services:
     orchestrator: Orchestrator
     board: TaskBoard
     routing: RoutingBundles
+    auth_failures: RateLimiter
+    upload_rate: RateLimiter
+    upload_slots: UploadSlots
 
 
 @dataclass(frozen=True)
@@ -98,34 +102,81 @@ def bearer_token(
 TokenDep = Annotated[str, Depends(bearer_token)]
 
 
-def current_admin(settings: SettingsDep, token: TokenDep) -> None:
+def client_address(request: Request) -> str:
+    """The peer's address (the key of per-address limits)."""
+    return request.client.host if request.client else "unknown"
+
+
+def guard_auth(request: Request, services: ServicesDep, token: TokenDep) -> None:
+    """Refuse (429) an address or token that failed authentication too often lately."""
+    keys = (f"ip:{client_address(request)}", f"token:{hash_token(token)}")
+    services.auth_failures.check(*keys, what="failed authentications")
+    request.state.auth_keys = keys
+
+
+def record_auth_failure(request: Request, services: Services) -> None:
+    """Count one failed authentication against the request's address and token."""
+    for key in getattr(request.state, "auth_keys", ()):
+        services.auth_failures.hit(key)
+
+
+AuthGuard = Annotated[None, Depends(guard_auth)]
+
+
+def current_admin(
+    request: Request, services: ServicesDep, settings: SettingsDep, token: TokenDep, _: AuthGuard
+) -> None:
     """Require the admin token."""
     if settings.admin_token is None:
         raise AuthenticationError("admin routes are disabled: the server has no admin token")
     if not tokens_match(hash_token(token), hash_token(settings.admin_token.get_secret_value())):
+        record_auth_failure(request, services)
         raise AuthenticationError("invalid admin token")
 
 
 def current_researcher(
-    session: SessionDep, settings: SettingsDep, token: TokenDep
+    request: Request,
+    services: ServicesDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: TokenDep,
+    _: AuthGuard,
 ) -> ResearcherPrincipal:
-    """Require a researcher token."""
+    """Require a researcher token (not revoked, not expired)."""
     researcher = principals.researcher_by_token(session, token=token)
-    if researcher is None or not tokens_match(researcher.token_hash, hash_token(token)):
+    if (
+        researcher is None
+        or not tokens_match(researcher.token_hash, hash_token(token))
+        or principals.token_expired(
+            researcher.token_issued_at or researcher.created_at, settings.token_ttl_days
+        )
+    ):
+        record_auth_failure(request, services)
         _refuse(session, settings, token, wanted="researcher")
     principal = ResearcherPrincipal(researcher.id, researcher.name)  # type: ignore[union-attr]
     session.commit()  # give the pooled connection back before the route runs
     return principal
 
 
-def current_site(session: SessionDep, settings: SettingsDep, token: TokenDep) -> SitePrincipal:
-    """Require an enrolled site's token; records when the site was last seen."""
+def current_site(
+    request: Request,
+    services: ServicesDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: TokenDep,
+    _: AuthGuard,
+) -> SitePrincipal:
+    """Require an enrolled site's token (not expired); records when the site was last seen."""
     site = principals.site_by_token(session, token=token)
     if (
         site is None
         or site.token_hash is None
         or not tokens_match(site.token_hash, hash_token(token))
+        or principals.token_expired(
+            site.token_issued_at or site.enrolled_at, settings.token_ttl_days
+        )
     ):
+        record_auth_failure(request, services)
         _refuse(session, settings, token, wanted="site")
     assert site is not None
     principal = SitePrincipal(site.id, site.name)

@@ -9,20 +9,27 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
+from aggregator.api.errors import UPLOAD_ERRORS, error_responses
 from aggregator.blobs import BlobStore, StagedBlob, is_sha256
 from aggregator.errors import (
     InvalidRequestError,
     LengthRequiredError,
     PayloadTooLargeError,
+    TooManyRequestsError,
     UnprocessableError,
 )
+from data_specs.bundle import MAX_NUM_SAMPLES
 from data_specs.constants import HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
+from data_specs.errors import BundleError
+from data_specs.safetensors_header import DEFAULT_MAX_HEADER_BYTES, loads_shallow
 from data_specs.wire import SiteMetrics
 
 _PIPELINE_DEPTH = 16  # chunks (uvicorn hands over up to ~256 KiB each) queued for the writer
@@ -34,6 +41,8 @@ BUNDLE_BODY = {
         "description": f"safetensors weights bundle; its sha256 (hex) in {HEADER_SHA256}",
     }
 }
+UPLOAD_RESPONSES = error_responses(*UPLOAD_ERRORS)
+MAX_NUM_SAMPLES_HEADER = MAX_NUM_SAMPLES
 
 
 def content_length(request: Request, *, limit: int) -> int:
@@ -46,12 +55,9 @@ def content_length(request: Request, *, limit: int) -> int:
     raw = request.headers.get("content-length")
     if raw is None:
         raise LengthRequiredError("uploads need a Content-Length header", code="length_required")
-    try:
-        length = int(raw)
-    except ValueError as exc:
-        raise InvalidRequestError(f"Content-Length must be an integer, got {raw[:40]!r}") from exc
-    if length < 0:
-        raise InvalidRequestError(f"Content-Length must be >= 0, got {length}")
+    if not raw.strip().isdigit() or len(raw.strip()) > 18:
+        raise InvalidRequestError(f"Content-Length must be an integer >= 0, got {raw[:40]!r}")
+    length = int(raw)
     if length > limit:
         raise PayloadTooLargeError(
             f"body of {length} bytes exceeds the limit of {limit} bytes", code="too_large"
@@ -70,15 +76,16 @@ def sha256_header(request: Request) -> str:
 
 
 def num_samples_header(request: Request) -> int:
-    """The ``X-Num-Samples`` header, an integer > 0."""
+    """The ``X-Num-Samples`` header, an integer in ``[1, MAX_NUM_SAMPLES_HEADER]``."""
     raw = request.headers.get(HEADER_NUM_SAMPLES)
-    try:
-        value = int(raw) if raw is not None else 0
-    except ValueError:
-        value = 0
-    if value <= 0:
+    value = 0
+    if raw is not None and raw.strip().isdigit() and len(raw.strip()) <= 12:
+        value = int(raw)
+    if not 1 <= value <= MAX_NUM_SAMPLES_HEADER:
         raise InvalidRequestError(
-            f"{HEADER_NUM_SAMPLES} must be an integer > 0, got {raw!r}"[:200], code="num_samples"
+            f"{HEADER_NUM_SAMPLES} must be an integer in [1, {MAX_NUM_SAMPLES_HEADER}], "
+            f"got {raw!r}"[:200],
+            code="num_samples",
         )
     return value
 
@@ -93,6 +100,10 @@ def metrics_header(request: Request) -> SiteMetrics | None:
     if raw is None or not raw.strip():
         return None
     try:
+        loads_shallow(raw, max_depth=2, what=HEADER_METRICS)  # no NaN/Infinity, no deep nesting
+    except BundleError as exc:
+        raise UnprocessableError(f"{exc} (metrics must be finite)", code="metrics") from exc
+    try:
         return SiteMetrics.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(
@@ -106,7 +117,13 @@ def metrics_header(request: Request) -> SiteMetrics | None:
 
 
 async def receive_bundle(
-    request: Request, *, blobs: BlobStore, length: int, sha256: str
+    request: Request,
+    *,
+    blobs: BlobStore,
+    length: int,
+    sha256: str,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    chunk_timeout_s: float = 30.0,
 ) -> StagedBlob:
     """Stream the body into a staged blob and check its size and sha256.
 
@@ -118,21 +135,30 @@ async def receive_bundle(
         blobs: where to stage it.
         length: the declared ``Content-Length``.
         sha256: the declared ``X-Content-SHA256``.
+        max_header_bytes: the safetensors header cap, checked on the first 8 bytes (an
+            oversized header is refused before the rest of the body is read). Default 1 MiB.
+        chunk_timeout_s: longest wait for one chunk of the body. Default 30.
 
     Returns:
         The staged, fsynced blob; the caller commits or discards it.
 
     Raises:
         InvalidRequestError: body longer or shorter than declared, or a different sha256.
+        PayloadTooLargeError: a safetensors header over ``max_header_bytes``.
     """
     loop = asyncio.get_running_loop()
     staged = blobs.stage()
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-writer")
     pending: deque[asyncio.Future[None]] = deque()
     received = 0
+    prefix = b""
     try:
         try:
-            async for chunk in request.stream():
+            async for chunk in _timed(request.stream(), chunk_timeout_s):
+                if len(prefix) < 8:
+                    prefix += chunk[: 8 - len(prefix)]
+                    if len(prefix) == 8:
+                        _check_header_length(prefix, max_header_bytes)
                 received += len(chunk)
                 if received > length:
                     raise InvalidRequestError(
@@ -168,3 +194,59 @@ async def receive_bundle(
     finally:
         writer.shutdown(wait=False)
     return staged
+
+
+async def _timed(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks, each awaited at most ``timeout_s`` seconds."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(iterator), timeout=timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise InvalidRequestError(
+                f"body stalled: no data for {timeout_s:g} s", code="truncated"
+            ) from exc
+        yield chunk
+
+
+def _check_header_length(prefix: bytes, limit: int) -> None:
+    length = int.from_bytes(prefix[:8], "little")
+    if length > limit:
+        raise PayloadTooLargeError(
+            f"upload refused: safetensors header of {length} bytes exceeds the limit of "
+            f"{limit} bytes",
+            code="header_too_large",
+        )
+
+
+async def receive_upload(
+    request: Request, *, services: Any, site_key: str | None, length: int, sha256: str
+) -> StagedBlob:
+    """``receive_bundle`` under the app's limits: upload rate per caller, concurrent uploads.
+
+    Args:
+        request: the upload.
+        services: the app's services (blobs, settings, limiters).
+        site_key: the rate-limit key of the caller (its id), None for no per-caller limit.
+        length: the declared ``Content-Length``.
+        sha256: the declared ``X-Content-SHA256``.
+
+    Raises:
+        TooManyRequestsError: the caller uploads too often, or too many uploads are in flight.
+    """
+    if site_key is not None and not services.upload_rate.hit(f"upload:{site_key}"):
+        raise TooManyRequestsError(
+            "too many uploads from this caller; retry shortly", retry_after_s=5.0
+        )
+    settings = services.settings
+    with services.upload_slots.hold():
+        return await receive_bundle(
+            request,
+            blobs=services.blobs,
+            length=length,
+            sha256=sha256,
+            max_header_bytes=settings.max_header_bytes,
+            chunk_timeout_s=settings.body_timeout_s,
+        )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from aggregator.db.models import Event, Experiment
+from aggregator.db.models import Event, Experiment, Site
 
 
 def record_event(
@@ -40,7 +40,7 @@ def list_events(
     after_id: int = 0,
     limit: int = 200,
 ) -> list[Event]:
-    """Events of the researcher's experiments plus federation-wide ones, oldest first.
+    """Events of the researcher's experiments plus federation-wide ones about it, oldest first.
 
     Args:
         session: the open session.
@@ -50,9 +50,19 @@ def list_events(
         limit: at most this many. Default 200.
     """
     owned = select(Experiment.id).where(Experiment.owner_id == researcher_id)
+    my_sites = select(Site.id).where(Site.registered_by == researcher_id)
     query = select(Event).where(Event.id > after_id)
     if experiment_id is not None:
         query = query.where(Event.experiment_id == experiment_id, Event.experiment_id.in_(owned))
     else:
-        query = query.where(or_(Event.experiment_id.is_(None), Event.experiment_id.in_(owned)))
+        # Federation-wide events only where they concern the caller: its own acts, its own
+        # registration, or sites it registered. Other researchers' registrations stay private.
+        mine = or_(
+            Event.actor == f"researcher:{researcher_id}",
+            Event.detail["researcher_id"].as_string() == researcher_id,
+            Event.detail["site_id"].as_string().in_(my_sites),
+        )
+        query = query.where(
+            or_(and_(Event.experiment_id.is_(None), mine), Event.experiment_id.in_(owned))
+        )
     return list(session.scalars(query.order_by(Event.id).limit(limit)))

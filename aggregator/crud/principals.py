@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -40,8 +40,62 @@ def create_researcher(
 
 
 def researcher_by_token(session: Session, *, token: str) -> Researcher | None:
-    """The researcher a bearer token belongs to, if any."""
-    return session.scalar(select(Researcher).where(Researcher.token_hash == hash_token(token)))
+    """The (not revoked) researcher a bearer token belongs to, if any."""
+    return session.scalar(
+        select(Researcher).where(
+            Researcher.token_hash == hash_token(token), Researcher.revoked_at.is_(None)
+        )
+    )
+
+
+def token_expired(issued_at: datetime | None, ttl_days: float | None) -> bool:
+    """Whether a token issued at ``issued_at`` is past ``ttl_days`` (never, without a TTL)."""
+    if ttl_days is None or issued_at is None:
+        return False
+    return utcnow() - issued_at > timedelta(days=ttl_days)
+
+
+def get_researcher(session: Session, *, researcher_id: str) -> Researcher:
+    """A researcher by id.
+
+    Raises:
+        NotFoundError: no such researcher.
+    """
+    researcher = session.get(Researcher, researcher_id)
+    if researcher is None:
+        raise NotFoundError(f"researcher {researcher_id!r} not found")
+    return researcher
+
+
+def rotate_researcher(session: Session, *, researcher: Researcher, actor: str) -> str:
+    """Issue a new token for a researcher; the old one stops working at once.
+
+    Raises:
+        ConflictError: the researcher was revoked (revocation is final).
+    """
+    if researcher.revoked_at is not None:
+        raise ConflictError(f"researcher {researcher.id!r} was revoked; revocation is final")
+    token = new_token()
+    researcher.token_hash = hash_token(token)
+    researcher.token_issued_at = utcnow()
+    record_event(
+        session, kind="researcher.rotated", actor=actor, detail={"researcher_id": researcher.id}
+    )
+    return token
+
+
+def revoke_researcher(session: Session, *, researcher: Researcher, actor: str) -> None:
+    """Revoke a researcher's token for good (the admin may create a new researcher)."""
+    if researcher.revoked_at is None:
+        researcher.revoked_at = utcnow()
+        # An unusable hash: no token hashes to it, and the unique column stays unique.
+        researcher.token_hash = hash_token(f"revoked:{researcher.id}:{new_token()}")
+        record_event(
+            session,
+            kind="researcher.revoked",
+            actor=actor,
+            detail={"researcher_id": researcher.id},
+        )
 
 
 def register_site(session: Session, *, name: str, researcher_id: str) -> tuple[Site, str]:
@@ -82,8 +136,13 @@ def get_site(session: Session, *, site_id: str) -> Site:
     return site
 
 
-def enroll_site(session: Session, *, enrollment_token: str) -> tuple[Site, str]:
+def enroll_site(
+    session: Session, *, enrollment_token: str, max_samples: int | None = None
+) -> tuple[Site, str]:
     """Exchange a one-time enrollment token for a site token (the enrollment token is consumed).
+
+    ``max_samples`` (the training cases the site declares) caps the sample counts its updates
+    may claim.
 
     Raises:
         AuthenticationError: the token is unknown or already used.
@@ -97,7 +156,9 @@ def enroll_site(session: Session, *, enrollment_token: str) -> tuple[Site, str]:
     site.token_hash = hash_token(token)
     site.enrollment_token_hash = None
     site.status = SiteStatus.ENROLLED
-    site.enrolled_at = site.last_seen_at = utcnow()
+    site.enrolled_at = site.last_seen_at = site.token_issued_at = utcnow()
+    if max_samples is not None:
+        site.max_samples = max_samples
     record_event(
         session, kind="site.enrolled", actor=f"site:{site.id}", detail={"site_id": site.id}
     )
@@ -110,8 +171,13 @@ def rotate_site(session: Session, *, site_id: str, researcher_id: str) -> tuple[
     Raises:
         NotFoundError: no such site.
         PermissionDeniedError: the site was registered by another researcher.
+        ConflictError: the site was revoked (final: register a new site instead).
     """
     site = _owned_site(session, site_id=site_id, researcher_id=researcher_id)
+    if site.status == SiteStatus.REVOKED:
+        raise ConflictError(
+            f"site {site_id!r} was revoked and revocation is final; register a new site instead"
+        )
     token = new_token()
     site.token_hash = None
     site.enrollment_token_hash = hash_token(token)

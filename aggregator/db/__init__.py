@@ -6,6 +6,7 @@ from aggregator.db.engine import Database
 from aggregator.db.fingerprints import ExperimentPlanRow, SiteFingerprint
 from aggregator.db.models import (
     Base,
+    Consent,
     Event,
     Experiment,
     ExperimentStatus,
@@ -24,6 +25,7 @@ from aggregator.db.secagg_models import SecAggEntry, SecAggSum
 
 __all__ = [
     "Base",
+    "Consent",
     "Database",
     "Event",
     "Experiment",

@@ -96,6 +96,8 @@ class Researcher(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     token_hash: Mapped[str] = mapped_column(String(SHA_LEN), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    token_issued_at: Mapped[datetime | None]  # None: at created_at
+    revoked_at: Mapped[datetime | None]  # final: a revoked researcher never acts again
 
 
 class Site(Base):
@@ -110,6 +112,9 @@ class Site(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     enrolled_at: Mapped[datetime | None]
     last_seen_at: Mapped[datetime | None]
+    token_issued_at: Mapped[datetime | None]  # None: at enrolled_at
+    max_samples: Mapped[int | None]  # training cases declared at enrolment; caps X-Num-Samples
+    accept_policy: Mapped[list[str] | None] = mapped_column(JSON)  # standing consent (agent config)
 
 
 class Experiment(Base):
@@ -214,6 +219,17 @@ class PersonalModel(Base):
     sha256: Mapped[str] = mapped_column(String(SHA_LEN))
     size: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Consent(Base):
+    """A hospital's decision on one experiment (``approved`` or ``declined``), made by its site."""
+
+    __tablename__ = "consents"
+
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Grant(Base):

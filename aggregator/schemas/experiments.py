@@ -12,7 +12,7 @@ from data_specs.privacy import PrivacyConfig
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
 
-_Strict = ConfigDict(extra="forbid")
+_Strict = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class StrategyConfig(BaseModel):
@@ -27,8 +27,8 @@ class StrategyConfig(BaseModel):
 
     model_config = _Strict
 
-    name: str = "fedavg"
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "median", "trimmed_mean"] = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict, max_length=16)
 
     @model_validator(mode="after")
     def _known_strategy(self) -> StrategyConfig:
@@ -46,14 +46,19 @@ class ExperimentCreate(BaseModel):
         spec: the task and network spec.
         rounds: federated rounds to run. Example: ``50``.
         fraction: C, the fraction of participating sites sampled per round. Default 1.0.
-        min_sites: fewest sampled sites and accepted updates a round needs. Default 1.
+        min_sites: fewest approved sites to start, and fewest sampled sites and accepted
+            updates a round needs. Default 2: one hospital's weights never go out as a "global"
+            model unless the experiment sets 1 explicitly.
         sites: participating site ids; default every enrolled site when the experiment starts.
         train: what each site does in a round.
         strategy: server aggregation rule. Default FedAvg.
         round_deadline_s: seconds a round waits for its sites. Default 3600.
         max_round_retries: re-samplings of a round that missed ``min_sites``. Default 2.
         update_norm_bound: largest L2 norm of an update ``W - θ`` (outside ``local_keys``);
-            None disables the check. Default None.
+            None disables this fixed check. Default None.
+        robust_norm_multiple: on top of any fixed bound, updates whose norm exceeds this multiple
+            of the round's median update norm are scaled down to it before averaging (a
+            poisoned ×100 update then weighs like an honest one); None disables it. Default 3.
         seed: seeds site sampling, per-site training seeds and the initial model. Default 0.
         plan: ``"auto"`` plans the spec's network, patch, spacing and normalisation and the
             batch size from the sites' dataset fingerprints when the experiment starts
@@ -71,13 +76,16 @@ class ExperimentCreate(BaseModel):
     spec: TaskSpec
     rounds: Annotated[int, Field(ge=1, le=100_000)]
     fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    min_sites: Annotated[int, Field(ge=1)] = 1
-    sites: list[str] | None = None
+    min_sites: Annotated[int, Field(ge=1, le=10_000)] = 2
+    sites: (
+        Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=10_000)] | None
+    ) = None
     train: TrainConfig = Field(default_factory=TrainConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     round_deadline_s: Annotated[float, Field(gt=0.0, le=30 * 86400.0)] = 3600.0
     max_round_retries: Annotated[int, Field(ge=0, le=100)] = 2
-    update_norm_bound: Annotated[float, Field(gt=0.0)] | None = None
+    update_norm_bound: Annotated[float, Field(gt=0.0, le=1e12)] | None = None
+    robust_norm_multiple: Annotated[float, Field(ge=1.0, le=1e6)] | None = 3.0
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     plan: Literal["auto"] | None = None
     plan_options: PlanOptions | None = None
@@ -95,6 +103,18 @@ class ExperimentCreate(BaseModel):
         from aggregator.privacy_rules import apply_privacy_rules
 
         apply_privacy_rules(self)
+        return self
+
+    @model_validator(mode="after")
+    def _known_codec_params(self) -> ExperimentCreate:
+        from data_specs.errors import CodecError
+        from data_specs.update_codecs.registry import CODECS
+
+        codec = self.train.codec
+        try:
+            CODECS[codec.name].resolve(codec.params)
+        except CodecError as exc:
+            raise ValueError(f"train.codec.params: {exc}") from exc
         return self
 
     @model_validator(mode="after")

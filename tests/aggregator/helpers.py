@@ -107,8 +107,11 @@ class Federation:
     def add_site(self, name: str) -> str:
         r = self.client.post(f"{API}/sites", json={"name": name}, headers=self.rh)
         assert r.status_code == 201, r.text
+        # These sites consent to every experiment (their agent's accept_experiments=["*"]);
+        # tests/aggregator/test_consent.py covers sites that decide one by one.
         r = self.client.post(
-            f"{API}/sites/enroll", json={"enrollment_token": r.json()["enrollment_token"]}
+            f"{API}/sites/enroll",
+            json={"enrollment_token": r.json()["enrollment_token"], "accept_experiments": ["*"]},
         )
         assert r.status_code == 200, r.text
         self.sites[name] = (r.json()["site_id"], r.json()["site_token"])

@@ -126,7 +126,8 @@ def test_two_sites_two_rounds_over_http(server: str) -> None:
         final = client.get(f"{API}/experiments/{exp}/rounds/2/model", headers=fed.rh)
         assert final.headers[HEADER_SHA256] == sha256(final.content) == rounds[1]["model_sha256"]
         assert decode_bundle(final.content, spec_hash=TINY_SPEC.spec_hash()).meta.round == 2
-        metrics = client.get("/metrics").text
+        # Per-site series name hospitals: only the admin sees them.
+        metrics = client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text
         assert 'fedseg_rounds_total{outcome="closed"} 2.0' in metrics
         assert "fedseg_aggregation_seconds_count 2.0" in metrics
         assert 'fedseg_bytes_received_total{kind="update"}' in metrics

@@ -113,7 +113,7 @@ def test_malformed_metadata_is_refused() -> None:
     header["round"] = "-1"
     from safetensors.numpy import save
 
-    with pytest.raises(BundleError, match="round >= 0"):
+    with pytest.raises(BundleError, match=r"round in \[0, "):
         decode_bundle(save(_weights(), metadata=header))
     header["round"] = "three"
     with pytest.raises(BundleError, match="malformed"):

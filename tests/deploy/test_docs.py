@@ -34,6 +34,10 @@ SITE_ONLY = {
     ("POST", "/api/v1/tasks/{task_id}/secagg/shares"),
     ("POST", "/api/v1/tasks/{task_id}/secagg/unmask"),
     ("PUT", "/api/v1/tasks/{task_id}/secagg/masked"),
+    ("GET", "/api/v1/invitations"),
+    ("POST", "/api/v1/invitations/{experiment_id}/approve"),
+    ("POST", "/api/v1/invitations/{experiment_id}/decline"),
+    ("PUT", "/api/v1/sites/me/consent-policy"),
 }
 
 

@@ -48,6 +48,7 @@ def agent_settings(root: Path, url: str, token: str, **extra: object) -> SiteSet
         work_dir=str(root / "work"),
         device="cpu",
         poll_wait_s=1,
+        accept_experiments=["*"],
         **extra,
     )
 

@@ -17,8 +17,8 @@ router = APIRouter(prefix="/events", tags=["events"])
 def get_events(
     session: SessionDep,
     researcher: CurrentResearcher,
-    experiment_id: str | None = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    experiment_id: Annotated[str | None, Query(max_length=64)] = None,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[EventPublic]:
     """Events of the caller's experiments and federation-wide ones, oldest first (page with ``after``)."""

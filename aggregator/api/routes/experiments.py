@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
@@ -14,7 +16,13 @@ from aggregator.api.deps import (
     ServicesDep,
     SessionDep,
 )
-from aggregator.api.uploads import BUNDLE_BODY, content_length, receive_bundle, sha256_header
+from aggregator.api.uploads import (
+    BUNDLE_BODY,
+    UPLOAD_RESPONSES,
+    content_length,
+    receive_upload,
+    sha256_header,
+)
 from aggregator.crud import experiments as exp_crud
 from aggregator.crud import rounds as round_crud
 from aggregator.crud import routing as routing_crud
@@ -37,6 +45,7 @@ from aggregator.schemas import (
     RoundPublic,
 )
 from aggregator.validation import check_model
+from data_specs.bundle import MAX_ROUND
 from data_specs.constants import HEADER_SHA256
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
@@ -45,10 +54,21 @@ _OCTET = "application/octet-stream"
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create(
-    body: ExperimentCreate, session: SessionDep, researcher: CurrentResearcher
+    body: ExperimentCreate,
+    session: SessionDep,
+    services: ServicesDep,
+    researcher: CurrentResearcher,
 ) -> ExperimentPublic:
-    """Create an experiment (status ``created``)."""
-    return exp_crud.to_public(create_experiment(session, owner_id=researcher.id, body=body))
+    """Create an experiment (status ``created``); the spec's bounds are in its schema, and its
+    parameter count (computed by arithmetic, nothing is built) must not exceed the server's
+    ``max_model_parameters``."""
+    experiment = create_experiment(
+        session,
+        owner_id=researcher.id,
+        body=body,
+        max_parameters=services.settings.max_model_parameters,
+    )
+    return exp_crud.to_public(experiment)
 
 
 @router.get("")
@@ -69,7 +89,7 @@ def read(
     )
 
 
-@router.put("/{experiment_id}/initial-model", openapi_extra=BUNDLE_BODY)
+@router.put("/{experiment_id}/initial-model", openapi_extra=BUNDLE_BODY, responses=UPLOAD_RESPONSES)
 async def put_initial_model(
     experiment_id: str, request: Request, services: ServicesDep, researcher: CurrentResearcher
 ) -> ExperimentPublic:
@@ -88,7 +108,9 @@ async def put_initial_model(
             return experiment.spec_hash, exp_crud.expected_of(experiment)
 
     spec_hash, expected = await run_in_threadpool(check_owner)
-    staged = await receive_bundle(request, blobs=services.blobs, length=length, sha256=sha)
+    staged = await receive_upload(
+        request, services=services, site_key=researcher.id, length=length, sha256=sha
+    )
 
     def store() -> ExperimentPublic:
         check_model(staged.path, spec_hash=spec_hash, expected=expected)
@@ -123,7 +145,11 @@ def start(
         session, experiment_id=experiment_id, owner_id=researcher.id
     )
     sites = start_experiment(
-        session, blobs=services.blobs, experiment=experiment, actor=researcher.actor
+        session,
+        blobs=services.blobs,
+        experiment=experiment,
+        actor=researcher.actor,
+        require_consent=services.settings.require_consent,
     )
     services.orchestrator.wake()
     services.board.notify_threadsafe(sites)
@@ -170,7 +196,7 @@ def rounds(
 @router.get("/{experiment_id}/rounds/{round_number}/model", response_class=FileResponse)
 def round_model(
     experiment_id: str,
-    round_number: int,
+    round_number: Annotated[int, Path(ge=0, le=MAX_ROUND, description="0: the initial model")],
     session: SessionDep,
     blobs: BlobsDep,
     metrics: MetricsDep,

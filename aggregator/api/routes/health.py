@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 
 from aggregator.api.deps import ServicesDep
+from aggregator.auth import hash_token, parse_bearer, tokens_match
 from aggregator.telemetry import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["operations"])
@@ -20,6 +21,13 @@ def healthz(services: ServicesDep) -> dict[str, str]:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(services: ServicesDep) -> Response:
-    """Prometheus text exposition."""
-    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request, services: ServicesDep) -> Response:
+    """Prometheus text exposition; per-site series (hospital names) only with the admin token."""
+    token = parse_bearer(request.headers.get("authorization"))
+    admin = services.settings.admin_token
+    authorised = (
+        token is not None
+        and admin is not None
+        and tokens_match(hash_token(token), hash_token(admin.get_secret_value()))
+    )
+    return Response(services.metrics.render(with_sites=authorised), media_type=CONTENT_TYPE_LATEST)

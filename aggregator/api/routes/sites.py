@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from aggregator.api.deps import CurrentResearcher, SessionDep
+from aggregator import consent
+from aggregator.api.deps import CurrentResearcher, CurrentSite, SessionDep
 from aggregator.crud import principals
 from aggregator.schemas import SiteCreate, SitePublic, SiteRegistered
+from aggregator.schemas.consent import ConsentPolicy
 from data_specs.wire import EnrollRequest, EnrollResponse
 
 router = APIRouter(prefix="/sites", tags=["sites"])
@@ -15,9 +17,24 @@ router = APIRouter(prefix="/sites", tags=["sites"])
 @router.post("/enroll")
 def enroll(body: EnrollRequest, session: SessionDep) -> EnrollResponse:
     """Exchange a one-time enrollment token for a site token (no bearer token needed)."""
-    site, token = principals.enroll_site(session, enrollment_token=body.enrollment_token)
+    site, token = principals.enroll_site(
+        session, enrollment_token=body.enrollment_token, max_samples=body.max_samples
+    )
+    if body.accept_experiments is not None:
+        consent.set_policy(session, site=site, accept=body.accept_experiments)
     session.commit()
     return EnrollResponse(site_id=site.id, site_name=site.name, site_token=token)
+
+
+@router.put("/me/consent-policy")
+def put_consent_policy(
+    body: ConsentPolicy, session: SessionDep, current: CurrentSite
+) -> ConsentPolicy:
+    """Replace the calling site's standing consent (its agent's ``accept_experiments``)."""
+    site = principals.get_site(session, site_id=current.id)
+    consent.set_policy(session, site=site, accept=body.accept)
+    session.commit()
+    return body
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)

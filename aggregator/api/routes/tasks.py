@@ -16,10 +16,11 @@ from aggregator import intake
 from aggregator.api.deps import CurrentSite, ServicesDep, SessionDep
 from aggregator.api.uploads import (
     BUNDLE_BODY,
+    UPLOAD_RESPONSES,
     content_length,
     metrics_header,
     num_samples_header,
-    receive_bundle,
+    receive_upload,
     sha256_header,
 )
 from aggregator.crud import tasks as task_crud
@@ -92,7 +93,7 @@ def task_model(
     )
 
 
-@router.put("/{task_id}/update", openapi_extra=BUNDLE_BODY)
+@router.put("/{task_id}/update", openapi_extra=BUNDLE_BODY, responses=UPLOAD_RESPONSES)
 async def upload_update(
     task_id: str, request: Request, services: ServicesDep, site: CurrentSite
 ) -> UpdateReceipt:
@@ -117,7 +118,9 @@ async def upload_update(
         if isinstance(target, UpdateReceipt):
             metrics.updates.labels(outcome="duplicate").inc()
             return target
-        staged = await receive_bundle(request, blobs=services.blobs, length=length, sha256=sha)
+        staged = await receive_upload(
+            request, services=services, site_key=site.id, length=length, sha256=sha
+        )
 
         def accept() -> intake.UpdateOutcome:
             with services.database.session() as session:
@@ -164,7 +167,7 @@ def report_failure(
     return TaskStatusPublic(task_id=task_id, status=result)
 
 
-@router.put("/{task_id}/personal", openapi_extra=BUNDLE_BODY)
+@router.put("/{task_id}/personal", openapi_extra=BUNDLE_BODY, responses=UPLOAD_RESPONSES)
 async def share_personal(
     task_id: str, request: Request, services: ServicesDep, site: CurrentSite
 ) -> UpdateReceipt:
@@ -177,7 +180,9 @@ async def share_personal(
             return intake.prepare_personal(session, task_id=task_id, site_id=site.id)
 
     target = await run_in_threadpool(prepare)
-    staged = await receive_bundle(request, blobs=services.blobs, length=length, sha256=sha)
+    staged = await receive_upload(
+        request, services=services, site_key=site.id, length=length, sha256=sha
+    )
 
     def accept() -> UpdateReceipt:
         with services.database.session() as session:
