@@ -36,6 +36,8 @@ APP = create_app(
         orchestrator_enabled=False,
         sqlite_synchronous="NORMAL",
         max_upload_bytes=64 * 1024,
+        max_long_poll_s=0.2,  # generated ?wait= values must not stall the run
+        body_timeout_s=2.0,
         # The fuzzer sends wrong tokens on purpose: keep the login limiter out of its way.
         auth_failure_burst=1_000_000,
         auth_failures_per_minute=1e9,
@@ -54,6 +56,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("role", sorted(TOKENS))
 @schema.parametrize()
 @settings(
