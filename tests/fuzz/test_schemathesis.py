@@ -3,7 +3,7 @@
 Cases come from the schema (valid and invalid bodies, paths, queries, headers) and are sent with
 the admin token and with a researcher's token; no answer may be a 5xx. Bounded: a few examples
 per operation by default (the ``fuzz`` marker; ``FEDSEG_FUZZ_EXAMPLES`` raises the count for a
-longer run). Run alone with ``pytest -m fuzz``.
+longer run). Not in the default run: ``make test-fuzz`` (``pytest -m fuzz tests/fuzz``).
 """
 
 from __future__ import annotations
