@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test test-fuzz lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# schemathesis over the aggregator's OpenAPI document (admin and researcher tokens);
+# FEDSEG_FUZZ_EXAMPLES=50 for a longer run
+test-fuzz: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m fuzz tests/fuzz
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,7 +3,7 @@
 Cases come from the schema (valid and invalid bodies, paths, queries, headers) and are sent with
 the admin token and with a researcher's token; no answer may be a 5xx. Bounded: a few examples
 per operation by default (the ``fuzz`` marker; ``FEDSEG_FUZZ_EXAMPLES`` raises the count for a
-longer run). Run alone with ``pytest -m fuzz``.
+longer run). Not in the default run: ``make test-fuzz`` (``pytest -m fuzz tests/fuzz``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ APP = create_app(
         orchestrator_enabled=False,
         sqlite_synchronous="NORMAL",
         max_upload_bytes=64 * 1024,
+        max_long_poll_s=0.2,  # generated ?wait= values must not stall the run
+        body_timeout_s=2.0,
         # The fuzzer sends wrong tokens on purpose: keep the login limiter out of its way.
         auth_failure_burst=1_000_000,
         auth_failures_per_minute=1e9,
@@ -54,6 +56,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("role", sorted(TOKENS))
 @schema.parametrize()
 @settings(

@@ -173,3 +173,33 @@ def test_a_download_cut_mid_body_is_retried_and_leaves_no_partial_file(tmp_path)
     )
     assert dest.read_bytes() == body and len(calls) == 2 and len(sleeps) == 1
     assert [p.name for p in dest.parent.iterdir()] == ["global.safetensors"]
+
+
+def test_consent_calls_pass_the_guard_and_carry_only_the_policy() -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.path.endswith("/invitations"):
+            return httpx.Response(200, json=[{"experiment_id": "e1", "decision": "pending"}])
+        if request.url.path.endswith("/approve"):
+            return httpx.Response(200, json={"experiment_id": "e1", "decision": "approved"})
+        return httpx.Response(200, json=json.loads(request.content))
+
+    client = client_for(handler, [])
+    client.set_consent_policy(["researcher:alice"])
+    assert client.invitations()[0]["experiment_id"] == "e1"
+    assert client.decide("e1", approve=True)["decision"] == "approved"
+    assert [(r.method, r.url.path) for r in sent] == [
+        ("PUT", "/api/v1/sites/me/consent-policy"),
+        ("GET", "/api/v1/invitations"),
+        ("POST", "/api/v1/invitations/e1/approve"),
+    ]
+    assert json.loads(sent[0].content) == {"accept": ["researcher:alice"]}
+    with pytest.raises(OutboundRefusedError, match="ConsentPolicy"):
+        client.http.put(
+            "/api/v1/sites/me/consent-policy", json={"accept": ["*"], "notes": "case_007"}
+        )
+    with pytest.raises(OutboundRefusedError, match="body"):
+        client.http.post("/api/v1/invitations/e1/approve", content=b"patient data")
+    assert len(sent) == 3
