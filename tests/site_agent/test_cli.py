@@ -140,9 +140,10 @@ def test_outside_site_adapts_the_routed_model_and_segments_with_it(tmp_path) -> 
     with live_aggregator(tmp_path / "agg") as agg:
         write_site(tmp_path / "inside" / "data", n_train=4, n_val=1, n_test=0)
         inside_id, token = agg.add_site("inside")
-        experiment_id = agg.create_experiment(TINY, rounds=1, sites=[inside_id], train=TRAIN)
         settings = agent_settings(tmp_path / "inside", agg.url, token, share_personal=True)
         with SiteAgent(settings) as agent:
+            agent.prepare()  # enroll with the hospital's standing consent first
+            experiment_id = agg.create_experiment(TINY, rounds=1, sites=[inside_id], train=TRAIN)
             agent.run(once=True)
         agg.wait_for(experiment_id, "completed")
         outside_manifest = write_site(tmp_path / "outside", n_train=1, n_val=0, n_test=2, seed=5)

@@ -97,6 +97,8 @@ def test_two_agents_run_rounds_and_send_nothing_but_weights(tmp_path) -> None:
             roots.append(root)
             recorders.append(recorder)
             site_ids.append(site_id)
+        for agent in agents:  # enroll with the hospitals' standing consent first
+            agent.prepare()
         experiment_id = agg.create_experiment(TINY, rounds=2, sites=site_ids, train=TRAIN)
         results = run_agents(agents, max_tasks=2)
         assert all(r is not None and not isinstance(r, Exception) for r in results), results

@@ -62,9 +62,10 @@ def test_the_outside_walkthrough_runs_as_written(tmp_path: Path) -> None:
         # A federation of one hospital ("hospital-a") that shares its personal model.
         write_site(tmp_path / "hospital-a" / "data", n_train=4, n_val=1, n_test=0)
         inside_id, token = agg.add_site("hospital-a")
-        exp_id = agg.create_experiment(TINY, rounds=1, sites=[inside_id], train=TRAIN)
         settings = agent_settings(tmp_path / "hospital-a", agg.url, token, share_personal=True)
         with SiteAgent(settings) as agent:
+            agent.prepare()  # enroll with the hospital's standing consent first
+            exp_id = agg.create_experiment(TINY, rounds=1, sites=[inside_id], train=TRAIN)
             agent.run(once=True)
         agg.wait_for(exp_id, "completed")
 

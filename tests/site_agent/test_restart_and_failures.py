@@ -57,8 +57,17 @@ def one_site(tmp_path: Path, *, rounds: int = 1) -> Iterator[OneSite]:
         root = tmp_path / "hospital"
         write_site(root / "data", n_train=4, n_val=1, n_test=1)
         site_id, token = agg.add_site("hospital")
-        experiment_id = agg.create_experiment(TINY, rounds=rounds, sites=[site_id], train=TRAIN)
-        yield OneSite(agg, root, site_id, token, experiment_id, Recorder())
+        site = OneSite(agg, root, site_id, token, "", Recorder())
+        # The hospital enrolls first: its standing consent (accept_experiments) lets the
+        # experiment start.
+        first = site.agent()
+        first.prepare()
+        first.close()
+        site.recorder.requests.clear()
+        site.experiment_id = agg.create_experiment(
+            TINY, rounds=rounds, sites=[site_id], train=TRAIN
+        )
+        yield site
 
 
 def test_killed_before_and_after_the_upload_resumes_with_the_same_bytes(
@@ -170,9 +179,11 @@ def test_compressed_updates_keep_their_error_feedback_memory(tmp_path) -> None:
         root = tmp_path / "hospital"
         write_site(root / "data", n_train=4, n_val=1, n_test=0)
         site_id, token = agg.add_site("hospital")
-        experiment_id = agg.create_experiment(TINY, rounds=2, sites=[site_id], train=train)
-        site = OneSite(agg, root, site_id, token, experiment_id, Recorder())
+        site = OneSite(agg, root, site_id, token, "", Recorder())
         with site.agent() as agent:
+            agent.prepare()  # enroll with the hospital's standing consent first
+            experiment_id = agg.create_experiment(TINY, rounds=2, sites=[site_id], train=train)
+            site.experiment_id = experiment_id
             assert agent.run(max_tasks=2).outcomes == [TaskOutcome.ACCEPTED] * 2
         agg.wait_for(experiment_id, "completed")
     (body, _) = site.sent("PUT", "/update")

@@ -53,9 +53,12 @@ def test_rounds_close_on_the_last_update_and_report_their_timeline(tmp_path: Pat
                 work_dir=str(root / "work"),
                 device="cpu",
                 poll_wait_s=20,
+                accept_experiments=["*"],
             )
             agents.append(SiteAgent(settings, http=http, backoff=Backoff(0.05, 0.2, 5)))
             site_ids.append(site_id)
+        for agent in agents:  # enroll with the hospitals' standing consent first
+            agent.prepare()
         started = time.monotonic()
         experiment_id = agg.create_experiment(TINY, rounds=3, sites=site_ids, train=TRAIN)
         results = run_agents(agents, max_tasks=3)
