@@ -11,6 +11,7 @@ from safetensors.numpy import save as st_save
 from aggregator.blobs import BlobRef, BlobStore
 from data_specs.bundle import BundleMeta, canonical_safetensors, encode_bundle, open_bundle
 from data_specs.task_spec import TaskSpec
+from data_specs.unet_layout import initial_weights
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _STATE_FORMAT = {"fedseg_server_state": "1"}
@@ -19,7 +20,8 @@ _STATE_FORMAT = {"fedseg_server_state": "1"}
 def build_initial_weights(spec: TaskSpec, seed: int) -> dict[str, np.ndarray]:
     """Freshly initialised U-Net weights for a spec, reproducible from ``seed``.
 
-    torch and MONAI are imported here only, so the service starts without them.
+    Computed with numpy (``data_specs.unet_layout.initial_weights``, torch's default
+    distributions), so the service never imports torch or MONAI.
 
     Args:
         spec: the task spec.
@@ -28,14 +30,7 @@ def build_initial_weights(spec: TaskSpec, seed: int) -> dict[str, np.ndarray]:
     Returns:
         ``{key: array}`` in state-dict order.
     """
-    import torch
-
-    from data_specs.task_spec import build_unet
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_unet(spec)
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    return initial_weights(spec, seed)
 
 
 def store_global(

@@ -19,6 +19,7 @@ from aggregator.logs import log_event
 from aggregator.schemas.experiments import ExperimentCreate
 from data_specs.constants import PersonalizationMethod
 from data_specs.task_spec import TaskSpec
+from data_specs.unet_layout import norm_keys_of, unet_layout
 
 log = logging.getLogger("aggregator.lifecycle")
 Expected = dict[str, tuple[tuple[int, ...], str]]
@@ -26,11 +27,8 @@ Expected = dict[str, tuple[tuple[int, ...], str]]
 
 @functools.lru_cache(maxsize=16)
 def spec_layout(spec: TaskSpec) -> tuple[Expected, tuple[str, ...]]:
-    """``(expected tensors, FedBN norm keys)`` of a spec's U-Net (builds it once with torch)."""
-    from data_specs.task_spec import expected_tensors
-    from personalization.state_dict import norm_keys_for_spec
-
-    return expected_tensors(spec), tuple(norm_keys_for_spec(spec))
+    """``(expected tensors, FedBN norm keys)`` of a spec's U-Net, by arithmetic (no torch)."""
+    return unet_layout(spec), norm_keys_of(spec)
 
 
 def create_experiment(session: Session, *, owner_id: str, body: ExperimentCreate) -> Experiment:

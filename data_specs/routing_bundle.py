@@ -7,9 +7,8 @@ experts ``i = 0..K`` (0 is the global model) and ``__metadata__`` with ``fedseg_
 
 The format is a contract between the aggregator (which assembles bundles) and an outside site
 (which routes them), so it lives here. This module imports neither torch nor MONAI, so the
-aggregator can assemble bundles from numpy arrays. The one torch-bound step is deriving the expected tensor shapes from a spec
-(``expected_tensors`` builds a U-Net); pass ``expected=`` (e.g. shapes of the experiment's
-global bundle) to stay torch-free.
+aggregator can assemble bundles from numpy arrays; ``expected_tensors`` derives the expected
+tensor shapes from a spec by arithmetic (``data_specs.unet_layout``).
 """
 
 from __future__ import annotations
@@ -147,7 +146,7 @@ def encode_routing_bundle(
             "round": 40}, {"source": "site", "name": "site-a", "round": 40}]``.
         spec: the task spec every expert must match.
         expected: ``{key: (shape, dtype)}`` each expert must match; default ``None`` derives
-            it from ``spec`` with ``expected_tensors`` (needs torch and MONAI).
+            it from ``spec`` with ``expected_tensors``.
 
     Returns:
         safetensors bytes.
@@ -215,7 +214,7 @@ def decode_routing_bundle(
             bundle carries (still checking it against its own hash and every expert).
             Example: ``TaskSpec(out_channels=2)``.
         expected: ``{key: (shape, dtype)}`` every expert must match; default ``None`` derives
-            it from the spec with ``expected_tensors`` (needs torch and MONAI).
+            it from the spec with ``expected_tensors``.
 
     Returns:
         The bundle with numpy state dicts.

@@ -121,10 +121,9 @@ def expected_tensors(spec: TaskSpec) -> dict[str, tuple[tuple[int, ...], str]]:
         spec: the task spec.
 
     Returns:
-        ``{name: (shape, numpy dtype name)}`` in state-dict order.
+        ``{name: (shape, numpy dtype name)}`` in state-dict order, computed by arithmetic
+        (``data_specs.unet_layout``): no torch, no MONAI.
     """
-    model = build_unet(spec)
-    out: dict[str, tuple[tuple[int, ...], str]] = {}
-    for name, t in model.state_dict().items():
-        out[name] = (tuple(t.shape), str(t.numpy().dtype))
-    return out
+    from data_specs.unet_layout import unet_layout
+
+    return unet_layout(spec)

@@ -1,8 +1,7 @@
 """State-dict split, merge and arithmetic, and the policy data of which keys are normalisation layers.
 
-The aggregator imports this module for ``norm_keys_for_spec`` only (the FedBN ``local_keys``), so
-it imports nothing heavier than torch and numpy at import time; MONAI is loaded only when a U-Net
-is built.
+The aggregator does not import this module (it takes the FedBN ``local_keys`` from
+``data_specs.unet_layout.norm_keys_of``, without torch); MONAI is loaded only when a U-Net is built.
 """
 
 from __future__ import annotations
