@@ -97,6 +97,8 @@ class SiteAgent:
                 check_manifest(manifest)
             self._factory = ManifestTrainers(self.settings, self.workdir)
         self.workdir.ensure()
+        if removed := self.workdir.remove_partial_files():
+            log.info("removed %d partial file(s) left by an interrupted run", removed)
         ensure_token(self.client, self.settings, self.workdir)
         self._prepared = True
 
