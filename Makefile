@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test test-containers images lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Container tier (.ci/run runs it after `test`): starts Docker if need be, builds both images,
+# runs the compose federation. Skips loudly where no Docker engine can start.
+test-containers: $(STAMP)
+	FEDSEG_CONTAINER_TESTS=1 $(BIN)/python -m pytest -q tests/containers
+
+images:
+	deploy/images.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -54,8 +54,9 @@ done
 "$DOCKER" info > /dev/null 2>&1 || die "docker does not answer (deploy/docker_daemon.sh starts one)"
 
 # -- extra CA certificates ----------------------------------------------------------------------
-rm -f "$CA_DIR"/images-sh-*.crt
+# Given CAs replace the ones an earlier run copied; without any, deploy/extra-ca/ stays as it is.
 n=0
+[ -z "${CAS[*]}" ] || rm -f "$CA_DIR"/images-sh-*.crt
 for ca in "${CAS[@]}"; do
   [ -n "$ca" ] || continue
   grep -q "BEGIN CERTIFICATE" "$ca" 2>/dev/null || die "--ca $ca: expected a PEM certificate file"

@@ -142,6 +142,9 @@ def test_one_shared_stage_builds_the_project_for_both_images() -> None:
     for venv in final.values():
         _, own = found[venv]
         assert any(w == "COPY" and a.startswith("--from=project") for w, a in own), venv
+    # The legacy builder builds every stage above --target: torch must come after the aggregator.
+    order = list(found)
+    assert order.index("aggregator") < order.index("site-deps")
     # The aggregator's venv descends from `deps` only: no torch stage in its ancestry.
     chain, stage = [], final["aggregator"]
     while stage in found:
