@@ -24,7 +24,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Runs in a fresh interpreter: what `fedseg aggregator serve`, `fedseg deploy certs`, the compose
 # bootstrap and the health check import, plus one experiment created and started in memory.
 PROBE = r"""
-import json, sys, tempfile
+import json, sys
 from pathlib import Path
 import importlib.metadata as md
 
@@ -35,24 +35,25 @@ from aggregator.api.app import create_app
 from aggregator.settings import AggregatorSettings
 
 token = "admin-token-for-the-import-probe-0123"
-with tempfile.TemporaryDirectory() as tmp:
-    app = create_app(AggregatorSettings(data_dir=Path(tmp), admin_token=token, log_level="WARNING"))
-    with TestClient(app) as client:
-        admin = {"Authorization": f"Bearer {token}"}
-        r = client.post("/api/v1/researchers", json={"name": "probe"}, headers=admin)
-        rh = {"Authorization": f"Bearer {r.json()['token']}"}
-        ids = []
-        for name in ("a", "b"):
-            site = client.post("/api/v1/sites", json={"name": name}, headers=rh).json()
-            ids.append(site["id"])
-            client.post("/api/v1/enroll", json={"enrollment_token": site["enrollment_token"]})
-        spec = {"spatial_dims": 2, "out_channels": 2, "channels": [4, 8], "strides": [2],
-                "patch_size": [32, 32]}
-        body = {"name": "probe", "spec": spec, "rounds": 1, "sites": ids, "min_sites": 2}
-        made = client.post("/api/v1/experiments", json=body, headers=rh)
-        assert made.status_code == 201, made.text
-        started = client.post(f"/api/v1/experiments/{made.json()['id']}/start", headers=rh)
-        assert started.status_code == 200, started.text
+# The data dir (argv[1]) outlives the app and its background thread; pytest removes it.
+settings = AggregatorSettings(data_dir=Path(sys.argv[1]), admin_token=token, log_level="WARNING")
+with TestClient(create_app(settings)) as client:
+    admin = {"Authorization": f"Bearer {token}"}
+    r = client.post("/api/v1/researchers", json={"name": "probe"}, headers=admin)
+    rh = {"Authorization": f"Bearer {r.json()['token']}"}
+    ids = []
+    for name in ("a", "b"):
+        site = client.post("/api/v1/sites", json={"name": name}, headers=rh).json()
+        ids.append(site["id"])
+        got = client.post("/api/v1/sites/enroll", json={"enrollment_token": site["enrollment_token"]})
+        assert got.status_code == 200, got.text
+    spec = {"spatial_dims": 2, "out_channels": 2, "channels": [4, 8], "strides": [2],
+            "patch_size": [32, 32]}
+    body = {"name": "probe", "spec": spec, "rounds": 1, "sites": ids, "min_sites": 2}
+    made = client.post("/api/v1/experiments", json=body, headers=rh)
+    assert made.status_code == 201, made.text
+    started = client.post(f"/api/v1/experiments/{made.json()['id']}/start", headers=rh)
+    assert started.status_code == 200, started.text
 
 dists = md.packages_distributions()
 used = sorted({d for m in list(sys.modules) for d in dists.get(m.split(".")[0], [])})
@@ -91,9 +92,14 @@ def _closure(requirement_lines: list[str]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def probe() -> dict[str, list[str]]:
+def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    data_dir = tmp_path_factory.mktemp("probe")
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT, timeout=240
+        [sys.executable, "-c", PROBE, str(data_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
