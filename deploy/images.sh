@@ -61,7 +61,8 @@ for ca in "${CAS[@]}"; do
   [ -n "$ca" ] || continue
   grep -q "BEGIN CERTIFICATE" "$ca" 2>/dev/null || die "--ca $ca: expected a PEM certificate file"
   n=$((n + 1))
-  cp "$ca" "$CA_DIR/images-sh-$n.crt"
+  # Named after the file, not the position: the same CAs in another order keep the layer cache.
+  cp "$ca" "$CA_DIR/images-sh-$(basename "$ca" .crt).crt"
 done
 [ "$n" = 0 ] || say "trusting $n extra CA certificate(s) in the build and the images"
 
@@ -93,6 +94,10 @@ local_torch_index() {
   fi
   wheel="$(ls "$files"/torch-"$TORCH_VERSION"*.whl | head -1)"
   case "$wheel" in *+cpu-*) ;; *) die "$wheel is not a CPU wheel; refusing a multi-GB CUDA build" ;; esac
+  TORCH_INDEX="file:///wheelhouse/simple"
+  if [ -f "$simple/torch/index.html" ]; then
+    return 0  # made by an earlier run for this torch version: reuse it
+  fi
   # Wheels for the image's python (3.11, glibc x86_64), whatever the host's python is.
   python3 -m pip download -q --only-binary=:all: --python-version 3.11 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -115,7 +120,6 @@ for project, names in projects.items():
 index = "".join(f'<a href="{p}/">{p}</a><br>\n' for p in sorted(projects))
 (simple / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{index}</body></html>\n")
 PY
-  TORCH_INDEX="file:///wheelhouse/simple"
 }
 
 if [[ " ${TARGETS[*]} " == *" site-agent "* ]] && [ -z "$TORCH_INDEX" ]; then
