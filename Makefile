@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fuzz lint bench install clean
+.PHONY: demo test test-fuzz test-containers images lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ test: $(STAMP)
 # FEDSEG_FUZZ_EXAMPLES=50 for a longer run
 test-fuzz: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m fuzz tests/fuzz
+
+# Container tier (.ci/run runs it after `test`): starts Docker if need be, builds both images,
+# runs the compose federation. Skips loudly where no Docker engine can start.
+test-containers: $(STAMP)
+	FEDSEG_CONTAINER_TESTS=1 $(BIN)/python -m pytest -q tests/containers
+
+images:
+	deploy/images.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -125,6 +125,7 @@ def run(
 ) -> None:
     """Validate the local data, enroll on first start, then train on the aggregator's tasks."""
     from site_agent.loop import SiteAgent
+    from site_agent.shutdown import StopRequested, stop_on_signals
     from site_agent.threads import apply_site_threads
 
     _setup_logging(log_level)
@@ -140,10 +141,13 @@ def run(
             poll_wait_s=poll_wait,
         )
         apply_site_threads()
-        with SiteAgent(settings) as agent:
+        with SiteAgent(settings) as agent, stop_on_signals(agent.stop_event):
             summary = agent.run(once=once, max_tasks=max_tasks)
     except SiteAgentError as exc:
         raise _fail(exc) from None
+    except StopRequested as exc:  # SIGTERM (docker stop): a clean stop, exit 0
+        typer.echo(f"{exc}; a task in progress resumes at the next start", err=True)
+        raise typer.Exit(0) from None
     except KeyboardInterrupt:
         typer.echo("stopped; a task in progress resumes at the next start", err=True)
         raise typer.Exit(130) from None

@@ -66,14 +66,16 @@ def _transport_failure(exc: httpx.TransportError, what: str) -> Exception:
 
 
 def make_http_client(settings: SiteSettings) -> httpx.Client:
-    """A real ``httpx.Client`` for the configured aggregator (TLS with the CA bundle, timeouts).
+    """A real ``httpx.Client`` for the configured aggregator (TLS, timeouts).
+
+    TLS trusts the system store plus ``FEDSEG_SITE_CA_BUNDLE`` (``site_agent.trust``).
 
     Args:
         settings: validated site settings with an aggregator URL.
     """
-    verify: ssl.SSLContext | bool = (
-        ssl.create_default_context(cafile=str(settings.ca_bundle)) if settings.ca_bundle else True
-    )
+    from site_agent.trust import agent_ssl_context
+
+    verify = agent_ssl_context(settings.ca_bundle)
     timeout = httpx.Timeout(
         settings.request_timeout_s, connect=min(settings.request_timeout_s, 15.0)
     )

@@ -103,6 +103,8 @@ class SiteAgent:
                 check_manifest(manifest)
             self._factory = ManifestTrainers(self.settings, self.workdir)
         self.workdir.ensure()
+        if removed := self.workdir.remove_partial_files():
+            log.info("removed %d partial file(s) left by an interrupted run", removed)
         ensure_token(self.client, self.settings, self.workdir)
         self.fingerprints.sync()  # for plan: auto; again whenever the manifest changes
         self._prepared = True

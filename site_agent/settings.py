@@ -30,8 +30,9 @@ class SiteSettings(BaseSettings):
             Default None. Example: ``"q3N...Xw"``.
         site_token: site token, if IT provisions it directly; otherwise the agent keeps the one
             it receives at enrollment in ``<work_dir>/site_token``. Default None.
-        ca_bundle: PEM file of the CA that signed the aggregator's certificate (private PKI).
-            Default None (system trust store). Example: ``"/etc/fedseg/ca.pem"``.
+        ca_bundle: PEM file of the CA that signed the aggregator's certificate (private PKI),
+            trusted in addition to the system trust store (where a TLS-inspecting proxy's CA
+            belongs). Default None (system trust store only). Example: ``"/etc/fedseg/ca.pem"``.
         allow_insecure_http: accept a plain ``http://`` aggregator URL. Development only.
             Default False.
         manifest: the local dataset manifest (``dataset.json``). Default None (required to

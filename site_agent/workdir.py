@@ -173,6 +173,19 @@ class WorkDir:
         except OSError as exc:
             raise WorkDirError(_describe_os_error(exc, path)) from exc
 
+    def remove_partial_files(self) -> int:
+        """Delete temp files a killed run left behind (``.<name>.*.tmp`` of the atomic writers).
+
+        Returns:
+            How many were removed.
+        """
+        removed = 0
+        for tmp in self.root.rglob(".*.tmp") if self.root.is_dir() else ():
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     # -- site token -----------------------------------------------------------------------
     def read_token(self) -> SecretStr | None:
         """The site token saved at enrollment, or None before the first enrollment."""

@@ -71,7 +71,8 @@ def test_services_are_the_expected_ones(compose: dict[str, Any]) -> None:
 def test_variables_are_documented_both_ways(compose: dict[str, Any]) -> None:
     text = (DEPLOY / "compose.yaml").read_text()
     used = {m.group(1) for m in _VAR.finditer(text)}
-    documented = _env_example()
+    # COMPOSE_* variables are Compose's own (read from .env by v1 and v2), not interpolated.
+    documented = {k: v for k, v in _env_example().items() if not k.startswith("COMPOSE_")}
     assert used - set(documented) == set(), "used in compose.yaml but not in .env.example"
     assert set(documented) - used == set(), "in .env.example but unused by compose.yaml"
     for key, value in documented.items():
@@ -113,3 +114,20 @@ def test_secrets_are_files_not_values(compose: dict[str, Any]) -> None:
     agg_env = compose["services"]["aggregator"]["environment"]
     assert "FEDSEG_AGG_ADMIN_TOKEN" not in agg_env
     assert agg_env["FEDSEG_AGG_ADMIN_TOKEN_FILE"] == "/run/secrets/admin_token"
+
+
+def test_compose_v1_and_v2_both_read_it(compose: dict[str, Any]) -> None:
+    # A top-level `name:` is refused by Compose v1 (docker-compose 1.29); the project name
+    # comes from COMPOSE_PROJECT_NAME in .env instead.
+    assert "name" not in compose and "version" not in compose
+    assert _env_example()["COMPOSE_PROJECT_NAME"] == "fedseg"
+
+
+def test_every_service_runs_under_an_init_and_builds_its_target(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert service["init"] is True, f"{name}: docker stop's SIGTERM needs an init as PID 1"
+        build = service["build"]
+        assert build["dockerfile"] == "deploy/Dockerfile"
+        image = "aggregator" if "/aggregator:" in service["image"] else "site-agent"
+        assert build["target"] == image, name
+        assert {"BASE_IMAGE", "TORCH_INDEX_URL"} <= set(build["args"])

@@ -1,0 +1,99 @@
+"""Small wrappers over the docker and compose CLIs for the container tier (timeouts everywhere)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "deploy" / "compose.yaml"
+TAG = os.environ.get("FEDSEG_CONTAINER_TAG", "ci")
+AGGREGATOR_IMAGE = f"fedseg/aggregator:{TAG}"
+SITE_IMAGE = f"fedseg/site-agent:{TAG}"
+
+
+def loud(message: str) -> None:
+    """Print past pytest's capture, framed, so a skipped tier cannot go unnoticed."""
+    bar = "!" * 78
+    sys.__stderr__.write(f"\n{bar}\n{message}\n{bar}\n")  # type: ignore[union-attr]
+
+
+def run(
+    argv: Sequence[str], *, timeout_s: float = 120, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command with a timeout; on ``check``, fail with its output's tail."""
+    proc = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv[:4])} ... exited {proc.returncode}:\n{proc.stdout[-2500:]}\n{proc.stderr[-2500:]}"
+        )
+    return proc
+
+
+def inspect(kind: str, name: str) -> dict[str, Any]:
+    """``docker <kind> inspect NAME`` as a dict."""
+    return json.loads(run(["docker", kind, "inspect", name]).stdout)[0]
+
+
+def compose_cli() -> list[str]:
+    """Compose v1 (``docker-compose``) where installed, else v2 (``docker compose``).
+
+    FEDSEG_COMPOSE picks one: ``v1`` or ``v2``.
+    """
+    choice = os.environ.get("FEDSEG_COMPOSE", "")
+    if choice != "v2" and shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return ["docker", "compose"]
+
+
+@dataclass
+class ComposeProject:
+    """One compose project of deploy/compose.yaml with its own name, ports and secrets."""
+
+    name: str
+    env: dict[str, str]
+    cli: list[str] = field(default_factory=compose_cli)
+
+    def __call__(self, *args: str, timeout_s: float = 300, check: bool = True) -> str:
+        argv = [*self.cli, "-f", str(COMPOSE_FILE), "-p", self.name, *args]
+        return run(argv, timeout_s=timeout_s, check=check, env=self.env).stdout
+
+    def container(self, service: str) -> str:
+        """The container id of a running service."""
+        ids = self("ps", "-q", service).split()
+        assert ids, f"service {service} has no container"
+        return ids[0]
+
+    def logs(self, service: str) -> str:
+        """The container's stdout and stderr (the agent logs to stderr)."""
+        proc = run(["docker", "logs", self.container(service)], check=False)
+        return proc.stdout + proc.stderr
+
+    def wait_healthy(self, service: str, timeout_s: float) -> float:
+        """Seconds until the service's health check reported healthy."""
+        t0 = time.monotonic()
+        while True:
+            state = inspect("container", self.container(service))["State"]
+            health = state.get("Health", {}).get("Status")
+            if health == "healthy":
+                return time.monotonic() - t0
+            assert state["Status"] == "running", f"{service} is {state['Status']}"
+            assert time.monotonic() - t0 < timeout_s, (
+                f"{service} still {health} after {timeout_s} s"
+            )
+            time.sleep(2)

@@ -1,0 +1,171 @@
+"""deploy/compose.yaml with Compose v1 (v2 where v1 is absent): TLS aggregator, two hospitals.
+
+The aggregator and two site agents run hardened (read-only root, no capabilities, uid 10001,
+init as PID 1) on synthetic data; a 2-round experiment completes; the health checks turn
+healthy; ``docker stop`` of an agent in the middle of training ends it cleanly within 5 s and
+the restarted agent resumes the task. Everything the project started is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.processes import free_port
+from tests.containers.docker_cli import TAG, ComposeProject, inspect, run
+from tests.containers.test_images import report
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+HOSPITALS = ("hospital-1", "hospital-2")
+API = "/api/v1"
+
+
+@pytest.fixture
+def project(images: dict[str, float], tmp_path: Path) -> Iterator[ComposeProject]:
+    token = tmp_path / "admin_token"
+    token.write_text(secrets.token_urlsafe(32))
+    port = free_port()
+    env = {
+        "FEDSEG_REGISTRY": "fedseg",
+        "FEDSEG_TAG": TAG,
+        "FEDSEG_ADMIN_TOKEN_FILE": str(token),
+        "FEDSEG_AGG_PUBLISH": f"127.0.0.1:{port}",
+        "FEDSEG_DEMO_CASES": "6",
+        "FEDSEG_DEMO_ROUNDS": "0",  # the test starts its own experiments
+        "FEDSEG_SITE_POLL_WAIT_S": "5",
+        "FEDSEG_PUBLISHED_PORT": str(port),
+    }
+    proj = ComposeProject(name=f"fedsegci{os.getpid()}", env=env)
+    try:
+        yield proj
+    finally:
+        proj("down", "-v", "--remove-orphans", "--timeout", "10", timeout_s=180, check=False)
+        left = run(
+            ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={proj.name}"],
+            check=False,
+        ).stdout.split()
+        if left:
+            run(["docker", "rm", "-f", "-v", *left], check=False)
+
+
+def _researcher(project: ComposeProject) -> httpx.Client:
+    """A researcher's HTTPS client on the published port, verifying with the demo CA."""
+    cat = ("run", "--rm", "-T", "--no-deps", "--entrypoint", "cat", "enroll")
+    token = project(*cat, "/work/researcher_token").strip()
+    ca_pem = project(*cat, "/certs/ca.pem")
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    url = f"https://127.0.0.1:{project.env['FEDSEG_PUBLISHED_PORT']}"
+    return httpx.Client(
+        base_url=url, verify=ctx, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+def _wait_status(client: httpx.Client, experiment_id: str, status: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        exp = client.get(f"{API}/experiments/{experiment_id}").raise_for_status().json()
+        if exp["status"] == status:
+            return exp
+        assert exp["status"] not in ("failed", "aborted"), exp
+        assert time.monotonic() < deadline, f"experiment still {exp['status']} after {timeout_s} s"
+        time.sleep(3)
+
+
+def _start(project: ComposeProject, rounds: int) -> str:
+    out = project(
+        "run",
+        "--rm",
+        "-T",
+        "--no-deps",
+        "experiment",
+        "--url=https://aggregator:8443",
+        "--ca=/certs/ca.pem",
+        "--out=/work",
+        *(f"--site={h}" for h in HOSPITALS),
+        f"--rounds={rounds}",
+        timeout_s=600,
+    )
+    found = re.search(r"experiment (\S+) started", out)
+    assert found, out
+    return found.group(1)
+
+
+def test_two_round_federation_in_containers(project: ComposeProject) -> None:
+    t0 = time.monotonic()
+    project("up", "-d", "--no-build", "aggregator", *HOSPITALS, timeout_s=600)
+    up_s = time.monotonic() - t0
+    experiment_id = _start(project, rounds=2)
+
+    # Hardening of the long-running services, as compose.yaml asks.
+    for service in ("aggregator", *HOSPITALS):
+        info = inspect("container", project.container(service))
+        host = info["HostConfig"]
+        assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"], service
+        assert "no-new-privileges:true" in host["SecurityOpt"] and host["Init"] is True, service
+        ids = run(["docker", "exec", project.container(service), "id", "-u"]).stdout.strip()
+        assert ids == "10001", f"{service} runs as uid {ids}"
+    for service in HOSPITALS:  # outbound only
+        assert not inspect("container", project.container(service))["HostConfig"]["PortBindings"]
+
+    with _researcher(project) as client:
+        assert client.get("/healthz").status_code == 200  # TLS verified with the demo CA
+        with pytest.raises(httpx.TransportError):  # no plain HTTP on the TLS port
+            httpx.get(f"http://127.0.0.1:{project.env['FEDSEG_PUBLISHED_PORT']}/healthz", timeout=5)
+        _wait_status(client, experiment_id, "completed", timeout_s=480)
+        run_s = time.monotonic() - t0
+        rounds = client.get(f"{API}/experiments/{experiment_id}/rounds").raise_for_status().json()
+        assert [r["number"] for r in rounds] == [1, 2]
+        sites = {s["site_id"] for s in client.get(f"{API}/sites").json() if s["name"] in HOSPITALS}
+        for rnd in rounds:
+            assert {s["site_id"] for s in rnd["sites"]} == sites
+
+        health_s = {s: project.wait_healthy(s, timeout_s=150) for s in ("aggregator", *HOSPITALS)}
+        report(
+            f"compose ({' '.join(project.cli)}): up {up_s:.0f} s, 2 rounds done at {run_s:.0f} s; "
+            f"all healthy {max(health_s.values()):.0f} s later"
+        )
+
+        # docker stop in the middle of training: clean and prompt, then the task resumes.
+        long_train = {"local_epochs": 1000, "batch_size": 2}
+        body = {
+            "name": "stop-test",
+            "spec": {"spatial_dims": 2, "out_channels": 4, "patch_size": [32, 32]},
+            "rounds": 1,
+            "sites": sorted(sites),
+            "min_sites": 2,
+            "train": long_train,
+        }
+        made = client.post(f"{API}/experiments", json=body)
+        assert made.status_code == 201, made.text
+        second = made.json()["id"]
+        client.post(f"{API}/experiments/{second}/start").raise_for_status()
+        deadline = time.monotonic() + 180
+        while f"experiment {second} round 1" not in project.logs("hospital-1"):
+            assert time.monotonic() < deadline, "hospital-1 never started the second task"
+            time.sleep(1)
+        time.sleep(3)  # into the training loop
+        container = project.container("hospital-1")
+        t_stop = time.monotonic()
+        run(["docker", "stop", container], timeout_s=60)
+        stop_s = time.monotonic() - t_stop
+        state = inspect("container", container)["State"]
+        logs = run(["docker", "logs", container], check=False)
+        report(
+            f"docker stop of a training site agent: {stop_s:.1f} s, exit code {state['ExitCode']}"
+        )
+        assert stop_s < 5.0 and state["ExitCode"] == 0, logs.stderr[-2000:]
+        assert "stopped by SIGTERM" in logs.stderr
+        run(["docker", "start", container])
+        deadline = time.monotonic() + 180
+        while "resuming task" not in project.logs("hospital-1"):
+            assert time.monotonic() < deadline, "the restarted agent did not resume its task"
+            time.sleep(2)
+        client.post(f"{API}/experiments/{second}/abort").raise_for_status()

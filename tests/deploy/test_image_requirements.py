@@ -1,0 +1,157 @@
+"""The lean aggregator image, without Docker: no torch on its import path, nothing missing from it.
+
+The aggregator image installs only ``[tool.fedseg.images] aggregator`` (deploy/Dockerfile). A
+subprocess imports every entry point that image runs, then creates and starts an experiment
+through the API (tensor layout and initial weights included); torch and MONAI must stay
+unimported, and every distribution it imported must come with the aggregator's requirements.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from deploy.image_requirements import ImageRequirementsError, requirements
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+# Runs in a fresh interpreter: what `fedseg aggregator serve`, `fedseg deploy certs`, the compose
+# bootstrap and the health check import, plus one experiment created and started in memory.
+PROBE = r"""
+import json, sys
+from pathlib import Path
+import importlib.metadata as md
+
+import aggregator.api.app, aggregator.cli, deploy.cli
+import deploy.entrypoints.bootstrap, deploy.entrypoints.healthcheck
+from fastapi.testclient import TestClient
+from aggregator.api.app import create_app
+from aggregator.settings import AggregatorSettings
+
+token = "admin-token-for-the-import-probe-0123"
+# The data dir (argv[1]) outlives the app and its background thread; pytest removes it.
+settings = AggregatorSettings(data_dir=Path(sys.argv[1]), admin_token=token, log_level="WARNING")
+with TestClient(create_app(settings)) as client:
+    admin = {"Authorization": f"Bearer {token}"}
+    r = client.post("/api/v1/researchers", json={"name": "probe"}, headers=admin)
+    rh = {"Authorization": f"Bearer {r.json()['token']}"}
+    ids = []
+    for name in ("a", "b"):
+        site = client.post("/api/v1/sites", json={"name": name}, headers=rh).json()
+        ids.append(site["id"])
+        got = client.post("/api/v1/sites/enroll", json={"enrollment_token": site["enrollment_token"]})
+        assert got.status_code == 200, got.text
+    spec = {"spatial_dims": 2, "out_channels": 2, "channels": [4, 8], "strides": [2],
+            "patch_size": [32, 32]}
+    body = {"name": "probe", "spec": spec, "rounds": 1, "sites": ids, "min_sites": 2}
+    made = client.post("/api/v1/experiments", json=body, headers=rh)
+    assert made.status_code == 201, made.text
+    started = client.post(f"/api/v1/experiments/{made.json()['id']}/start", headers=rh)
+    assert started.status_code == 200, started.text
+
+dists = md.packages_distributions()
+used = sorted({d for m in list(sys.modules) for d in dists.get(m.split(".")[0], [])})
+print(json.dumps({"modules": sorted(sys.modules), "dists": used}))
+"""
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _closure(requirement_lines: list[str]) -> set[str]:
+    """Normalised names of the distributions ``pip install`` of these lines brings in."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    names: set[str] = set()
+    done: set[tuple[str, tuple[str, ...]]] = set()
+    todo = [(Requirement(line), "") for line in requirement_lines]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        key = (_norm(req.name), tuple(sorted(req.extras)))
+        if key in done:
+            continue
+        done.add(key)
+        names.add(key[0])
+        try:
+            dist = md.distribution(req.name)
+        except md.PackageNotFoundError:
+            continue
+        todo += [(Requirement(line), e) for line in dist.requires or [] for e in key[1] or ("",)]
+    return names
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    data_dir = tmp_path_factory.mktemp("probe")
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(data_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_aggregator_never_imports_torch_or_monai(probe: dict[str, list[str]]) -> None:
+    heavy = {"torch", "monai", "nibabel", "SimpleITK", "scipy", "matplotlib", "tensorboard"}
+    assert heavy & {m.split(".")[0] for m in probe["modules"]} == set()
+
+
+def test_the_aggregator_image_has_everything_the_aggregator_imports(
+    probe: dict[str, list[str]],
+) -> None:
+    have = _closure(requirements(PYPROJECT, "aggregator")) | {"fedseg"}
+    # Imported only when present (optional integrations), never needed by the aggregator.
+    optional = {"opentelemetry-api", "setuptools"}
+    missing = {_norm(d) for d in probe["dists"]} - have - optional
+    assert missing == set(), (
+        f"the aggregator imports {sorted(missing)}, which the aggregator image lacks: add them to "
+        "[tool.fedseg.images] aggregator in pyproject.toml"
+    )
+
+
+def test_image_requirements_keep_the_project_pins() -> None:
+    lines = requirements(PYPROJECT, "aggregator")
+    deps = PYPROJECT["project"]["dependencies"]
+    assert set(lines) <= set(deps) and not any(line.startswith("torch") for line in lines)
+    assert requirements(PYPROJECT, "site") == deps
+
+
+def test_image_requirements_refuse_names_outside_the_project() -> None:
+    bad = {**PYPROJECT, "tool": {"fedseg": {"images": {"aggregator": ["numpy", "left-pad"]}}}}
+    with pytest.raises(ImageRequirementsError, match="left-pad"):
+        requirements(bad, "aggregator")
+    with pytest.raises(ImageRequirementsError, match="expected one of"):
+        requirements(PYPROJECT, "gpu")
+
+
+def test_image_requirements_script_prints_pip_lines() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "image_requirements.py"), "aggregator"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0 and proc.stdout.splitlines() == requirements(
+        PYPROJECT, "aggregator"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "image_requirements.py")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1 and "usage" in proc.stderr

@@ -1,0 +1,84 @@
+"""``stop_on_signals``: SIGTERM becomes ``StopRequested``, with a hard deadline behind it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from site_agent.shutdown import EXIT_FORCED, StopRequested, stop_on_signals
+from site_agent.workdir import WorkDir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sigterm_raises_stop_requested_and_sets_the_event() -> None:
+    event = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StopRequested) as caught, stop_on_signals(event, grace_s=30):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted at once
+    assert caught.value.signum == signal.SIGTERM and event.is_set()
+    assert "SIGTERM" in str(caught.value)
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert not isinstance(caught.value, Exception)  # `except Exception` never swallows it
+
+
+def test_outside_the_main_thread_it_installs_nothing() -> None:
+    seen: list[object] = []
+
+    def body() -> None:
+        with stop_on_signals(grace_s=30):
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == [before]
+
+
+def test_a_process_that_does_not_unwind_is_ended_at_the_deadline() -> None:
+    # The code swallows the stop (as a long native call would delay it): the watchdog ends it.
+    code = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        from site_agent.shutdown import StopRequested, stop_on_signals
+        with stop_on_signals(grace_s=1.0):
+            print("ready", flush=True)
+            try:
+                time.sleep(60)
+            except StopRequested:
+                time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == EXIT_FORCED
+    assert 0.8 < time.monotonic() - t0 < 10
+
+
+def test_partial_files_of_a_killed_run_are_swept(tmp_path: Path) -> None:
+    work = WorkDir(tmp_path / "work")
+    task = work.task_dir("t1")
+    task.mkdir(parents=True)
+    (task / ".update.safetensors.abc123.tmp").write_bytes(b"half")
+    (task / "global.safetensors").write_bytes(b"whole")
+    (work.root / ".state.json.x1.tmp").write_bytes(b"{")
+    assert work.remove_partial_files() == 2
+    assert sorted(p.name for p in work.root.rglob("*") if p.is_file()) == ["global.safetensors"]
+    assert WorkDir(tmp_path / "missing").remove_partial_files() == 0
