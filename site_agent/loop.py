@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -108,8 +107,8 @@ class SiteAgent:
         ensure_token(self.client, self.settings, self.workdir)
         self.fingerprints.sync()  # for plan: auto; again whenever the manifest changes
         self._prepared = True
-        # Enrolled and ready to poll: torch and MONAI import while the first long poll waits.
-        threading.Thread(target=_warm_imports, name="fedseg-imports", daemon=True).start()
+        # torch and MONAI are imported on the first task (site_agent.task_runner), not before
+        # enrolling: a new site enrolls and polls without waiting for them.
 
     def enroll(self) -> EnrollResponse:
         """Enroll now with the configured enrollment token (see ``site_agent.enrollment``)."""
@@ -189,15 +188,3 @@ class SiteAgent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_HEAVY_MODULES = ("site_agent.task_runner", "site_agent.datasets", "monai.data")
-
-
-def _warm_imports() -> None:
-    """Import the training stack in the background (the import lock keeps this safe)."""
-    for name in _HEAVY_MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception:  # the foreground import raises it properly when it is needed
-            return

@@ -34,7 +34,6 @@ from aggregator.routing_bundle import RoutingBundles
 from aggregator.settings import AggregatorSettings
 from aggregator.task_board import TaskBoard
 from aggregator.telemetry import AggregatorMetrics
-from aggregator.warmup import warm_model_stack
 from data_specs.constants import API_PREFIX
 
 log = logging.getLogger("aggregator")
@@ -85,7 +84,6 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         services.board.bind(asyncio.get_running_loop())
-        warm_model_stack()  # the first experiment's creation need not wait for torch
         loop_task = None
         if settings.orchestrator_enabled:
             loop_task = asyncio.create_task(
