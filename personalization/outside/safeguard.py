@@ -302,7 +302,7 @@ def safe_adapt(
     if r_agree < agree_floor:
         reasons.append(
             f"its masks agree less with the federation's consensus on these scans than the "
-            f"{_label(best_plain)} does (soft Dice {r_agree:.3f} against {plain_agreement:.3f})"
+            f"{_label(best_plain)} does (mask Dice {r_agree:.3f} against {plain_agreement:.3f})"
         )
     accepted = not reasons
     table = {**scored, "routed": (r_mode, r_score)}
