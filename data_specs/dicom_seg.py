@@ -62,10 +62,14 @@ def write_dicom_seg(
     Raises:
         ImageWriteError: the mask does not match the series, or highdicom refuses it.
     """
+    import logging
+
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
+    # highdicom explains its encoding choices (an empty mask keeps every frame) as warnings
+    logging.getLogger("highdicom").setLevel(logging.ERROR)
     path = Path(path)
     arr = np.asarray(mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask)
     files = series_files(source)

@@ -280,12 +280,6 @@ def approve(
 
 @app.command("infer")
 def infer(
-    scans: Annotated[
-        list[Path] | None,
-        typer.Argument(
-            help="Scans: NIfTI files, pictures, DICOM series folders, or folders of scans."
-        ),
-    ] = None,
     output: Annotated[
         Path,
         typer.Option(
@@ -294,7 +288,13 @@ def infer(
             help="Mask to write: .nii.gz, .png/.tif (2D) or .dcm (DICOM SEG); a folder for "
             "several scans.",
         ),
-    ] = Path("mask.nii.gz"),
+    ],
+    scans: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Scans: NIfTI files, pictures, DICOM series folders, or folders of scans."
+        ),
+    ] = None,
     channel: Annotated[
         list[Path] | None,
         typer.Option("--channel", help="One channel file of the scan; repeat in channel order."),

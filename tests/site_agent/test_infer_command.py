@@ -175,3 +175,19 @@ def test_a_folder_holding_two_dicom_series_is_explained(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "expected a folder holding one DICOM series, found 2" in result.output
+
+
+def test_a_dicom_series_gives_a_dicom_seg_and_a_picture(tmp_path: Path) -> None:
+    import pydicom
+
+    spec = TaskSpec(spatial_dims=3, channels=(4, 8), strides=(2,), patch_size=(16, 16, 16))
+    work = model_in(tmp_path / "work", spec)
+    series = write_dicom_series(block_volume((16, 18, 6)), tmp_path / "series")
+    args = ["infer", str(series), "-o", str(tmp_path / "seg.dcm"), "--png", str(tmp_path / "p.png")]
+    result = runner.invoke(app, [*args, "--work-dir", str(work)])
+    assert result.exit_code == 0, result.output
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "class 1"
+    source = pydicom.dcmread(next(series.iterdir()))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert (tmp_path / "p.png").stat().st_size > 0
