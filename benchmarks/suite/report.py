@@ -14,6 +14,7 @@ from benchmarks.suite.store import load_runs
 
 INSIDE_REPORT = RESULTS / "suite_inside.md"
 INSIDE_CURVES = RESULTS / "suite_inside_curves.png"
+ABLATION_REPORT = RESULTS / "suite_ablation.md"
 
 # (row label, method, model kind)
 INSIDE_ROWS: list[tuple[str, str, str]] = [
@@ -260,13 +261,53 @@ def plot_curves(latest: dict[str, list[dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
+def ablation_markdown(runs: list[dict[str, Any]]) -> str:
+    """One factor of the recipe at a time: test Dice of each variant against the recipe's."""
+    from benchmarks.suite.ablation import VARIANTS
+
+    latest = _latest_by_method(runs)
+    means = {
+        m: statistics.fmean(
+            statistics.fmean(r["models"]["global"][h]["dice"] for h in HOSPITALS) for r in rs
+        )
+        for m, rs in latest.items()
+    }
+    base = means.get("recipe")
+    lines = [
+        "# Ablation of the training recipe (pooled ACDC, one factor at a time)",
+        "",
+        "Assembled by `python -m benchmarks.suite report` from `benchmarks/results/runs/ablation/`"
+        " (command: `python -m benchmarks.suite.ablation --epochs N`). Pooled training of all "
+        "five hospitals' training patients with the site trainer, the poly schedule running "
+        "over the epochs; 3D Dice per test volume in the scans' own geometry, mean over the five "
+        "hospitals. Images/s is the training throughput seen in the run (the machine was shared "
+        "with other jobs: compare ratios within a run, not absolute figures).",
+        "",
+        "| variant | what changes | epochs | seeds | mean Dice | vs recipe (points) | images/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m, rs in sorted(latest.items(), key=lambda kv: kv[0] != "recipe"):
+        diff = "—" if base is None or m == "recipe" else f"{100 * (means[m] - base):+.1f}"
+        ips = statistics.fmean(r.get("images_per_second", float("nan")) for r in rs)
+        lines.append(
+            f"| {m} | {VARIANTS.get(m, ({}, {}, '?'))[2]} | {rs[0]['config']['rounds']} | "
+            f"{','.join(str(r['seed']) for r in rs)} | {means[m]:.3f} | {diff} | {ips:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_reports() -> list[Path]:
     """Write every report that has stored runs; returns the files written."""
     from data_specs.files import atomic_write_text
 
+    written: list[Path] = []
     runs = load_runs("inside")
-    if not runs:
-        return []
-    atomic_write_text(INSIDE_REPORT, inside_markdown(runs))
-    plot_curves(inside_summary(runs)["latest"], INSIDE_CURVES)
-    return [INSIDE_REPORT, INSIDE_CURVES]
+    if runs:
+        atomic_write_text(INSIDE_REPORT, inside_markdown(runs))
+        plot_curves(inside_summary(runs)["latest"], INSIDE_CURVES)
+        written += [INSIDE_REPORT, INSIDE_CURVES]
+    ablation = load_runs("ablation")
+    if ablation:
+        atomic_write_text(ABLATION_REPORT, ablation_markdown(ablation))
+        written.append(ABLATION_REPORT)
+    return written
