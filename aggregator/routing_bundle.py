@@ -47,26 +47,38 @@ class RoutingBundles:
         self._made: dict[str, BlobRef] = {}
         self._lock = threading.Lock()
 
-    def get(self, *, spec: TaskSpec, experts: Sequence[Expert]) -> BlobRef:
+    def get(
+        self,
+        *,
+        spec: TaskSpec,
+        experts: Sequence[Expert],
+        class_prior: Sequence[float] | None = None,
+    ) -> BlobRef:
         """The bundle of these experts (expert 0 first), built on first use.
 
         Args:
             spec: the experiment's task spec.
             experts: global model first, then site models sorted by site id.
+            class_prior: the federation's class shares (background first). Default None.
         """
+        prior = [float(p) for p in class_prior] if class_prior is not None else None
         key = hashlib.sha256(
-            json.dumps([spec.spec_hash(), [e.__dict__ for e in experts]], sort_keys=True).encode()
+            json.dumps(
+                [spec.spec_hash(), [e.__dict__ for e in experts], prior], sort_keys=True
+            ).encode()
         ).hexdigest()
         with self._lock:
             ref = self._made.get(key)
             if ref is not None and self._blobs.exists(ref.sha256):
                 return ref
-            ref = self._blobs.put_bytes(_assemble(self._blobs, spec, experts))
+            ref = self._blobs.put_bytes(_assemble(self._blobs, spec, experts, prior))
             self._made[key] = ref
             return ref
 
 
-def _assemble(blobs: BlobStore, spec: TaskSpec, experts: Sequence[Expert]) -> bytes:
+def _assemble(
+    blobs: BlobStore, spec: TaskSpec, experts: Sequence[Expert], prior: list[float] | None
+) -> bytes:
     states = [load_weights(blobs.require(expert.sha256)) for expert in experts]
     # The global model's own tensors are the reference shapes: no torch needed here.
     expected = {k: (tuple(v.shape), str(v.dtype)) for k, v in states[0].items()}
@@ -74,4 +86,4 @@ def _assemble(blobs: BlobStore, spec: TaskSpec, experts: Sequence[Expert]) -> by
         {"index": i, "source": e.source, "name": e.name, "round": e.round}
         for i, e in enumerate(experts)
     ]
-    return encode_routing_bundle(states, sources, spec, expected=expected)
+    return encode_routing_bundle(states, sources, spec, expected=expected, class_prior=prior)

@@ -35,6 +35,7 @@ from aggregator.lifecycle import (
     set_initial_model,
     start_experiment,
 )
+from aggregator.planning import federation_class_prior
 from aggregator.privacy_budget import with_privacy
 from aggregator.routing_bundle import Expert
 from aggregator.schemas import (
@@ -254,8 +255,13 @@ def routing_bundle(
         Expert(p.sha256, "site", name, p.round)
         for p, name in routing_crud.latest_personal_models(session, experiment_id=experiment_id)
     ]
+    # The federation's class shares (aggregate fingerprints) guide the outside adaptation's
+    # foreground prior; absent when a participant sent no fingerprint.
+    prior = federation_class_prior(session, experiment_id=experiment_id)
     session.commit()
-    ref = services.routing.get(spec=exp_crud.config_of(experiment).spec, experts=experts)
+    ref = services.routing.get(
+        spec=exp_crud.config_of(experiment).spec, experts=experts, class_prior=prior
+    )
     services.metrics.bytes_out.labels(kind="routing_bundle").inc(ref.size)
     return FileResponse(
         services.blobs.require(ref.sha256),
