@@ -42,7 +42,8 @@ def _enrollment_token(out: Path, name: str) -> str:
 
 
 def _enroll(http: TestClient, token: str) -> int:
-    return http.post("/api/v1/sites/enroll", json={"enrollment_token": token}).status_code
+    body = {"enrollment_token": token, "accept_experiments": ["*"]}  # standing consent
+    return http.post("/api/v1/sites/enroll", json=body).status_code
 
 
 def test_researcher_and_sites_are_made_once(http: TestClient, tmp_path: Path) -> None:

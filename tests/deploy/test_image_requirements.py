@@ -45,7 +45,8 @@ with TestClient(create_app(settings)) as client:
     for name in ("a", "b"):
         site = client.post("/api/v1/sites", json={"name": name}, headers=rh).json()
         ids.append(site["id"])
-        got = client.post("/api/v1/sites/enroll", json={"enrollment_token": site["enrollment_token"]})
+        enroll = {"enrollment_token": site["enrollment_token"], "accept_experiments": ["*"]}
+        got = client.post("/api/v1/sites/enroll", json=enroll)
         assert got.status_code == 200, got.text
     spec = {"spatial_dims": 2, "out_channels": 2, "channels": [4, 8], "strides": [2],
             "patch_size": [32, 32]}

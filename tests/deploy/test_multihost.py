@@ -163,6 +163,7 @@ def test_round_across_namespaces(
             "FEDSEG_SITE_WORK_DIR": str(tmp_path / f"work-{role}"),
             "FEDSEG_SITE_DEVICE": "cpu",
             "FEDSEG_SITE_POLL_WAIT_S": "2",
+            "FEDSEG_SITE_ACCEPT_EXPERIMENTS": '["*"]',
         }
         services.start(role, [FEDSEG, "site", "run"], env)
 

@@ -41,6 +41,7 @@ def start_agent(root: Path, url: str, token: str, *extra: str) -> subprocess.Pop
         "FEDSEG_SITE_WORK_DIR": str(root / "work"),
         "FEDSEG_SITE_DEVICE": "cpu",
         "FEDSEG_SITE_POLL_WAIT_S": "30",
+        "FEDSEG_SITE_ACCEPT_EXPERIMENTS": '["*"]',
         "MPLCONFIGDIR": str(root / "mpl"),
     }
     log = (root / "agent.log").open("ab")
