@@ -156,7 +156,11 @@ def live_federation(data_dir: Path, site_names: list[str]) -> Iterator[LiveFeder
                 f"{API}/sites", json={"name": name}, headers=bearer(fed.researcher_token)
             )
             enrolled = http.post(
-                f"{API}/sites/enroll", json={"enrollment_token": reg.json()["enrollment_token"], "accept_experiments": ["*"]}
+                f"{API}/sites/enroll",
+                json={
+                    "enrollment_token": reg.json()["enrollment_token"],
+                    "accept_experiments": ["*"],
+                },
             ).json()
             fed.sites[name] = enrolled["site_id"]
             worker = threading.Thread(
