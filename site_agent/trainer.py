@@ -279,7 +279,7 @@ class SiteTrainer(ExchangeObjectAPI):
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
         fmt = memory_format(self.spec.spatial_dims, config.channels_last)
-        model.to(memory_format=fmt)
+        model.to(memory_format=fmt)  # type: ignore[call-overload]  # torch stubs omit it
         loader = DataLoader(
             self.train_data,
             batch_size=config.batch_size,
