@@ -52,8 +52,8 @@ def test_a_process_that_does_not_unwind_is_ended_at_the_deadline() -> None:
         import os, signal, sys, time
         from site_agent.shutdown import StopRequested, stop_on_signals
         with stop_on_signals(grace_s=1.0):
-            print("ready", flush=True)
-            try:
+            try:  # "ready" inside the try: the signal may arrive right after it
+                print("ready", flush=True)
                 time.sleep(60)
             except StopRequested:
                 time.sleep(60)
