@@ -26,7 +26,9 @@ BUILD_TIMEOUT_S = 1500
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if ENABLED:
         return
-    skip = pytest.mark.skip(reason="container tier: run `make test-containers` (not yet part of .ci/run)")
+    skip = pytest.mark.skip(
+        reason="container tier: run `make test-containers` (not yet part of .ci/run)"
+    )
     for item in items:
         if "tests/containers/" in str(item.fspath):
             item.add_marker(skip)
