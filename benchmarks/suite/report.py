@@ -195,7 +195,14 @@ def _paired_section(rows: dict[str, Any], latest: dict[str, list[dict[str, Any]]
 
 
 def _verdicts(rows: dict[str, Any]) -> list[str]:
-    out = ["## Against the goals", ""]
+    out = [
+        "## Against the goals",
+        "",
+        "Rows are compared as they stand, each as the mean over its own seeds; where rows have "
+        "different seed sets, the paired table above (same seeds only) is the like-for-like "
+        "comparison, and the sd column shows how far one seed moves a row.",
+        "",
+    ]
     fed = rows.get("FedAvg (global)")
     cen = rows.get("centralised (pooled)")
     loc = rows.get("local-only")
