@@ -294,10 +294,12 @@ class InProcessFederation:
 
     Args:
         out: scratch folder (recreated): ``aggregator/`` and ``sites/<name>/``.
+        device: where the site agents train (``cpu`` or ``cuda``). Default ``cpu``.
     """
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, device: str = "cpu") -> None:
         self.out = fresh_dir(out)
+        self.device = device
         self._tc: Any = None
         self.researcher: Any = None
         self.agents: dict[str, Any] = {}
@@ -343,7 +345,7 @@ class InProcessFederation:
             allow_insecure_http=True,
             manifest=manifest,
             work_dir=self.out / "sites" / name,
-            device="cpu",
+            device=self.device,
             poll_wait_s=1,
             share_personal=share_personal,
             enrollment_token=SecretStr(reg.enrollment_token),

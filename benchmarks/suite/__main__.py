@@ -4,6 +4,9 @@ Examples::
 
     python -m benchmarks.suite run --table inside --seeds 0            # what is missing, then report
     python -m benchmarks.suite run --methods fedavg_iopfl central --budget-minutes 12
+    python -m benchmarks.suite run --table outside --seeds 0           # leave one hospital out
+    python -m benchmarks.suite run --table outside --methods loo_DCM   # one held-out fold
+    python -m benchmarks.suite run --table reference                   # the reference script
     python -m benchmarks.suite run --device cuda --seeds 0 1 2         # on a GPU machine
     python -m benchmarks.suite report                                  # reports from stored runs
 """
@@ -42,11 +45,43 @@ def inside_configs(budget_minutes: float, methods: list[str] | None = None) -> l
     ]
 
 
+def outside_configs(budget_minutes: float, methods: list[str] | None = None) -> list[RunConfig]:
+    """The outside table's run configurations: one per held-out hospital."""
+    from benchmarks.acdc_common import HOSPITALS
+    from benchmarks.suite.outside_runs import OUTSIDE_PARAMS, outside_method
+
+    rounds = rounds_for(budget_minutes)
+    configs = [
+        RunConfig(
+            table="outside",
+            method=outside_method(h),
+            rounds=rounds,
+            spec=recipe_spec_json(),
+            train=dict(RECIPE_TRAIN),
+            params={**OUTSIDE_PARAMS, "held_out": h},
+        )
+        for h in HOSPITALS
+    ]
+    return [c for c in configs if not methods or c.method in methods]
+
+
+def configs_for(table: str, budget_minutes: float, methods: list[str] | None) -> list[RunConfig]:
+    """The run configurations of ``table`` (``inside``, ``outside`` or ``reference``)."""
+    if table == "reference":
+        from benchmarks.suite.reference_runs import REFERENCE_METHODS, reference_config
+
+        chosen = methods or list(REFERENCE_METHODS)
+        return [reference_config(m, rounds_for(budget_minutes)) for m in chosen]
+    if table == "outside":
+        return outside_configs(budget_minutes, methods)
+    return inside_configs(budget_minutes, methods)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the missing runs, then write the reports")
-    run.add_argument("--table", choices=["inside"], default="inside")
+    run.add_argument("--table", choices=["inside", "outside", "reference"], default="inside")
     run.add_argument("--methods", nargs="*", default=None)
     run.add_argument("--seeds", nargs="*", type=int, default=[0])
     run.add_argument("--budget-minutes", type=float, default=12.0)
@@ -62,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_reports():
             print(f"wrote {path}")
         return 0
-    configs = inside_configs(args.budget_minutes, args.methods)
+    configs = configs_for(args.table, args.budget_minutes, args.methods)
+    if not configs:
+        parser.error(f"no run of the {args.table} table matches --methods {args.methods}")
     todo = [(c, s) for s in args.seeds for c in configs if not has_run(c, s)]
     print(f"{len(todo)} run(s) missing of {len(configs) * len(args.seeds)}")
     failures = 0
@@ -73,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             continue
         from benchmarks.suite.acdc_runs import run_inside
+        from benchmarks.suite.outside_runs import run_outside
+        from benchmarks.suite.reference_runs import run_reference
 
+        runner = {"outside": run_outside, "reference": run_reference}.get(cfg.table, run_inside)
         t = time.monotonic()
         try:
-            work = args.work_dir / f"{cfg.method}-{seed}"
-            body = run_inside(cfg, seed, work, args.acdc_dir, args.device)
+            work = args.work_dir / f"{cfg.table}-{cfg.method}-{seed}"
+            body = runner(cfg, seed, work, args.acdc_dir, args.device)
         except Exception:  # one failed run must not lose the others; it stays missing
             failures += 1
             traceback.print_exc()

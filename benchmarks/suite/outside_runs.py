@@ -1,0 +1,145 @@
+"""Executing one stored run of the outside table on ACDC: one held-out hospital, one seed.
+
+The held-out hospital never takes part in training. The other four hospitals train a federation
+with the suite's recipe and IOP-FL inside personalisation (every site shares its personal model,
+as an outside site needs), through the real aggregator and site agents in this process. The
+held-out hospital then enrolls as an outside site, is granted the experiment and runs ``fedseg
+site adapt``'s code on its test scans without labels (download, safe adaptation, the
+safeguard's label-free choice). Every outside method of ``benchmarks.outside_methods`` is then
+scored on its labelled test scans as ``fedseg site evaluate`` scores them: 3D Dice per volume in
+the scan's own geometry.
+
+Splits are those of the inside table for the same seed, so the held-out hospital's test
+patients are the ones the inside table scores.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.acdc_common import HOSPITALS, InProcessFederation, acdc_sites, fresh_dir
+from benchmarks.suite.acdc_runs import TestSets
+from benchmarks.suite.recipe import RunConfig
+from data_specs.task_spec import TaskSpec
+
+OUTSIDE_PARAMS: dict[str, Any] = {"alpha": 0.1, "adapt_steps": 60, "adapt_lr": 3e-3}
+
+
+def outside_method(held_out: str) -> str:
+    """The run's method name for a held-out hospital. Example: ``loo_DCM``."""
+    return f"loo_{held_out}"
+
+
+def run_outside(
+    cfg: RunConfig, seed: int, work: Path, acdc_dir: Path, device: str = "cpu"
+) -> dict[str, Any]:
+    """Run one held-out fold (``cfg.params["held_out"]``); returns the record's body."""
+    import torch
+
+    from aggregator.schemas.experiments import ExperimentCreate
+    from benchmarks.outside_bench import _unlabelled_copy
+    from benchmarks.outside_methods import score_methods
+    from data_specs.constants import PersonalizationMethod
+    from data_specs.routing_bundle import read_class_prior
+    from data_specs.wire import PersonalizationConfig, TrainConfig
+    from personalization.outside import decode_routing_bundle
+    from site_agent.adapt import adapt_experiment, adaptation_manifest, unlabelled_scans
+
+    params = cfg.params
+    held_out = params["held_out"]
+    if held_out not in HOSPITALS:
+        raise ValueError(f"unknown held-out hospital {held_out!r}")
+    inside = [h for h in HOSPITALS if h != held_out]
+    spec = TaskSpec.model_validate(cfg.spec)
+    fresh_dir(work)
+    sites = acdc_sites(acdc_dir, work / "manifests", seed=seed, **cfg.split)
+    manifests = sites.by_name()
+    unlabelled = _unlabelled_copy(manifests[held_out], work / "unlabelled")
+    tests = TestSets(manifests, spec)
+    train = TrainConfig.model_validate(
+        {
+            **cfg.train,
+            "personalization": PersonalizationConfig(
+                method=PersonalizationMethod.IOPFL, alpha=params["alpha"]
+            ).model_dump(),
+        }
+    )
+    started = time.monotonic()
+    with InProcessFederation(work / "federation", device=device) as fed:
+        for name in inside:
+            fed.add_site(name, manifests[name], share_personal=True)
+        body = ExperimentCreate(
+            name=f"suite-outside-without-{held_out}",
+            spec=spec,
+            rounds=cfg.rounds,
+            fraction=1.0,
+            min_sites=len(inside),
+            sites=[fed.site_ids[n] for n in inside],
+            train=train,
+            round_deadline_s=24 * 3600,
+            seed=seed,
+        )
+        exp = fed.run(body, inside)
+        if exp.status != "completed":
+            raise RuntimeError(f"federation without {held_out} ended {exp.status}")
+        federation_seconds = time.monotonic() - started
+        agent = fed.add_site(f"outside_{held_out}", unlabelled)
+        fed.researcher.grant(exp.id, fed.site_ids[f"outside_{held_out}"])
+        t = time.monotonic()
+        _, result = adapt_experiment(
+            agent.client,
+            agent.workdir,
+            exp.id,
+            unlabelled,
+            steps=params["adapt_steps"],
+            lr=params["adapt_lr"],
+            seed=seed,
+        )
+        adapt_command_seconds = time.monotonic() - t
+        data = agent.client.routing_bundle(exp.id)
+    bundle = decode_routing_bundle(data)
+    experts = [{k: torch.from_numpy(v.copy()) for k, v in e.items()} for e in bundle.experts]
+    scans = unlabelled_scans(adaptation_manifest(unlabelled), bundle.spec, seed=seed)
+    full: list[dict[str, Any]] = []
+
+    def dice(model: Any) -> float:
+        score = tests.score(model, held_out)
+        full.append(score)
+        return float(score["dice"])
+
+    scores = score_methods(
+        held_out,
+        bundle.spec,
+        experts,
+        [s.name for s in bundle.sources],
+        scans,
+        dice,
+        steps=params["adapt_steps"],
+        lr=params["adapt_lr"],
+        seed=seed,
+        class_prior=read_class_prior(data),
+        softmax_result=result,
+    )
+    per_method = dict(zip(scores.dice, full, strict=True))
+    return {
+        "held_out": held_out,
+        "inside": inside,
+        "models": per_method,
+        "choice": scores.choice,
+        "choice_bn": scores.choice_bn,
+        "routed_accepted": scores.routed_accepted,
+        "message": scores.message,
+        "best_expert": scores.best_expert,
+        "adapt_seconds": scores.adapt_seconds,
+        "adapt_steps": scores.steps,
+        "scans": scores.scans,
+        "experts": scores.experts,
+        "sigmoid_choice": scores.extra.get("sigmoid_choice"),
+        "federation_seconds": round(federation_seconds, 1),
+        "adapt_command_seconds": round(adapt_command_seconds, 1),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "test_volumes": len(tests.cases(held_out)),
+        "train_frames": sites.train_frames,
+    }
