@@ -122,8 +122,11 @@ def paired_differences(
     return out
 
 
-def inside_markdown(runs: list[dict[str, Any]]) -> str:
-    """The inside report's text."""
+def inside_markdown(
+    runs: list[dict[str, Any]], reference: list[dict[str, Any]] | None = None
+) -> str:
+    """The inside report's text (with the reference script's rows when ``reference`` has runs)."""
+    from benchmarks.suite.outside_report import reference_lines
     from benchmarks.suite.recipe import ACDC_RECIPE_SPEC, RECIPE_TRAIN
 
     summary = inside_summary(runs)
@@ -166,6 +169,7 @@ def inside_markdown(runs: list[dict[str, Any]]) -> str:
             f"{row['wall_min']:.1f} |"
         )
     lines += ["", f"![learning curves]({INSIDE_CURVES.name})", ""]
+    lines += reference_lines(reference or [], rows)
     lines += _paired_section(rows, latest)
     lines += _verdicts(rows)
     return "\n".join(lines) + "\n"
@@ -308,13 +312,19 @@ def write_reports() -> list[Path]:
     from data_specs.files import atomic_write_text
 
     written: list[Path] = []
+    from benchmarks.suite.outside_report import OUTSIDE_REPORT, outside_markdown
+
     runs = load_runs("inside")
     if runs:
-        atomic_write_text(INSIDE_REPORT, inside_markdown(runs))
+        atomic_write_text(INSIDE_REPORT, inside_markdown(runs, load_runs("reference")))
         plot_curves(inside_summary(runs)["latest"], INSIDE_CURVES)
         written += [INSIDE_REPORT, INSIDE_CURVES]
     ablation = load_runs("ablation")
     if ablation:
         atomic_write_text(ABLATION_REPORT, ablation_markdown(ablation))
         written.append(ABLATION_REPORT)
+    outside = load_runs("outside")
+    if outside:
+        atomic_write_text(OUTSIDE_REPORT, outside_markdown(outside))
+        written.append(OUTSIDE_REPORT)
     return written

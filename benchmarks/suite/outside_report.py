@@ -1,0 +1,168 @@
+"""The outside table's report, and the reference script's rows, from the stored runs."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from benchmarks.acdc_common import HOSPITALS, RESULTS
+from benchmarks.outside_methods import METHODS
+
+OUTSIDE_REPORT = RESULTS / "suite_outside.md"
+
+
+def _fmt(v: float | None, d: int = 3) -> str:
+    return "—" if v is None else f"{v:.{d}f}"
+
+
+def _newest_per_fold(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per held-out hospital: its runs at the fold's newest configuration (every seed)."""
+    by: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    newest: dict[str, tuple[str, str]] = {}
+    for r in runs:
+        h, cfg_hash = r["held_out"], r["config_hash"]
+        by[h][cfg_hash].append(r)
+        if h not in newest or r["date"] > newest[h][0]:
+            newest[h] = (r["date"], cfg_hash)
+    return {
+        h: sorted(by[h][c], key=lambda r: r["seed"])
+        for h in HOSPITALS
+        if h in newest
+        for c in [newest[h][1]]
+    }
+
+
+def outside_markdown(runs: list[dict[str, Any]]) -> str:
+    """The outside report: every method per held-out hospital, the safeguard, the verdicts."""
+    folds = _newest_per_fold(runs)
+    mean_of: dict[str, dict[str, float]] = {
+        h: {m: statistics.fmean(r["models"][m]["dice"] for r in rs) for m in METHODS}
+        for h, rs in folds.items()
+    }
+    first = next(iter(folds.values()))[0]
+    cfg = first["config"]
+    seeds = sorted({r["seed"] for rs in folds.values() for r in rs})
+    lines = [
+        "# Outside hospitals on ACDC: leave one hospital out, the accumulated suite",
+        "",
+        "Assembled by `python -m benchmarks.suite report` from every run stored in "
+        "`benchmarks/results/runs/outside/` (one JSON per held-out hospital and seed); runs "
+        "with `python -m benchmarks.suite run --table outside`.",
+        "",
+        f"- Federation per fold: the other four hospitals, the inside table's recipe and split "
+        f"({cfg['rounds']} rounds, one local epoch each), IOP-FL inside personalisation (alpha "
+        f"{cfg['params']['alpha']}), every site shares its personal model.",
+        "- The held-out hospital enrolls as an outside site and runs `fedseg site adapt`'s "
+        "code on its test scans without labels (at most "
+        f"{cfg['params']['adapt_steps']} steps, lr {cfg['params']['adapt_lr']}); Dice is "
+        "computed afterwards, 3D per test volume in the scan's own geometry, mean of RV, MYO, "
+        "LV (as `fedseg site evaluate`).",
+        "- Methods: global; best single expert picked label-free; output average of every "
+        "expert; TENT on the global model; routed (softmax and sigmoid gates); safeguard = what "
+        "`fedseg site adapt` hands the site (routed, or its label-free fallback).",
+        f"- Seeds: {', '.join(map(str, seeds))}.",
+        "",
+        "## Test Dice at the held-out hospital (mean over seeds)",
+        "",
+        "| held-out | " + " | ".join(METHODS) + " | safeguard's choice | seeds |",
+        "|---|" + "---|" * (len(METHODS) + 2),
+    ]
+    for h, rs in folds.items():
+        choices = ", ".join(f"{r['choice']} ({r['choice_bn']} BN)" for r in rs)
+        lines.append(
+            f"| {h} | "
+            + " | ".join(_fmt(mean_of[h][m]) for m in METHODS)
+            + f" | {choices} | {','.join(str(r['seed']) for r in rs)} |"
+        )
+    means = {m: statistics.fmean(mean_of[h][m] for h in folds) for m in METHODS}
+    lines.append("| mean | " + " | ".join(_fmt(means[m]) for m in METHODS) + " | | |")
+    lines += ["", "What `fedseg site adapt` said (per fold, first seed):", ""]
+    lines += [f"- {h}: {rs[0]['message']}" for h, rs in folds.items()]
+    lines += ["", *_outside_verdicts(mean_of, means, len(folds)), ""]
+    lines += _timing(folds)
+    return "\n".join(lines) + "\n"
+
+
+def _outside_verdicts(
+    mean_of: dict[str, dict[str, float]], means: dict[str, float], n: int
+) -> list[str]:
+    worst = min(100 * (v["safeguard"] - v["global"]) for v in mean_of.values())
+    worst_routed = min(100 * (v["routed softmax"] - v["global"]) for v in mean_of.values())
+    routed_gain = 100 * (means["routed softmax"] - means["global"])
+    guard_gain = 100 * (means["safeguard"] - means["global"])
+    partial = "" if n == len(HOSPITALS) else f" (only {n} of {len(HOSPITALS)} folds stored)"
+    return [
+        f"## Against the goals{partial}",
+        "",
+        f"- Safeguard − global, worst held-out hospital: **{worst:+.1f} points** "
+        f"(goal ≥ −1: **{'met' if worst >= -1 else 'missed'}**); routed softmax alone: "
+        f"{worst_routed:+.1f} points.",
+        f"- Routed (softmax) vs TENT, mean: {means['routed softmax']:.3f} vs "
+        f"{means['TENT']:.3f} (goal routed ≥ TENT: "
+        f"**{'met' if means['routed softmax'] >= means['TENT'] else 'missed'}**).",
+        f"- Routed − global, mean: {routed_gain:+.1f} points; safeguard − global: "
+        f"{guard_gain:+.1f} points (goal ≥ +3: "
+        f"**{'met' if max(routed_gain, guard_gain) >= 3 else 'missed'}**).",
+    ]
+
+
+def _timing(folds: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rs = [r for runs in folds.values() for r in runs]
+    fed = statistics.fmean(r["federation_seconds"] for r in rs) / 60
+    adapt = statistics.fmean(r["adapt_command_seconds"] for r in rs)
+    scans = statistics.fmean(r["scans"] for r in rs)
+    return [
+        "## Time",
+        "",
+        f"- Federation per fold: {fed:.1f} min of wall time (mean; the machine was shared, so "
+        "only the round counts are fixed).",
+        f"- `fedseg site adapt` (download, both BN choices, safe adaptation, save): "
+        f"{adapt:.0f} s for {scans:.0f} scans (mean).",
+        "",
+    ]
+
+
+def reference_lines(runs: list[dict[str, Any]], fedseg_rows: dict[str, Any]) -> list[str]:
+    """The inside report's section on the reference script at the same round budget."""
+    if not runs:
+        return []
+    by = {r["config"]["method"]: r for r in sorted(runs, key=lambda r: r["date"])}
+    out = [
+        "## Beside the reference script, at the same budget",
+        "",
+        "`../shared/reference/acdc_reference.py` (the issue's yardstick: a plain MONAI script "
+        "with bf16 and channels-last, constant Adam 1e-3, raw intensities, flips and quarter "
+        "turns) called by `python -m benchmarks.suite run --table reference` with the suite's "
+        "number of rounds or epochs instead of its wall-clock budget. Its own patient split "
+        "(numpy `default_rng(0)`), so its test patients differ from the suite's: compare means, "
+        "not hospitals.",
+        "",
+        "| model | " + " | ".join(HOSPITALS) + " | mean | rounds | images/s (train steps) |",
+        "|---|" + "---|" * (len(HOSPITALS) + 3),
+    ]
+    rows = [
+        ("reference FedAvg (global)", "ref_fedavg", "global", "FedAvg (global)"),
+        ("reference IOP-FL (personal)", "ref_fedavg", "personal", "IOP-FL (personal)"),
+        ("reference pooled", "ref_central", "global", "centralised (pooled)"),
+    ]
+    for label, method, kind, ours in rows:
+        r = by.get(method)
+        if r is None:
+            continue
+        per = r["models"][kind]
+        mean = statistics.fmean(per.values())
+        ips = r.get("images_per_s")
+        out.append(
+            f"| {label} | "
+            + " | ".join(_fmt(per.get(h)) for h in HOSPITALS)
+            + f" | {mean:.3f} | {r['config']['rounds']} | {_fmt(ips, 1)} |"
+        )
+        mine = fedseg_rows.get(ours)
+        if mine:
+            out.append(
+                f"| fedseg {ours} | "
+                + " | ".join(_fmt(mine["per_hospital"].get(h)) for h in HOSPITALS)
+                + f" | {mine['mean']:.3f} | {mine['rounds']} | |"
+            )
+    return [*out, ""]

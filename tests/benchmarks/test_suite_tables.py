@@ -1,0 +1,96 @@
+"""The benchmark suite's outside and reference tables: configurations and reports (no training)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.acdc_common import HOSPITALS
+from benchmarks.outside_methods import METHODS
+from benchmarks.suite.__main__ import configs_for
+from benchmarks.suite.outside_report import outside_markdown, reference_lines
+from benchmarks.suite.reference_runs import reference_config
+
+
+def test_outside_table_has_one_config_per_held_out_hospital() -> None:
+    configs = configs_for("outside", 12.0, None)
+    assert [c.params["held_out"] for c in configs] == list(HOSPITALS)
+    assert len({c.config_hash() for c in configs}) == len(HOSPITALS)
+    assert {c.table for c in configs} == {"outside"}
+    only = configs_for("outside", 12.0, ["loo_NOR"])
+    assert [c.params["held_out"] for c in only] == ["NOR"]
+
+
+def test_reference_config_hashes_the_script() -> None:
+    a = reference_config("ref_fedavg", 40)
+    b = reference_config("ref_fedavg", 41)
+    assert a.train["sha256"] and a.config_hash() != b.config_hash()
+    assert [c.method for c in configs_for("reference", 12.0, None)] == ["ref_fedavg", "ref_central"]
+
+
+def _fold(held_out: str, seed: int, dice: dict[str, float]) -> dict[str, Any]:
+    return {
+        "held_out": held_out,
+        "seed": seed,
+        "date": "2026-11-29 20:00 UTC",
+        "config_hash": "abc",
+        "config": {"rounds": 40, "params": {"alpha": 0.1, "adapt_steps": 60, "adapt_lr": 0.003}},
+        "models": {m: {"dice": dice.get(m, 0.5)} for m in METHODS},
+        "choice": "global",
+        "choice_bn": "site",
+        "message": "Falling back to the global model.",
+        "federation_seconds": 600.0,
+        "adapt_command_seconds": 30.0,
+        "scans": 80,
+    }
+
+
+def test_outside_report_verdicts_follow_the_numbers() -> None:
+    runs = [
+        _fold("DCM", 0, {"global": 0.70, "safeguard": 0.68, "routed softmax": 0.75, "TENT": 0.72}),
+        _fold("HCM", 0, {"global": 0.60, "safeguard": 0.66, "routed softmax": 0.66, "TENT": 0.60}),
+    ]
+    text = outside_markdown(runs)
+    assert "(only 2 of 5 folds stored)" in text
+    # worst safeguard - global = DCM's -2.0 points: the goal is missed
+    assert "worst held-out hospital: **-2.0 points** (goal ≥ −1: **missed**)" in text
+    # routed mean 0.705 vs TENT 0.66: met; routed - global mean = +5.5 points: met
+    assert "routed ≥ TENT: **met**" in text
+    assert "Routed − global, mean: +5.5 points" in text and "(goal ≥ +3: **met**)" in text
+
+
+def test_outside_report_averages_seeds_per_fold() -> None:
+    runs = [
+        _fold("RV", 0, {"global": 0.40, "safeguard": 0.40}),
+        _fold("RV", 1, {"global": 0.60, "safeguard": 0.60}),
+    ]
+    row = next(line for line in outside_markdown(runs).splitlines() if line.startswith("| RV |"))
+    assert row.split(" | ")[1] == "0.500" and row.endswith("| 0,1 |")
+
+
+def test_reference_rows_sit_beside_ours() -> None:
+    ref = {
+        "config": {"method": "ref_fedavg", "rounds": 40},
+        "date": "2026-11-29 20:00 UTC",
+        "images_per_s": 120.0,
+        "models": {
+            "global": dict.fromkeys(HOSPITALS, 0.8),
+            "personal": dict.fromkeys(HOSPITALS, 0.7),
+        },
+    }
+    ours = {
+        "FedAvg (global)": {
+            "per_hospital": dict.fromkeys(HOSPITALS, 0.75),
+            "mean": 0.75,
+            "rounds": 40,
+        }
+    }
+    lines = reference_lines([ref], ours)
+    assert (
+        "| reference FedAvg (global) | 0.800 | 0.800 | 0.800 | 0.800 | 0.800 | 0.800 | 40 | 120.0 |"
+        in lines
+    )
+    assert (
+        "| fedseg FedAvg (global) | 0.750 | 0.750 | 0.750 | 0.750 | 0.750 | 0.750 | 40 | |" in lines
+    )
+    assert any(line.startswith("| reference IOP-FL (personal) |") for line in lines)
+    assert reference_lines([], ours) == []
