@@ -112,9 +112,22 @@ def _timing(folds: dict[str, list[dict[str, Any]]]) -> list[str]:
     fed = statistics.fmean(r["federation_seconds"] for r in rs) / 60
     adapt = statistics.fmean(r["adapt_command_seconds"] for r in rs)
     scans = statistics.fmean(r["scans"] for r in rs)
+    speed = [r["evaluate_vs_infer"] for r in rs if "evaluate_vs_infer" in r]
+    evaluate_line = (
+        [
+            "- `fedseg site evaluate`'s path against `fedseg site infer`'s on each held-out "
+            "hospital's test scans with the trained global model (warm, best of two): "
+            + ", ".join(f"{s['ratio']:.2f}×" for s in speed)
+            + f" (mean {statistics.fmean(s['ratio'] for s in speed):.2f}×; goal ≤ 3×; "
+            f"{speed[0]['volumes']} volumes each)."
+        ]
+        if speed
+        else []
+    )
     return [
         "## Time",
         "",
+        *evaluate_line,
         f"- Federation per fold: {fed:.1f} min of wall time (mean; the machine was shared, so "
         "only the round counts are fixed).",
         f"- `fedseg site adapt` (download, both BN choices, safe adaptation, save): "

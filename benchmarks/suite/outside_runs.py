@@ -123,7 +123,11 @@ def run_outside(
         softmax_result=result,
     )
     per_method = dict(zip(scores.dice, full, strict=True))
+    from personalization.outside import global_model
+
+    speed = evaluate_vs_infer(global_model(bundle.spec, experts[0]), tests, held_out, manifests)
     return {
+        "evaluate_vs_infer": speed,
         "held_out": held_out,
         "inside": inside,
         "models": per_method,
@@ -143,3 +147,37 @@ def run_outside(
         "test_volumes": len(tests.cases(held_out)),
         "train_frames": sites.train_frames,
     }
+
+
+def evaluate_vs_infer(
+    model: Any, tests: TestSets, name: str, manifests: dict[str, Path]
+) -> dict[str, float]:
+    """Seconds of ``fedseg site evaluate``'s path (read, predict, map back, 3D Dice, HD95) and of
+    ``fedseg site infer``'s path (read, predict, map back) over one hospital's test scans, with a
+    trained model; each path warmed once, then the best of two timed passes."""
+    from data_specs.manifest import load_manifest
+    from site_agent.inference import segment_scan
+    from site_agent.scan_evaluation import evaluate_cases, load_eval_cases
+
+    manifest = load_manifest(manifests[name])
+    scans = [manifest.resolve(c).image for c in manifest.iter_cases("test")]
+
+    def evaluate() -> None:
+        evaluate_cases(model, load_eval_cases(manifest, tests.spec, "test"), tests.spec)
+
+    def infer() -> None:
+        for scan in scans:
+            segment_scan(model, tests.spec, scan)
+
+    best: dict[str, float] = {}
+    for label, fn in (("evaluate_s", evaluate), ("infer_s", infer)):
+        fn()
+        times = []
+        for _ in range(2):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        best[label] = round(min(times), 2)
+    best["ratio"] = round(best["evaluate_s"] / best["infer_s"], 2)
+    best["volumes"] = len(scans)
+    return best
