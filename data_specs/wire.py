@@ -86,6 +86,8 @@ class TrainConfig(BaseModel):
             Default False.
         validate_every: validate on the local validation split every k rounds (and always in
             the last round); 1 validates every round. Default 1.
+        deep_supervision: auxiliary losses on this many lower decoder levels (nnU-Net style,
+            site-local heads; the model's layout is unchanged); 0 disables. Default 0.
     """
 
     model_config = _Strict
@@ -105,6 +107,7 @@ class TrainConfig(BaseModel):
     foreground_oversample: Annotated[float, Field(ge=0.0, le=1.0)] = 0.33
     persist_optimizer: bool = False
     validate_every: Annotated[int, Field(ge=1, le=100_000)] = 1
+    deep_supervision: Annotated[int, Field(ge=0, le=6)] = 0
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
 

@@ -153,6 +153,15 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[
             Precision, typer.Option("--precision", help="auto (bf16 where supported), fp32, bf16.")
         ] = Precision.AUTO,
+        deep_supervision: Annotated[
+            int,
+            typer.Option(
+                "--deep-supervision",
+                min=0,
+                max=6,
+                help="Auxiliary losses on this many lower decoder levels (0 = off).",
+            ),
+        ] = 0,
     ) -> None:
         """Run one federated experiment in-process through the real aggregator and agent code.
 
@@ -197,6 +206,7 @@ def register(app: typer.Typer) -> None:
                     "lr_schedule": lr_schedule,
                     "precision": precision,
                     "persist_optimizer": True,
+                    "deep_supervision": deep_supervision,
                 },
             )
             result = run_simulation(cfg)

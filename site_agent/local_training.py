@@ -47,14 +47,17 @@ class FitStats:
     aborted: bool = False
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, extra: Iterable[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
     """SGD (momentum 0.9), SGD with Nesterov momentum 0.99, Adam or AdamW, as the config says.
 
     Args:
         model: the model to optimise.
         config: the round's train config. Example: ``TrainConfig(optimizer="adam", lr=1e-3)``.
+        extra: more parameters to optimise (deep-supervision heads). Default none.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra)
     lr, wd = config.lr, config.weight_decay
     if config.optimizer == OptimizerName.ADAM:
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)

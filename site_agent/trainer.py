@@ -300,31 +300,49 @@ class SiteTrainer(ExchangeObjectAPI):
         augment = None
         if self.spec.fit == InputFit.RESIZE:
             augment = BatchAugment(self.spec.spatial_dims, seed=config.seed)
-        optimizer = make_optimizer(model, config)
         key = f"{tag}/{'ditto' if model is not self.model else 'main'}"
+        ds = self._deep_supervision(model, config, key)
+        optimizer = make_optimizer(model, config, ds.parameters() if ds else ())
         if config.persist_optimizer and key in self.optimizer_states:
             optimizer.load_state_dict(self.optimizer_states[key])
-        stats = fit(
-            model,
-            loader,
-            optimizer,
-            make_loss(),
-            device=self.device,
-            epochs=epochs,
-            max_steps=config.max_steps,
-            penalty=penalty,
-            should_stop=lambda: self._abort,
-            on_epoch=lambda e, loss: self.run_log.epoch_loss(tag, base_step + e, loss),
-            progress=self.progress,
-            desc=f"{tag} round {round_}",
-            bf16=use_bf16(config.precision, self.device),
-            memory_format=fmt,
-            batch_transform=augment,
-            lr_at=lr_at,
-        )
+        loss = make_loss() if ds is None else ds.loss(make_loss())
+        try:
+            stats = fit(
+                model,
+                loader,
+                optimizer,
+                loss,
+                device=self.device,
+                epochs=epochs,
+                max_steps=config.max_steps,
+                penalty=penalty,
+                should_stop=lambda: self._abort,
+                on_epoch=lambda e, loss: self.run_log.epoch_loss(tag, base_step + e, loss),
+                progress=self.progress,
+                desc=f"{tag} round {round_}",
+                bf16=use_bf16(config.precision, self.device),
+                memory_format=fmt,
+                batch_transform=augment,
+                lr_at=lr_at,
+            )
+        finally:
+            if ds is not None:
+                ds.close()
+                self.optimizer_states[f"{key}/heads"] = ds.state_dict()
         if config.persist_optimizer:
             self.optimizer_states[key] = optimizer.state_dict()
         return stats
+
+    def _deep_supervision(self, model: torch.nn.Module, config: TrainConfig, key: str) -> Any:
+        """The deep-supervision heads for ``model`` (restored from earlier rounds), or None."""
+        if not config.deep_supervision:
+            return None
+        from site_agent.deep_supervision import DeepSupervision
+
+        ds = DeepSupervision(model, self.spec, config.deep_supervision, self.device)
+        if f"{key}/heads" in self.optimizer_states:
+            ds.load_state_dict(self.optimizer_states[f"{key}/heads"])
+        return ds
 
     def __enter__(self) -> SiteTrainer:
         return self
