@@ -212,6 +212,10 @@ class TaskRunner:
         if metrics.timeline is not None:  # resumed uploads keep what was measured before
             stamped = metrics.timeline.model_copy(update={"upload_at": time.time()})
             metrics = metrics.model_copy(update={"timeline": stamped})
+        if self.settings.share_personal:
+            # Before the update: once the last update of a round is in, the round closes and the
+            # next task opens, and personal models are taken for a site's latest task only.
+            self._share_personal(task, files)
         if task.secagg is not None:  # only a masked ring vector leaves (site_agent.secagg_upload)
             receipt = self._upload_masked(task, files, body, state)
         else:
@@ -252,8 +256,6 @@ class TaskRunner:
         else:
             reason = receipt.reason if receipt is not None else "no receipt"
             log.warning("task %s: update rejected by the aggregator: %s", task.task_id, reason)
-        if self.settings.share_personal:
-            self._share_personal(task, files)
         files.keep_global()
         files.clean_up()
         self.workdir.clear_state()

@@ -131,6 +131,11 @@ def test_two_agents_run_rounds_and_send_nothing_but_weights(tmp_path) -> None:
         assert not list((work / "tasks").glob("*/*.safetensors"))  # cleaned after upload
 
     check_only_weights_left(recorders, roots)
+    # The sharing site sends its personal model before its update, each round: after the last
+    # update the round closes and personal models are taken for the latest task only.
+    puts = [path for method, path, _, _ in recorders[0].requests if method == "PUT"]
+    order = [p.rsplit("/", 1)[1] for p in puts if p.endswith(("/personal", "/update"))]
+    assert order == ["personal", "update"] * 2
 
 
 def check_only_weights_left(recorders: list[Recorder], roots: list[Path]) -> None:
