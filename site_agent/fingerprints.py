@@ -89,6 +89,11 @@ class FingerprintSync:
         if stamp == self._stamp:
             return False
         try:
+            if not load_manifest(self.manifest).training:
+                # An outside site holds unlabelled scans only: it has nothing to fingerprint.
+                log.info("no labelled training cases: no dataset fingerprint to send")
+                self._stamp = stamp
+                return False
             fingerprint = manifest_fingerprint(self.manifest, self.workdir)
         except (DataSpecError, OSError) as exc:
             # The message may name a scan: keep it out of the log; the CLI shows it locally.

@@ -84,6 +84,22 @@ def test_sync_sends_at_start_and_again_only_when_the_manifest_changes(tmp_path: 
     assert cached["fingerprint"]["num_cases"] == 3
 
 
+def test_an_outside_site_without_labels_sends_nothing_and_does_not_warn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = write_site(tmp_path / "data", n_train=3)
+    data = json.loads(manifest.read_text())
+    data["adaptation"] = [c["image"] for c in data["training"]]
+    data["training"] = []
+    manifest.write_text(json.dumps(data))
+    sent: list[httpx.Request] = []
+    sync = FingerprintSync(manifest, WorkDir(tmp_path / "w"), recording_client(sent))
+    with caplog.at_level("INFO"):
+        assert sync.sync() is False
+    assert sent == [] and not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "no labelled training cases" in caplog.text
+
+
 def test_sync_survives_an_aggregator_without_the_route(tmp_path: Path) -> None:
     manifest = write_site(tmp_path / "data", n_train=3)
     sent: list[httpx.Request] = []
