@@ -4,8 +4,10 @@
 models it started from:
 
 1. Score every expert (the global model and each shared personal model) on the site's scans
-   under each batch-norm mode (``bn_stats``: stored, site, mix) and keep each one's best mode
-   (``site_score``: flip consistency minus entropy).
+   (``site_score``: flip consistency minus entropy) with the batch-norm statistics it was
+   delivered with (``plain_bn_modes``; by default only ``stored``, so that a fallback is exactly
+   the model the federation delivered: site statistics lower the entropy, which the score
+   rewards, even where they lower Dice).
 2. The class prior: the federation's aggregate class frequencies when the routing bundle
    carries them, else the experts' mean predicted class shares on these scans.
 3. Adapt the routed model (routers + norm affine parameters; entropy, flip consistency, the
@@ -65,7 +67,10 @@ class SafeAdaptConfig(BaseModel):
         adapt: the adaptation itself (steps, lr, loss weights, seed). Default
             ``AdaptConfig(steps=60, lr=3e-3)``.
         gate: the routers' gate, ``"softmax"`` or ``"sigmoid"``. Default ``"softmax"``.
-        bn_modes: batch-norm statistics to compare. Default ``("stored", "site", "mix")``.
+        bn_modes: batch-norm statistics compared for the routed model (``bn_stats``). Default
+            ``("stored", "site", "mix")``.
+        plain_bn_modes: batch-norm statistics compared for the federation's plain models
+            (global, experts). Default ``("stored",)``: a fallback is the delivered model.
         bn_mix: weight of the site's statistics in ``mix``. Default ``0.5``.
         max_scans: scans read from the loader (adaptation cycles over them). Default ``128``.
         score_scans: scans the label-free score uses (evenly spaced). Default ``24``.
@@ -85,6 +90,7 @@ class SafeAdaptConfig(BaseModel):
     adapt: AdaptConfig = AdaptConfig(steps=60, lr=3e-3)
     gate: Gate = "softmax"
     bn_modes: tuple[BnMode, ...] = BN_MODES
+    plain_bn_modes: tuple[BnMode, ...] = ("stored",)
     bn_mix: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     max_scans: Annotated[int, Field(ge=1, le=100_000)] = 128
     score_scans: Annotated[int, Field(ge=1, le=100_000)] = 24
@@ -158,11 +164,14 @@ def collect_scans(loader: Iterable[Any], limit: int) -> list[torch.Tensor]:
 
 
 def _best_mode(
-    model: nn.Module, scans: list[torch.Tensor], config: SafeAdaptConfig
+    model: nn.Module,
+    scans: list[torch.Tensor],
+    config: SafeAdaptConfig,
+    candidates: Sequence[BnMode],
 ) -> tuple[BnMode, SiteScore, BnStats]:
-    """Score ``model`` under each batch-norm mode; leave it in the best one."""
+    """Score ``model`` under each of ``candidates`` batch-norm modes; leave it in the best one."""
     stored = read_stats(model)
-    modes: Sequence[BnMode] = config.bn_modes if stored else ("stored",)
+    modes: Sequence[BnMode] = candidates if stored else ("stored",)
     site = estimate_site_stats(model, scans) if stored else stored
     best: tuple[BnMode, SiteScore, BnStats] | None = None
     for mode in modes:
@@ -221,7 +230,7 @@ def safe_adapt(
     for i, (name, state) in enumerate(zip(names, experts, strict=True)):
         key = "global" if i == 0 else f"expert:{name}"
         model = global_model(spec, state)
-        mode, s, _ = _best_mode(model, score_batches, config)
+        mode, s, _ = _best_mode(model, score_batches, config, config.plain_bn_modes)
         plain[key], scored[key] = model, (mode, s)
 
     if class_prior is not None:
@@ -282,7 +291,7 @@ def safe_adapt(
     # Batch-norm modes of the routed model: the global model's stored statistics, the site's
     # (re-estimated with the final routers), or their mix.
     write_stats(routed, _stored_of(experts_t[0], routed))
-    r_mode, r_score, _ = _best_mode(routed, score_batches, config)
+    r_mode, r_score, _ = _best_mode(routed, score_batches, config, config.bn_modes)
     r_agree = agreement(predictions(routed, score_batches), consensus)
     r_score = r_score.model_copy(update={"agreement": r_agree})
 

@@ -167,3 +167,19 @@ def test_agreement_is_one_for_the_same_masks_and_zero_for_disjoint_ones() -> Non
     top = left.clone()
     top[:, :, :4] = right[:, :, :4]  # half the rows agree
     assert 0.0 < agreement([top], [left]) < 1.0
+
+
+def test_plain_models_keep_their_delivered_statistics_unless_asked() -> None:
+    # Shifted scans: the site's statistics differ from the stored ones and change the score.
+    scans, names = _scans(8, shift=5.0), ["global", "a", "b"]
+    cfg = SafeAdaptConfig(adapt=AdaptConfig(steps=2, lr=1e-3))
+    default = safe_adapt(SPEC, _experts(), names, scans, cfg)
+    plain = [c for c in default.record.candidates if c.name != "routed"]
+    assert [c.bn for c in plain] == ["stored"] * 3  # a fallback is the delivered model
+    widened = safe_adapt(
+        SPEC, _experts(), names, scans, cfg.model_copy(update={"plain_bn_modes": ("site",)})
+    )
+    assert {c.bn for c in widened.record.candidates if c.name != "routed"} == {"site"}
+    got = {c.name: c.score.score for c in widened.record.candidates}
+    want = {c.name: c.score.score for c in default.record.candidates}
+    assert got["global"] != pytest.approx(want["global"])
