@@ -10,6 +10,7 @@ from benchmarks.acdc_common import HOSPITALS, RESULTS
 from benchmarks.outside_methods import METHODS
 
 OUTSIDE_REPORT = RESULTS / "suite_outside.md"
+OUTSIDE_PLOT = RESULTS / "suite_outside_dice.png"
 
 
 def _fmt(v: float | None, d: int = 3) -> str:
@@ -77,11 +78,25 @@ def outside_markdown(runs: list[dict[str, Any]]) -> str:
         )
     means = {m: statistics.fmean(mean_of[h][m] for h in folds) for m in METHODS}
     lines.append("| mean | " + " | ".join(_fmt(means[m]) for m in METHODS) + " | | |")
+    lines += ["", f"![held-out Dice]({OUTSIDE_PLOT.name})"]
     lines += ["", "What `fedseg site adapt` said (per fold, first seed):", ""]
     lines += [f"- {h}: {rs[0]['message']}" for h, rs in folds.items()]
     lines += ["", *_outside_verdicts(mean_of, means, len(folds)), ""]
     lines += _timing(folds)
     return "\n".join(lines) + "\n"
+
+
+def plot_outside(runs: list[dict[str, Any]]) -> None:
+    """Bars of every method's Dice per held-out hospital (mean over seeds) and their mean."""
+    from deploy.report import plot_grouped_bars
+
+    folds = _newest_per_fold(runs)
+    table = {
+        h: {m: statistics.fmean(r["models"][m]["dice"] for r in rs) for m in METHODS}
+        for h, rs in folds.items()
+    }
+    table["mean"] = {m: statistics.fmean(v[m] for v in table.values()) for m in METHODS}
+    plot_grouped_bars(table, OUTSIDE_PLOT, title="ACDC held-out hospital: test Dice (3D)")
 
 
 def _outside_verdicts(
@@ -130,7 +145,7 @@ def _timing(folds: dict[str, list[dict[str, Any]]]) -> list[str]:
         *evaluate_line,
         f"- Federation per fold: {fed:.1f} min of wall time (mean; the machine was shared, so "
         "only the round counts are fixed).",
-        f"- `fedseg site adapt` (download, both BN choices, safe adaptation, save): "
+        f"- `fedseg site adapt` (download, safe adaptation, save): "
         f"{adapt:.0f} s for {scans:.0f} scans (mean).",
         "",
     ]

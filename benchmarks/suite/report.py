@@ -312,7 +312,12 @@ def write_reports() -> list[Path]:
     from data_specs.files import atomic_write_text
 
     written: list[Path] = []
-    from benchmarks.suite.outside_report import OUTSIDE_REPORT, outside_markdown
+    from benchmarks.suite.outside_report import (
+        OUTSIDE_PLOT,
+        OUTSIDE_REPORT,
+        outside_markdown,
+        plot_outside,
+    )
 
     runs = load_runs("inside")
     if runs:
@@ -326,5 +331,6 @@ def write_reports() -> list[Path]:
     outside = load_runs("outside")
     if outside:
         atomic_write_text(OUTSIDE_REPORT, outside_markdown(outside))
-        written.append(OUTSIDE_REPORT)
+        plot_outside(outside)
+        written += [OUTSIDE_REPORT, OUTSIDE_PLOT]
     return written
