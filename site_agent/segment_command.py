@@ -86,9 +86,15 @@ def run_infer(
         experiment_id=experiment_id,
         weights=weights,
     )
-    from site_agent.picture import class_names_for
+    from site_agent.class_labels import segment_names
 
-    names = class_names_for(spec.out_channels, manifest.labels if manifest else None)
+    names = segment_names(
+        spec.out_channels,
+        labels=manifest.labels if manifest else None,
+        workdir=WorkDir(settings.work_dir),
+        experiment_id=experiment_id,
+        weights=weights,
+    )
     mapping = manifest.label_mapping if manifest is not None else None
     values = (
         {k: mapping.stored_value(k) for k in range(spec.out_channels)}
