@@ -88,9 +88,7 @@ class _ResidualUnit(nn.Module):
         self.residual: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             kernel, padding = (_KERNEL, 1) if stride != 1 else (1, 0)
-            self.residual = _conv(spec.spatial_dims)(
-                cin, cout, kernel, stride, padding, bias=True
-            )
+            self.residual = _conv(spec.spatial_dims)(cin, cout, kernel, stride, padding, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         res = self.residual(x)

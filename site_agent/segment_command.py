@@ -77,6 +77,7 @@ def run_infer(
 
     jobs = plan_jobs(scans, output, channels=channels, png=png, mask_suffix=mask_suffix)
     echo(f"segmenting {len(jobs)} scan(s) with the {kind} model")
+    from data_specs.constants import ImageFormat
     from site_agent.models import load_model  # torch and MONAI: after the first line
 
     manifest = _site_manifest(settings)
@@ -85,6 +86,8 @@ def run_infer(
         _kind(kind),
         experiment_id=experiment_id,
         weights=weights,
+        # Pictures only: the same network without importing MONAI (site_agent.plain_unet).
+        plain=all(job.format == ImageFormat.PIL for job in jobs),
     )
     from site_agent.class_labels import segment_names
 
