@@ -174,8 +174,11 @@ def aggregate_round(
     noise: CentralNoise | None = None,
     robust_norm_multiple: float | None = None,
     report: list[GuardReport] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> RoundResult:
     """Aggregate and store the global model of ``round_number`` (idempotent: same inputs, same blob).
+
+    ``class_names`` (the experiment's, background first) go into the stored bundle's metadata.
 
     Raises:
         AggregationError: the strategy refused the updates, none was finite, or the aggregate
@@ -194,5 +197,7 @@ def aggregate_round(
         robust_norm_multiple=robust_norm_multiple,
         report=report,
     )
-    model = store_global(blobs, new_global, spec_hash=spec_hash, round_number=round_number)
+    model = store_global(
+        blobs, new_global, spec_hash=spec_hash, round_number=round_number, class_names=class_names
+    )
     return RoundResult(model=model, state=store_state(blobs, new_state))

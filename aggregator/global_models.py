@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +34,25 @@ def build_initial_weights(spec: TaskSpec, seed: int) -> dict[str, np.ndarray]:
 
 
 def store_global(
-    blobs: BlobStore, tensors: Mapping[str, np.ndarray], *, spec_hash: str, round_number: int
+    blobs: BlobStore,
+    tensors: Mapping[str, np.ndarray],
+    *,
+    spec_hash: str,
+    round_number: int,
+    class_names: Sequence[str] | None = None,
 ) -> BlobRef:
-    """Encode a global model as a full float32 bundle of round ``round_number`` and store it."""
-    return blobs.put_bytes(
-        encode_bundle(tensors, BundleMeta(spec_hash=spec_hash, round=round_number))
-    )
+    """Encode a global model as a full float32 bundle of round ``round_number`` and store it.
+
+    Args:
+        blobs: the blob store.
+        tensors: the model's tensors.
+        spec_hash: the experiment's spec hash.
+        round_number: the round (0: initial model).
+        class_names: the experiment's class names, background first, written into the
+            bundle's metadata. Default None (no names).
+    """
+    meta = BundleMeta(spec_hash=spec_hash, round=round_number, class_names=tuple(class_names or ()))
+    return blobs.put_bytes(encode_bundle(tensors, meta))
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
@@ -66,7 +79,11 @@ def store_float16_copy(blobs: BlobStore, sha256: str) -> BlobRef:
                 value = np.clip(value, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
             tensors[key] = value
     half = BundleMeta(
-        spec_hash=meta.spec_hash, round=meta.round, kind=meta.kind, wire_dtype="float16"
+        spec_hash=meta.spec_hash,
+        round=meta.round,
+        kind=meta.kind,
+        wire_dtype="float16",
+        class_names=meta.class_names,
     )
     return blobs.put_bytes(encode_bundle(tensors, half))
 

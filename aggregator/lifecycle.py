@@ -66,7 +66,10 @@ def set_initial_model(
     """Store a checked uploaded model as global model 0 (re-encoded as round 0, float32)."""
     exp_crud.require_status(experiment, ExperimentStatus.CREATED, action="set the initial model of")
     weights = load_weights(checked_path)
-    ref = store_global(blobs, weights, spec_hash=experiment.spec_hash, round_number=0)
+    names = exp_crud.config_of(experiment).class_names
+    ref = store_global(
+        blobs, weights, spec_hash=experiment.spec_hash, round_number=0, class_names=names
+    )
     experiment.initial_model_sha256 = ref.sha256
     record_event(
         session,
@@ -129,7 +132,13 @@ def start_experiment(
         )
     else:
         weights = build_initial_weights(cfg.spec, cfg.seed)
-        initial = store_global(blobs, weights, spec_hash=experiment.spec_hash, round_number=0)
+        initial = store_global(
+            blobs,
+            weights,
+            spec_hash=experiment.spec_hash,
+            round_number=0,
+            class_names=cfg.class_names,
+        )
     exp_crud.mark_started(
         session,
         experiment=experiment,

@@ -308,6 +308,7 @@ class Orchestrator:
                     noise=round_noise(cfg.privacy, sampled=sampled),
                     robust_norm_multiple=cfg.robust_norm_multiple,
                     report=guards,
+                    class_names=cfg.class_names,
                 )
         except (AggregationError, StorageError) as exc:
             return self._aggregation_failed(experiment_id, round_id, exc)

@@ -53,6 +53,7 @@ class RoutingBundles:
         spec: TaskSpec,
         experts: Sequence[Expert],
         class_prior: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> BlobRef:
         """The bundle of these experts (expert 0 first), built on first use.
 
@@ -60,24 +61,30 @@ class RoutingBundles:
             spec: the experiment's task spec.
             experts: global model first, then site models sorted by site id.
             class_prior: the federation's class shares (background first). Default None.
+            class_names: the experiment's class names (background first). Default None.
         """
         prior = [float(p) for p in class_prior] if class_prior is not None else None
+        names = list(class_names or ())
         key = hashlib.sha256(
             json.dumps(
-                [spec.spec_hash(), [e.__dict__ for e in experts], prior], sort_keys=True
+                [spec.spec_hash(), [e.__dict__ for e in experts], prior, names], sort_keys=True
             ).encode()
         ).hexdigest()
         with self._lock:
             ref = self._made.get(key)
             if ref is not None and self._blobs.exists(ref.sha256):
                 return ref
-            ref = self._blobs.put_bytes(_assemble(self._blobs, spec, experts, prior))
+            ref = self._blobs.put_bytes(_assemble(self._blobs, spec, experts, prior, names))
             self._made[key] = ref
             return ref
 
 
 def _assemble(
-    blobs: BlobStore, spec: TaskSpec, experts: Sequence[Expert], prior: list[float] | None
+    blobs: BlobStore,
+    spec: TaskSpec,
+    experts: Sequence[Expert],
+    prior: list[float] | None,
+    names: list[str],
 ) -> bytes:
     states = [load_weights(blobs.require(expert.sha256)) for expert in experts]
     # The global model's own tensors are the reference shapes: no torch needed here.
@@ -86,4 +93,6 @@ def _assemble(
         {"index": i, "source": e.source, "name": e.name, "round": e.round}
         for i, e in enumerate(experts)
     ]
-    return encode_routing_bundle(states, sources, spec, expected=expected, class_prior=prior)
+    return encode_routing_bundle(
+        states, sources, spec, expected=expected, class_prior=prior, class_names=names
+    )

@@ -116,5 +116,7 @@ def secagg_aggregate_round(
         )
     except StrategyError as exc:
         raise AggregationError(f"aggregation failed: {exc}") from exc
-    model = store_global(blobs, new_global, spec_hash=spec_hash, round_number=number)
+    model = store_global(
+        blobs, new_global, spec_hash=spec_hash, round_number=number, class_names=cfg.class_names
+    )
     return RoundResult(model=model, state=store_state(blobs, new_state))

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from data_specs.class_names import META_CLASS_NAMES, decode_class_names, encode_class_names
 from data_specs.constants import (
     META_CODEC,
     META_CODEC_PARAMS,
@@ -60,6 +61,8 @@ class BundleMeta:
         codec: update codec name; ``"none"`` for plain tensors.
         codec_params: JSON-serialisable codec parameters (seed, bits, ...). Default ``{}``.
         wire_dtype: ``"float32"`` or ``"float16"`` (half-precision downlink).
+        class_names: the experiment's class names, background first (global models only);
+            written as metadata ``class_names`` when given. Default ``()`` (no key).
     """
 
     spec_hash: str
@@ -69,9 +72,10 @@ class BundleMeta:
     codec: str = "none"
     codec_params: dict[str, Any] = field(default_factory=dict)
     wire_dtype: str = "float32"
+    class_names: tuple[str, ...] = ()
 
     def to_header(self) -> dict[str, str]:
-        return {
+        header = {
             META_FORMAT: META_FORMAT_VERSION,
             META_SPEC_HASH: self.spec_hash,
             META_ROUND: str(self.round),
@@ -81,6 +85,9 @@ class BundleMeta:
             META_CODEC_PARAMS: json.dumps(self.codec_params, sort_keys=True),
             META_DTYPE: self.wire_dtype,
         }
+        if self.class_names:  # absent otherwise: bundles without names keep their bytes
+            header[META_CLASS_NAMES] = encode_class_names(self.class_names)
+        return header
 
     @classmethod
     def from_header(cls, header: Mapping[str, str] | None) -> BundleMeta:
@@ -111,6 +118,7 @@ class BundleMeta:
                     what="codec_params",
                 ),
                 wire_dtype=header.get(META_DTYPE, "float32"),
+                class_names=decode_class_names(header.get(META_CLASS_NAMES)),
             )
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise BundleError(f"bundle metadata is malformed: {str(exc)[:200]}") from exc

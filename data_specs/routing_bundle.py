@@ -32,6 +32,7 @@ from data_specs.bundle import (
     check_tensors,
     read_header,
 )
+from data_specs.class_names import META_CLASS_NAMES, check_class_names, encode_class_names
 from data_specs.errors import (
     BundleError,
     RoutingBundleError,
@@ -138,6 +139,7 @@ def encode_routing_bundle(
     *,
     expected: ExpectedTensors | None = None,
     class_prior: Sequence[float] | None = None,
+    class_names: Sequence[str] = (),
 ) -> bytes:
     """Serialise the global model and K personal models into one routing bundle.
 
@@ -153,6 +155,8 @@ def encode_routing_bundle(
         class_prior: the federation's aggregate class frequencies, one share per class
             (background first); stored as metadata ``class_prior``. Default None (absent).
             Example: ``[0.93, 0.03, 0.02, 0.02]``.
+        class_names: the experiment's class names, background first, one per class; stored
+            as metadata ``class_names`` (``data_specs.class_names``). Default none (absent).
 
     Returns:
         safetensors bytes.
@@ -178,6 +182,12 @@ def encode_routing_bundle(
     }
     if class_prior is not None:
         metadata[META_CLASS_PRIOR] = json.dumps(_check_prior(class_prior, spec.out_channels))
+    if class_names:
+        try:
+            check_class_names(class_names, spec.out_channels)
+        except ValueError as exc:
+            raise RoutingBundleError(str(exc)) from exc
+        metadata[META_CLASS_NAMES] = encode_class_names(class_names)
     # Byte-stable, like weights bundles: the aggregator stores bundles content-addressed.
     return canonical_safetensors(st_save(arrays, metadata=metadata))
 

@@ -197,6 +197,8 @@ def fingerprint(
     work_dir: WorkDirOpt = None,
 ) -> None:
     """Show the dataset fingerprint: exactly what leaves the site for plan: auto (aggregates)."""
+    if not as_json:
+        typer.echo("computing the dataset fingerprint (reads every training scan) ...", err=True)
     from data_specs.errors import DataSpecError
     from site_agent.fingerprints import manifest_fingerprint
     from site_agent.workdir import WorkDir
@@ -352,6 +354,8 @@ def evaluate(
     device: DeviceOpt = None,
 ) -> None:
     """Dice per class, mean Dice and HD95 of a model on a local split (default: test)."""
+    if not as_json:  # the first line, before torch and MONAI load
+        typer.echo(f"evaluating the {model} model on the {split} split ...", err=True)
     from site_agent.segment_command import run_evaluate
 
     try:
@@ -390,6 +394,7 @@ def adapt(
     it looks worse, the command falls back to the global model or the best single expert and
     says so. `fedseg site infer --model routed` then uses that choice.
     """
+    typer.echo(f"adapting experiment {experiment} to the scans of {manifest} ...", err=True)
     from site_agent.adapt import adapt_experiment, adaptation_manifest
     from site_agent.client import AggregatorClient, make_http_client
     from site_agent.enrollment import ensure_token

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from data_specs.imageio import ImageGeometry
 from data_specs.task_spec import TaskSpec
 from site_agent.errors import ScanError, WorkDirError
 from site_agent.prediction import predict_scores
+
+if TYPE_CHECKING:
+    from data_specs.transforms import PreparedScan
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +81,28 @@ def segment_scan(
     """
     import time
 
-    from data_specs.transforms import prepare_scan
+    from site_agent.picture_scan import plain_picture_path, prepare_picture
 
     start = time.perf_counter()
     files = [Path(scan)] if isinstance(scan, str | Path) else [Path(f) for f in scan]
     for f in files:
         if not f.exists():
             raise ScanError(f"no scan at {f}")
+    prepared: PreparedScan | None = None
     try:
-        prepared = prepare_scan(
-            files[0] if len(files) == 1 else files, spec, target_spacing=target_spacing
-        )
+        if plain_picture_path(files, spec, target_spacing):  # no MONAI: see picture_scan
+            image, geometry = prepare_picture(files[0], spec)
+            sliced = False
+        else:
+            from data_specs.transforms import prepare_scan
+
+            prepared = prepare_scan(
+                files[0] if len(files) == 1 else files, spec, target_spacing=target_spacing
+            )
+            image, geometry, sliced = prepared.image, prepared.geometry, prepared.sliced
     except DataSpecError as exc:
         raise ScanError(f"the scan cannot be used: {exc}") from exc
-    channels = int(prepared.image.shape[0])
+    channels = int(image.shape[0])
     if channels != spec.in_channels:
         raise ScanError(
             f"the model expects {spec.in_channels} image channel(s), the scan has {channels}"
@@ -98,17 +110,20 @@ def segment_scan(
     logits = predict_scores(
         model,
         spec,
-        prepared.image,
-        sliced=prepared.sliced,
+        image,
+        sliced=sliced,
         device=device,
         sw_batch_size=sw_batch_size,
         overlap=overlap,
     )
-    try:
-        mask = prepared.to_scan_geometry(label_map(logits))
-    except DataSpecError as exc:
-        raise ScanError(f"the mask cannot be carried back to the scan: {exc}") from exc
-    return Segmentation(mask=mask, geometry=prepared.geometry, seconds=time.perf_counter() - start)
+    if prepared is None:  # a picture: no spatial step to undo
+        mask = label_map(logits).numpy().astype(np.int32)
+    else:
+        try:
+            mask = prepared.to_scan_geometry(label_map(logits))
+        except DataSpecError as exc:
+            raise ScanError(f"the mask cannot be carried back to the scan: {exc}") from exc
+    return Segmentation(mask=mask, geometry=geometry, seconds=time.perf_counter() - start)
 
 
 def write_segmentation(

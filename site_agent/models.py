@@ -97,6 +97,7 @@ def load_model(
     experiment_id: str | None = None,
     weights: Path | None = None,
     spec: TaskSpec | None = None,
+    plain: bool = False,
 ) -> tuple[nn.Module, TaskSpec]:
     """Build the network to segment with, in eval mode, and the task spec it belongs to.
 
@@ -112,6 +113,8 @@ def load_model(
             model file, or a routed model file. Default None.
         spec: the task spec of ``weights``, for a site that never trained in the experiment
             (an evaluator, a site not yet sampled). Default None (from the work dir's record).
+        plain: build a global or personal model as ``site_agent.plain_unet`` (the same network
+            without importing MONAI; routed models always use MONAI's). Default False.
 
     Raises:
         ModelMismatchError: the weights are of another task spec or not a model file.
@@ -151,7 +154,12 @@ def load_model(
         state: Mapping[str, object] = latest[1]
     else:
         state = _read_weights(weights, spec)
-    model = build_unet(spec)
+    if plain:
+        from site_agent.plain_unet import build_plain_unet
+
+        model = build_plain_unet(spec)
+    else:
+        model = build_unet(spec)
     try:
         model.load_state_dict({k: _as_tensor(v) for k, v in state.items()}, strict=True)
     except RuntimeError as exc:

@@ -51,17 +51,6 @@ class View:
     rgb: np.ndarray
 
 
-def class_names_for(num_classes: int, labels: Mapping[str, str] | None = None) -> dict[int, str]:
-    """Names of the foreground classes: the given labels, else ``class k``.
-
-    Args:
-        num_classes: classes including background. Example: ``4``.
-        labels: labels ``{"0": "background", "1": "RV", ...}``. Default None.
-    """
-    labels = labels or {}
-    return {k: labels.get(str(k), f"class {k}") for k in range(1, num_classes)}
-
-
 def colour_of(k: int) -> tuple[int, int, int]:
     """The display colour of class ``k`` (1-based)."""
     return _COLOURS[(k - 1) % len(_COLOURS)]

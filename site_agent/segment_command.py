@@ -77,6 +77,7 @@ def run_infer(
 
     jobs = plan_jobs(scans, output, channels=channels, png=png, mask_suffix=mask_suffix)
     echo(f"segmenting {len(jobs)} scan(s) with the {kind} model")
+    from data_specs.constants import ImageFormat
     from site_agent.models import load_model  # torch and MONAI: after the first line
 
     manifest = _site_manifest(settings)
@@ -85,10 +86,18 @@ def run_infer(
         _kind(kind),
         experiment_id=experiment_id,
         weights=weights,
+        # Pictures only: the same network without importing MONAI (site_agent.plain_unet).
+        plain=all(job.format == ImageFormat.PIL for job in jobs),
     )
-    from site_agent.picture import class_names_for
+    from site_agent.class_labels import segment_names
 
-    names = class_names_for(spec.out_channels, manifest.labels if manifest else None)
+    names = segment_names(
+        spec.out_channels,
+        labels=manifest.labels if manifest else None,
+        workdir=WorkDir(settings.work_dir),
+        experiment_id=experiment_id,
+        weights=weights,
+    )
     mapping = manifest.label_mapping if manifest is not None else None
     values = (
         {k: mapping.stored_value(k) for k in range(spec.out_channels)}

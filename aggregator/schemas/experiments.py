@@ -68,6 +68,12 @@ class ExperimentCreate(BaseModel):
         privacy: client-level DP (and, later, secure aggregation); see ``docs/privacy.md``.
             With ``dp`` the update norm bound becomes ``dp.clip_norm`` (sites clip to it).
             Default None.
+        class_names: one name per class of the network, background first; carried by every
+            global-model and routing bundle (metadata ``class_names``) so that a site's
+            ``fedseg site infer`` labels its picture and DICOM SEG with them. Not part of the
+            spec (renaming a class changes no spec hash). Example:
+            ``["background", "RV", "myocardium", "LV"]``. Default None (sites fall back to
+            their manifest's labels, else ``class k``).
     """
 
     model_config = _Strict
@@ -90,6 +96,7 @@ class ExperimentCreate(BaseModel):
     plan: Literal["auto"] | None = None
     plan_options: PlanOptions | None = None
     privacy: PrivacyConfig | None = None
+    class_names: Annotated[list[str], Field(max_length=256)] | None = None
 
     @field_validator("sites")
     @classmethod
@@ -97,6 +104,14 @@ class ExperimentCreate(BaseModel):
         if value is not None and len(set(value)) != len(value):
             raise ValueError("sites must not repeat a site id")
         return value
+
+    @model_validator(mode="after")
+    def _class_names_fit(self) -> ExperimentCreate:
+        if self.class_names is not None:
+            from data_specs.class_names import check_class_names
+
+            self.class_names = list(check_class_names(self.class_names, self.spec.out_channels))
+        return self
 
     @model_validator(mode="after")
     def _privacy_fits(self) -> ExperimentCreate:

@@ -29,10 +29,11 @@ runner = CliRunner()
 SPEC = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(16, 16), out_channels=2)
 
 
-def model_in(work: Path, spec: TaskSpec = SPEC) -> Path:
+def model_in(work: Path, spec: TaskSpec = SPEC, class_names: tuple[str, ...] = ()) -> Path:
     torch.manual_seed(0)
     tensors = {k: v.numpy() for k, v in build_unet(spec).state_dict().items()}
-    data = encode_bundle(tensors, BundleMeta(spec_hash=spec.spec_hash(), round=1))
+    meta = BundleMeta(spec_hash=spec.spec_hash(), round=1, class_names=class_names)
+    data = encode_bundle(tensors, meta)
     save_global(WorkDir(work), "exp-1", 1, spec, data)
     return work
 
@@ -181,13 +182,14 @@ def test_a_dicom_series_gives_a_dicom_seg_and_a_picture(tmp_path: Path) -> None:
     import pydicom
 
     spec = TaskSpec(spatial_dims=3, channels=(4, 8), strides=(2,), patch_size=(16, 16, 16))
-    work = model_in(tmp_path / "work", spec)
+    # No manifest: the segment is named as the experiment named its classes (bundle metadata).
+    work = model_in(tmp_path / "work", spec, class_names=("background", "tumour"))
     series = write_dicom_series(block_volume((16, 18, 6)), tmp_path / "series")
     args = ["infer", str(series), "-o", str(tmp_path / "seg.dcm"), "--png", str(tmp_path / "p.png")]
     result = runner.invoke(app, [*args, "--work-dir", str(work)])
     assert result.exit_code == 0, result.output
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
-    assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "class 1"
+    assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "tumour"
     source = pydicom.dcmread(next(series.iterdir()))
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     assert (tmp_path / "p.png").stat().st_size > 0

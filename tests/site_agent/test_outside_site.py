@@ -77,12 +77,12 @@ def _one_line_exit_1(result) -> str:  # type: ignore[no-untyped-def]
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
-    # `fedseg site infer` says what it starts before loading anything (a progress line); the
-    # failure itself is one line.
+    # `fedseg site infer` and `adapt` say what they start before loading anything (a progress
+    # line: "segmenting ...", "adapting ... ..."); the failure itself is one line.
     lines = [
         line
         for line in result.output.splitlines()
-        if line.strip() and not line.startswith("segmenting ")
+        if line.strip() and not line.startswith("segmenting ") and not line.endswith(" ...")
     ]
     assert len(lines) == 1, lines
     return lines[0]

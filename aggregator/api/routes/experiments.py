@@ -259,8 +259,9 @@ def routing_bundle(
     # foreground prior; absent when a participant sent no fingerprint.
     prior = federation_class_prior(session, experiment_id=experiment_id)
     session.commit()
+    cfg = exp_crud.config_of(experiment)
     ref = services.routing.get(
-        spec=exp_crud.config_of(experiment).spec, experts=experts, class_prior=prior
+        spec=cfg.spec, experts=experts, class_prior=prior, class_names=cfg.class_names
     )
     services.metrics.bytes_out.labels(kind="routing_bundle").inc(ref.size)
     return FileResponse(
