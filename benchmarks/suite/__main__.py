@@ -90,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedseg_suite")
     run.add_argument("--dry-run", action="store_true", help="list the missing runs only")
     sub.add_parser("report", help="write the reports from every stored run")
+    rescore = sub.add_parser(
+        "rescore",
+        help="score the stored outside folds' methods again with today's code, from the "
+        "routing bundles left in their work dirs (no federation is trained again)",
+    )
+    rescore.add_argument("--methods", nargs="*", default=None)
+    rescore.add_argument(
+        "--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedseg_suite"
+    )
     args = parser.parse_args(argv)
     if args.command == "report":
         from benchmarks.suite.report import write_reports
@@ -97,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_reports():
             print(f"wrote {path}")
         return 0
+    if args.command == "rescore":
+        return _rescore(args.work_dir, args.methods)
     configs = configs_for(args.table, args.budget_minutes, args.methods)
     if not configs:
         parser.error(f"no run of the {args.table} table matches --methods {args.methods}")
@@ -129,6 +140,34 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in write_reports():
             print(f"wrote {path}")
+    return 1 if failures else 0
+
+
+def _rescore(work_dir: Path, methods: list[str] | None) -> int:
+    import json
+
+    from benchmarks.suite.outside_runs import rescore_outside
+    from benchmarks.suite.report import write_reports
+    from benchmarks.suite.store import RUNS
+    from data_specs.files import atomic_write_text
+
+    failures = 0
+    for path in sorted((RUNS / "outside").glob("*.json")):
+        record = json.loads(path.read_text())
+        method = record["config"]["method"]
+        if methods and method not in methods:
+            continue
+        work = work_dir / f"outside-{method}-{record['seed']}"
+        try:
+            new = rescore_outside(record, work)
+        except FileNotFoundError as exc:
+            failures += 1
+            print(f"- {path.name}: not rescored: {exc}")
+            continue
+        atomic_write_text(path, json.dumps(new, indent=1, sort_keys=True))
+        print(f"- {path.name}: rescored (choice {new['choice']})")
+    for written in write_reports():
+        print(f"wrote {written}")
     return 1 if failures else 0
 
 

@@ -63,6 +63,7 @@ def outside_markdown(runs: list[dict[str, Any]]) -> str:
         "expert; TENT on the global model; routed (softmax and sigmoid gates); safeguard = what "
         "`fedseg site adapt` hands the site (routed, or its label-free fallback).",
         f"- Seeds: {', '.join(map(str, seeds))}.",
+        *_rescored_line(folds),
         "",
         "## Test Dice at the held-out hospital (mean over seeds)",
         "",
@@ -84,6 +85,25 @@ def outside_markdown(runs: list[dict[str, Any]]) -> str:
     lines += ["", *_outside_verdicts(mean_of, means, len(folds)), ""]
     lines += _timing(folds)
     return "\n".join(lines) + "\n"
+
+
+def _rescored_line(folds: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rescored = sorted(
+        {
+            f"{r['rescored']['commit'][:12]} ({r['rescored']['date']})"
+            for rs in folds.values()
+            for r in rs
+            if "rescored" in r
+        }
+    )
+    if not rescored:
+        return []
+    return [
+        "- The outside methods of these folds were scored again (`python -m benchmarks.suite "
+        f"rescore`) at commit {', '.join(rescored)}, from the routing bundles the runs left "
+        "behind: the federations are the original runs', the adaptation and the choice are "
+        "today's code's."
+    ]
 
 
 def plot_outside(runs: list[dict[str, Any]]) -> None:

@@ -36,16 +36,12 @@ def run_outside(
     cfg: RunConfig, seed: int, work: Path, acdc_dir: Path, device: str = "cpu"
 ) -> dict[str, Any]:
     """Run one held-out fold (``cfg.params["held_out"]``); returns the record's body."""
-    import torch
-
     from aggregator.schemas.experiments import ExperimentCreate
     from benchmarks.outside_bench import _unlabelled_copy
-    from benchmarks.outside_methods import score_methods
     from data_specs.constants import PersonalizationMethod
-    from data_specs.routing_bundle import read_class_prior
     from data_specs.wire import PersonalizationConfig, TrainConfig
-    from personalization.outside import decode_routing_bundle
-    from site_agent.adapt import adapt_experiment, adaptation_manifest, unlabelled_scans
+    from personalization.outside import decode_routing_bundle, global_model
+    from site_agent.adapt import adapt_experiment
 
     params = cfg.params
     held_out = params["held_out"]
@@ -99,6 +95,51 @@ def run_outside(
         )
         adapt_command_seconds = time.monotonic() - t
         data = agent.client.routing_bundle(exp.id)
+    scored = score_fold(data, unlabelled, tests, held_out, params, seed, softmax_result=result)
+    bundle = decode_routing_bundle(data)
+    speed = evaluate_vs_infer(
+        global_model(bundle.spec, bundle.experts[0]), tests, held_out, manifests
+    )
+    return {
+        "evaluate_vs_infer": speed,
+        "held_out": held_out,
+        "inside": inside,
+        **scored,
+        "federation_seconds": round(federation_seconds, 1),
+        "adapt_command_seconds": round(adapt_command_seconds, 1),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "test_volumes": len(tests.cases(held_out)),
+        "train_frames": sites.train_frames,
+    }
+
+
+def score_fold(
+    data: bytes,
+    unlabelled: Path,
+    tests: TestSets,
+    held_out: str,
+    params: dict[str, Any],
+    seed: int,
+    softmax_result: Any = None,
+) -> dict[str, Any]:
+    """Score every outside method on the held-out hospital from its routing bundle ``data``.
+
+    Args:
+        data: the routing bundle the outside site downloaded.
+        unlabelled: its manifest without labels (what adaptation reads).
+        tests: the labelled test sets (3D Dice in the scans' geometry).
+        held_out: the held-out hospital.
+        params: the run's outside parameters (adaptation steps and lr).
+        seed: the run's seed.
+        softmax_result: ``fedseg site adapt``'s own result, if it ran; None adapts here.
+    """
+    import torch
+
+    from benchmarks.outside_methods import score_methods
+    from data_specs.routing_bundle import read_class_prior
+    from personalization.outside import decode_routing_bundle
+    from site_agent.adapt import adaptation_manifest, unlabelled_scans
+
     bundle = decode_routing_bundle(data)
     experts = [{k: torch.from_numpy(v.copy()) for k, v in e.items()} for e in bundle.experts]
     scans = unlabelled_scans(adaptation_manifest(unlabelled), bundle.spec, seed=seed)
@@ -120,17 +161,10 @@ def run_outside(
         lr=params["adapt_lr"],
         seed=seed,
         class_prior=read_class_prior(data),
-        softmax_result=result,
+        softmax_result=softmax_result,
     )
-    per_method = dict(zip(scores.dice, full, strict=True))
-    from personalization.outside import global_model
-
-    speed = evaluate_vs_infer(global_model(bundle.spec, experts[0]), tests, held_out, manifests)
     return {
-        "evaluate_vs_infer": speed,
-        "held_out": held_out,
-        "inside": inside,
-        "models": per_method,
+        "models": dict(zip(scores.dice, full, strict=True)),
         "choice": scores.choice,
         "choice_bn": scores.choice_bn,
         "routed_accepted": scores.routed_accepted,
@@ -141,12 +175,46 @@ def run_outside(
         "scans": scores.scans,
         "experts": scores.experts,
         "sigmoid_choice": scores.extra.get("sigmoid_choice"),
-        "federation_seconds": round(federation_seconds, 1),
-        "adapt_command_seconds": round(adapt_command_seconds, 1),
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "test_volumes": len(tests.cases(held_out)),
-        "train_frames": sites.train_frames,
     }
+
+
+def rescore_outside(record: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The record of a stored fold with its outside methods scored again by today's code.
+
+    The federation is not trained again: the routing bundle the outside site downloaded, the
+    manifests and the unlabelled copy are read back from the run's work dir ``work``. The new
+    record says so under ``rescored`` (commit and date), next to the original ``commit``.
+
+    Raises:
+        FileNotFoundError: the run's work dir no longer holds the bundle or the manifests.
+    """
+    from datetime import UTC, datetime
+
+    from benchmarks.suite.store import commit
+
+    held_out = record["held_out"]
+    spec = TaskSpec.model_validate(record["config"]["spec"])
+    bundles = sorted(
+        (work / "federation" / "sites" / f"outside_{held_out}" / "routing").glob("*.safetensors")
+    )
+    if not bundles:
+        raise FileNotFoundError(f"no routing bundle of the {held_out} fold under {work}")
+    manifests = {p.parent.name: p for p in (work / "manifests").glob("*/dataset.json")}
+    by_hospital = {
+        h: next(p for n, p in manifests.items() if n.endswith(h.lower())) for h in HOSPITALS
+    }
+    unlabelled = next((work / "unlabelled").glob("*/dataset.json"))
+    tests = TestSets(by_hospital, spec)
+    scored = score_fold(
+        bundles[0].read_bytes(),
+        unlabelled,
+        tests,
+        held_out,
+        record["config"]["params"],
+        record["seed"],
+    )
+    rescored = {"commit": commit(), "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    return {**record, **scored, "rescored": rescored}
 
 
 def evaluate_vs_infer(

@@ -13,7 +13,8 @@ models it started from:
 3. Adapt the routed model (routers + norm affine parameters; entropy, flip consistency, the
    class prior, a foreground-share penalty and an anchor to the initial mix), checking the
    label-free score every ``check_every`` steps: stop early when it stops improving or when
-   the foreground share leaves the experts' range, and keep the best state seen.
+   the foreground share leaves the experts' range, and keep the best state seen (the starting
+   mix included).
 4. Reject the routed model when its score falls below every expert's, its predicted
    foreground share leaves the range the experts produce (widened by ``share_tolerance``), or
    it agrees with the federation's consensus (the mean prediction of the unadapted models)
@@ -263,6 +264,14 @@ def safe_adapt(
     run_cfg = config.adapt.model_copy(update={"class_prior": tuple(prior)})
     best: dict[str, Any] = {"score": float("-inf"), "state": None}
     checks = {"stale": 0, "early": False}
+    # The starting point (the initial mix) is a candidate too: an adaptation that only makes
+    # the label-free score worse leaves the routed model where it started.
+    modes = [m.training for m in routed.modules()]
+    start = score_model(routed, score_batches)
+    for m, was in zip(routed.modules(), modes, strict=True):
+        m.train(was)
+    if lo <= start.fg_share <= hi:
+        best.update(score=start.score, state=copy.deepcopy(routed.state_dict()))
 
     def monitor(step: int, _losses: StepLosses) -> bool:
         if (step + 1) % config.check_every and step + 1 < run_cfg.steps:
