@@ -94,3 +94,10 @@ def test_reference_rows_sit_beside_ours() -> None:
     )
     assert any(line.startswith("| reference IOP-FL (personal) |") for line in lines)
     assert reference_lines([], ours) == []
+
+
+def test_outside_report_says_when_folds_were_rescored() -> None:
+    plain = _fold("NOR", 0, {"global": 0.7})
+    assert "scored again" not in outside_markdown([plain])
+    again = {**plain, "rescored": {"commit": "0123456789abcdef", "date": "2026-11-29 21:00 UTC"}}
+    assert "at commit 0123456789ab (2026-11-29 21:00 UTC)" in outside_markdown([again])
