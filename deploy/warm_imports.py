@@ -67,9 +67,8 @@ def exercise() -> None:
     target = torch.nn.functional.one_hot(y[:, 0], 2).permute(0, 3, 1, 2)
     DiceMetric()(pred, target)
     HausdorffDistanceMetric(percentile=95)(pred, target)
-    with tempfile.TemporaryDirectory() as folder:
-        with SummaryWriter(folder) as writer:
-            writer.add_scalar("loss", float(loss), 0)
+    with tempfile.TemporaryDirectory() as folder, SummaryWriter(folder) as writer:
+        writer.add_scalar("loss", float(loss), 0)
 
 
 def main(argv: list[str]) -> int:
