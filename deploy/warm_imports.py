@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 import tempfile
+import warnings
 
 MODULES = (
     "PIL.Image",
@@ -68,7 +69,7 @@ def exercise() -> None:
     DiceMetric()(pred, target)
     HausdorffDistanceMetric(percentile=95)(pred, target)
     with tempfile.TemporaryDirectory() as folder, SummaryWriter(folder) as writer:
-        writer.add_scalar("loss", float(loss), 0)
+        writer.add_scalar("loss", float(loss.detach()), 0)
 
 
 def main(argv: list[str]) -> int:
@@ -76,6 +77,7 @@ def main(argv: list[str]) -> int:
         print("usage: warm_imports.py PREFIX", file=sys.stderr)
         return 2
     prefix = argv[0].rstrip("/") + "/"
+    warnings.simplefilter("ignore")  # libraries' deprecation notices would clutter the build log
     for name in MODULES:
         importlib.import_module(name)
     exercise()
