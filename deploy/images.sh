@@ -11,8 +11,9 @@
 # be pulled; otherwise fedseg/base:bookworm, made once with deploy/base_image.sh (debootstrap
 # from the Debian archive, needs root).
 # torch (--torch-index or TORCH_INDEX_URL): default https://download.pytorch.org/whl/cpu when the
-# host reaches it; otherwise a local index in deploy/wheelhouse/ from `pip download` on the host
-# (CPU wheel only: a wheel without "+cpu" in its name is refused).
+# host reaches it; otherwise a local index from `pip download` on the host (CPU wheel only: a
+# wheel without "+cpu" in its name is refused), kept in $FEDSEG_WHEELHOUSE (default
+# ~/.cache/fedseg/wheelhouse) and copied into deploy/wheelhouse/ for the build.
 # Extra CA certificates (--ca FILE, repeatable, or FEDSEG_BUILD_CA=file1:file2): copied to
 # deploy/extra-ca/ for pip in the build and for the images' trust store.
 # Builder: whatever `docker build` uses (DOCKER_BUILDKIT=0 legacy, 1 BuildKit); no `# syntax=`
@@ -29,7 +30,9 @@ TORCH_VERSION="${TORCH_VERSION:-$(python3 -c 'import tomllib; d = tomllib.load(o
 DEFAULT_BASE=python:3.11-slim-bookworm
 LOCAL_BASE=fedseg/base:bookworm
 DEFAULT_TORCH_INDEX=https://download.pytorch.org/whl/cpu
-WHEELHOUSE=deploy/wheelhouse
+WHEELHOUSE_CONTEXT=deploy/wheelhouse
+# Kept outside the checkout, so a fresh clone (CI) reuses the download and the build cache.
+WHEELHOUSE="${FEDSEG_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedseg/wheelhouse}"
 CA_DIR=deploy/extra-ca
 NO_CACHE=()
 TARGETS=()
@@ -83,6 +86,7 @@ reachable() { timeout 20 python3 -c 'import sys, urllib.request; urllib.request.
 
 local_torch_index() {
   local files="$WHEELHOUSE/files" simple="$WHEELHOUSE/simple" wheel
+  mkdir -p "$WHEELHOUSE"
   if ! ls "$files"/torch-"$TORCH_VERSION"+cpu-*.whl > /dev/null 2>&1; then
     rm -rf "$files" "$simple"
     mkdir -p "$files"
@@ -96,7 +100,8 @@ local_torch_index() {
   case "$wheel" in *+cpu-*) ;; *) die "$wheel is not a CPU wheel; refusing a multi-GB CUDA build" ;; esac
   TORCH_INDEX="file:///wheelhouse/simple"
   if [ -f "$simple/torch/index.html" ]; then
-    return 0  # made by an earlier run for this torch version: reuse it
+    copy_wheelhouse  # made by an earlier run for this torch version: reuse it
+    return 0
   fi
   # Wheels for the image's python (3.11, glibc x86_64), whatever the host's python is.
   python3 -m pip download -q --only-binary=:all: --python-version 3.11 --implementation cp \
@@ -120,6 +125,13 @@ for project, names in projects.items():
 index = "".join(f'<a href="{p}/">{p}</a><br>\n' for p in sorted(projects))
 (simple / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{index}</body></html>\n")
 PY
+  copy_wheelhouse
+}
+
+# Into the build context, times kept: the same files give the same layer (cache hit).
+copy_wheelhouse() {
+  rm -rf "${WHEELHOUSE_CONTEXT:?}/files" "$WHEELHOUSE_CONTEXT/simple" "$WHEELHOUSE_CONTEXT/pip.log"
+  cp -a "$WHEELHOUSE/files" "$WHEELHOUSE/simple" "$WHEELHOUSE_CONTEXT/"
 }
 
 if [[ " ${TARGETS[*]} " == *" site-agent "* ]] && [ -z "$TORCH_INDEX" ]; then

@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if ENABLED:
         return
     skip = pytest.mark.skip(
-        reason="container tier: run `make test-containers` (not yet part of .ci/run)"
+        reason="container tier: `make test-containers` (.ci/run runs it after the unit tests)"
     )
     for item in items:
         if "tests/containers/" in str(item.fspath):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,16 +70,40 @@ class ComposeProject:
     name: str
     env: dict[str, str]
     cli: list[str] = field(default_factory=compose_cli)
+    _ids: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, *args: str, timeout_s: float = 300, check: bool = True) -> str:
         argv = [*self.cli, "-f", str(COMPOSE_FILE), "-p", self.name, *args]
         return run(argv, timeout_s=timeout_s, check=check, env=self.env).stdout
 
     def container(self, service: str) -> str:
-        """The container id of a running service."""
-        ids = self("ps", "-q", service).split()
-        assert ids, f"service {service} has no container"
-        return ids[0]
+        """The container id of a service (also one that has exited), looked up once.
+
+        By label with the docker CLI: every compose v1 call costs seconds on a loaded host.
+        """
+        if service not in self._ids:
+            labels = [f"com.docker.compose.project={self.name}"]
+            labels.append(f"com.docker.compose.service={service}")
+            argv = ["docker", "ps", "-aq", *(f"--filter=label={lab}" for lab in labels)]
+            ids = run(argv).stdout.split()
+            assert ids, f"service {service} has no container"
+            self._ids[service] = ids[0]
+        return self._ids[service]
+
+    def read_file(self, service: str, path: str) -> str:
+        """A file from a service's container, running or exited (``docker cp``)."""
+        proc = subprocess.run(
+            ["docker", "cp", f"{self.container(service)}:{path}", "-"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+            member = tar.next()
+            assert member is not None and member.isfile(), f"{service}:{path} is not a file"
+            handle = tar.extractfile(member)
+            assert handle is not None
+            return handle.read().decode()
 
     def logs(self, service: str) -> str:
         """The container's stdout and stderr (the agent logs to stderr)."""

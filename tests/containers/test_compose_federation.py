@@ -9,7 +9,6 @@ the restarted agent resumes the task. Everything the project started is removed 
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import ssl
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.entrypoints.bootstrap import DEMO_SPEC
 from deploy.processes import free_port
 from tests.containers.docker_cli import TAG, ComposeProject, inspect, run
 from tests.containers.test_images import report
@@ -58,9 +58,8 @@ def project(images: dict[str, float], tmp_path: Path) -> Iterator[ComposeProject
 
 def _researcher(project: ComposeProject) -> httpx.Client:
     """A researcher's HTTPS client on the published port, verifying with the demo CA."""
-    cat = ("run", "--rm", "-T", "--no-deps", "--entrypoint", "cat", "enroll")
-    token = project(*cat, "/work/researcher_token").strip()
-    ca_pem = project(*cat, "/certs/ca.pem")
+    token = project.read_file("enroll", "/work/researcher_token").strip()
+    ca_pem = project.read_file("aggregator", "/certs/ca.pem")
     ctx = ssl.create_default_context(cadata=ca_pem)
     url = f"https://127.0.0.1:{project.env['FEDSEG_PUBLISHED_PORT']}"
     return httpx.Client(
@@ -79,30 +78,41 @@ def _wait_status(client: httpx.Client, experiment_id: str, status: str, timeout_
         time.sleep(3)
 
 
-def _start(project: ComposeProject, rounds: int) -> str:
-    out = project(
-        "run",
-        "--rm",
-        "-T",
-        "--no-deps",
-        "experiment",
-        "--url=https://aggregator:8443",
-        "--ca=/certs/ca.pem",
-        "--out=/work",
-        *(f"--site={h}" for h in HOSPITALS),
-        f"--rounds={rounds}",
-        timeout_s=600,
-    )
-    found = re.search(r"experiment (\S+) started", out)
-    assert found, out
-    return found.group(1)
+def _start(client: httpx.Client, name: str, sites: list[str], rounds: int, train: dict) -> str:
+    body = {
+        "name": name,
+        "spec": DEMO_SPEC.model_dump(mode="json"),
+        "rounds": rounds,
+        "sites": sites,
+        "min_sites": len(sites),
+        "train": train,
+    }
+    made = client.post(f"{API}/experiments", json=body)
+    assert made.status_code == 201, made.text
+    experiment_id: str = made.json()["id"]
+    client.post(f"{API}/experiments/{experiment_id}/start").raise_for_status()
+    return experiment_id
+
+
+# Run inside a hospital's container: the agent's TLS context (system store + bundle) reaches the
+# aggregator, whose demo CA is only in the mounted bundle; the system store alone must refuse it.
+TRUST_PROBE = """
+import sys, httpx
+from site_agent.trust import agent_ssl_context
+bundle = sys.argv[1] or None
+try:
+    httpx.get("https://aggregator:8443/healthz", verify=agent_ssl_context(bundle), timeout=20)
+except httpx.ConnectError as exc:
+    print("refused", exc)
+else:
+    print("verified")
+"""
 
 
 def test_two_round_federation_in_containers(project: ComposeProject) -> None:
     t0 = time.monotonic()
     project("up", "-d", "--no-build", "aggregator", *HOSPITALS, timeout_s=600)
     up_s = time.monotonic() - t0
-    experiment_id = _start(project, rounds=2)
 
     # Hardening of the long-running services, as compose.yaml asks.
     for service in ("aggregator", *HOSPITALS):
@@ -119,13 +129,23 @@ def test_two_round_federation_in_containers(project: ComposeProject) -> None:
         assert client.get("/healthz").status_code == 200  # TLS verified with the demo CA
         with pytest.raises(httpx.TransportError):  # no plain HTTP on the TLS port
             httpx.get(f"http://127.0.0.1:{project.env['FEDSEG_PUBLISHED_PORT']}/healthz", timeout=5)
+        deadline = time.monotonic() + 300
+        while True:  # both agents enroll once the aggregator is healthy
+            listed = client.get(f"{API}/sites").raise_for_status().json()
+            sites = sorted(
+                s["id"] for s in listed if s["name"] in HOSPITALS and s["status"] == "enrolled"
+            )
+            if len(sites) == len(HOSPITALS):
+                break
+            assert time.monotonic() < deadline, f"agents not enrolled: {listed}"
+            time.sleep(3)
+        experiment_id = _start(client, "two-rounds", sites, 2, {"local_epochs": 1, "batch_size": 2})
         _wait_status(client, experiment_id, "completed", timeout_s=480)
         run_s = time.monotonic() - t0
         rounds = client.get(f"{API}/experiments/{experiment_id}/rounds").raise_for_status().json()
         assert [r["number"] for r in rounds] == [1, 2]
-        sites = {s["site_id"] for s in client.get(f"{API}/sites").json() if s["name"] in HOSPITALS}
         for rnd in rounds:
-            assert {s["site_id"] for s in rnd["sites"]} == sites
+            assert {s["site_id"] for s in rnd["sites"]} == set(sites)
 
         health_s = {s: project.wait_healthy(s, timeout_s=150) for s in ("aggregator", *HOSPITALS)}
         report(
@@ -133,20 +153,14 @@ def test_two_round_federation_in_containers(project: ComposeProject) -> None:
             f"all healthy {max(health_s.values()):.0f} s later"
         )
 
+        # Run-time trust: FEDSEG_SITE_CA_BUNDLE is added to the system store, not needed without.
+        hospital = project.container("hospital-2")
+        probe = ["docker", "exec", hospital, "python", "-c", TRUST_PROBE]
+        assert run([*probe, "/certs/ca.pem"]).stdout.startswith("verified")
+        assert run([*probe, ""]).stdout.startswith("refused")
+
         # docker stop in the middle of training: clean and prompt, then the task resumes.
-        long_train = {"local_epochs": 1000, "batch_size": 2}
-        body = {
-            "name": "stop-test",
-            "spec": {"spatial_dims": 2, "out_channels": 4, "patch_size": [32, 32]},
-            "rounds": 1,
-            "sites": sorted(sites),
-            "min_sites": 2,
-            "train": long_train,
-        }
-        made = client.post(f"{API}/experiments", json=body)
-        assert made.status_code == 201, made.text
-        second = made.json()["id"]
-        client.post(f"{API}/experiments/{second}/start").raise_for_status()
+        second = _start(client, "stop-test", sites, 1, {"local_epochs": 1000, "batch_size": 2})
         deadline = time.monotonic() + 180
         while f"experiment {second} round 1" not in project.logs("hospital-1"):
             assert time.monotonic() < deadline, "hospital-1 never started the second task"

@@ -13,10 +13,11 @@ from tests.containers.docker_cli import AGGREGATOR_IMAGE, REPO, SITE_IMAGE, TAG,
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 MB = 1_000_000
 AGGREGATOR_BUDGET_MB = 350  # the goal, met
-# The goal is 1000 MB; the floor with torch 2.13 (CPU, ~560 MB after trimming) and
-# SimpleITK (~270 MB, DICOM) on a 123 MB base is above it (docs/hospital-it.md, image sizes).
-# This budget catches regressions from what the trimmed image measures.
-SITE_BUDGET_MB = 1500
+# The goal is 1000 MB; not met. Slimming (deploy/slim_venv.sh: strip, precompile only
+# what a training step imports, no TensorBoard server parts) took the venv from 1351 to 1061 MB;
+# torch 2.13 (CPU, libtorch_cpu.so 330 MB stripped) and SimpleITK (260 MB, DICOM) remain, on a
+# 123 MB base. This budget catches regressions from about 1.2 GB.
+SITE_BUDGET_MB = 1300
 
 
 def report(line: str) -> None:

@@ -127,32 +127,48 @@ def test_builds_without_docker_hub_frontends_and_with_any_base() -> None:
     assert '--index-url "${TORCH_INDEX_URL}"' in text
 
 
+def _ancestry(found: dict, stage: str) -> list[str]:
+    chain = []
+    while stage in found:
+        chain.append(stage)
+        stage = found[stage][0]
+    return chain
+
+
 def test_one_shared_stage_builds_the_project_for_both_images() -> None:
     found = stages(DOCKERFILE)
     builds = [name for name, (_, own) in found.items() for w, a in own if "pip wheel" in a]
     assert builds == ["project"], "the project is built in exactly one stage"
-    final = {}
     for image in ("aggregator", "site-agent"):
         parent, own = found[image]
         assert parent == "base", f"{image} starts from the runtime base, without build layers"
-        copies = [a for w, a in own if w == "COPY"]
-        assert len(copies) == 1 and copies[0].endswith("/opt/fedseg /opt/fedseg"), copies
         assert not [a for w, a in own if w == "RUN"], f"{image} runs nothing (no build tools)"
-        final[image] = copies[0].split()[0].removeprefix("--from=")
-    for venv in final.values():
-        _, own = found[venv]
-        assert any(w == "COPY" and a.startswith("--from=project") for w, a in own), venv
+        copies = [a.split() for w, a in own if w == "COPY"]
+        # The venv first (big, cached), then the project (small, changes with every commit).
+        assert [c[1:] for c in copies] == [
+            ["/opt/fedseg", "/opt/fedseg"],
+            ["/opt/fedseg-app", "/opt/fedseg-app"],
+        ], copies
+        venv, app = (c[0].removeprefix("--from=") for c in copies)
+        assert "project" not in _ancestry(found, venv), f"{image}: the venv must not hold the code"
+        # The app comes through a stage that checks it, so BuildKit runs that check too.
+        assert any(w == "COPY" and a.startswith("--from=project") for w, a in found[app][1])
+        assert any(w == "RUN" for w, a in found[app][1]), f"{app} checks nothing"
     # The legacy builder builds every stage above --target: torch must come after the aggregator.
     order = list(found)
-    assert order.index("aggregator") < order.index("site-deps")
-    # The aggregator's venv descends from `deps` only: no torch stage in its ancestry.
-    chain, stage = [], final["aggregator"]
-    while stage in found:
-        chain.append(stage)
-        stage = found[stage][0]
-    assert "site-deps" not in chain and not any(
-        "torch" in a for s in chain for w, a in found[s][1] if w == "RUN" and "pip install" in a
-    )
+    assert order.index("aggregator") < order.index("site-torch")
+    agg_chain = {s for c in found["aggregator"][1] if c[0] == "COPY" for s in [c[1].split()[0]]}
+    for source in agg_chain:
+        chain = _ancestry(found, source.removeprefix("--from="))
+        assert not any(s.startswith("site-") for s in chain), chain
+        assert not any(
+            "torch" in a for s in chain for w, a in found[s][1] if w == "RUN" and "pip install" in a
+        )
+    # Only `requirements` (for the venvs, which get its output files) and `project` read
+    # pyproject.toml: torch's layer never depends on it, and an unrelated edit keeps every venv.
+    readers = [n for n, (_, own) in found.items() for w, a in own if "pyproject.toml" in a]
+    assert readers == ["requirements", "project"], readers
+    assert "requirements" not in _ancestry(found, "site-torch")
 
 
 def test_extra_ca_certificates_reach_pip_and_the_system_store() -> None:
@@ -163,8 +179,12 @@ def test_extra_ca_certificates_reach_pip_and_the_system_store() -> None:
     assert any(
         w == "ENV" and "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" in a for w, a in base
     )
-    deps = stages(DOCKERFILE)["deps"][1]
-    assert any(w == "ENV" and "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in a for w, a in deps)
+    builder = stages(DOCKERFILE)["builder"][1]
+    assert any(
+        w == "ENV" and "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in a for w, a in builder
+    )
+    for stage in ("deps", "site-torch"):  # every pip install inherits it
+        assert "builder" in _ancestry(stages(DOCKERFILE), stage)
 
 
 def test_dockerignore_keeps_secrets_and_data_out() -> None:
