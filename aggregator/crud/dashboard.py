@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregator.crud import experiments as exp_crud
 from aggregator.db.models import Experiment, Round, RoundStatus, Site, Task, TaskStatus
 from aggregator.errors import NotFoundError
+from aggregator.privacy_budget import privacy_after
 
 # Metric keys drawn as curves; a site reports some or all of them (others are ignored here).
 SERIES_KEYS = ("val_dice", "val_dice_personal", "val_dice_global", "train_loss")
@@ -114,12 +117,17 @@ def metric_series(session: Session, *, experiment_id: str) -> dict[str, Any]:
     return {"rounds": rounds, "sites": out}
 
 
-def round_summaries(session: Session, *, experiment_id: str) -> list[dict[str, Any]]:
+def round_summaries(
+    session: Session, *, experiment_id: str, experiment: Experiment | None = None
+) -> list[dict[str, Any]]:
     """Every round attempt in a few numbers (the rounds table), oldest first; cheap at any size.
 
     Each: ``number``, ``attempt``, ``status``, ``reason``, ``sampled`` (count), ``reported``,
     ``accepted``, ``rejected`` (rejected or failed), ``samples``, ``bytes_up``, ``bytes_down``,
-    ``opened_at``, ``deadline``, ``closed_at``.
+    ``opened_at``, ``deadline``, ``closed_at`` and ``privacy``: for a closed round of an
+    experiment with differential privacy (``experiment`` given), ``{"epsilon_round",
+    "epsilon_total", "delta", "epsilon_budget"}`` as ``GET /experiments/{id}/rounds`` reports
+    them, else None.
     """
     rounds = list(
         session.scalars(
@@ -155,6 +163,7 @@ def round_summaries(session: Session, *, experiment_id: str) -> list[dict[str, A
     empty = dict.fromkeys(
         ("reported", "accepted", "rejected", "samples", "bytes_up", "bytes_down"), 0
     )
+    privacy = round_privacy(experiment)
     return [
         {
             "number": r.number,
@@ -166,9 +175,32 @@ def round_summaries(session: Session, *, experiment_id: str) -> list[dict[str, A
             "opened_at": r.opened_at,
             "deadline": r.deadline_at,
             "closed_at": r.closed_at,
+            "privacy": privacy(r.number) if r.status == RoundStatus.CLOSED else None,
         }
         for r in rounds
     ]
+
+
+def round_privacy(experiment: Experiment | None) -> Callable[[int], dict[str, Any] | None]:
+    """``privacy(n)``: the (ε, δ) after round ``n`` of a DP experiment (None without DP)."""
+    cfg = None if experiment is None else exp_crud.config_of(experiment)
+    dp = cfg.privacy.dp if cfg is not None and cfg.privacy else None
+    if experiment is None or cfg is None or dp is None:
+        return lambda _n: None
+    participants = len(experiment.participants or [])
+
+    def privacy(number: int) -> dict[str, Any] | None:
+        after = privacy_after(cfg, participants, number)
+        if after is None:
+            return None
+        return {
+            "epsilon_round": after.epsilon_round,
+            "epsilon_total": after.epsilon_total,
+            "delta": after.delta,
+            "epsilon_budget": dp.epsilon_budget,
+        }
+
+    return privacy
 
 
 def round_detail(
