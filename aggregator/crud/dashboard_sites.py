@@ -78,7 +78,8 @@ def site_approvals(
             only = invited[e.id]
             if only is not None and site.id not in only:
                 continue
-            decision, by = decisions.get((e.id, site.id)), "site"
+            decision = decisions.get((e.id, site.id))
+            by: str | None = "site"
             if decision is None:
                 allowed = policy_allows(
                     site.accept_policy, experiment_id=e.id, owner_name=researcher_name
