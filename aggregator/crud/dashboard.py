@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from aggregator.crud import experiments as exp_crud
 from aggregator.db.models import Experiment, Round, RoundStatus, Site, Task, TaskStatus
 from aggregator.errors import NotFoundError
-from aggregator.privacy_budget import privacy_after
+from aggregator.privacy_budget import sample_rate
+from data_specs.privacy.accountant import epsilons
 
 # Metric keys drawn as curves; a site reports some or all of them (others are ignored here).
 SERIES_KEYS = ("val_dice", "val_dice_personal", "val_dice_global", "train_loss")
@@ -182,21 +183,25 @@ def round_summaries(
 
 
 def round_privacy(experiment: Experiment | None) -> Callable[[int], dict[str, Any] | None]:
-    """``privacy(n)``: the (ε, δ) after round ``n`` of a DP experiment (None without DP)."""
+    """``privacy(n)``: the (ε, δ) after round ``n`` of a DP experiment (None without DP).
+
+    The same figures as ``GET /experiments/{id}/rounds`` (``privacy_budget.privacy_after``),
+    computed for every round in one pass (``accountant.epsilons``).
+    """
     cfg = None if experiment is None else exp_crud.config_of(experiment)
     dp = cfg.privacy.dp if cfg is not None and cfg.privacy else None
     if experiment is None or cfg is None or dp is None:
         return lambda _n: None
-    participants = len(experiment.participants or [])
+    q = sample_rate(cfg, len(experiment.participants or []))
+    totals = epsilons(dp.noise_multiplier, q, max(1, experiment.current_round), dp.delta)
 
     def privacy(number: int) -> dict[str, Any] | None:
-        after = privacy_after(cfg, participants, number)
-        if after is None:
+        if not 1 <= number <= len(totals):
             return None
         return {
-            "epsilon_round": after.epsilon_round,
-            "epsilon_total": after.epsilon_total,
-            "delta": after.delta,
+            "epsilon_round": totals[0],
+            "epsilon_total": totals[number - 1],
+            "delta": dp.delta,
             "epsilon_budget": dp.epsilon_budget,
         }
 

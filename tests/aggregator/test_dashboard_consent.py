@@ -135,3 +135,14 @@ def client_get(fed: Federation, path: str) -> Any:
     r = fed.client.get(f"{API}{path}", headers=fed.rh)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+@pytest.mark.parametrize(("z", "q"), [(2.0, 1.0), (1.1, 0.25)])
+def test_epsilons_in_one_pass_match_the_accountant_round_by_round(z: float, q: float) -> None:
+    from data_specs.privacy.accountant import epsilons
+
+    series = epsilons(z, q, 40, 1e-5)
+    assert len(series) == 40 and epsilons(z, q, 0, 1e-5) == ()
+    for n in (1, 2, 3, 17, 40):
+        assert series[n - 1] == pytest.approx(epsilon(z, q, n, 1e-5), rel=1e-12)
+    assert all(a < b for a, b in zip(series, series[1:], strict=False))
