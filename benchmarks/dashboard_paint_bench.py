@@ -215,7 +215,9 @@ def measure_loads(
     return out
 
 
-def run(rounds: int, sites: int, loads: int, dp: bool) -> dict[str, Any]:
+def run(
+    rounds: int, sites: int, loads: int, dp: bool, screenshot: Path | None = None
+) -> dict[str, Any]:
     """Serve, seed, measure; the figures as a dict."""
     admin = "bench-admin-token-0123456789abcdef"
     data_dir = Path(tempfile.mkdtemp(prefix="fedseg-paint-"))
@@ -245,6 +247,10 @@ def run(rounds: int, sites: int, loads: int, dp: bool) -> dict[str, Any]:
         load_before = os.getloadavg()
         samples = measure_loads(driver, url, token, exp_id, loads)
         load_after = os.getloadavg()
+        if screenshot is not None:  # the top of the page: status, privacy, curves
+            driver.execute_script("window.scrollTo(0, 0)")
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(screenshot))
     finally:
         if driver is not None:
             driver.quit()
@@ -305,8 +311,9 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=7)
     parser.add_argument("--dp", action="store_true", help="with differential privacy (ε column)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--screenshot", type=Path, help="save the page's top as this PNG")
     args = parser.parse_args()
-    result = run(args.rounds, args.sites, args.loads, args.dp)
+    result = run(args.rounds, args.sites, args.loads, args.dp, args.screenshot)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dashboard_first_paint.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "dashboard_first_paint.md").write_text(report(result))

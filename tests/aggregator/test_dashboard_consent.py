@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -145,4 +146,4 @@ def test_epsilons_in_one_pass_match_the_accountant_round_by_round(z: float, q: f
     assert len(series) == 40 and epsilons(z, q, 0, 1e-5) == ()
     for n in (1, 2, 3, 17, 40):
         assert series[n - 1] == pytest.approx(epsilon(z, q, n, 1e-5), rel=1e-12)
-    assert all(a < b for a, b in zip(series, series[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(series))

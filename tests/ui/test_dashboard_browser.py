@@ -142,6 +142,8 @@ def test_pages_render_and_curves_show_the_rounds(browser: Any, fed: LiveFederati
     assert totals == pytest.approx(eps[::-1], abs=1e-3)  # newest first
     headers = text_of(browser, "#rounds > table > thead")
     assert "ε (round)" in headers and "ε (total)" in headers
+    browser.execute_script("window.scrollTo(0, 0)")
+    screenshot(browser, "experiment-top")
     screenshot(browser, "experiment")
 
     browser.find_element("css selector", 'a[data-nav="sites"]').click()
