@@ -23,6 +23,7 @@ from rich.table import Table
 from deploy.console_config import ConsoleConfig, ConsoleConfigError, load_config
 from deploy.experiment_file import ExperimentFileError, load_experiment_file
 from deploy.researcher_client import ResearcherApiError, ResearcherClient
+from deploy.watch_view import privacy_text
 
 EXIT_BAD_INPUT = 1
 EXIT_REFUSED = 3
@@ -220,6 +221,10 @@ def show(
         )
         if exp.failure_reason:
             _out.print(f"failure: {exp.failure_reason}", markup=False)
+        privacy = privacy_text(exp, rounds)
+        if privacy is not None:
+            _out.print(privacy, markup=False)
+        dp = privacy is not None
         table = Table(
             "round",
             "attempt",
@@ -231,9 +236,15 @@ def show(
             "global",
             "personal",
             "loss",
+            *(("ε round", "ε total") if dp else ()),
             "reason",
         )
         for r in rounds:
+            eps = (
+                (_fmt(r.privacy.epsilon_round), _fmt(r.privacy.epsilon_total))
+                if r.privacy
+                else ("—", "—")
+            )
             for s in r.sites:
                 m = s.metrics
                 table.add_row(
@@ -247,6 +258,7 @@ def show(
                     _fmt(m.val_dice_global if m else None),
                     _fmt(m.val_dice_personal if m else None),
                     _fmt(m.train_loss if m else None),
+                    *(eps if dp else ()),
                     s.reject_reason or s.failure_reason or r.reason or "",
                 )
         _out.print(table)

@@ -79,6 +79,23 @@ class WatchState:
             line.best_dice = max(line.best_dice or m.val_dice, m.val_dice)
 
 
+def privacy_text(experiment: ExperimentPublic, rounds: list[RoundPublic]) -> str | None:
+    """``ε 1.23 spent after round 4 of budget 8 (δ=1e-05; ε 0.41 per round)`` for a DP
+    experiment, None without DP."""
+    dp = experiment.config.privacy.dp if experiment.config.privacy else None
+    if dp is None:
+        return None
+    last = next((r for r in reversed(rounds) if r.privacy is not None), None)
+    budget = f" of budget {dp.epsilon_budget:g}" if dp.epsilon_budget is not None else ""
+    if last is None or last.privacy is None:
+        return f"DP on: ε 0 spent{budget} (δ={dp.delta:g}; no round closed yet)"
+    p = last.privacy
+    return (
+        f"DP on: ε {p.epsilon_total:.3f} spent after round {last.number}{budget} "
+        f"(δ={p.delta:g}; ε {p.epsilon_round:.3f} per round)"
+    )
+
+
 def open_round(rounds: list[RoundPublic]) -> RoundPublic | None:
     """The attempt now open or aggregating, if any."""
     return next((r for r in reversed(rounds) if r.status in LIVE_ROUND_STATES), None)
@@ -96,6 +113,9 @@ def render(
         f"  {experiment.current_round}/{total} rounds done",
     )
     parts: list[RenderableType] = [head]
+    privacy = privacy_text(experiment, rounds)
+    if privacy is not None:
+        parts.append(Text(privacy, style="magenta"))
     rnd = open_round(rounds)
     if rnd is not None:
         reported = sum(1 for s in rnd.sites if s.reported_at is not None)
@@ -143,9 +163,11 @@ def round_line(rnd: RoundPublic) -> str:
     dices = [s.metrics.val_dice for s in accepted if s.metrics and s.metrics.val_dice is not None]
     dice = f"{sum(dices) / len(dices):.3f}" if dices else "—"
     reason = f" ({rnd.reason})" if rnd.reason else ""
+    p = rnd.privacy
+    eps = f"; ε {p.epsilon_round:.3f} this round, {p.epsilon_total:.3f} in total" if p else ""
     return (
         f"round {rnd.number} attempt {rnd.attempt}: {rnd.status}{reason}; "
-        f"{len(accepted)}/{len(rnd.sampled)} sites accepted, mean Dice {dice}"
+        f"{len(accepted)}/{len(rnd.sampled)} sites accepted, mean Dice {dice}{eps}"
     )
 
 
@@ -158,6 +180,7 @@ def round_record(rnd: RoundPublic) -> str:
             "status": rnd.status,
             "reason": rnd.reason,
             "sampled": len(rnd.sampled),
+            "privacy": rnd.privacy.model_dump() if rnd.privacy else None,
             "sites": [
                 {
                     "site": s.site_name,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregator.crud import experiments as exp_crud
 from aggregator.db.models import Experiment, Round, RoundStatus, Site, Task, TaskStatus
 from aggregator.errors import NotFoundError
+from aggregator.privacy_budget import sample_rate
+from data_specs.privacy.accountant import epsilons
 
 # Metric keys drawn as curves; a site reports some or all of them (others are ignored here).
 SERIES_KEYS = ("val_dice", "val_dice_personal", "val_dice_global", "train_loss")
@@ -114,12 +118,17 @@ def metric_series(session: Session, *, experiment_id: str) -> dict[str, Any]:
     return {"rounds": rounds, "sites": out}
 
 
-def round_summaries(session: Session, *, experiment_id: str) -> list[dict[str, Any]]:
+def round_summaries(
+    session: Session, *, experiment_id: str, experiment: Experiment | None = None
+) -> list[dict[str, Any]]:
     """Every round attempt in a few numbers (the rounds table), oldest first; cheap at any size.
 
     Each: ``number``, ``attempt``, ``status``, ``reason``, ``sampled`` (count), ``reported``,
     ``accepted``, ``rejected`` (rejected or failed), ``samples``, ``bytes_up``, ``bytes_down``,
-    ``opened_at``, ``deadline``, ``closed_at``.
+    ``opened_at``, ``deadline``, ``closed_at`` and ``privacy``: for a closed round of an
+    experiment with differential privacy (``experiment`` given), ``{"epsilon_round",
+    "epsilon_total", "delta", "epsilon_budget"}`` as ``GET /experiments/{id}/rounds`` reports
+    them, else None.
     """
     rounds = list(
         session.scalars(
@@ -155,6 +164,7 @@ def round_summaries(session: Session, *, experiment_id: str) -> list[dict[str, A
     empty = dict.fromkeys(
         ("reported", "accepted", "rejected", "samples", "bytes_up", "bytes_down"), 0
     )
+    privacy = round_privacy(experiment)
     return [
         {
             "number": r.number,
@@ -166,9 +176,36 @@ def round_summaries(session: Session, *, experiment_id: str) -> list[dict[str, A
             "opened_at": r.opened_at,
             "deadline": r.deadline_at,
             "closed_at": r.closed_at,
+            "privacy": privacy(r.number) if r.status == RoundStatus.CLOSED else None,
         }
         for r in rounds
     ]
+
+
+def round_privacy(experiment: Experiment | None) -> Callable[[int], dict[str, Any] | None]:
+    """``privacy(n)``: the (ε, δ) after round ``n`` of a DP experiment (None without DP).
+
+    The same figures as ``GET /experiments/{id}/rounds`` (``privacy_budget.privacy_after``),
+    computed for every round in one pass (``accountant.epsilons``).
+    """
+    cfg = None if experiment is None else exp_crud.config_of(experiment)
+    dp = cfg.privacy.dp if cfg is not None and cfg.privacy else None
+    if experiment is None or cfg is None or dp is None:
+        return lambda _n: None
+    q = sample_rate(cfg, len(experiment.participants or []))
+    totals = epsilons(dp.noise_multiplier, q, max(1, experiment.current_round), dp.delta)
+
+    def privacy(number: int) -> dict[str, Any] | None:
+        if not 1 <= number <= len(totals):
+            return None
+        return {
+            "epsilon_round": totals[0],
+            "epsilon_total": totals[number - 1],
+            "delta": dp.delta,
+            "epsilon_budget": dp.epsilon_budget,
+        }
+
+    return privacy
 
 
 def round_detail(

@@ -4,6 +4,7 @@
 const API = "/api/v1";
 const TOKEN_KEY = "fedseg.token";
 const POLL_MS = 2000;
+const ROUNDS_PAGE = 50; // rows of the rounds table drawn at once (newest first)
 const COLORS = ["#0b57d0", "#b3261e", "#146c2e", "#8e24aa", "#e37400", "#00838f", "#5d4037",
   "#c2185b", "#3949ab", "#689f38", "#6d4c41", "#00695c", "#ad1457", "#283593", "#827717",
   "#4e342e", "#1565c0", "#d84315", "#2e7d32", "#6a1b9a"];
@@ -180,25 +181,25 @@ class ExperimentsView {
 class ExperimentView {
   constructor(id) {
     this.id = id; this.key = null; this.openRounds = new Set(); this.details = new Map();
-    this.phases = {};
   }
 
   get base() { return `/dashboard/experiments/${encodeURIComponent(this.id)}`; }
 
   async refresh(first) {
-    const exp = await api(`/experiments/${encodeURIComponent(this.id)}`);
-    const key = `${exp.status}:${exp.current_round}`;
-    const live = exp.status === "running" || exp.status === "paused";
-    if (first || live || key !== this.key) {
-      // Small, aggregated answers only: the page paints fast at hundreds of rounds x sites.
-      const [series, rounds] = await Promise.all([api(`${this.base}/series`), api(`${this.base}/rounds`)]);
+    // One aggregated answer (experiment, curves, rounds in a few numbers) while the run is
+    // live or changed; a finished run is only checked for changes (one small request).
+    let exp = first || this.live ? null : await api(`/experiments/${encodeURIComponent(this.id)}`);
+    if (!exp || `${exp.status}:${exp.current_round}` !== this.key) {
+      const page = await api(`${this.base}/page`);
+      exp = page.experiment;
+      const key = `${exp.status}:${exp.current_round}`;
       if (key !== this.key) this.details.clear();
-      this.series = series; this.rounds = rounds; this.key = key;
+      this.series = page.series; this.rounds = page.rounds; this.key = key;
     }
+    this.live = exp.status === "running" || exp.status === "paused" || exp.status === "created";
     this.exp = exp;
     if (first) this.layout();
     this.render();
-    if (first) this.loadPhases();
   }
 
   layout() {
@@ -206,6 +207,8 @@ class ExperimentView {
       <p id="exp-status"></p>
       <section aria-labelledby="open-title"><h3 id="open-title">Open round</h3>
         <div id="open-round"></div></section>
+      <section id="privacy-section" aria-labelledby="privacy-title" hidden>
+        <h3 id="privacy-title">Differential privacy</h3><div id="privacy"></div></section>
       <section aria-labelledby="curves-title"><h3 id="curves-title">Dice and loss per round</h3>
         <div id="chart"></div></section>
       <section aria-labelledby="timeline-title"><h3 id="timeline-title">Round timeline</h3>
@@ -218,6 +221,11 @@ class ExperimentView {
         <pre id="config" tabindex="0" aria-label="experiment configuration (JSON)"></pre></section>`);
     $("#timeline-round").addEventListener("change", () => { this.picked = true; this.loadTimeline(); });
     $("#rounds").addEventListener("toggle", (ev) => this.expandRound(ev.target), true);
+    $("#rounds").addEventListener("click", (ev) => {
+      if (ev.target.id !== "more-rounds") return;
+      this.shown = (this.shown ?? ROUNDS_PAGE) + ROUNDS_PAGE;
+      this.renderRounds(); // keeps focus on the button (same id)
+    });
   }
 
   render() {
@@ -228,6 +236,7 @@ class ExperimentView {
       personalisation ${esc(e.config.train.personalization?.method ?? "none")}.
       ${e.failure_reason ? `<span class="error">${esc(e.failure_reason)}</span>` : ""}`);
     this.renderOpenRound();
+    this.renderPrivacy();
     setHtml($("#chart"), chart(this.series));
     this.renderRounds();
     const config = JSON.stringify({ ...e.config, participants: e.participants,
@@ -247,14 +256,40 @@ class ExperimentView {
         aria-label="sites reported in round ${open.number}">${open.reported}/${open.sampled}</progress>`);
   }
 
+  get dp() { return this.exp.config.privacy?.dp ?? null; }
+
+  // ε spent so far and per round (the accountant's figures from the rounds API).
+  renderPrivacy() {
+    const dp = this.dp;
+    $("#privacy-section").hidden = !dp;
+    if (!dp) return;
+    const closed = this.rounds.filter((r) => r.privacy);
+    const last = closed[closed.length - 1];
+    const budget = dp.epsilon_budget;
+    const spent = last ? last.privacy.epsilon_total : 0;
+    setHtml($("#privacy"), `<p id="privacy-text">Client-level DP (${esc(dp.mode)}): clip norm
+      ${dp.clip_norm}, noise multiplier ${dp.noise_multiplier}, δ = ${dp.delta}.
+      ε spent: <strong id="epsilon-total">${fmt(spent, 2)}</strong>
+      ${last ? `after round ${last.number}` : "(no round closed yet)"}${
+      budget ? ` of a budget of ${budget}` : " (no budget: ε is only reported)"}; ε of one
+      round: <span id="epsilon-round">${last ? fmt(last.privacy.epsilon_round, 3) : "—"}</span>.</p>
+      ${budget ? `<progress class="progress" max="${budget}" value="${Math.min(spent, budget)}"
+        aria-label="privacy budget spent: ε ${fmt(spent, 2)} of ${budget}"></progress>` : ""}
+      <p class="muted">The rounds table gives ε of each round and the total after it.</p>`);
+  }
+
   renderRounds() {
-    const rows = [...this.rounds].reverse().map((r) => {
+    const dp = !!this.dp;
+    const shown = this.shown ?? ROUNDS_PAGE;
+    const rows = [...this.rounds].reverse().slice(0, shown).map((r) => {
       const k = `${r.number}:${r.attempt}`;
       const detail = this.openRounds.has(k) && this.details.get(k);
       return `<tr><td class="num">${r.number}</td><td class="num">${r.attempt}</td>
         <td class="status-${esc(r.status)}">${esc(r.status)}${r.reason ? ` — ${esc(r.reason)}` : ""}</td>
         <td class="num">${r.accepted} / ${r.sampled}</td><td class="num">${r.samples}</td>
         <td class="num">${bytes(r.bytes_up)}</td><td class="num">${bytes(r.bytes_down)}</td>
+        ${dp ? `<td class="num eps-round">${fmt(r.privacy?.epsilon_round, 3)}</td>
+          <td class="num eps-total">${fmt(r.privacy?.epsilon_total, 3)}</td>` : ""}
         <td><details data-round="${k}"${this.openRounds.has(k) ? " open" : ""}>
           <summary>${r.rejected ? `${r.rejected} rejected or failed; ` : ""}per site</summary>
           ${detail ? siteTable(detail) : ""}</details></td></tr>`;
@@ -264,8 +299,13 @@ class ExperimentView {
       <thead><tr><th scope="col" class="num">Round</th><th scope="col" class="num">Attempt</th>
       <th scope="col">Status</th><th scope="col" class="num">Accepted</th>
       <th scope="col" class="num">Samples</th><th scope="col" class="num">Bytes up</th>
-      <th scope="col" class="num">Bytes down</th><th scope="col">Sites</th></tr></thead>
-      <tbody>${rows}</tbody></table>`);
+      <th scope="col" class="num">Bytes down</th>
+      ${dp ? '<th scope="col" class="num">ε (round)</th><th scope="col" class="num">ε (total)</th>' : ""}
+      <th scope="col">Sites</th></tr></thead>
+      <tbody>${rows}</tbody></table>
+      ${this.rounds.length > shown ? `<p><button type="button" id="more-rounds">Show ${
+        Math.min(ROUNDS_PAGE, this.rounds.length - shown)} older rounds</button>
+        <span class="muted">(${shown} of ${this.rounds.length} shown)</span></p>` : ""}`);
   }
 
   async expandRound(details) {
@@ -303,23 +343,7 @@ class ExperimentView {
     const n = $("#timeline-round").value;
     if (!n) { setHtml($("#timeline"), '<p class="muted">No round yet.</p>'); return; }
     const t = await api(`${this.base}/rounds/${n}`);
-    setHtml($("#timeline"), timeline(t, this.phases[`${t.round}:${t.attempt}`] || {}));
-  }
-
-  // Per-site download/train/upload phases (t_download, t_train, t_upload), where the rounds API
-  // gives them; read once after the first paint, since that answer grows with the run.
-  async loadPhases() {
-    let rounds;
-    try { rounds = await api(`/experiments/${encodeURIComponent(this.id)}/rounds`); } catch (_) { return; }
-    const phases = {};
-    for (const r of rounds) {
-      for (const s of r.sites) {
-        const p = ["t_download", "t_train", "t_upload"].filter((k) => typeof s[k] === "number");
-        if (p.length) (phases[`${r.number}:${r.attempt}`] ??= {})[s.site_id] = p.map((k) => [k.slice(2), s[k]]);
-      }
-    }
-    this.phases = phases;
-    if (Object.keys(phases).length && state.view === this) this.loadTimeline();
+    setHtml($("#timeline"), timeline(t));
   }
 }
 
@@ -411,7 +435,14 @@ function chart(series) {
 
 // ---- per-round timeline: fetch task, train, report (plus t_* phases when the API gives them) --
 
-function timeline(t, phases) {
+// Per-site download/train/upload seconds, where the site reports them in its metrics (issue 19).
+function phasesOf(site) {
+  const m = site.metrics || {};
+  const p = ["t_download", "t_train", "t_upload"].filter((k) => typeof m[k] === "number");
+  return p.length ? p.map((k) => [k.slice(2), m[k]]) : null;
+}
+
+function timeline(t) {
   if (!t.sites.length) return '<p class="muted">No site was sampled in this round.</p>';
   const ends = t.sites.flatMap((s) => [s.reported_s, s.delivered_s]).filter((v) => v !== null);
   if (t.closed_s !== null) ends.push(t.closed_s);
@@ -426,9 +457,10 @@ function timeline(t, phases) {
     if (s.delivered_s !== null) {
       g += `<rect x="${x(0)}" y="${yy}" width="${x(s.delivered_s) - x(0)}" height="16" fill="${colors.wait}"><title>waiting for the site: ${fmt(s.delivered_s, 1)} s</title></rect>`;
     }
-    if (phases[s.site_id]) {
+    const phases = phasesOf(s);
+    if (phases) {
       let at = s.delivered_s ?? 0;
-      for (const [name, secs] of phases[s.site_id]) {
+      for (const [name, secs] of phases) {
         g += `<rect x="${x(at)}" y="${yy}" width="${Math.max(1, x(at + secs) - x(at))}" height="16" fill="${colors[name]}"><title>${name}: ${fmt(secs, 1)} s</title></rect>`;
         at += secs;
       }
@@ -454,18 +486,39 @@ function timeline(t, phases) {
 
 // ---- sites and audit log ---------------------------------------------------------------------
 
+const DECISION = { approved: "approved", declined: "declined", pending: "pending" };
+
+function policyText(p) {
+  const parts = p.entries.map((e) => (e === "*" ? "every experiment"
+    : e.startsWith("researcher:") ? "all your experiments" : `experiment ${e}`));
+  if (p.hidden) parts.push(`${p.hidden} entr${p.hidden === 1 ? "y" : "ies"} about others' experiments`);
+  return parts.length ? parts.join("; ") : "none: approves one by one";
+}
+
+function approvalText(a) {
+  const by = a.by === "policy" ? " by its standing policy" : a.by === "site" ? " by the site" : "";
+  const part = a.participant === null ? "" : a.participant ? "; taking part" : "; not taking part";
+  return `<li data-experiment="${esc(a.experiment_id)}"><a href="#/experiments/${
+    encodeURIComponent(a.experiment_id)}">${esc(a.experiment_name)}</a> (${esc(a.experiment_status)}):
+    <span class="decision-${esc(a.decision)}">${DECISION[a.decision] ?? esc(a.decision)}</span>${by}${part}</li>`;
+}
+
 class SitesView {
   async refresh() {
-    const sites = await api("/sites");
-    const approvals = sites.some((s) => "approvals" in s || "consent" in s);
-    const rows = sites.map((s) => `<tr><td>${esc(s.name)}</td>
+    const sites = await api("/dashboard/sites");
+    const rows = sites.map((s) => `<tr data-site="${esc(s.id)}"><td>${esc(s.name)}</td>
       <td class="status-${esc(s.status)}">${esc(s.status)}</td>
       <td>${ago(s.last_seen_at)}</td><td>${when(s.enrolled_at)}</td><td>${when(s.created_at)}</td>
-      ${approvals ? `<td>${esc(JSON.stringify(s.approvals ?? s.consent ?? null))}</td>` : ""}</tr>`).join("");
-    setHtml($("#view"), `<h2>Sites</h2><table>
+      <td class="policy">${esc(policyText(s.policy))}</td>
+      <td class="approvals">${s.approvals.length ? `<ul>${s.approvals.map(approvalText).join("")}</ul>`
+        : '<span class="muted">no open experiment of yours invites it</span>'}</td></tr>`).join("");
+    setHtml($("#view"), `<h2>Sites</h2><table><caption class="muted">Approvals: each site's
+      decision on your experiments that have not ended (an explicit decision overrides the
+      site's standing policy); only approved sites are sampled.</caption>
       <thead><tr><th scope="col">Name</th><th scope="col">Status</th><th scope="col">Last seen</th>
       <th scope="col">Enrolled</th><th scope="col">Registered</th>
-      ${approvals ? '<th scope="col">Approvals</th>' : ""}</tr></thead><tbody>${rows}</tbody></table>`);
+      <th scope="col">Standing consent</th><th scope="col">Approvals</th></tr></thead>
+      <tbody>${rows}</tbody></table>`);
   }
 }
 

@@ -63,6 +63,36 @@ def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: flo
     return float(accountant.get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=256)
+def epsilons(
+    noise_multiplier: float, sample_rate: float, rounds: int, delta: float
+) -> tuple[float, ...]:
+    """ε after 1, 2, ..., ``rounds`` rounds: the same figures as :func:`epsilon`, in one pass.
+
+    The RDP of ``n`` rounds is ``n`` times the RDP of one (what ``SelfComposedDpEvent`` does),
+    so the RDP curve is computed once and only the conversion to ε runs per round (the
+    dashboard shows ε after every round of a 200-round run).
+
+    Example: ``epsilons(1.0, 1.0, 3, 1e-5)[-1] == epsilon(1.0, 1.0, 3, 1e-5)``.
+    """
+    _check(noise_multiplier, sample_rate, delta)
+    if rounds <= 0:
+        return ()
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
+    if sample_rate < 1:
+        event = dp_accounting.PoissonSampledDpEvent(sample_rate, event)
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(event)
+    orders, rdp = accountant._orders, accountant._rdp  # one round's RDP curve
+    return tuple(
+        float(rdp_privacy_accountant.compute_epsilon(orders, n * rdp, delta)[0])
+        for n in range(1, rounds + 1)
+    )
+
+
 def spent(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> PrivacySpent:
     """ε of one round and of ``rounds`` rounds together."""
     return PrivacySpent(

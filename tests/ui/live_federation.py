@@ -55,6 +55,7 @@ class LiveFederation:
     services: Services
     researcher_token: str
     sites: dict[str, str] = field(default_factory=dict)  # name -> site id
+    site_tokens: dict[str, str] = field(default_factory=dict)  # name -> site token
     http: httpx.Client | None = None
 
     def create_experiment(self, name: str, rounds: int = 3, **extra: Any) -> str:
@@ -163,6 +164,7 @@ def live_federation(data_dir: Path, site_names: list[str]) -> Iterator[LiveFeder
                 },
             ).json()
             fed.sites[name] = enrolled["site_id"]
+            fed.site_tokens[name] = enrolled["site_token"]
             worker = threading.Thread(
                 target=_fake_site,
                 args=(url, enrolled["site_token"], name, i, stop),

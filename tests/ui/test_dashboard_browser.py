@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 
+from data_specs.privacy.accountant import epsilon
+from tests.aggregator.helpers import bearer
 from tests.ui.conftest import ARTEFACTS, screenshot
 from tests.ui.live_federation import LiveFederation, live_federation, seed_history
 
 pytestmark = pytest.mark.slow
 
 SITES = ["hospital-a", "hospital-b", "hospital-c"]
+DP = {"clip_norm": 100.0, "noise_multiplier": 1.5, "delta": 1e-5, "epsilon_budget": 1000.0}
 
 
 @pytest.fixture
@@ -79,9 +82,21 @@ def test_wrong_token_is_refused(browser: Any, fed: LiveFederation) -> None:
 def test_pages_render_and_curves_show_the_rounds(browser: Any, fed: LiveFederation) -> None:
     from selenium.webdriver.common.keys import Keys
 
-    exp_id = fed.create_experiment("acdc-tiny", rounds=3)
+    exp_id = fed.create_experiment("acdc-tiny", rounds=3, privacy={"dp": DP})
     fed.start(exp_id)
     fed.wait_status(exp_id, "completed")
+    # Consent (issue 15) for the Sites page: an experiment awaiting its start, which the sites'
+    # standing policy (accept_experiments: "*") approves and hospital-c declines explicitly.
+    waiting = fed.create_experiment("awaiting-start", rounds=2)
+    assert fed.http is not None
+    declined = fed.http.post(
+        f"/api/v1/invitations/{waiting}/decline",
+        headers={"Authorization": f"Bearer {fed.site_tokens['hospital-c']}"},
+    )
+    assert declined.status_code == 200, declined.text
+    assert fed.http.post(
+        "/api/v1/sites", json={"name": "hospital-new"}, headers=bearer(fed.researcher_token)
+    ).is_success
     sign_in(browser, fed.url, fed.researcher_token)
 
     row_css = f'tr[data-experiment="{exp_id}"]'
@@ -117,6 +132,18 @@ def test_pages_render_and_curves_show_the_rounds(browser: Any, fed: LiveFederati
     assert "Timeline of round 3" in timeline and "hospital-c: accepted" in timeline
     config = browser.find_element("css selector", "#config").text
     assert json.loads(config)["strategy"]["name"] == "fedavg"
+    # Differential privacy: ε in total after round 3 and of one round, as the accountant says
+    # (every participant sampled: q = 1), and per round in the table.
+    eps = [epsilon(DP["noise_multiplier"], 1.0, n, DP["delta"]) for n in (1, 2, 3)]
+    assert float(text_of(browser, "#epsilon-total")) == pytest.approx(eps[2], abs=0.01)
+    assert float(text_of(browser, "#epsilon-round")) == pytest.approx(eps[0], abs=1e-3)
+    assert "of a budget of 1000" in text_of(browser, "#privacy-text")
+    totals = [float(c.text) for c in browser.find_elements("css selector", "#rounds td.eps-total")]
+    assert totals == pytest.approx(eps[::-1], abs=1e-3)  # newest first
+    headers = text_of(browser, "#rounds > table > thead")
+    assert "ε (round)" in headers and "ε (total)" in headers
+    browser.execute_script("window.scrollTo(0, 0)")
+    screenshot(browser, "experiment-top")
     screenshot(browser, "experiment")
 
     browser.find_element("css selector", 'a[data-nav="sites"]').click()
@@ -124,6 +151,26 @@ def test_pages_render_and_curves_show_the_rounds(browser: Any, fed: LiveFederati
     for site in SITES:
         assert site in sites_text
     assert sites_text.count("enrolled") >= len(SITES)
+    approvals = {
+        site: text_of(browser, f'tr[data-site="{fed.sites[site]}"] td.approvals') for site in SITES
+    }
+    assert approvals["hospital-a"] == "awaiting-start (created): approved by its standing policy"
+    assert approvals["hospital-c"] == "awaiting-start (created): declined by the site"
+    assert "acdc-tiny" not in sites_text  # ended experiments leave the page
+    policy = text_of(browser, f'tr[data-site="{fed.sites["hospital-a"]}"] td.policy')
+    assert policy == "every experiment"
+    new_row = next(
+        r
+        for r in browser.find_elements("css selector", "#view tbody tr")
+        if "hospital-new" in r.text
+    )
+    assert "awaiting-start (created): pending" in new_row.text
+    assert "none: approves one by one" in new_row.text
+    # Keyboard: the approval links open the experiment they name.
+    link = browser.find_element(
+        "css selector", f'tr[data-site="{fed.sites["hospital-a"]}"] td.approvals a'
+    )
+    assert link.get_attribute("href").endswith(f"#/experiments/{waiting}")
     screenshot(browser, "sites")
 
     browser.find_element("css selector", 'a[data-nav="audit"]').click()
@@ -167,31 +214,24 @@ def test_started_experiment_appears_live(browser: Any, fed: LiveFederation) -> N
 
 
 def test_first_paint_with_200_rounds_of_20_sites(browser: Any, fed: LiveFederation) -> None:
+    from benchmarks.dashboard_paint_bench import measure_loads
+
     exp_id = seed_history(fed, rounds=200, sites=20)
-    browser.get(f"{fed.url}/ui/")
-    wait_for(browser, "#token")
-    browser.execute_script(
-        "sessionStorage.setItem('fedseg.token', arguments[0])", fed.researcher_token
-    )
-    timings = []
-    for _ in range(5):
-        browser.get(f"{fed.url}/ui/#/experiments/{exp_id}")
-        browser.refresh()  # a full navigation of the experiment page itself
-        wait_for(browser, "#curves", timeout=60)
-        wait_until(
-            lambda: browser.execute_script(
-                "return performance.getEntriesByName('fedseg:experiments-detail:painted').length"
-            ),
-            what="the paint mark",
-        )
-        ms = browser.execute_script(
-            "return performance.getEntriesByName('fedseg:experiments-detail:painted')[0].startTime"
-        )
-        timings.append(float(ms))
+    samples = measure_loads(browser, fed.url, fed.researcher_token, exp_id, loads=5)
+    timings = [s["first_paint_ms"] for s in samples]
+    assert {s["curves"] for s in samples} == {20 * 4}  # update, global, personal Dice; loss
+    assert {s["round_rows"] for s in samples} == {50}  # the newest page of the rounds table
     curves = browser.find_elements("css selector", "#curves path.curve")
-    assert len(curves) == 20 * 4  # Dice of the update, global, personal; loss; per site
     assert {c.get_attribute("data-points") for c in curves} == {"200"}
-    assert len(browser.find_elements("css selector", "#rounds > table > tbody > tr")) == 200
+    rows = "return document.querySelectorAll('#rounds > table > tbody > tr').length"
+    first_row = "#rounds > table > tbody > tr:first-child td:first-child"
+    assert text_of(browser, first_row) == "200"
+    # Older rounds page in on demand, by keyboard too (the button keeps the focus).
+    from selenium.webdriver.common.keys import Keys
+
+    wait_for(browser, "#more-rounds").send_keys(Keys.ENTER)
+    wait_until(lambda: browser.execute_script(rows) == 100, what="100 rows after one page more")
+    assert browser.switch_to.active_element.get_attribute("id") == "more-rounds"
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     (ARTEFACTS / "first_paint.json").write_text(
         json.dumps(
@@ -200,13 +240,16 @@ def test_first_paint_with_200_rounds_of_20_sites(browser: Any, fed: LiveFederati
                 "sites": 20,
                 "first_paint_ms": timings,
                 "median_ms": sorted(timings)[len(timings) // 2],
+                "load_average": os.getloadavg(),
+                "samples": samples,
             },
             indent=2,
         )
     )
     screenshot(browser, "experiment-200x20")
     # The best of five loads: what the page costs; the others add whatever else the machine
-    # was doing (all five are in the artefact).
+    # was doing (all five are in the artefact). benchmarks/dashboard_paint_bench.py measures
+    # the same outside pytest and records it with the load average.
     best = min(timings)
     load = os.getloadavg()[0]
     cores = os.cpu_count() or 1
