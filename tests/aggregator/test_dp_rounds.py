@@ -10,7 +10,8 @@ import pytest
 from aggregator.api.deps import Services
 from data_specs.bundle import decode_bundle
 from data_specs.privacy.accountant import epsilon, rounds_within
-from tests.aggregator.helpers import API, Federation, plausible_weights
+from data_specs.unet_layout import statistic_keys_of
+from tests.aggregator.helpers import API, TINY_SPEC, Federation, plausible_weights
 
 DP = {"clip_norm": 5.0, "noise_multiplier": 0.8, "delta": 1e-5}
 
@@ -27,8 +28,12 @@ def test_dp_round_clips_adds_calibrated_noise_and_reports_epsilon(
     fed: Federation, services: Services
 ) -> None:
     exp = fed.create_experiment(rounds=1, privacy={"dp": DP})
-    cfg = fed.experiment(exp)["config"]
+    public = fed.experiment(exp)
+    cfg = public["config"]
     assert cfg["update_norm_bound"] == pytest.approx(5.0 * (1 + 1e-4))
+    # batch-norm running statistics stay at the sites under DP (never averaged, never noised)
+    stats = set(statistic_keys_of(TINY_SPEC))
+    assert stats and set(public["local_keys"]) == stats
     fed.start(exp)
     services.orchestrator.step()
     tasks = _tasks(fed)
@@ -51,9 +56,12 @@ def test_dp_round_clips_adds_calibrated_noise_and_reports_epsilon(
     services.orchestrator.step()
     new = _floats(decode_bundle(fed.round_model(exp, 1)).tensors)
     # sample counts are ignored and the sum is divided by the 3 sampled sites, not the 2 accepted
+    shared = [k for k in theta if k not in stats]
     residual = np.concatenate(
-        [(new[k] - theta[k] - (diffs[0][k] + diffs[1][k]) / 3).ravel() for k in theta]
+        [(new[k] - theta[k] - (diffs[0][k] + diffs[1][k]) / 3).ravel() for k in shared]
     )
+    for key in stats & set(theta):  # the global keeps its initial statistics, exactly
+        np.testing.assert_array_equal(new[key], theta[key])
     assert residual.size > 500
     assert np.std(residual) == pytest.approx(0.8 * 5.0 / 3, rel=0.1)
     assert abs(np.mean(residual)) < 0.1
