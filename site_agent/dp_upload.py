@@ -12,15 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from data_specs.errors import PrivacyError
-from data_specs.privacy.dp import clip_update
+from data_specs.privacy.dp import ClipResult, clip_update
 from data_specs.wire import TaskAssignment
 from site_agent.errors import TrainingError
 
 
 def clipped_diff(
     trained: dict[str, np.ndarray], global_state: dict[str, np.ndarray], task: TaskAssignment
-) -> dict[str, np.ndarray]:
-    """``clip(W − θ, task.clip_norm)`` by key, in the trained tensors' dtypes.
+) -> ClipResult:
+    """``clip(W − θ, task.clip_norm)`` by key, in the trained tensors' dtypes, with the norm
+    before clipping and adaptive clipping's bit (``ClipResult.unclipped``).
 
     Raises:
         TrainingError: the update is not finite or the task has no clip norm.
@@ -33,6 +34,6 @@ def clipped_diff(
         for k, v in trained.items()
     }
     try:
-        return clip_update(diff, task.clip_norm, skip=local).tensors
+        return clip_update(diff, task.clip_norm, skip=local)
     except PrivacyError as exc:
         raise TrainingError(f"the update cannot be clipped for DP: {exc}") from exc

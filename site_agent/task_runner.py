@@ -204,7 +204,11 @@ class TaskRunner:
         timeline.encode_s = time.monotonic() - started
         scored = result.metrics.val_dice is not None or result.metrics.num_val_cases is not None
         metrics = result.metrics.model_copy(
-            update={"val_round": task.round if scored else None, "timeline": timeline}
+            update={
+                "val_round": task.round if scored else None,
+                "timeline": timeline,
+                "dp_unclipped": files.unclipped,
+            }
         )
         state = state.model_copy(
             update={"update_sha256": sha, "num_samples": result.num_samples, "metrics": metrics}
