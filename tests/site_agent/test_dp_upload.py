@@ -67,7 +67,7 @@ def test_upload_is_the_clipped_difference(tmp_path: Path, clip_norm: float) -> N
     norm = np.sqrt(sum(float(np.sum(bundle.tensors[k].astype(np.float64) ** 2)) for k in shared))
     full_norm = np.sqrt(sum(theta[k].size for k in shared))  # every entry moved by 1
     assert norm == pytest.approx(min(clip_norm, full_norm), rel=1e-5)
-    assert files.unclipped is (full_norm <= clip_norm)  # adaptive clipping's bit
+    assert files.unclipped is bool(full_norm <= clip_norm)  # adaptive clipping's bit
     # a local key's value never leaves: zeros, although it moved by 1
     np.testing.assert_array_equal(bundle.tensors[local[0]], np.zeros_like(theta[local[0]]))
 
