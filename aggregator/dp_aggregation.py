@@ -92,9 +92,21 @@ def central_dp(privacy: PrivacyConfig | None) -> DPConfig | None:
     return privacy.dp
 
 
-def round_noise(privacy: PrivacyConfig | None, *, sampled: int) -> CentralNoise | None:
-    """The noise of a round that sampled ``sampled`` sites, or None without central DP."""
+def round_noise(
+    privacy: PrivacyConfig | None, *, sampled: int, clip_norm: float | None = None
+) -> CentralNoise | None:
+    """The noise of a round that sampled ``sampled`` sites, or None without central DP.
+
+    Args:
+        privacy: the experiment's privacy options.
+        sampled: sites sampled in the round (the mean's fixed denominator).
+        clip_norm: the round's ``C`` when it adapts (``aggregator.adaptive_clipping``);
+            default None: ``dp.clip_norm``.
+    """
+    from aggregator.adaptive_clipping import update_noise_multiplier
+
     dp = central_dp(privacy)
     if dp is None:
         return None
-    return CentralNoise(dp.clip_norm, dp.noise_multiplier, max(sampled, 1))
+    clip = dp.clip_norm if clip_norm is None else clip_norm
+    return CentralNoise(clip, update_noise_multiplier(dp), max(sampled, 1))

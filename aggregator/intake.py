@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregator.adaptive_clipping import round_norm_bound
 from aggregator.blobs import BlobStore, StagedBlob
 from aggregator.crud import experiments as exp_crud
 from aggregator.crud import rounds as round_crud
@@ -83,7 +84,9 @@ def prepare_update(
         round_number=rnd.number,
         expected=exp_crud.expected_of(experiment),
         local_keys=frozenset(experiment.local_keys),
-        norm_bound=cfg.update_norm_bound,
+        norm_bound=round_norm_bound(
+            session, experiment_id=experiment.id, cfg=cfg, round_number=rnd.number
+        ),
         codec=cfg.train.codec.name,
         task_seed=task.seed,
     )

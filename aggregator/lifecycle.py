@@ -21,7 +21,12 @@ from aggregator.planning import apply_auto_plan
 from aggregator.schemas.experiments import ExperimentCreate
 from data_specs.constants import PersonalizationMethod
 from data_specs.task_spec import TaskSpec
-from data_specs.unet_layout import norm_keys_of, parameter_count, unet_layout
+from data_specs.unet_layout import (
+    norm_keys_of,
+    parameter_count,
+    statistic_keys_of,
+    unet_layout,
+)
 
 log = logging.getLogger("aggregator.lifecycle")
 Expected = dict[str, tuple[tuple[int, ...], str]]
@@ -33,6 +38,16 @@ def spec_layout(spec: TaskSpec) -> tuple[Expected, tuple[str, ...]]:
     return unet_layout(spec), norm_keys_of(spec)
 
 
+def dp_local_keys(spec: TaskSpec, local: tuple[str, ...]) -> tuple[str, ...]:
+    """Under client-level DP the norm layers' running statistics also stay at the sites.
+
+    They are data statistics outside the clipped, noised update; averaging them unclipped would
+    release them without a guarantee (``docs/privacy.md``). Returned in state-dict order.
+    """
+    keep = set(local) | set(statistic_keys_of(spec))
+    return tuple(k for k in spec_layout(spec)[0] if k in keep)
+
+
 def create_experiment(
     session: Session,
     *,
@@ -40,7 +55,8 @@ def create_experiment(
     body: ExperimentCreate,
     max_parameters: int | None = None,
 ) -> Experiment:
-    """Create an experiment; FedBN experiments keep their norm layers local.
+    """Create an experiment; FedBN experiments keep their norm layers local, DP ones their
+    norm layers' running statistics.
 
     Raises:
         UnprocessableError: the network has more than ``max_parameters`` parameters.
@@ -53,6 +69,8 @@ def create_experiment(
         )
     expected, norm_keys = spec_layout(body.spec)
     local = norm_keys if body.train.personalization.method == PersonalizationMethod.FEDBN else ()
+    if body.privacy is not None and body.privacy.dp is not None:
+        local = dp_local_keys(body.spec, local)
     experiment = exp_crud.create_experiment(
         session, owner_id=owner_id, body=body, expected=expected, local_keys=local
     )

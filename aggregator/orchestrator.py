@@ -19,6 +19,7 @@ from datetime import datetime
 import anyio
 from sqlalchemy.orm import Session
 
+from aggregator.adaptive_clipping import advance_clip, round_clip_norm
 from aggregator.aggregation import UpdateInput, aggregate_round
 from aggregator.blobs import BlobStore
 from aggregator.crud import experiments as exp_crud
@@ -278,6 +279,10 @@ class Orchestrator:
             ]
             number, attempt, sampled = rnd.number, rnd.attempt, len(rnd.sampled)
             spec_hash, local_keys = experiment.spec_hash, frozenset(experiment.local_keys)
+            clip = round_clip_norm(
+                session, experiment_id=experiment_id, cfg=cfg, round_number=number
+            )
+            bits = [(t.metrics or {}).get("dp_unclipped") is True for t in accepted]
             global_sha, state_sha = previous.sha256, previous.state_sha256
         started = time.perf_counter()
         guards: list[GuardReport] = []
@@ -305,7 +310,7 @@ class Orchestrator:
                     state_sha256=state_sha,
                     updates=inputs,
                     local_keys=local_keys,
-                    noise=round_noise(cfg.privacy, sampled=sampled),
+                    noise=round_noise(cfg.privacy, sampled=sampled, clip_norm=clip),
                     robust_norm_multiple=cfg.robust_norm_multiple,
                     report=guards,
                     class_names=cfg.class_names,
@@ -344,6 +349,14 @@ class Orchestrator:
             closing = session.get(Experiment, experiment_id, populate_existing=True)
             assert closing is not None
             closing.current_round = max(closing.current_round, number)
+            advance_clip(
+                session,
+                experiment_id=experiment_id,
+                cfg=cfg,
+                round_number=number,
+                bits=bits,
+                sampled=sampled,
+            )
             record_event(
                 session,
                 kind="round.closed",

@@ -62,9 +62,15 @@ def record_budget_spent(session: Session, experiment: Experiment, cfg: Experimen
 
 
 def with_privacy(
-    rounds: list[RoundPublic], cfg: ExperimentCreate, participants: list[str] | None
+    rounds: list[RoundPublic],
+    cfg: ExperimentCreate,
+    participants: list[str] | None,
+    clip_norms: dict[int, float] | None = None,
 ) -> list[RoundPublic]:
-    """The rounds with ``privacy`` filled in for each closed round of a DP experiment."""
+    """The rounds with ``privacy`` filled in for each closed round of a DP experiment.
+
+    ``clip_norms``: each round's ``C`` under adaptive clipping (absent rounds: ``dp.clip_norm``).
+    """
     dp = cfg.privacy.dp if cfg.privacy else None
     if dp is None:
         return rounds
@@ -79,7 +85,7 @@ def with_privacy(
             epsilon_total=after.epsilon_total,
             delta=after.delta,
             noise_multiplier=dp.noise_multiplier,
-            clip_norm=dp.clip_norm,
+            clip_norm=(clip_norms or {}).get(r.number, dp.clip_norm),
             epsilon_budget=dp.epsilon_budget,
         )
         out.append(r.model_copy(update={"privacy": privacy}))

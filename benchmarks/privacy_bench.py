@@ -17,10 +17,12 @@ model size, per site and on the server, and counts the bytes of every message.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +82,41 @@ class DiceRun:
         return mean_or_none(self.dice.values())
 
 
+def _own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """This benchmark's own options; the rest go to the common ``parse_args``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--rounds", type=int, help="override the setting's rounds")
+    parser.add_argument("--steps", type=int, help="override the local Adam steps per round")
+    parser.add_argument("--test-frac", type=float, help="override the test share per hospital")
+    parser.add_argument("--repeats", type=int, help="override the secure-aggregation repeats")
+    parser.add_argument(
+        "--epsilons", help="comma-separated ε budgets, in run order. Default: 8,64,1000"
+    )
+    return parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+
+
+def _setting(own: argparse.Namespace, quick: bool) -> Setting:
+    base = QUICK if quick else FULL
+    changes = {
+        name: value
+        for name, value in (
+            ("rounds", own.rounds),
+            ("max_steps", own.steps),
+            ("test_frac", own.test_frac),
+            ("repeats", own.repeats),
+        )
+        if value is not None
+    }
+    return replace(base, **changes)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(NAME, __doc__, argv)
-    setting = QUICK if args.quick else FULL
+    own, rest = _own_args(argv)
+    args = parse_args(NAME, __doc__, rest)
+    setting = _setting(own, args.quick)
+    epsilons = (
+        EPSILONS if own.epsilons is None else tuple(float(e) for e in own.epsilons.split(","))
+    )
     started = time.monotonic()
     work = fresh_dir(args.work_dir)
     sites = acdc_sites(
@@ -90,38 +124,42 @@ def main(argv: list[str] | None = None) -> None:
     )
     manifests = {h: p for h, p in sites.by_name().items() if h in setting.hospitals}
     evals = EvalSets(manifests, ACDC_SPEC)
-    costs = _secagg_costs(setting)
-    for c in costs:
-        print(f"{c.label} n={c.sites}: site {c.site_s:.3f} s, server {c.server_s:.3f} s")
     base = _run(
         "run_plain", "no DP (FedAvg)", None, None, None, manifests, evals, setting, work, args.seed
     )
     clip = _clip_norm(base.extra)
     runs = [base.run]
-    print(f"no DP: Dice {fmt(base.run.mean)}; clip norm C = {clip:.4f}")
+    print(f"no DP: Dice {fmt(base.run.mean)}; clip norm C = {clip:.4f}", flush=True)
     from data_specs.privacy.accountant import noise_for_budget
 
     q = 1.0
+    # ε = 8 first (the issue's figure), "clipping only" after it, then the weaker budgets
     todo: list[tuple[str, float | None, float]] = [
-        ("clipping only (no guarantee)", None, CLIP_ONLY_Z)
+        (f"DP ε = {e:g}", e, noise_for_budget(q, setting.rounds, DELTA, e)) for e in epsilons
     ]
-    todo += [(f"DP ε = {e:g}", e, noise_for_budget(q, setting.rounds, DELTA, e)) for e in EPSILONS]
+    todo.insert(min(1, len(todo)), ("clipping only (no guarantee)", None, CLIP_ONLY_Z))
     for i, (label, eps, z) in enumerate(todo):
         out = _run(f"run_dp_{i}", label, eps, z, clip, manifests, evals, setting, work, args.seed)
         runs.append(out.run)
-        print(f"{label}: z={z:.3f}, Dice {fmt(out.run.mean)}, {out.run.rounds} rounds")
+        print(f"{label}: z={z:.3f}, Dice {fmt(out.run.mean)}, {out.run.rounds} rounds", flush=True)
+        _save(work, runs, [])
+    costs = _secagg_costs(setting)
+    for c in costs:
+        print(f"{c.label} n={c.sites}: site {c.site_s:.3f} s, server {c.server_s:.3f} s")
     total = time.monotonic() - started
-    (work / "results.json").write_text(
-        json.dumps(
-            {"dice": [asdict(r) for r in runs], "secagg": [asdict(c) for c in costs]}, indent=2
-        )
-    )
+    _save(work, runs, costs)
     from deploy.report import write_report
 
     per_site = base.round_seconds / len(manifests)
     text = _report(runs, costs, per_site, setting, sites, evals, total, command_line(NAME, argv))
     write_report(REPORT, text)
     print(f"report written to {REPORT} ({seconds_str(total)})")
+
+
+def _save(work: Path, runs: list[DiceRun], costs: list[RoundCost]) -> None:
+    """What is measured so far (a run cut short keeps its finished settings)."""
+    payload = {"dice": [asdict(r) for r in runs], "secagg": [asdict(c) for c in costs]}
+    (work / "results.json").write_text(json.dumps(payload, indent=2))
 
 
 @dataclass
@@ -185,8 +223,12 @@ def _run(
 
 
 def _clip_norm(models: dict[int, Path]) -> float:
+    """Median norm of the averaged update over rounds, without the batch-norm running
+    statistics (under DP they stay at the sites, outside the clipped update)."""
     from data_specs.bundle import decode_bundle
+    from data_specs.unet_layout import statistic_keys_of
 
+    stats = set(statistic_keys_of(ACDC_SPEC))
     states = {r: decode_bundle(p.read_bytes()).tensors for r, p in sorted(models.items())}
     norms = []
     for r in sorted(states)[1:]:
@@ -194,7 +236,7 @@ def _clip_norm(models: dict[int, Path]) -> float:
         sq = sum(
             float(np.sum((a[k].astype(np.float64) - b[k]) ** 2))
             for k in a
-            if a[k].dtype.kind == "f"
+            if a[k].dtype.kind == "f" and k not in stats
         )
         norms.append(math.sqrt(sq))
     return float(np.median(norms)) if norms else 1.0

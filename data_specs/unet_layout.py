@@ -261,6 +261,12 @@ def norm_keys_of(spec: TaskSpec) -> tuple[str, ...]:
     return tuple(s.name for s in unet_slots(spec) if s.is_norm)
 
 
+def statistic_keys_of(spec: TaskSpec) -> tuple[str, ...]:
+    """State-dict keys of the norm layers' running statistics (``running_mean``, ``running_var``,
+    ``num_batches_tracked``): buffers estimated from the data, not trained by gradients."""
+    return tuple(s.name for s in unet_slots(spec) if s.role in _BUFFERS)
+
+
 def initial_weights(spec: TaskSpec, seed: int) -> dict[str, np.ndarray]:
     """Freshly initialised U-Net weights, reproducible from ``seed``, without torch.
 

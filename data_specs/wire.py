@@ -197,6 +197,8 @@ class SiteMetrics(BaseModel):
         val_round: the round whose locally trained model the validation figures score (None
             when this update carries none).
         timeline: where the site's round went, phase by phase (``SiteTimeline``).
+        dp_unclipped: client-level DP with adaptive clipping: whether the update's norm was at
+            most the round's clip norm (one bit; the aggregator only uses a noisy count).
     """
 
     model_config = _Strict
@@ -211,6 +213,7 @@ class SiteMetrics(BaseModel):
     train_seconds: Annotated[float, Field(ge=0.0)] | None = None
     val_round: Annotated[int, Field(ge=1)] | None = None
     timeline: SiteTimeline | None = None
+    dp_unclipped: bool | None = None
 
 
 class UpdateReceipt(BaseModel):

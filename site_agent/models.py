@@ -154,6 +154,8 @@ def load_model(
         state: Mapping[str, object] = latest[1]
     else:
         state = _read_weights(weights, spec)
+        if kind == "global":  # under DP the site's own running statistics (dp_statistics)
+            state = _with_site_statistics(workdir, experiment_id, state)
     if plain:
         from site_agent.plain_unet import build_plain_unet
 
@@ -168,6 +170,18 @@ def load_model(
             f"spec {spec.spec_hash()}: {str(exc).splitlines()[0]}"
         ) from exc
     return model.eval(), spec
+
+
+def _with_site_statistics(
+    workdir: WorkDir, experiment_id: str | None, state: Mapping[str, object]
+) -> Mapping[str, object]:
+    from site_agent.dp_statistics import with_statistics
+
+    try:
+        exp_id = experiment_id or experiment_spec(workdir, None)[0]
+    except WorkDirError:
+        return state
+    return with_statistics(workdir, exp_id, state)
 
 
 def _read_weights(path: Path, spec: TaskSpec) -> Mapping[str, object]:

@@ -21,6 +21,7 @@ from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import expected_tensors
 from data_specs.wire import SiteMetrics, TaskAssignment, UpdateReceipt
 from site_agent.client import AggregatorClient
+from site_agent.dp_statistics import save_statistics, with_statistics
 from site_agent.errors import (
     IntegrityError,
     ModelMismatchError,
@@ -173,11 +174,14 @@ class TaskRunner:
         validates = getattr(trainer, "val_data", None) is not None
         try:
             global_state = files.read_global()
+            start = global_state
+            if task.clip_norm is not None:  # DP: the site's own running statistics
+                start = with_statistics(self.workdir, task.experiment_id, global_state)
             personal = files.previous_personal()
             timeline.train_at = time.time()
             started = time.monotonic()
             result = trainer.train_round(
-                global_state,
+                start,
                 task.train,
                 local_keys=task.local_keys,
                 personal_state=personal,
@@ -194,11 +198,17 @@ class TaskRunner:
         timeline.validate_s = total - train_s if validates else None
         started = time.monotonic()
         sha = files.write_update(result, global_state)
+        if task.clip_norm is not None:
+            save_statistics(self.workdir, task.experiment_id, task.spec, result.state)
         files.save_personal(result.personal_state)
         timeline.encode_s = time.monotonic() - started
         scored = result.metrics.val_dice is not None or result.metrics.num_val_cases is not None
         metrics = result.metrics.model_copy(
-            update={"val_round": task.round if scored else None, "timeline": timeline}
+            update={
+                "val_round": task.round if scored else None,
+                "timeline": timeline,
+                "dp_unclipped": files.unclipped,
+            }
         )
         state = state.model_copy(
             update={"update_sha256": sha, "num_samples": result.num_samples, "metrics": metrics}

@@ -45,6 +45,7 @@ class RoundFiles:
         self.codec_state_path = self.folder / "codec_state.safetensors"
         self.store = PersonalModelStore(workdir.root / "personal")
         self._global: dict[str, np.ndarray] | None = None
+        self.unclipped: bool | None = None  # DP: adaptive clipping's bit of the last update
 
     # -- global model -----------------------------------------------------------------------
     def download(self, client: AggregatorClient) -> None:
@@ -109,7 +110,8 @@ class RoundFiles:
         if self.task.clip_norm is not None:  # client-level DP: clipped W − θ
             from site_agent.dp_upload import clipped_diff
 
-            tensors, kind = clipped_diff(trained, global_state, self.task), BundleKind.DIFF
+            clipped = clipped_diff(trained, global_state, self.task)
+            tensors, kind, self.unclipped = clipped.tensors, BundleKind.DIFF, clipped.unclipped
         elif kind == BundleKind.DIFF:
             tensors = {k: (v - global_state[k]).astype(v.dtype) for k, v in trained.items()}
         else:

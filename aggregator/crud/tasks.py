@@ -123,9 +123,18 @@ def refresh_task(session: Session, *, task_id: str) -> Task:
 
 def to_assignment(*, task: Task, rnd: Round, experiment: Experiment) -> TaskAssignment:
     """The wire form of a task: spec, model to fetch, training config with the task's own seed."""
+    from sqlalchemy.orm import object_session
+
+    from aggregator.adaptive_clipping import round_clip_norm
     from aggregator.secagg_protocol import task_setup
 
     cfg = config_of(experiment)
+    session = object_session(experiment)
+    clip = cfg.privacy.dp.clip_norm if cfg.privacy and cfg.privacy.dp else None
+    if session is not None:  # adaptive clipping: this round's C
+        clip = round_clip_norm(
+            session, experiment_id=experiment.id, cfg=cfg, round_number=task.round_number
+        )
     return TaskAssignment(
         task_id=task.id,
         experiment_id=experiment.id,
@@ -138,6 +147,6 @@ def to_assignment(*, task: Task, rnd: Round, experiment: Experiment) -> TaskAssi
         local_keys=list(experiment.local_keys),
         deadline=rnd.deadline_at,
         total_rounds=cfg.rounds,
-        clip_norm=cfg.privacy.dp.clip_norm if cfg.privacy and cfg.privacy.dp else None,
+        clip_norm=clip,
         secagg=task_setup(cfg, rnd, task),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aggregator.db.dp_models import DpRoundClip
 from aggregator.db.engine import Database
 from aggregator.db.fingerprints import ExperimentPlanRow, SiteFingerprint
 from aggregator.db.models import (
@@ -27,6 +28,7 @@ __all__ = [
     "Base",
     "Consent",
     "Database",
+    "DpRoundClip",
     "Event",
     "Experiment",
     "ExperimentPlanRow",

@@ -17,6 +17,28 @@ class DPMode(StrEnum):
     DISTRIBUTED = "distributed"  # by every site, hidden in the sum by secure aggregation
 
 
+class AdaptiveClipConfig(BaseModel):
+    """Adaptive clipping (Andrew et al. 2021): ``C`` follows a quantile of the update norms.
+
+    Each site reports one bit, whether its update norm was at most the round's ``C``; the
+    aggregator adds Gaussian noise to their count and moves ``C ← C·exp(−η (b̄ − γ))``. The
+    bits spend a share of the privacy: with ``z`` the configured noise multiplier (the one the
+    accountant uses), the bit count gets noise ``σ_b = z / (2√s)`` and the update noise
+    multiplier rises to ``z / √(1 − s)``, so that ``z⁻² = z_Δ⁻² + (2σ_b)⁻²`` (their Thm. 1).
+
+    Args:
+        target_quantile: ``γ``, the share of updates that should be unclipped. Default 0.5.
+        learning_rate: ``η``. Default 0.2 (the paper's choice).
+        bit_share: ``s``, the share of the round's privacy given to the bits. Default 0.1.
+    """
+
+    model_config = _Strict
+
+    target_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
+    bit_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+
+
 class DPConfig(BaseModel):
     """Client-level DP-FedAvg (McMahan et al. 2018).
 
@@ -27,6 +49,8 @@ class DPConfig(BaseModel):
         delta: δ of the reported (ε, δ). Default 1e-5.
         epsilon_budget: the experiment completes before a round would take the total ε past
             it; None runs every round and only reports ε. Example: ``8.0``.
+        adaptive: adaptive clipping; ``clip_norm`` is then the first round's ``C``. Central
+            mode only. Default None (``C`` fixed).
     """
 
     model_config = _Strict
@@ -36,6 +60,7 @@ class DPConfig(BaseModel):
     noise_multiplier: Annotated[float, Field(gt=0.0, le=1e4)] = 1.0
     delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-5
     epsilon_budget: Annotated[float, Field(gt=0.0)] | None = None
+    adaptive: AdaptiveClipConfig | None = None
 
 
 class SecAggConfig(BaseModel):
@@ -74,4 +99,9 @@ class PrivacyConfig(BaseModel):
         distributed = self.dp is not None and self.dp.mode == DPMode.DISTRIBUTED
         if distributed and self.secure_aggregation is None:
             raise ValueError("dp.mode=distributed needs secure_aggregation")
+        if distributed and self.dp is not None and self.dp.adaptive is not None:
+            raise ValueError(
+                "dp.adaptive is implemented for dp.mode=central only (the clipping bits "
+                "would have to travel inside the secure sum)"
+            )
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 from aggregator.api.deps import Services
 from data_specs.bundle import decode_bundle
 from data_specs.privacy.accountant import epsilon, rounds_within
-from tests.aggregator.helpers import API, Federation, plausible_weights
+from data_specs.unet_layout import statistic_keys_of
+from tests.aggregator.helpers import API, TINY_SPEC, Federation, plausible_weights
 
 DP = {"clip_norm": 5.0, "noise_multiplier": 0.8, "delta": 1e-5}
 
@@ -27,8 +29,12 @@ def test_dp_round_clips_adds_calibrated_noise_and_reports_epsilon(
     fed: Federation, services: Services
 ) -> None:
     exp = fed.create_experiment(rounds=1, privacy={"dp": DP})
-    cfg = fed.experiment(exp)["config"]
+    public = fed.experiment(exp)
+    cfg = public["config"]
     assert cfg["update_norm_bound"] == pytest.approx(5.0 * (1 + 1e-4))
+    # batch-norm running statistics stay at the sites under DP (never averaged, never noised)
+    stats = set(statistic_keys_of(TINY_SPEC))
+    assert stats and set(public["local_keys"]) == stats
     fed.start(exp)
     services.orchestrator.step()
     tasks = _tasks(fed)
@@ -51,12 +57,15 @@ def test_dp_round_clips_adds_calibrated_noise_and_reports_epsilon(
     services.orchestrator.step()
     new = _floats(decode_bundle(fed.round_model(exp, 1)).tensors)
     # sample counts are ignored and the sum is divided by the 3 sampled sites, not the 2 accepted
+    shared = [k for k in theta if k not in stats]
     residual = np.concatenate(
-        [(new[k] - theta[k] - (diffs[0][k] + diffs[1][k]) / 3).ravel() for k in theta]
+        [(new[k] - theta[k] - (diffs[0][k] + diffs[1][k]) / 3).ravel() for k in shared]
     )
+    for key in stats & set(theta):  # the global keeps its initial statistics, exactly
+        np.testing.assert_array_equal(new[key], theta[key])
     assert residual.size > 500
     assert np.std(residual) == pytest.approx(0.8 * 5.0 / 3, rel=0.1)
-    assert abs(np.mean(residual)) < 0.1
+    assert abs(np.mean(residual)) < 5 * 0.8 * 5.0 / 3 / np.sqrt(residual.size)  # 5 std errors
     privacy = fed.rounds(exp)[0]["privacy"]
     assert privacy["epsilon_total"] == pytest.approx(epsilon(0.8, 1.0, 1, 1e-5))
     assert privacy["epsilon_round"] == privacy["epsilon_total"] and privacy["delta"] == 1e-5
@@ -93,6 +102,15 @@ def test_experiment_stops_when_the_budget_is_spent(fed: Federation, services: Se
             "privacy.secure_aggregation needs a mean-based strategy",
         ),
         ({"privacy": {"dp": {"mode": "distributed"}}}, "needs secure_aggregation"),
+        (
+            {
+                "privacy": {
+                    "dp": {"mode": "distributed", "adaptive": {}},
+                    "secure_aggregation": {},
+                }
+            },
+            "dp.adaptive is implemented for dp.mode=central only",
+        ),
     ],
 )
 def test_privacy_options_that_cannot_hold_are_refused(
@@ -106,3 +124,61 @@ def test_privacy_options_that_cannot_hold_are_refused(
     r = fed.client.post(f"{API}/experiments", json=body, headers=fed.rh)
     assert r.status_code == 422
     assert message in r.text
+
+
+def test_adaptive_clipping_moves_c_from_noisy_bits_and_raises_the_update_noise(
+    fed: Federation, services: Services
+) -> None:
+    from aggregator.adaptive_clipping import round_norm_bound
+    from aggregator.crud.experiments import config_of, get_experiment
+    from aggregator.db import DpRoundClip
+    from data_specs.privacy.dp import split_noise
+
+    adaptive = {"target_quantile": 0.5, "learning_rate": 0.2, "bit_share": 0.5}
+    exp = fed.create_experiment(rounds=2, privacy={"dp": {**DP, "adaptive": adaptive}})
+    fed.start(exp)
+    services.orchestrator.step()
+    tasks = _tasks(fed)
+    assert {t["clip_norm"] for t in tasks.values()} == {5.0}
+    theta = _floats(decode_bundle(fed.model("site-a", tasks["site-a"]["task_id"])).tensors)
+    stats = set(statistic_keys_of(TINY_SPEC))
+    total = {k: np.zeros_like(v) for k, v in theta.items()}
+    for name, task in tasks.items():  # every update far inside C: every bit says "unclipped"
+        r = fed.train_and_upload(name, task, metrics={"dp_unclipped": True})
+        assert r.status_code == 200 and r.json()["accepted"], r.text
+        w = plausible_weights(
+            decode_bundle(fed.model(name, task["task_id"])).tensors, site=name, round_number=1
+        )
+        for k in theta:
+            total[k] += w[k].astype(np.float64) - theta[k]
+    services.orchestrator.step()
+    new = _floats(decode_bundle(fed.round_model(exp, 1)).tensors)
+    residual = np.concatenate(
+        [(new[k] - theta[k] - total[k] / 3).ravel() for k in theta if k not in stats]
+    )
+    # the update noise uses z_Δ = z / √(1 − s), not z: the bits took their share of the round
+    z_update, sigma_b = split_noise(0.8, 0.5)
+    assert z_update == pytest.approx(0.8 / math.sqrt(0.5))
+    assert np.std(residual) == pytest.approx(z_update * 5.0 / 3, rel=0.1)
+    with services.database.session() as session:
+        row = session.get(DpRoundClip, (exp, 1))
+        nxt = session.get(DpRoundClip, (exp, 2))
+        assert row is not None and nxt is not None and row.unclipped_share is not None
+        share = row.unclipped_share
+        assert abs(share - 1.0) < 6 * sigma_b / 3  # 3 set bits plus N(0, σ_b²), over 3 sites
+        assert nxt.clip_norm == pytest.approx(5.0 * math.exp(-0.2 * (share - 0.5)))
+        cfg = config_of(get_experiment(session, experiment_id=exp))
+        bound = round_norm_bound(session, experiment_id=exp, cfg=cfg, round_number=2)
+        assert bound == pytest.approx(nxt.clip_norm * (1 + 1e-4))
+    services.orchestrator.step()
+    tasks = _tasks(fed)
+    assert len(tasks) == 3
+    assert all(t["clip_norm"] == pytest.approx(nxt.clip_norm) for t in tasks.values())
+    for name, task in tasks.items():
+        assert fed.train_and_upload(name, task, metrics={"dp_unclipped": False}).status_code == 200
+    services.orchestrator.step()
+    rounds = fed.rounds(exp)
+    assert [r["privacy"]["clip_norm"] for r in rounds] == [5.0, pytest.approx(nxt.clip_norm)]
+    # the accountant composes the configured z: the bits' noise is inside it
+    assert rounds[1]["privacy"]["epsilon_total"] == pytest.approx(epsilon(0.8, 1.0, 2, 1e-5))
+    assert rounds[1]["privacy"]["noise_multiplier"] == 0.8

@@ -19,6 +19,7 @@ from data_specs.privacy.dp import (
     gaussian_noise,
     l2_norm,
     site_noise_std,
+    split_noise,
 )
 
 
@@ -98,3 +99,21 @@ def test_distributed_dp_needs_secure_aggregation() -> None:
         PrivacyConfig.model_validate({"dp": {"mode": "distributed"}})
     cfg = PrivacyConfig.model_validate({"dp": {"mode": "distributed"}, "secure_aggregation": {}})
     assert cfg.secure_aggregation is not None and cfg.secure_aggregation.ring_bits == 32
+
+
+@pytest.mark.parametrize(("z", "share"), [(1.0, 0.1), (1.8, 0.5), (0.5, 0.9)])
+def test_split_noise_keeps_the_accounted_multiplier(z: float, share: float) -> None:
+    z_update, sigma_b = split_noise(z, share)
+    assert z_update > z  # the update gets more noise than the accountant's z ...
+    assert z_update**-2 + (2 * sigma_b) ** -2 == pytest.approx(z**-2)  # ... and together: z
+    assert effective_noise_multiplier(z, sigma_b) == pytest.approx(z_update)
+    with pytest.raises(PrivacyError):
+        split_noise(z, 1.0)
+
+
+def test_adaptive_clip_step_is_the_geometric_update() -> None:
+    rule = AdaptiveClip(target_quantile=0.5, learning_rate=0.2, bit_noise_std=0.0)
+    rng = np.random.default_rng(0)
+    assert rule.noisy_share(3, 4, rng) == 0.75
+    assert rule.step(2.0, 0.75) == pytest.approx(2.0 * math.exp(-0.2 * 0.25))
+    assert rule.step(2.0, 0.5) == 2.0

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
+from aggregator.adaptive_clipping import clip_norms
 from aggregator.api.deps import (
     BlobsDep,
     CurrentResearcher,
@@ -191,7 +192,8 @@ def rounds(
         session, experiment_id=experiment_id, owner_id=researcher.id
     )
     listed = round_crud.list_rounds(session, experiment_id=experiment_id)
-    return with_privacy(listed, exp_crud.config_of(experiment), experiment.participants)
+    clips = clip_norms(session, experiment_id=experiment_id)
+    return with_privacy(listed, exp_crud.config_of(experiment), experiment.participants, clips)
 
 
 @router.get("/{experiment_id}/rounds/{round_number}/model", response_class=FileResponse)
