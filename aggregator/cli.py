@@ -31,6 +31,10 @@ def serve(
     ] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    site_ca_certs: Annotated[
+        Path | None,
+        typer.Option(help="CA of site client certificates: mutual TLS for sites (PEM)"),
+    ] = None,
     env_file: Annotated[Path | None, typer.Option(help="file of FEDSEG_AGG_* settings")] = None,
 ) -> None:
     """Serve the aggregator API with uvicorn (httptools + uvloop)."""
@@ -38,6 +42,7 @@ def serve(
     from pydantic import ValidationError
 
     from aggregator.api.app import create_app
+    from aggregator.http_server import uvicorn_config
     from aggregator.logs import configure_logging
     from aggregator.settings import AggregatorSettings
 
@@ -48,6 +53,7 @@ def serve(
         "admin_token_file": admin_token_file,
         "ssl_certfile": ssl_certfile,
         "ssl_keyfile": ssl_keyfile,
+        "site_ca_certs": site_ca_certs,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     if dev:
@@ -59,17 +65,11 @@ def serve(
             typer.echo(f"fedseg aggregator: {error['msg']}", err=True)
         raise typer.Exit(2) from None
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-        log_config=None,
-        timeout_graceful_shutdown=5,
-    )
+    config = uvicorn_config(create_app(settings), settings, loop="uvloop")
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:  # as uvicorn.run: a port in use or unreadable TLS files
+        raise typer.Exit(3)
 
 
 @app.command("gc")

@@ -2,8 +2,8 @@
 
 On by default, so that one site cannot capture or freeze an experiment:
 
-- sample counts are capped by what the site declared at enrolment (``max_samples``), and sites
-  without a declaration at ``SAMPLE_CAP_MULTIPLE`` times the round's median count, so a claim of
+- sample counts are capped by what the site declared at enrolment (``max_samples``) or the
+  training cases of its dataset fingerprint, and sites without a declaration at ``SAMPLE_CAP_MULTIPLE`` times the round's median count, so a claim of
   2^62 samples cannot take all the FedAvg weight;
 - an update whose difference to the global model is not finite (it overflowed float32) is left
   out of the average, with its site named in the round's event;
@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.db import Site
+from aggregator.db.fingerprints import SiteFingerprint
 from aggregator.errors import AggregationError
 
 SAMPLE_CAP_MULTIPLE = 10
@@ -78,6 +79,10 @@ def cap_samples(
 ) -> dict[str, int]:
     """Sample counts after the caps.
 
+    A site's cap is the smaller of what it declared at enrolment (``max_samples``) and the
+    number of training cases in its latest dataset fingerprint (``PUT /sites/me/fingerprint``);
+    a site that declared neither is capped at ``SAMPLE_CAP_MULTIPLE`` times the round's median.
+
     Args:
         session: the open session.
         claimed: ``{key: X-Num-Samples}`` of the round's accepted updates.
@@ -86,11 +91,18 @@ def cap_samples(
     Returns:
         ``{key: capped count}``, every count at least 1.
     """
-    declared = _pairs(
-        session.execute(
-            select(Site.id, Site.max_samples).where(Site.id.in_(set(site_ids.values())))
+    ids = set(site_ids.values())
+    declared = _pairs(session.execute(select(Site.id, Site.max_samples).where(Site.id.in_(ids))))
+    fingerprints = session.execute(
+        select(SiteFingerprint.site_id, SiteFingerprint.fingerprint).where(
+            SiteFingerprint.site_id.in_(ids)
         )
     )
+    for site_id, fingerprint in fingerprints:
+        cases = fingerprint.get("num_cases") if isinstance(fingerprint, dict) else None
+        if isinstance(cases, int) and cases >= 1:
+            earlier = declared.get(site_id)
+            declared[site_id] = cases if earlier is None else min(earlier, cases)
     counts = sorted(max(1, int(n)) for n in claimed.values())
     median = counts[len(counts) // 2] if counts else 1
     out = {}

@@ -32,6 +32,13 @@ class AggregatorSettings(BaseSettings):
         log_format: ``json`` lines or ``kv`` (key=value). Default ``json``.
         ssl_certfile: TLS certificate for uvicorn. Default None (plain HTTP).
         ssl_keyfile: TLS key for uvicorn. Default None.
+        site_ca_certs: CA bundle (PEM) that signs site client certificates (``fedseg deploy
+            site-cert``). When set (TLS only), every site request and enrolment must present a
+            certificate from it whose subject CN is the site's name (mutual TLS); researchers
+            and browsers still connect without one. Default None (off).
+        header_timeout_s: a connection whose request headers are not complete this long after
+            it opened (or after a keep-alive request began) is closed (slowloris). Default 10.
+        keep_alive_s: idle keep-alive connections are closed after this long. Default 5.
         max_header_bytes: largest safetensors header accepted in an upload, checked before it
             is parsed. Default 1 MiB.
         max_json_bytes: largest JSON request body. Default 1 MiB.
@@ -72,6 +79,9 @@ class AggregatorSettings(BaseSettings):
     log_format: Literal["json", "kv"] = "json"
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    site_ca_certs: Path | None = None
+    header_timeout_s: Annotated[float, Field(gt=0.0, le=600.0)] = 10.0
+    keep_alive_s: Annotated[int, Field(ge=1, le=600)] = 5
     max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
     max_json_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
     body_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
@@ -110,6 +120,11 @@ class AggregatorSettings(BaseSettings):
                 )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile, or neither")
+        if self.site_ca_certs is not None:
+            if self.ssl_certfile is None:
+                raise ValueError("site_ca_certs (mutual TLS) needs ssl_certfile and ssl_keyfile")
+            if not self.site_ca_certs.is_file():
+                raise ValueError(f"site_ca_certs {self.site_ca_certs} is not a readable file")
         return self
 
     @property

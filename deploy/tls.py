@@ -33,6 +33,8 @@ _DNS_NAME = re.compile(
     r"^(\*\.)?(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
+# A site name as the aggregator registers it, within X.509's 64-character limit of a CN.
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 # Certificates start a little in the past so that hosts with slightly slow clocks accept them.
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -168,6 +170,60 @@ def make_server_cert(
     return ServerCert(cert_path=cert_path, key_path=key_path, hosts=tuple(hosts))
 
 
+def make_site_cert(
+    ca: CertAuthority, out_dir: str | Path, site_name: str, *, days: int = 397
+) -> ServerCert:
+    """Issue a client certificate for a site agent (mutual TLS) and write it with its key (0600).
+
+    Args:
+        ca: the issuing CA; the aggregator trusts it as ``FEDSEG_AGG_SITE_CA_CERTS``.
+        out_dir: folder to write ``site-<name>.pem`` and ``site-<name>-key.pem`` into (a space
+            in the name becomes ``_``).
+        site_name: the site's name as registered at the aggregator; it becomes the subject CN,
+            which the aggregator compares with the site of the token. Example: ``"hospital-a"``.
+        days: validity in days. Default 397.
+
+    Returns:
+        The written paths (``hosts`` holds the site name).
+
+    Raises:
+        TLSSetupError: not a site name of at most 64 characters (letters, digits, space, ``.``,
+            ``_``, ``-``, starting with a letter or digit).
+    """
+    if not _SITE_NAME.match(site_name):
+        raise TLSSetupError(
+            "expected a site name of at most 64 letters, digits, spaces, '.', '_' or '-', "
+            f"got {site_name!r}"
+        )
+    out = _ensure_dir(out_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, site_name)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca.cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    stem = "site-" + site_name.replace(" ", "_")
+    key_path, cert_path = out / f"{stem}-key.pem", out / f"{stem}.pem"
+    atomic_write_bytes(key_path, _key_pem(key), mode=0o600)
+    atomic_write_bytes(cert_path, cert.public_bytes(pem) + ca.cert.public_bytes(pem))
+    return ServerCert(cert_path=cert_path, key_path=key_path, hosts=(site_name,))
+
+
 def client_ssl_context(ca_bundle: str | Path) -> ssl.SSLContext:
     """An SSL context that trusts only ``ca_bundle`` and checks host names (for httpx ``verify=``).
 
@@ -277,3 +333,28 @@ def certs(
     typer.echo(f"CA: {ca.cert_path} ({'reused' if reuse else 'new'})")
     typer.echo(f"server certificate: {server.cert_path} for {', '.join(server.hosts)}")
     typer.echo(f"server key: {server.key_path} (0600)")
+
+
+@deploy_app.command("site-cert")
+def site_cert(
+    ca_dir: Annotated[Path, typer.Argument(help="Folder holding ca.pem and ca-key.pem.")],
+    site: Annotated[
+        str, typer.Option("--site", help="The site's registered name (the certificate's CN).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the certificate and key. Default: CA_DIR.")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Validity in days.")] = 397,
+) -> None:
+    """Issue a site agent's client certificate (mutual TLS) signed by the CA in CA_DIR.
+
+    Give the site site-NAME.pem and site-NAME-key.pem (FEDSEG_SITE_CLIENT_CERT / _KEY); start
+    the aggregator with FEDSEG_AGG_SITE_CA_CERTS=CA_DIR/ca.pem to require them.
+    """
+    try:
+        issued = make_site_cert(load_ca(ca_dir), out or ca_dir, site, days=days)
+    except TLSSetupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"site certificate: {issued.cert_path} (CN={site})")
+    typer.echo(f"site key: {issued.key_path} (0600)")

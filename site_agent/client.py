@@ -33,6 +33,7 @@ from site_agent.errors import (
     EnrollmentError,
     IntegrityError,
     RoundClosedError,
+    SiteSettingsError,
     TaskRefusedError,
     TLSVerificationError,
     TokenRevokedError,
@@ -75,7 +76,15 @@ def make_http_client(settings: SiteSettings) -> httpx.Client:
     """
     from site_agent.trust import agent_ssl_context
 
-    verify = agent_ssl_context(settings.ca_bundle)
+    try:
+        verify = agent_ssl_context(
+            settings.ca_bundle, client_cert=settings.client_cert, client_key=settings.client_key
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise SiteSettingsError(
+            "cannot load the TLS files (FEDSEG_SITE_CA_BUNDLE, FEDSEG_SITE_CLIENT_CERT, "
+            f"FEDSEG_SITE_CLIENT_KEY): {type(exc).__name__}"
+        ) from exc
     timeout = httpx.Timeout(
         settings.request_timeout_s, connect=min(settings.request_timeout_s, 15.0)
     )

@@ -33,6 +33,12 @@ class SiteSettings(BaseSettings):
         ca_bundle: PEM file of the CA that signed the aggregator's certificate (private PKI),
             trusted in addition to the system trust store (where a TLS-inspecting proxy's CA
             belongs). Default None (system trust store only). Example: ``"/etc/fedseg/ca.pem"``.
+        client_cert: PEM certificate (chain) of this site for mutual TLS, issued by
+            ``fedseg deploy site-cert`` or the hospital's PKI with the site's name as CN; needed
+            when the aggregator requires client certificates. Default None. Example:
+            ``"/etc/fedseg/site-hospital-a.pem"``.
+        client_key: the private key of ``client_cert`` (PEM, unencrypted; keep it 0600).
+            Default None.
         allow_insecure_http: accept a plain ``http://`` aggregator URL. Development only.
             Default False.
         manifest: the local dataset manifest (``dataset.json``). Default None (required to
@@ -66,6 +72,8 @@ class SiteSettings(BaseSettings):
     enrollment_token: SecretStr | None = None
     site_token: SecretStr | None = None
     ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
     allow_insecure_http: bool = False
     manifest: Path | None = None
     work_dir: Path = Path("site_work")
@@ -99,7 +107,7 @@ class SiteSettings(BaseSettings):
             raise ValueError("the URL must not carry a query or fragment")
         return value.strip().rstrip("/")
 
-    @field_validator("ca_bundle", "manifest", "work_dir")
+    @field_validator("ca_bundle", "client_cert", "client_key", "manifest", "work_dir")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()
@@ -114,6 +122,12 @@ class SiteSettings(BaseSettings):
             )
         if self.ca_bundle is not None and not self.ca_bundle.is_file():
             raise ValueError(f"ca_bundle {self.ca_bundle} is not a readable file")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("mutual TLS needs both client_cert and client_key, or neither")
+        for name in ("client_cert", "client_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a readable file")
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError(
                 f"backoff_max_s ({self.backoff_max_s}) must be at least backoff_initial_s "

@@ -14,15 +14,23 @@ import ssl
 from pathlib import Path
 
 
-def agent_ssl_context(ca_bundle: str | Path | None = None) -> ssl.SSLContext:
+def agent_ssl_context(
+    ca_bundle: str | Path | None = None,
+    *,
+    client_cert: str | Path | None = None,
+    client_key: str | Path | None = None,
+) -> ssl.SSLContext:
     """A client TLS context (TLS 1.2+, host names checked) over the system store and ``ca_bundle``.
 
     Args:
         ca_bundle: extra PEM file of CA certificates, e.g. the aggregator's private CA. Default
             None (the system store only). Example: ``"/certs/ca.pem"``.
+        client_cert: the site's client certificate for mutual TLS (PEM). Default None.
+        client_key: its private key (PEM). Default None.
 
     Raises:
-        OSError: ``ca_bundle`` cannot be read. ssl.SSLError: it holds no PEM certificate.
+        OSError: a file cannot be read. ssl.SSLError: no PEM certificate, or a key that does
+            not match the certificate.
     """
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if ctx.cert_store_stats()["x509_ca"] == 0:
@@ -31,5 +39,9 @@ def agent_ssl_context(ca_bundle: str | Path | None = None) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=certifi.where())
     if ca_bundle is not None:
         ctx.load_verify_locations(cafile=str(ca_bundle))
+    if client_cert is not None:
+        ctx.load_cert_chain(
+            certfile=str(client_cert), keyfile=str(client_key) if client_key else None
+        )
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx

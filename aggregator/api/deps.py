@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from aggregator.api.client_certs import require_site_certificate
 from aggregator.auth import hash_token, tokens_match
 from aggregator.blobs import BlobStore
 from aggregator.crud import principals
@@ -179,6 +180,12 @@ def current_site(
         record_auth_failure(request, services)
         _refuse(session, settings, token, wanted="site")
     assert site is not None
+    try:
+        require_site_certificate(request, settings, site_name=site.name)
+    except (AuthenticationError, PermissionDeniedError):
+        record_auth_failure(request, services)
+        session.commit()
+        raise
     principal = SitePrincipal(site.id, site.name)
     principals.touch_site(session, site=site, now=utcnow())
     session.commit()  # also releases the connection during long polls

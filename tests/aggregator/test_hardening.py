@@ -212,3 +212,40 @@ def test_a_good_update_still_goes_through(fed: Federation, running: dict[str, An
     assert decode_bundle(running["body"]).meta.round == 1
     r = fed.upload("site-a", running["task"]["task_id"], running["body"], 12)
     assert r.status_code == 200 and r.json()["accepted"] is True, r.text
+
+
+def _deep_spec(levels: int) -> dict[str, Any]:
+    return {
+        **TINY_SPEC.model_dump(mode="json"),
+        "channels": [4] * levels,
+        "strides": [2] * (levels - 1),
+        "patch_size": [2**20, 2**20],
+    }
+
+
+BAD_EXPERIMENTS = {
+    "strides [-2]": ({"spec": {"strides": [-2]}}, "strides"),
+    "strides [0]": ({"spec": {"strides": [0]}}, "strides"),
+    "channels [0, 8]": ({"spec": {"channels": [0, 8]}}, "channels"),
+    "channels [-4, 8]": ({"spec": {"channels": [-4, 8]}}, "channels"),
+    "patch [0, 0]": ({"spec": {"patch_size": [0, 0]}}, "patch_size"),
+    "200-level network": ({"spec": _deep_spec(200)}, "channels"),
+    "max_steps 1e18": ({"train": {"max_steps": 10**18}}, "max_steps"),
+    "codec zip": ({"train": {"codec": {"name": "zip"}}}, "codec"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EXPERIMENTS))
+def test_bad_experiments_are_refused_at_creation(case: str, fed: Federation) -> None:
+    over, words = BAD_EXPERIMENTS[case]
+    spec = {**TINY_SPEC.model_dump(mode="json"), **over.get("spec", {})}
+    body = {
+        "name": "bad",
+        "spec": spec,
+        "rounds": 1,
+        **{k: v for k, v in over.items() if k != "spec"},
+    }
+    r = fed.client.post(f"{API}/experiments", json=body, headers=fed.rh)
+    assert r.status_code == 422, (case, r.status_code, r.text[:300])
+    assert words in r.json()["detail"], r.text[:300]
+    assert fed.client.get(f"{API}/experiments", headers=fed.rh).json() == []  # nothing created

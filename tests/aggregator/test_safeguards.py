@@ -13,7 +13,7 @@ from aggregator.rate_limits import RateLimiter, UploadSlots
 from aggregator.safeguards import guard_readers, require_finite
 from aggregator.strategies import aggregate_streaming, build_strategy
 from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
-from tests.aggregator.helpers import Federation
+from tests.aggregator.helpers import API, Federation
 
 
 @dataclass
@@ -174,3 +174,23 @@ def test_rate_limiter_refills_and_upload_slots_cap_concurrency() -> None:
         pass
     with slots.hold():
         assert slots.active == 1
+
+
+def test_sample_counts_are_capped_by_the_fingerprint_and_the_enrolment(
+    fed: Federation, services: Services
+) -> None:
+    from aggregator.safeguards import cap_samples
+    from tests.data_specs.fingerprint_data import make_fingerprint
+
+    fingerprint = make_fingerprint(num_cases=30).model_dump(mode="json")
+    r = fed.client.put(f"{API}/sites/me/fingerprint", json=fingerprint, headers=fed.sh("site-a"))
+    assert r.status_code == 200, r.text
+    with services.database.session() as session:
+        capped = cap_samples(
+            session,
+            claimed={"a": 10**9, "b": 40},
+            site_ids={"a": fed.sites["site-a"][0], "b": fed.sites["site-b"][0]},
+        )
+    # site-a: its fingerprint's 30 training cases; site-b declared nothing and its claim is
+    # under 10 x the round's median.
+    assert capped == {"a": 30, "b": 40}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from aggregator import consent
-from aggregator.api.deps import CurrentResearcher, CurrentSite, SessionDep
+from aggregator.api.client_certs import require_site_certificate
+from aggregator.api.deps import CurrentResearcher, CurrentSite, SessionDep, SettingsDep
 from aggregator.crud import principals
 from aggregator.schemas import SiteCreate, SitePublic, SiteRegistered
 from aggregator.schemas.consent import ConsentPolicy
@@ -15,11 +16,17 @@ router = APIRouter(prefix="/sites", tags=["sites"])
 
 
 @router.post("/enroll")
-def enroll(body: EnrollRequest, session: SessionDep) -> EnrollResponse:
-    """Exchange a one-time enrollment token for a site token (no bearer token needed)."""
+def enroll(
+    body: EnrollRequest, session: SessionDep, request: Request, settings: SettingsDep
+) -> EnrollResponse:
+    """Exchange a one-time enrollment token for a site token (no bearer token needed).
+
+    With mutual TLS on, the client certificate must name the site (else nothing is spent).
+    """
     site, token = principals.enroll_site(
         session, enrollment_token=body.enrollment_token, max_samples=body.max_samples
     )
+    require_site_certificate(request, settings, site_name=site.name)
     if body.accept_experiments is not None:
         consent.set_policy(session, site=site, accept=body.accept_experiments)
     session.commit()
