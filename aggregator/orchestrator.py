@@ -372,6 +372,7 @@ class Orchestrator:
             )
             if number >= cfg.rounds and closing.status == ExperimentStatus.RUNNING:
                 complete_experiment(session, closing, now)
+            opened = self._open_next(session, closing, cfg, now)
             session.commit()
         self._metrics.rounds.labels(outcome="closed").inc()
         log_event(
@@ -384,7 +385,22 @@ class Orchestrator:
             seconds=round(seconds, 4),
             model_sha256=result.model.sha256,
         )
-        return set()
+        return opened
+
+    def _open_next(
+        self, session: Session, experiment: Experiment, cfg: ExperimentCreate, now: datetime
+    ) -> set[str]:
+        """Open the next round in the transaction that closes this one (one commit, not two).
+
+        Only the plain case; the end of the experiment or of its privacy budget is left to the
+        next ``_advance_once``, exactly as before.
+        """
+        if experiment.status != ExperimentStatus.RUNNING:
+            return set()
+        if experiment.current_round >= rounds_allowed(cfg, len(experiment.participants or [])):
+            return set()
+        number = experiment.current_round + 1
+        return open_round(session, self._blobs, experiment, cfg, number, 0, now)
 
     def _aggregation_failed(self, experiment_id: str, round_id: str, exc: Exception) -> set[str]:
         now = self.clock()

@@ -9,6 +9,7 @@ train + validate, the overhead outside it, the close latency and every site's ph
 
 from __future__ import annotations
 
+import os
 import secrets
 import statistics
 import time
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from aggregator.schemas.experiments import ExperimentCreate
     from aggregator.schemas.rounds import RoundPublic
+    from deploy.processes import ManagedProcess
 
 AgentCommand = Callable[[str, str, Path], tuple[list[str], dict[str, str]]]
 """``(site name, enrollment token, work dir) -> (argv, extra environment)`` of one agent."""
@@ -35,6 +37,9 @@ class FederationRun:
     t_started: float
     t_finished: float
     rounds: list[RoundPublic]
+    cpu_s: dict[str, dict[str, float]] = field(default_factory=dict)
+    """CPU seconds (user + system) each process had used at ``healthy``, ``enrolled``,
+    ``started`` and ``finished``: a figure the machine's other load does not inflate."""
 
 
 @dataclass
@@ -134,6 +139,7 @@ def run_federation(
         )
         wait_healthy(f"{url}/healthz", agg, timeout_s=600)  # a loaded machine starts slowly
         t_healthy = time.time()
+        cpu = {"healthy": _cpu_seconds(group.processes)}
         researcher = ResearcherClient(http)
         researcher.create_researcher(admin, "round-timeline-bench")
         ids: dict[str, str] = {}
@@ -149,16 +155,32 @@ def run_federation(
                 raise LaunchError("site agents did not enroll within 300 s (see the logs)")
             time.sleep(0.05)
         t_enrolled = time.time()
+        cpu["enrolled"] = _cpu_seconds(group.processes)
         exp = researcher.create_experiment(experiment(list(ids.values())))
         t_started = time.time()
         researcher.start(exp.id)
+        cpu["started"] = _cpu_seconds(group.processes)
         final = researcher.wait_finished(exp.id, timeout_s=timeout_s, poll_s=0.2)
         t_finished = time.time()
+        cpu["finished"] = _cpu_seconds(group.processes)
         group.check_alive(["aggregator"])
         if final.status != "completed":
             raise LaunchError(f"experiment {final.status}: {final.failure_reason}")
         rounds = researcher.rounds(exp.id)
-    return FederationRun(t_launch, t_healthy, t_enrolled, t_started, t_finished, rounds)
+    return FederationRun(t_launch, t_healthy, t_enrolled, t_started, t_finished, rounds, cpu)
+
+
+def _cpu_seconds(processes: list[ManagedProcess]) -> dict[str, float]:
+    """User + system CPU seconds of each live process (Linux ``/proc``; empty elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    for proc in processes:
+        try:
+            fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        out[proc.name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return out
 
 
 def analyse(run: FederationRun) -> list[RoundFigures]:
@@ -227,3 +249,67 @@ def _site_phases(site: object) -> SitePhases:
 def startup_s(run: FederationRun, figures: list[RoundFigures]) -> float:
     """Launch of the aggregator process to the opening of round 1."""
     return figures[0].opened - run.t_launch if figures else float("nan")
+
+
+def cpu_lines(run: FederationRun, rounds: int) -> str:
+    """CPU seconds of the start-up and per round: figures the machine's load does not inflate."""
+    cpu = run.cpu_s
+    if not cpu.get("started") or not cpu.get("finished"):
+        return "CPU seconds: not measured (no /proc)."
+    agents = [n for n in cpu["started"] if n != "aggregator"]
+
+    def agent_mean(moment: str) -> float:
+        return statistics.fmean(cpu[moment].get(n, 0.0) for n in agents) if agents else 0.0
+
+    agg_round = (cpu["finished"]["aggregator"] - cpu["started"]["aggregator"]) / rounds
+    agent_round = (agent_mean("finished") - agent_mean("started")) / rounds
+    return (
+        f"fedseg CPU seconds (user + system), the contention-free cost: aggregator "
+        f"{cpu['healthy'].get('aggregator', 0.0):.2f} when healthy, "
+        f"{cpu['started']['aggregator']:.2f} when round 1 was started; each agent (mean) "
+        f"{agent_mean('enrolled'):.2f} when all had enrolled, {agent_mean('started'):.2f} when "
+        f"round 1 was started (including the background torch import after enrolling). Per "
+        f"round (mean over the {rounds} rounds, agents' first torch import included): "
+        f"aggregator {agg_round:.3f}, each agent {agent_round:.3f} (training included; a "
+        "sleep costs none)."
+    )
+
+
+class LoadSampler:
+    """The 1-minute load average, sampled on a thread while a benchmark runs.
+
+    Example::
+
+        with LoadSampler() as load:
+            ...
+        print(load.summary())
+    """
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        import threading
+
+        self.every_s = every_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="load-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        """``min / median / max`` of the samples, e.g. ``"2.1 / 15.3 / 19.0 (42 samples)"``."""
+        if not self.samples:
+            return "not sampled"
+        s = self.samples
+        return f"{min(s):.1f} / {statistics.median(s):.1f} / {max(s):.1f} ({len(s)} samples)"

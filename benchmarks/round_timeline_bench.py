@@ -32,7 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.acdc_common import RESULTS, command_line, fresh_dir, parse_args, seconds_str
-from benchmarks.round_timeline import FederationRun, RoundFigures, analyse, run_federation
+from benchmarks.round_timeline import (
+    FederationRun,
+    LoadSampler,
+    RoundFigures,
+    analyse,
+    cpu_lines,
+    run_federation,
+)
+from data_specs.constants import NormKind
 from data_specs.task_spec import TaskSpec
 
 NAME = "round_timeline_bench"
@@ -48,7 +56,7 @@ SLEEP_SPEC = TaskSpec(
     channels=(16, 32, 64, 128),
     strides=(2, 2, 2),
     num_res_units=2,
-    norm="instance",
+    norm=NormKind.INSTANCE,
     patch_size=(64, 64),
 )
 
@@ -80,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     pre.add_argument("--acdc", action="store_true")
     pre.add_argument("--no-flower", action="store_true")
     pre.add_argument("--flower-venv", type=Path, default=os.environ.get("FLWR_VENV"))
+    pre.add_argument("--flower-timeout", type=float, default=2400.0)
     extra, rest = pre.parse_known_args(argv)
     args = parse_args(NAME, __doc__, rest)
     if extra.acdc:
@@ -90,13 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     setting = QUICK if args.quick else FULL
     started = time.monotonic()
     work = fresh_dir(args.work_dir)
-    run = _fedseg_sleep(work / "fedseg", setting, args.seed)
+    with LoadSampler() as fed_load:
+        run = _fedseg_sleep(work / "fedseg", setting, args.seed)
     figures = analyse(run)
-    flower = (
-        FlowerResult([], [], float("nan"), "not run (--no-flower)")
-        if extra.no_flower
-        else _flower(work / "flower", setting, extra.flower_venv)
-    )
+    with LoadSampler() as flower_load:
+        flower = (
+            FlowerResult([], [], float("nan"), "not run (--no-flower)")
+            if extra.no_flower
+            else _flower(work / "flower", setting, extra.flower_venv, extra.flower_timeout)
+        )
+    loads = (fed_load.summary(), flower_load.summary())
     from benchmarks.round_gantt import plot_gantt
 
     gantt = RESULTS / "round_timeline_gantt.png"
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     from deploy.report import write_report
 
-    report = _report(run, figures, flower, setting, time.monotonic() - started, gantt)
+    report = _report(run, figures, flower, setting, time.monotonic() - started, gantt, loads)
     write_report(RESULTS / "round_timeline.md", report.replace("{cmd}", command_line(NAME, argv)))
     print(f"report written to {RESULTS / 'round_timeline.md'} and {gantt}")
 
@@ -124,6 +136,7 @@ def _fedseg_sleep(work: Path, setting: Setting, seed: int) -> FederationRun:
             "FEDSEG_SITE_ENROLLMENT_TOKEN": token,
             "FEDSEG_SITE_POLL_WAIT_S": "30",
             "FEDSEG_SITE_THREADS": "1",
+            "FEDSEG_SITE_ACCEPT_EXPERIMENTS": '["*"]',  # consent to the benchmark's experiment
         }
 
     def experiment(ids: list[str]) -> ExperimentCreate:
@@ -145,7 +158,7 @@ def _fedseg_sleep(work: Path, setting: Setting, seed: int) -> FederationRun:
     return run_federation(work, names, agent, experiment)
 
 
-def _flower(work: Path, setting: Setting, venv: Path | None) -> FlowerResult:
+def _flower(work: Path, setting: Setting, venv: Path | None, timeout_s: float) -> FlowerResult:
     python = venv / "bin" / "python" if venv else None
     if python is None or not python.exists():
         return FlowerResult([], [], float("nan"), "not run: no Flower venv (set FLWR_VENV)")
@@ -158,9 +171,16 @@ def _flower(work: Path, setting: Setting, venv: Path | None) -> FlowerResult:
         "--clients", str(setting.clients), "--rounds", str(setting.rounds),
         "--train-seconds", str(TRAIN_SECONDS), "--out", str(out),
         "--workdir", str(work / "run"), "--venv", str(venv), "--idle-busy-max", "0",
-        "--timeout", "2400",
+        "--timeout", str(timeout_s),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3300, check=False)
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s + 900, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return FlowerResult(
+            [], [], float("nan"), f"failed: driver still running after {timeout_s + 900:.0f} s"
+        )
     (work / "driver.log").write_text(proc.stdout + proc.stderr)
     if not out.exists():
         return FlowerResult([], [], float("nan"), f"failed: exit {proc.returncode} (driver.log)")
@@ -181,6 +201,7 @@ def _report(
     setting: Setting,
     total: float,
     gantt: Path,
+    loads: tuple[str, str],
 ) -> str:
     from deploy.report import markdown_table, report_header
 
@@ -203,8 +224,11 @@ def _report(
         "download and verify, restart-safe state, write and upload the update) with the "
         "sleep as its trainer. Flower: `shared/peers/flower_overhead/driver.py` (deployment "
         "mode: SuperLink, SuperNodes, a ClientApp process per message), in its own venv.",
-        f"- One host, {os.cpu_count()} cores, shared with other work: 1-min load average "
-        f"{load:.1f} when the report was written (**timings under contention**).",
+        f"- One host, {os.cpu_count()} cores, shared with other work; 1-min load average "
+        f"(min / median / max) during the fedseg part {loads[0]}, during the Flower part "
+        f"{loads[1]}, {load:.1f} when the report was written. Every process of this benchmark "
+        "ran at `nice -n 19` below the other work: **wall times under contention**; the CPU "
+        "seconds below are what the machine's load does not inflate.",
         "",
         "## Summary",
         "",
@@ -247,6 +271,8 @@ def _report(
         f"{run.t_enrolled - run.t_launch:.2f}, experiment created and started "
         f"{run.t_started - run.t_launch:.2f}, round 1 open {startup:.2f}, first training "
         f"{_first_training(figures) - run.t_launch:.2f}.",
+        "",
+        cpu_lines(run, setting.rounds),
         "",
         "## fedseg per round",
         "",

@@ -45,6 +45,7 @@ class SleepTrainer:
         personal_state: Mapping[str, Any] | None = None,
         tag: str = "run",
         round_: int = 1,
+        total_rounds: int | None = None,
     ) -> TrainResult:
         """Perturb the weights, then wait until ``seconds`` have passed since the call."""
         import numpy as np

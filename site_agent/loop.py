@@ -19,6 +19,7 @@ from data_specs.wire import EnrollResponse, TaskAssignment
 from site_agent.client import AggregatorClient, make_http_client
 from site_agent.enrollment import enroll, ensure_token
 from site_agent.fingerprints import FingerprintSync
+from site_agent.prewarm import start_prewarm
 from site_agent.retry import Backoff
 from site_agent.settings import SiteSettings
 from site_agent.workdir import WorkDir
@@ -107,8 +108,8 @@ class SiteAgent:
         ensure_token(self.client, self.settings, self.workdir)
         self.fingerprints.sync()  # for plan: auto; again whenever the manifest changes
         self._prepared = True
-        # torch and MONAI are imported on the first task (site_agent.task_runner), not before
-        # enrolling: a new site enrolls and polls without waiting for them.
+        # torch and MONAI are not imported before enrolling: a new site enrolls without waiting
+        # for them; ``run`` then imports them in the background (site_agent.prewarm).
 
     def enroll(self) -> EnrollResponse:
         """Enroll now with the configured enrollment token (see ``site_agent.enrollment``)."""
@@ -132,15 +133,16 @@ class SiteAgent:
             WorkDirError: the disk is full or the work dir unwritable.
         """
         self.prepare()
-        from site_agent.task_runner import TaskRunner
-
         limit = 1 if once else max_tasks
         summary = RunSummary()
-        runner = TaskRunner(self.settings, self.workdir, self.client, self._factory)  # type: ignore[arg-type]
+        runner: TaskRunner | None = None
         state = self.workdir.load_state()
         if state is not None:
             log.info("resuming task %s at phase %s", state.task.task_id, state.phase)
+            runner = self._new_runner()
             summary.outcomes.append(runner.resume(state))
+        else:  # torch and MONAI load while the agent waits for its first task
+            start_prewarm()
         while not self.stop_event.is_set() and (limit is None or summary.tasks < limit):
             task = self._poll()
             if task is None:
@@ -148,8 +150,14 @@ class SiteAgent:
             log.info(
                 "task %s: experiment %s round %d", task.task_id, task.experiment_id, task.round
             )
+            runner = runner or self._new_runner()
             summary.outcomes.append(runner.start(task))
         return summary
+
+    def _new_runner(self) -> TaskRunner:
+        from site_agent.task_runner import TaskRunner
+
+        return TaskRunner(self.settings, self.workdir, self.client, self._factory)  # type: ignore[arg-type]
 
     def step(self, *, wait_s: int = 0) -> TaskOutcome | None:
         """Handle at most one task: resume one in progress, or poll once and run what comes.
@@ -164,9 +172,7 @@ class SiteAgent:
         """
         self.prepare()
         if self._runner is None:
-            from site_agent.task_runner import TaskRunner
-
-            self._runner = TaskRunner(self.settings, self.workdir, self.client, self._factory)  # type: ignore[arg-type]
+            self._runner = self._new_runner()
             state = self.workdir.load_state()
             if state is not None:
                 return self._runner.resume(state)

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.db.models import Base
+from aggregator.db.relaxed import install_reset
 
 
 class Database:
@@ -79,6 +80,7 @@ def _add_missing_columns(engine: Engine) -> None:
 def _install_sqlite_pragmas(engine: Engine, synchronous: str) -> None:
     if synchronous not in {"FULL", "NORMAL"}:
         raise ValueError(f"sqlite synchronous must be FULL or NORMAL, got {synchronous!r}")
+    install_reset(engine, synchronous)  # after a relaxed commit (aggregator.db.relaxed)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
