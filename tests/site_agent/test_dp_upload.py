@@ -12,8 +12,8 @@ import torch
 from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
 from data_specs.constants import BundleKind
 from data_specs.task_spec import TaskSpec, expected_tensors
-from data_specs.wire import SiteMetrics, TaskAssignment, TrainConfig
 from data_specs.unet_layout import statistic_keys_of
+from data_specs.wire import SiteMetrics, TaskAssignment, TrainConfig
 from site_agent.dp_statistics import load_statistics, save_statistics, with_statistics
 from site_agent.models import load_model
 from site_agent.trainer import TrainResult
