@@ -12,7 +12,6 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-
 class Database:
     """One engine plus a session factory; created by the app factory and injected.
 

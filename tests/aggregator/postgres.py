@@ -17,12 +17,19 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 PG_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # newest first
 INSTALL_HINT = "apt-get install postgresql (.ci/run does)"
 
 
 class PostgresUnavailable(RuntimeError):
     """PostgreSQL's binaries are missing or the server did not start (the tier skips)."""
+
+
+def database_name(url: str) -> str:
+    """The database a SQLAlchemy URL names."""
+    return str(make_url(url).database)
 
 
 def _binary(name: str) -> str:
@@ -73,7 +80,9 @@ class PostgresServer:
             shutil.chown(self.socket_dir, "postgres")
             self.root.chmod(0o755)
         self.superuser = self._user or getpass.getuser()
-        done = self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", self.superuser, "-E", "UTF8")
+        done = self._run(
+            initdb, "-D", str(self.data), "-A", "trust", "-U", self.superuser, "-E", "UTF8"
+        )
         if done.returncode != 0:
             raise PostgresUnavailable(f"initdb failed: {done.stderr.strip()[-400:]}")
         options = (
@@ -103,6 +112,13 @@ class PostgresServer:
         name = f"fedseg_{os.getpid()}_{next(self._names)}"
         self.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql+psycopg://{self.superuser}@/{name}?host={self.socket_dir}"
+
+    def clone(self, url: str, suffix: str) -> str:
+        """A copy of the database at ``url`` (``CREATE DATABASE ... TEMPLATE``); its URL."""
+        parsed = make_url(url)
+        name = f"{parsed.database}_{suffix}"
+        self.execute(f'CREATE DATABASE "{name}" TEMPLATE "{parsed.database}"')
+        return parsed.set(database=name).render_as_string(hide_password=False)
 
     def stop(self) -> None:
         """Stop the server at once and remove its folder."""
