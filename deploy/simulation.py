@@ -192,7 +192,8 @@ def _federate(
         from deploy.ray_backend import RaySites
 
         ray_sites = RaySites([s[1] for s in sites], cfg.ray or RayOptions())
-        step_all, close = ray_sites.step_all, ray_sites.close
+        step_all: Callable[[], bool] = ray_sites.step_all
+        close: Callable[[], None] = ray_sites.close
     else:
         # One client per agent over the app's single in-memory transport (one orchestrator).
         transport = http._transport  # type: ignore[attr-defined]
@@ -202,12 +203,14 @@ def _federate(
         for agent in agents:
             agent.prepare()
 
-        def step_all() -> bool:
+        def step_in_turn() -> bool:
             return any([a.step(wait_s=0) is not None for a in agents])
 
-        def close() -> None:
+        def close_all() -> None:
             for agent in agents:
                 agent.close()
+
+        step_all, close = step_in_turn, close_all
 
     try:
         exp = researcher.create_experiment(_experiment(cfg, [s[0] for s in sites]))
