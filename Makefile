@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fuzz test-containers images lint bench bench-all install clean
+.PHONY: demo test test-postgres test-ray test-fuzz test-containers images lint bench bench-all install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The aggregator's tests again, each on a fresh database of a real PostgreSQL server that the
+# tests start (Debian's postgresql package: initdb + pg_ctl in a temp folder). Skips loudly
+# where PostgreSQL is not installed.
+test-postgres: $(STAMP)
+	FEDSEG_TEST_DATABASE=postgresql $(BIN)/python -m pytest -q tests/aggregator
+
+# The Ray simulation backend's tests (Ray is an optional extra: installed here, not by `install`).
+test-ray: $(STAMP)
+	$(BIN)/pip install -e ".[ray]"
+	$(BIN)/python -m pytest -q tests/deploy/test_ray_backend.py
 
 # schemathesis over the aggregator's OpenAPI document (admin and researcher tokens);
 # FEDSEG_FUZZ_EXAMPLES=50 for a longer run

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,11 +156,19 @@ class BlobStore:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(self.verify, shas))
 
-    def clean_staging(self) -> int:
-        """Remove staged files left by a crash; returns how many were removed."""
+    def clean_staging(self, *, min_age_s: float = 0.0) -> int:
+        """Remove staged files left by a crash; returns how many were removed.
+
+        Args:
+            min_age_s: keep files modified more recently (another process sharing the blob
+                folder may be receiving them). Default 0: remove all.
+        """
         removed = 0
+        cutoff = time.time() - min_age_s
         for leftover in self.tmp_dir.glob("*"):
             with contextlib.suppress(FileNotFoundError):
+                if min_age_s and leftover.stat().st_mtime > cutoff:
+                    continue
                 leftover.unlink()
                 removed += 1
         return removed

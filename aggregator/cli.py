@@ -23,6 +23,13 @@ def serve(
     data_dir: Annotated[
         Path | None, typer.Option(help="database and blob store [env FEDSEG_AGG_DATA_DIR]")
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL, e.g. postgresql+psycopg://fedseg@db/fedseg "
+            "[env FEDSEG_AGG_DATABASE_URL, default SQLite in the data dir]"
+        ),
+    ] = None,
     dev: Annotated[
         bool, typer.Option("--dev", help="allow starting without an admin token")
     ] = False,
@@ -40,8 +47,10 @@ def serve(
     """Serve the aggregator API with uvicorn (httptools + uvloop)."""
     import uvicorn
     from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
 
     from aggregator.api.app import create_app
+    from aggregator.db.engine import database_problem
     from aggregator.http_server import uvicorn_config
     from aggregator.logs import configure_logging
     from aggregator.settings import AggregatorSettings
@@ -50,6 +59,7 @@ def serve(
         "host": host,
         "port": port,
         "data_dir": data_dir,
+        "database_url": database_url,
         "admin_token_file": admin_token_file,
         "ssl_certfile": ssl_certfile,
         "ssl_keyfile": ssl_keyfile,
@@ -65,7 +75,14 @@ def serve(
             typer.echo(f"fedseg aggregator: {error['msg']}", err=True)
         raise typer.Exit(2) from None
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    config = uvicorn_config(create_app(settings), settings, loop="uvloop")
+    try:
+        api = create_app(settings)
+    except (SQLAlchemyError, ValueError) as exc:
+        typer.echo(
+            f"fedseg aggregator: cannot open the database: {database_problem(exc)}", err=True
+        )
+        raise typer.Exit(1) from None
+    config = uvicorn_config(api, settings, loop="uvloop")
     server = uvicorn.Server(config)
     server.run()
     if not server.started:  # as uvicorn.run: a port in use or unreadable TLS files
@@ -88,7 +105,7 @@ def gc(
     from aggregator.settings import default_database_url
 
     database = Database(database_url or default_database_url(data_dir))
-    database.create_all()
+    database.upgrade()
     try:
         with database.session() as session:
             report = collect(
@@ -123,7 +140,7 @@ def create_researcher(
         typer.echo(f"fedseg aggregator: invalid name: {exc.errors()[0]['msg']}", err=True)
         raise typer.Exit(2) from None
     database = Database(database_url or default_database_url(data_dir))
-    database.create_all()
+    database.upgrade()
     try:
         with database.session() as session:
             researcher, token = create(session, name=body.name, actor="admin:cli")

@@ -28,6 +28,10 @@ class TaskBoard:
             event = self._events[site_id] = asyncio.Event()
         return event
 
+    def waiting_sites(self) -> list[str]:
+        """Sites with a poller waiting (a follower process wakes them all to look again)."""
+        return list(self._events)
+
     def notify(self, site_ids: Iterable[str]) -> None:
         """Wake every poller of these sites (call on the event loop)."""
         for site_id in site_ids:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,6 +12,13 @@ from data_specs.constants import InputFit, LrSchedule, Precision
 
 if TYPE_CHECKING:
     from data_specs.task_spec import TaskSpec
+
+
+class SimBackend(StrEnum):
+    """Where ``fedseg simulate`` runs its virtual sites."""
+
+    INPROCESS = "inprocess"
+    RAY = "ray"
 
 
 def simulation_spec(
@@ -162,6 +170,24 @@ def register(app: typer.Typer) -> None:
                 help="Auxiliary losses on this many lower decoder levels (0 = off).",
             ),
         ] = 0,
+        backend: Annotated[
+            SimBackend,
+            typer.Option(
+                "--backend", help="inprocess (sites in turn) or ray (a Ray actor per site)."
+            ),
+        ] = SimBackend.INPROCESS,
+        address: Annotated[
+            str | None,
+            typer.Option(
+                "--address", help="Ray: auto (a `ray start` cluster) or ray://head:10001."
+            ),
+        ] = None,
+        cpus_per_site: Annotated[
+            float, typer.Option("--cpus-per-site", min=0.0, help="Ray: CPUs per site.")
+        ] = 1.0,
+        gpus_per_site: Annotated[
+            float, typer.Option("--gpus-per-site", min=0.0, help="Ray: GPUs per site.")
+        ] = 0.0,
     ) -> None:
         """Run one federated experiment in-process through the real aggregator and agent code.
 
@@ -173,6 +199,8 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
 
         from data_specs.errors import DataSpecError
+        from deploy.processes import LaunchError
+        from deploy.ray_backend import RayOptions
         from deploy.researcher_client import ResearcherApiError
         from deploy.simulation import SimulationConfig, run_simulation
         from site_agent.errors import SiteAgentError
@@ -209,8 +237,16 @@ def register(app: typer.Typer) -> None:
                     "deep_supervision": deep_supervision,
                 },
             )
+            if backend == SimBackend.RAY:
+                cfg.backend = "ray"
+                cfg.ray = RayOptions(
+                    address=address, cpus_per_site=cpus_per_site, gpus_per_site=gpus_per_site
+                )
+            elif address is not None:
+                raise ValueError("--address needs --backend ray")
             result = run_simulation(cfg)
         except (
+            LaunchError,
             ValidationError,
             ValueError,
             DataSpecError,

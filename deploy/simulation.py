@@ -4,6 +4,8 @@ The aggregator app runs in this process behind FastAPI's in-memory transport (it
 loop included) and every virtual site is a real ``SiteAgent`` talking to it over that transport,
 so a simulation exercises the same code that runs in hospitals: enrollment, long polls, bundle
 checks, update validation, aggregation, personal models. Sites train one after another.
+With ``backend="ray"`` the sites are Ray actors talking HTTP to a uvicorn server instead
+(``deploy.ray_backend``); the experiment and its models are the same.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from data_specs.partition import PartitionScheme, partition_manifests, write_par
 from data_specs.privacy import PrivacyConfig
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import CodecConfig, PersonalizationConfig, TrainConfig
+from deploy.ray_backend import RayOptions
 from deploy.researcher_client import ResearcherClient
 from deploy.round_progress import RoundProgress
 
@@ -59,6 +63,9 @@ class SimulationConfig:
         train_overrides: further ``TrainConfig`` fields (the training recipe: ``lr_schedule``,
             ``precision``, ``persist_optimizer``, ...). Example: ``{"lr_schedule": "poly"}``.
         privacy: client-level DP options (``docs/privacy.md``). Default None.
+        backend: ``inprocess`` (sites in turn, in this process, over the in-memory transport)
+            or ``ray`` (one Ray actor per site over HTTP; ``deploy.ray_backend``).
+        ray: the Ray backend's address and per-site resources. Default None (local Ray, 1 CPU).
     """
 
     manifests: list[Path]
@@ -87,6 +94,8 @@ class SimulationConfig:
     train_overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     privacy: PrivacyConfig | None = None
+    backend: str = "inprocess"
+    ray: RayOptions | None = None
 
 
 @dataclass
@@ -134,22 +143,21 @@ def run_simulation(cfg: SimulationConfig, console: Console | None = None) -> Sim
         log_level="WARNING",
         max_long_poll_s=5.0,
     )
-    with TestClient(create_app(settings)) as tc:
-        researcher = ResearcherClient(tc)
-        researcher.create_researcher(admin, "simulation")
-        agents = _make_agents(researcher, tc, manifest_paths, out, cfg.device)
-        exp = researcher.create_experiment(_experiment(cfg, [a[0] for a in agents]))
-        researcher.start(exp.id)
-        progress = RoundProgress(researcher, exp.id, console)
-        final = _drive(researcher, exp.id, [a[1] for a in agents], progress)
-        rounds = [r.model_dump(mode="json") for r in researcher.rounds(exp.id)]
-        dice: dict[str, dict[str, float | None]] = {}
-        if cfg.evaluate and final.status == "completed":
-            global_path = out / "global_final.safetensors"
-            atomic_write_bytes(global_path, researcher.round_model(exp.id, cfg.rounds))
-            dice = _evaluate(agents, global_path, exp.id, cfg)
-        for _, agent, _ in agents:
-            agent.close()
+    if cfg.backend == "ray":
+        from deploy.ray_backend import RayOptions, aggregator_host, served, start_ray
+
+        options = cfg.ray or RayOptions()
+        start_ray(options)
+        app = create_app(settings)
+        with (
+            served(app, aggregator_host(options)) as url,
+            httpx.Client(base_url=url, timeout=120) as http,
+        ):
+            fed = _federate(cfg, http, url, manifest_paths, out, admin, console)
+    else:
+        with TestClient(create_app(settings)) as tc:
+            fed = _federate(cfg, tc, "http://testserver", manifest_paths, out, admin, console)
+    exp, final, rounds, dice, progress = fed
     result = SimulationResult(
         experiment_id=exp.id,
         status=final.status,
@@ -162,6 +170,62 @@ def run_simulation(cfg: SimulationConfig, console: Console | None = None) -> Sim
     )
     _write_outputs(result, progress, cfg, out)
     return result
+
+
+def _federate(
+    cfg: SimulationConfig,
+    http: httpx.Client,
+    url: str,
+    manifest_paths: list[Path],
+    out: Path,
+    admin: str,
+    console: Console,
+) -> tuple[Any, Any, list[dict[str, Any]], dict[str, dict[str, float | None]], RoundProgress]:
+    """Create the researcher, sites and experiment on the aggregator at ``url`` and run it."""
+    from site_agent.loop import SiteAgent
+
+    researcher = ResearcherClient(http)
+    researcher.create_researcher(admin, "simulation")
+    sites = _site_settings(researcher, url, manifest_paths, out, cfg.device)
+    # Every site enrolls (and so consents) before the experiment is created, as in a hospital.
+    if cfg.backend == "ray":
+        from deploy.ray_backend import RaySites
+
+        ray_sites = RaySites([s[1] for s in sites], cfg.ray or RayOptions())
+        step_all: Callable[[], bool] = ray_sites.step_all
+        close: Callable[[], None] = ray_sites.close
+    else:
+        # One client per agent over the app's single in-memory transport (one orchestrator).
+        transport = http._transport  # type: ignore[attr-defined]
+        agents = [
+            SiteAgent(s[1], http=httpx.Client(transport=transport, base_url=url)) for s in sites
+        ]
+        for agent in agents:
+            agent.prepare()
+
+        def step_in_turn() -> bool:
+            return any([a.step(wait_s=0) is not None for a in agents])
+
+        def close_all() -> None:
+            for agent in agents:
+                agent.close()
+
+        step_all, close = step_in_turn, close_all
+
+    try:
+        exp = researcher.create_experiment(_experiment(cfg, [s[0] for s in sites]))
+        researcher.start(exp.id)
+        progress = RoundProgress(researcher, exp.id, console)
+        final = _drive(researcher, exp.id, step_all, progress)
+    finally:
+        close()
+    rounds = [r.model_dump(mode="json") for r in researcher.rounds(exp.id)]
+    dice: dict[str, dict[str, float | None]] = {}
+    if cfg.evaluate and final.status == "completed":
+        global_path = out / "global_final.safetensors"
+        atomic_write_bytes(global_path, researcher.round_model(exp.id, cfg.rounds))
+        dice = _evaluate(sites, global_path, exp.id, cfg)
+    return exp, final, rounds, dice, progress
 
 
 def _experiment(cfg: SimulationConfig, site_ids: list[str]) -> ExperimentCreate:
@@ -203,18 +267,17 @@ def _train_config(cfg: SimulationConfig) -> TrainConfig:
     return TrainConfig.model_validate({**base.model_dump(), **cfg.train_overrides})
 
 
-def _make_agents(
-    researcher: ResearcherClient, tc: Any, manifests: list[Path], out: Path, device: str = "cpu"
+def _site_settings(
+    researcher: ResearcherClient, url: str, manifests: list[Path], out: Path, device: str = "cpu"
 ) -> list[tuple[str, Any, Path]]:
-
-    from site_agent.loop import SiteAgent
+    """Register one site per manifest; ``(site id, SiteSettings, manifest)`` each."""
     from site_agent.settings import SiteSettings
 
-    agents = []
+    sites = []
     for i, manifest in enumerate(manifests):
         reg = researcher.register_site(f"site_{i}")
         settings = SiteSettings.load(
-            aggregator_url="http://testserver",
+            aggregator_url=url,
             allow_insecure_http=True,
             manifest=manifest,
             work_dir=out / "sites" / f"site_{i}",
@@ -223,22 +286,19 @@ def _make_agents(
             enrollment_token=SecretStr(reg.enrollment_token),
             accept_experiments=["*"],  # simulated hospitals consent to every experiment
         )
-        # One client per agent over the app's single in-memory transport (one orchestrator).
-        http = httpx.Client(transport=tc._transport, base_url="http://testserver")
-        agent = SiteAgent(settings, http=http)
-        agent.prepare()
-        agents.append((reg.id, agent, manifest))
-    return agents
+        sites.append((reg.id, settings, manifest))
+    return sites
 
 
 def _drive(
-    researcher: ResearcherClient, exp_id: str, agents: list[Any], progress: RoundProgress
+    researcher: ResearcherClient,
+    exp_id: str,
+    step_all: Callable[[], bool],
+    progress: RoundProgress,
 ) -> Any:
-    """Give every agent a turn until the experiment ends (sites train one after another)."""
+    """Give every site a turn (``step_all``: True if any worked) until the experiment ends."""
     while True:
-        worked = False
-        for agent in agents:
-            worked |= agent.step(wait_s=0) is not None
+        worked = step_all()
         exp = researcher.experiment(exp_id)
         progress.update(exp)
         if exp.status in ("completed", "failed", "aborted"):
@@ -248,23 +308,23 @@ def _drive(
 
 
 def _evaluate(
-    agents: list[tuple[str, Any, Path]], global_path: Path, exp_id: str, cfg: SimulationConfig
+    sites: list[tuple[str, Any, Path]], global_path: Path, exp_id: str, cfg: SimulationConfig
 ) -> dict[str, dict[str, float | None]]:
     from site_agent.errors import WorkDirError
     from site_agent.segment_command import run_evaluate
 
     keeps_personal = cfg.personalization in ("iopfl", "fedbn", "ditto")
     table: dict[str, dict[str, float | None]] = {}
-    for i, (_, agent, _) in enumerate(agents):
+    for i, (_, settings, _) in enumerate(sites):
         row: dict[str, float | None] = {
-            "global": run_evaluate(
-                agent.settings, weights=global_path, split="test", spec=cfg.spec
-            )["mean_dice"]
+            "global": run_evaluate(settings, weights=global_path, split="test", spec=cfg.spec)[
+                "mean_dice"
+            ]
         }
         if keeps_personal:
             try:
                 row["personal"] = run_evaluate(
-                    agent.settings, kind="personal", experiment_id=exp_id, split="test"
+                    settings, kind="personal", experiment_id=exp_id, split="test"
                 )["mean_dice"]
             except WorkDirError:  # never sampled (C < 1): no personal model to evaluate
                 row["personal"] = None

@@ -27,6 +27,7 @@ from aggregator.api.routes import (
 )
 from aggregator.blobs import BlobStore
 from aggregator.db import Database
+from aggregator.leadership import Leadership, lead_rounds
 from aggregator.logs import log_event
 from aggregator.orchestrator import Orchestrator
 from aggregator.rate_limits import RateLimiter, UploadSlots
@@ -40,12 +41,13 @@ log = logging.getLogger("aggregator")
 
 
 def build_services(settings: AggregatorSettings) -> Services:
-    """Open the database (creating tables) and the blob store; build the orchestrator."""
+    """Open the database (migrating its schema) and the blob store; build the orchestrator."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.resolved_database_url, synchronous=settings.sqlite_synchronous)
-    database.create_all()
+    database.upgrade()
     blobs = BlobStore(settings.blob_dir)
-    removed = blobs.clean_staging()
+    # Other processes may share the blob folder (PostgreSQL): leave their fresh uploads alone.
+    removed = blobs.clean_staging(min_age_s=0.0 if database.is_sqlite else 3600.0)
     if removed:
         log_event(log, "blobs.staging_cleaned", files=removed)
     metrics = AggregatorMetrics()
@@ -87,7 +89,13 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
         loop_task = None
         if settings.orchestrator_enabled:
             loop_task = asyncio.create_task(
-                services.orchestrator.run(services.board), name="orchestrator"
+                lead_rounds(
+                    Leadership(services.database),
+                    services.board,
+                    lambda: services.orchestrator.run(services.board),
+                    interval_s=settings.orchestrator_interval_s,
+                ),
+                name="leadership",
             )
         log_event(log, "aggregator.started", data_dir=str(settings.data_dir), dev=settings.dev)
         try:

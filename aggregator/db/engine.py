@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator.db.models import Base
 from aggregator.db.relaxed import install_reset
 
 
@@ -37,15 +36,24 @@ class Database:
                 pool_size=16,
                 max_overflow=48,
             )
+        else:
+            # As many connections as anyio's 40 worker threads can use at once; pre-ping drops
+            # connections a database restart (or failover) closed instead of failing a request.
+            kwargs.update(pool_size=10, max_overflow=30, pool_pre_ping=True)
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _install_sqlite_pragmas(self.engine, synchronous)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
+    def upgrade(self) -> str:
+        """Migrate the schema to this release's head revision (alembic); returns the revision."""
+        from aggregator.db.migrate import upgrade_database
+
+        return upgrade_database(self.engine)
+
     def create_all(self) -> None:
-        """Create missing tables, and add missing nullable columns to older ones (idempotent)."""
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        """The name start-up code used before migrations: now the same as ``upgrade``."""
+        self.upgrade()
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -64,19 +72,6 @@ class Database:
         self.engine.dispose()
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """``ALTER TABLE ... ADD COLUMN`` for nullable columns a newer release added to a table."""
-    existing = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have or not column.nullable:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
-
-
 def _install_sqlite_pragmas(engine: Engine, synchronous: str) -> None:
     if synchronous not in {"FULL", "NORMAL"}:
         raise ValueError(f"sqlite synchronous must be FULL or NORMAL, got {synchronous!r}")
@@ -92,3 +87,10 @@ def _install_sqlite_pragmas(engine: Engine, synchronous: str) -> None:
             cursor.execute("PRAGMA busy_timeout=30000")
         finally:
             cursor.close()
+
+
+def database_problem(exc: BaseException) -> str:
+    """One line on why a database could not be opened, without the URL (it may hold a password)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else 'no detail'}"[:300]

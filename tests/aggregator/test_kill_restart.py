@@ -3,13 +3,9 @@ global model is byte-identical to an uninterrupted run from the same state with 
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +15,6 @@ from fastapi.testclient import TestClient
 
 from aggregator.api.app import create_app
 from aggregator.settings import AggregatorSettings
-from tests.aggregator.e2e_helpers import free_port
 from tests.aggregator.helpers import (
     ADMIN_TOKEN,
     API,
@@ -28,79 +23,22 @@ from tests.aggregator.helpers import (
     update_bundle,
     upload_headers,
 )
+from tests.aggregator.postgres import PostgresServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # three server start-ups
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ["site-a", "site-b", "site-c"]
 ROUNDS = 3
 
 
-class ServerProcess:
-    """``python -m aggregator serve`` in a subprocess on a free port."""
-
-    def __init__(self, data_dir: Path, token_file: Path, log: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "FEDSEG_AGG_ORCHESTRATOR_INTERVAL_S": "0.1",
-            "FEDSEG_AGG_LOG_LEVEL": "WARNING",
-        }
-        cmd = [
-            sys.executable,
-            "-m",
-            "aggregator",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(self.port),
-            "--admin-token-file",
-            str(token_file),
-        ]
-        self._log = log.open("ab")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=self._log)
-        deadline = time.monotonic() + 300  # a loaded CI box imports slowly
-        while True:
-            assert self.proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
-        self._log.close()
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Any]:
-    """Start servers; any still running when the test ends (say, after a failure) are killed."""
-    token_file = tmp_path / "admin_token"
-    token_file.write_text(ADMIN_TOKEN)
-    started: list[ServerProcess] = []
-
-    def _spawn(data_dir: Path) -> ServerProcess:
-        server = ServerProcess(data_dir, token_file, tmp_path / "server.log")
-        started.append(server)
-        return server
-
-    yield _spawn
-    for server in started:
-        if server.proc.poll() is None:
-            server.stop(signal.SIGKILL)
-
-
-def set_up(data_dir: Path) -> dict[str, Any]:
+def set_up(data_dir: Path, database_url: str | None = None) -> dict[str, Any]:
     """Researcher, three sites and a started experiment, made in process (torch is loaded here
     already, so the servers under test never pay for it)."""
     settings = AggregatorSettings(
-        data_dir=data_dir, admin_token=ADMIN_TOKEN, orchestrator_enabled=False
+        data_dir=data_dir,
+        database_url=database_url,
+        admin_token=ADMIN_TOKEN,
+        orchestrator_enabled=False,
     )
     with TestClient(create_app(settings)) as client:
         fed = Federation.create(client, SITES)
@@ -116,9 +54,10 @@ def drive(base: str, state: dict[str, Any], *, kill_after_round: int | None = No
     upload of round ``kill_after_round``."""
     with httpx.Client(base_url=base, timeout=30) as client:
         fed = Federation(client, state["researcher"], state["sites"])
-        deadline = time.monotonic() + 60
-        while fed.experiment(state["exp"])["status"] != "completed":
-            assert fed.experiment(state["exp"])["status"] == "running"
+        deadline = time.monotonic() + 300  # generous for a loaded CI box
+        # One read per pass: the round may close (and complete the experiment) in between.
+        while (status := fed.experiment(state["exp"])["status"]) != "completed":
+            assert status == "running", status
             assert time.monotonic() < deadline, fed.rounds(state["exp"])
             for name in SITES:
                 task = fed.next_task(name, wait=0.05)
@@ -151,24 +90,47 @@ def final_models(base: str, state: dict[str, Any]) -> list[str]:
         return [sha256(fed.round_model(state["exp"], r)) for r in range(ROUNDS + 1)]
 
 
-def test_kill_9_mid_round_then_restart_is_bit_identical(tmp_path: Path, spawn: Any) -> None:
-    setup_dir, killed_dir, clean_dir = tmp_path / "setup", tmp_path / "killed", tmp_path / "clean"
-    state = set_up(setup_dir)
-    shutil.copytree(setup_dir, killed_dir)
-    shutil.copytree(setup_dir, clean_dir)
+def copies_of(
+    setup_dir: Path, request: pytest.FixtureRequest, backend: str, names: tuple[str, ...]
+) -> tuple[dict[str, Any], list[tuple[Path, str | None]]]:
+    """Set up once, then copy the data dir (and the PostgreSQL database) for each run."""
+    if backend == "sqlite":
+        state = set_up(setup_dir)
+        copies: list[tuple[Path, str | None]] = []
+        for name in names:
+            shutil.copytree(setup_dir, setup_dir.parent / name)
+            copies.append((setup_dir.parent / name, None))
+        return state, copies
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.database_url()
+    state = set_up(setup_dir, url)
+    copies = []
+    for name in names:
+        shutil.copytree(setup_dir, setup_dir.parent / name)
+        copies.append((setup_dir.parent / name, server.clone(url, name)))
+    return state, copies
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_kill_9_mid_round_then_restart_is_bit_identical(
+    tmp_path: Path, spawn: Any, backend: str, request: pytest.FixtureRequest
+) -> None:
+    state, [(killed_dir, killed_url), (clean_dir, clean_url)] = copies_of(
+        tmp_path / "setup", request, backend, ("killed", "clean")
+    )
 
     # Uninterrupted reference run.
-    clean = spawn(clean_dir)
+    clean = spawn(clean_dir, clean_url)
     assert drive(clean.base, {**state, "uploads": []})
     want = final_models(clean.base, state)
     clean.stop()
 
     # Same state, SIGKILLed right after round 2's first accepted upload (its 200 was received).
-    first = spawn(killed_dir)
+    first = spawn(killed_dir, killed_url)
     assert drive(first.base, state, kill_after_round=2) is False
     first.stop(signal.SIGKILL)
 
-    restarted = spawn(killed_dir)
+    restarted = spawn(killed_dir, killed_url)
     with httpx.Client(base_url=restarted.base, timeout=30) as client:
         fed = Federation(client, state["researcher"], state["sites"])
         round2 = next(r for r in fed.rounds(state["exp"]) if r["number"] == 2)

@@ -1,0 +1,339 @@
+"""Hundreds to a thousand light sites against one aggregator process, on SQLite and PostgreSQL.
+
+``python -m benchmarks.scale_bench --sites 100 1000 --databases sqlite postgresql`` writes
+``benchmarks/results/scale.md``.
+
+One ``python -m aggregator serve`` process (the product's defaults: 1 s orchestrator tick, 8
+concurrent uploads) serves N simulated sites. The sites are light: coroutines in one client
+process, each the real HTTP protocol of an agent (long poll ``GET /tasks/next?wait=20``,
+download the global model, upload an update with its sha256 and sample count, retry on 429)
+with fake training (the downloaded tiny U-Net moved by seeded noise, no torch). A FedAvg
+experiment samples every site in every round. Measured per round: wall time (``closed_at -
+opened_at``), the aggregator process's CPU seconds and peak RSS (``/proc``), the database's size
+after the round, and the long-poll delivery latency (a site's task in hand minus the round's
+``opened_at``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.aggregator.e2e_helpers import free_port
+from tests.aggregator.helpers import (
+    ADMIN_TOKEN,
+    API,
+    TINY_SPEC,
+    bearer,
+    update_bundle,
+    upload_headers,
+)
+from tests.aggregator.postgres import PostgresServer, database_name
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "benchmarks" / "results" / "scale.md"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class RunResult:
+    database: str
+    sites: int
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    setup_s: float = 0.0
+    retries_429: int = 0
+    rss_start_mb: float = 0.0
+
+
+def proc_cpu_rss(pid: int) -> tuple[float, float]:
+    """(CPU seconds so far, RSS MiB) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / TICK
+    rss_kb = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    return cpu, rss_kb / 1024
+
+
+def parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=UTC).timestamp()
+
+
+class Aggregator:
+    """``python -m aggregator serve`` on a port, SQLite in its data dir or a PostgreSQL URL."""
+
+    def __init__(self, data_dir: Path, port: int, database_url: str | None) -> None:
+        data_dir.mkdir(parents=True)
+        token = data_dir.parent / "admin_token"
+        token.write_text(ADMIN_TOKEN)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "FEDSEG_AGG_LOG_LEVEL": "WARNING"}
+        env["FEDSEG_AGG_MAX_LONG_POLL_S"] = "30"
+        if database_url:
+            env["FEDSEG_AGG_DATABASE_URL"] = database_url
+        cmd = [sys.executable, "-m", "aggregator", "serve", "--data-dir", str(data_dir)]
+        cmd += ["--port", str(port), "--admin-token-file", str(token)]
+        self.log = (data_dir.parent / "aggregator.log").open("ab")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=self.log)
+        self.base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("the aggregator exited at start")
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the aggregator did not come up")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+async def enroll_sites(
+    client: httpx.AsyncClient, rh: dict[str, str], n: int
+) -> list[tuple[str, str, str]]:
+    gate = asyncio.Semaphore(16)
+
+    async def one(i: int) -> tuple[str, str, str]:
+        async with gate:
+            r = await client.post(f"{API}/sites", json={"name": f"s{i:04d}"}, headers=rh)
+            r.raise_for_status()
+            body = {"enrollment_token": r.json()["enrollment_token"], "accept_experiments": ["*"]}
+            e = await client.post(f"{API}/sites/enroll", json=body)
+            e.raise_for_status()
+            return f"s{i:04d}", e.json()["site_id"], e.json()["site_token"]
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def light_site(
+    client: httpx.AsyncClient,
+    name: str,
+    token: str,
+    stop: asyncio.Event,
+    received: dict[tuple[str, int], float],
+    counters: dict[str, int],
+) -> None:
+    """One site's protocol with fake training, until ``stop``."""
+    headers = bearer(token)
+    while not stop.is_set():
+        try:
+            r = await client.get(f"{API}/tasks/next", params={"wait": 20}, headers=headers)
+        except httpx.TransportError:
+            await asyncio.sleep(0.5)
+            continue
+        if r.status_code != 200:
+            continue
+        task = r.json()
+        received[(name, task["round"])] = time.time()
+        model = await client.get(f"{API}/tasks/{task['task_id']}/model", headers=headers)
+        model.raise_for_status()
+        body = update_bundle(
+            model.content,
+            site=name,
+            round_number=task["round"],
+            num_samples=10,
+            spec_hash=task["spec_hash"],
+        )
+        while True:
+            up = await client.put(
+                f"{API}/tasks/{task['task_id']}/update",
+                content=body,
+                headers=upload_headers(token, body, 10),
+            )
+            if up.status_code not in (429, 503):
+                up.raise_for_status()
+                break
+            counters["429"] += 1
+            await asyncio.sleep(0.05 + 0.2 * (hash((name, counters["429"])) % 10) / 10)
+
+
+def database_size(data_dir: Path, pg: PostgresServer | None, url: str | None) -> int:
+    if pg is None or url is None:
+        return sum(p.stat().st_size for p in data_dir.glob("aggregator.db*"))
+    import psycopg
+
+    name = database_name(url)
+    with psycopg.connect(host=str(pg.socket_dir), user=pg.superuser, dbname=name) as conn:
+        row = conn.execute("SELECT pg_database_size(%s)", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def run_one(
+    database: str, n: int, rounds: int, work: Path, pg: PostgresServer | None
+) -> RunResult:
+    url = pg.database_url() if (database == "postgresql" and pg is not None) else None
+    data_dir = work / f"{database}_{n}" / "agg"
+    agg = Aggregator(data_dir, free_port(), url)
+    result = RunResult(database=database, sites=n)
+    samples: list[tuple[float, float, float]] = []  # (time, cpu s, rss MiB)
+    limits = httpx.Limits(max_connections=n + 64, max_keepalive_connections=n + 64)
+    try:
+        t0 = time.monotonic()
+        async with httpx.AsyncClient(base_url=agg.base, timeout=120, limits=limits) as client:
+            r = await client.post(
+                f"{API}/researchers", json={"name": "bench"}, headers=bearer(ADMIN_TOKEN)
+            )
+            rh = bearer(r.json()["token"])
+            sites = await enroll_sites(client, rh, n)
+            ids = [site_id for _, site_id, _ in sites]
+            body = {
+                "name": f"scale-{n}",
+                "spec": TINY_SPEC.model_dump(mode="json"),
+                "rounds": rounds,
+                "fraction": 1.0,
+                "min_sites": n,
+                "seed": 1,
+                "round_deadline_s": 3600,
+                "sites": ids,
+            }
+            exp = (await client.post(f"{API}/experiments", json=body, headers=rh)).json()["id"]
+            result.setup_s = time.monotonic() - t0
+            result.rss_start_mb = proc_cpu_rss(agg.proc.pid)[1]
+            stop = asyncio.Event()
+            received: dict[tuple[str, int], float] = {}
+            counters = {"429": 0}
+            workers = [
+                asyncio.create_task(light_site(client, name, tok, stop, received, counters))
+                for name, _, tok in sites
+            ]
+            sizes: dict[int, int] = {}
+            (await client.post(f"{API}/experiments/{exp}/start", headers=rh)).raise_for_status()
+            while True:
+                samples.append((time.time(), *proc_cpu_rss(agg.proc.pid)))
+                state = (await client.get(f"{API}/experiments/{exp}", headers=rh)).json()
+                done = state["current_round"]
+                if done and done not in sizes:
+                    sizes[done] = database_size(data_dir, pg, url)
+                if state["status"] != "running":
+                    break
+                await asyncio.sleep(0.5)
+            stop.set()
+            history = (await client.get(f"{API}/experiments/{exp}/rounds", headers=rh)).json()
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        result.retries_429 = counters["429"]
+        for rnd in history:
+            if rnd["status"] != "closed":
+                continue
+            opened, closed = parse_time(rnd["opened_at"]), parse_time(rnd["closed_at"])
+            inside = [s for s in samples if opened - 0.5 <= s[0] <= closed + 0.5] or samples[-1:]
+            latencies = sorted(
+                t - opened for (_, number), t in received.items() if number == rnd["number"]
+            )
+            result.rounds.append(
+                {
+                    "round": rnd["number"],
+                    "wall_s": closed - opened,
+                    "cpu_s": inside[-1][1] - inside[0][1],
+                    "rss_mb": max(s[2] for s in inside),
+                    "db_mb": sizes.get(rnd["number"], 0) / 2**20,
+                    "p50_s": statistics.median(latencies) if latencies else float("nan"),
+                    "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+                    if latencies
+                    else float("nan"),
+                    "updates": len([s for s in rnd["sites"] if s["status"] == "accepted"]),
+                }
+            )
+    finally:
+        agg.stop()
+    return result
+
+
+def report(results: list[RunResult], command: str) -> str:
+    lines = [
+        "# Scale: light simulated sites against one aggregator process",
+        "",
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {platform.machine()} Linux, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
+        "shared with other work (the lead's benchmarks ran at the same time; everything here ran under `nice -n 19`)",
+        f"- Command: `{command}`",
+        "",
+        "One `python -m aggregator serve` process with its defaults (1 s orchestrator tick, 8 concurrent "
+        "uploads, SQLite `synchronous=FULL` or PostgreSQL 15 from Debian with fsync on). The sites are "
+        "coroutines in one client process on the same 2 cores: each long-polls, downloads the global "
+        "model, uploads a fake update (the tiny U-Net `(4, 8)` at 32x32, 3 KB, moved by seeded noise) "
+        "and retries on 429. Every site is sampled every round (FedAvg, `min_sites` = all).",
+        "",
+        "Columns: wall = round `closed_at - opened_at`; CPU = aggregator process CPU seconds during the "
+        "round; RSS = its peak resident memory; DB = database size after the round; p50 / p99 = "
+        "delay from the round's `opened_at` to a site holding its task (long-poll delivery).",
+        "",
+        "| database | sites | round | wall s | CPU s | RSS MiB | DB MiB | p50 s | p99 s | updates |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        for r in res.rounds:
+            lines.append(
+                f"| {res.database} | {res.sites} | {r['round']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
+                f"| {r['rss_mb']:.0f} | {r['db_mb']:.2f} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['updates']} |"
+            )
+    lines += [
+        "",
+        "| database | sites | set-up s | RSS at start MiB | upload retries (429) |",
+        "|---|---|---|---|---|",
+    ]
+    for res in results:
+        lines.append(
+            f"| {res.database} | {res.sites} | {res.setup_s:.0f} | {res.rss_start_mb:.0f} | {res.retries_429} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fedseg_scale"))
+    parser.add_argument("--out", type=Path, default=REPORT)
+    args = parser.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    import shutil
+
+    shutil.rmtree(args.work_dir, ignore_errors=True)
+    pg = PostgresServer(durable=True).start() if "postgresql" in args.databases else None
+    results = []
+    try:
+        for database in args.databases:
+            for n in args.sites:
+                res = asyncio.run(run_one(database, n, args.rounds, args.work_dir, pg))
+                print(res, flush=True)
+                results.append(res)
+    finally:
+        if pg is not None:
+            pg.stop()
+    command = "python -m benchmarks.scale_bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.write_text(report(results, command))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
