@@ -116,9 +116,10 @@ def drive(base: str, state: dict[str, Any], *, kill_after_round: int | None = No
     upload of round ``kill_after_round``."""
     with httpx.Client(base_url=base, timeout=30) as client:
         fed = Federation(client, state["researcher"], state["sites"])
-        deadline = time.monotonic() + 60
-        while fed.experiment(state["exp"])["status"] != "completed":
-            assert fed.experiment(state["exp"])["status"] == "running"
+        deadline = time.monotonic() + 300  # generous for a loaded CI box
+        # One read per pass: the round may close (and complete the experiment) in between.
+        while (status := fed.experiment(state["exp"])["status"]) != "completed":
+            assert status == "running", status
             assert time.monotonic() < deadline, fed.rounds(state["exp"])
             for name in SITES:
                 task = fed.next_task(name, wait=0.05)
