@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,15 +113,41 @@ def run_federation(
     Raises:
         LaunchError: a process died or the experiment did not complete.
     """
-    import httpx
 
-    from deploy.processes import LaunchError, fedseg_argv, free_port, process_group, wait_healthy
-    from deploy.researcher_client import ResearcherClient
+    from deploy.processes import free_port
 
     admin = secrets.token_urlsafe(32)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     t_launch = time.time()
+    out: list[FederationRun] = []
+    args = (work, names, agent, experiment, aggregator_env, timeout_s, url, port, admin, t_launch)
+    try:
+        _run(*args, out)
+    except subprocess.TimeoutExpired:  # a starved agent outlived the stop's grace: keep the run
+        if not out:
+            raise
+    return out[0]
+
+
+def _run(
+    work: Path,
+    names: list[str],
+    agent: AgentCommand,
+    experiment: Callable[[list[str]], ExperimentCreate],
+    aggregator_env: dict[str, str] | None,
+    timeout_s: float,
+    url: str,
+    port: int,
+    admin: str,
+    t_launch: float,
+    out: list[FederationRun],
+) -> None:
+    import httpx
+
+    from deploy.processes import LaunchError, fedseg_argv, process_group, wait_healthy
+    from deploy.researcher_client import ResearcherClient
+
     with process_group(work / "logs") as group, httpx.Client(base_url=url, timeout=600) as http:
         env = {"FEDSEG_AGG_ADMIN_TOKEN": admin, "FEDSEG_AGG_LOG_LEVEL": "WARNING"}
         agg = group.start(
@@ -167,7 +194,9 @@ def run_federation(
         if final.status != "completed":
             raise LaunchError(f"experiment {final.status}: {final.failure_reason}")
         rounds = researcher.rounds(exp.id)
-    return FederationRun(t_launch, t_healthy, t_enrolled, t_started, t_finished, rounds, cpu)
+        out.append(
+            FederationRun(t_launch, t_healthy, t_enrolled, t_started, t_finished, rounds, cpu)
+        )
 
 
 def _cpu_seconds(processes: list[ManagedProcess]) -> dict[str, float]:
