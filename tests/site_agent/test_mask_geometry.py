@@ -29,7 +29,8 @@ SPEC_3D = TaskSpec(spatial_dims=3, channels=(4, 8), strides=(2,), patch_size=(16
 
 @pytest.mark.parametrize(
     ("suffix", "mask_suffix"),
-    [(".png", ".png"), (".tif", ".tif"), (".jpg", ".png"), (".gif", ".png"), (".bmp", ".tif")],
+    # ITK reads no GIF, so a GIF scan cannot take part in the ITK overlay check.
+    [(".png", ".png"), (".tif", ".tif"), (".jpg", ".png"), (".bmp", ".tif")],
 )
 def test_picture_masks_overlay_the_picture_in_itk_nibabel_and_pillow(
     tmp_path: Path, suffix: str, mask_suffix: str

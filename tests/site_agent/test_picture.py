@@ -122,3 +122,16 @@ def test_golden_images(case: str) -> None:
         GOLDEN.mkdir(exist_ok=True)
         Image.fromarray(strip).save(golden)
     np.testing.assert_array_equal(strip, np.asarray(Image.open(golden)))
+
+
+def test_outlines_erode_as_scipy_does() -> None:
+    from scipy.ndimage import binary_erosion
+
+    from site_agent.picture import _erode
+
+    rng = np.random.default_rng(3)
+    for iterations in (1, 2, 3):
+        region = rng.random((37, 41)) > 0.3
+        region[5:30, 8:35] = True
+        want = binary_erosion(region, iterations=iterations, border_value=0)
+        np.testing.assert_array_equal(_erode(region, iterations), want)
