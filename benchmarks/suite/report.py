@@ -128,6 +128,7 @@ def inside_markdown(
     """The inside report's text (with the reference script's rows when ``reference`` has runs)."""
     from benchmarks.suite.outside_report import reference_lines
     from benchmarks.suite.recipe import ACDC_RECIPE_SPEC, RECIPE_TRAIN
+    from benchmarks.suite.why import why_lines
 
     summary = inside_summary(runs)
     rows, latest = summary["rows"], summary["latest"]
@@ -172,6 +173,7 @@ def inside_markdown(
     lines += reference_lines(reference or [], rows)
     lines += _paired_section(rows, latest)
     lines += _verdicts(rows)
+    lines += why_lines(rows, latest, reference or [])
     return "\n".join(lines) + "\n"
 
 

@@ -101,3 +101,40 @@ def test_outside_report_says_when_folds_were_rescored() -> None:
     assert "scored again" not in outside_markdown([plain])
     again = {**plain, "rescored": {"commit": "0123456789abcdef", "date": "2026-11-29 21:00 UTC"}}
     assert "at commit 0123456789ab (2026-11-29 21:00 UTC)" in outside_markdown([again])
+
+
+def test_why_lines_come_from_the_curves_and_the_reference() -> None:
+    from benchmarks.suite.why import why_lines
+
+    def run(points: list[tuple[int, float]]) -> dict[str, Any]:
+        return {"curves": {"all": [{"round": r, "dice": d} for r, d in points]}}
+
+    rows = {
+        "FedAvg (global)": {"mean": 0.75, "rounds": 40},
+        "centralised (pooled)": {"mean": 0.85, "rounds": 40},
+    }
+    latest = {
+        "fedavg_iopfl": [run([(10, 0.3), (20, 0.6), (30, 0.70), (40, 0.75)])],
+        "central": [run([(10, 0.7), (20, 0.8), (30, 0.84), (40, 0.85)])],
+    }
+    ref = {
+        "config": {"method": "ref_fedavg", "rounds": 40},
+        "date": "d",
+        "models": {"global": {"A": 0.7, "B": 0.8}},
+    }
+    text = "\n".join(why_lines(rows, latest, [ref]))
+    assert "gained only 15.0 points from round 20 to 40" in text
+    assert "20.0 points behind centralised at round 20 and 10.0 at round 40" in text
+    assert "same 40 rounds: FedAvg 0.750 against fedseg's 0.750" in text
+    assert (
+        why_lines(
+            {
+                **rows,
+                "FedAvg (global)": {"mean": 0.9, "rounds": 40},
+                "centralised (pooled)": {"mean": 0.9, "rounds": 40},
+            },
+            latest,
+            [],
+        )
+        == []
+    )
