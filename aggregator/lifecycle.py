@@ -19,7 +19,6 @@ from aggregator.global_models import build_initial_weights, load_weights, store_
 from aggregator.logs import log_event
 from aggregator.planning import apply_auto_plan
 from aggregator.schemas.experiments import ExperimentCreate
-from data_specs.constants import PersonalizationMethod
 from data_specs.task_spec import TaskSpec
 from data_specs.unet_layout import norm_keys_of, parameter_count, unet_layout
 
@@ -52,7 +51,7 @@ def create_experiment(
             f"max_model_parameters of {max_parameters}"
         )
     expected, norm_keys = spec_layout(body.spec)
-    local = norm_keys if body.train.personalization.method == PersonalizationMethod.FEDBN else ()
+    local = norm_keys if body.train.personalization.norm_layers_local else ()
     experiment = exp_crud.create_experiment(
         session, owner_id=owner_id, body=body, expected=expected, local_keys=local
     )

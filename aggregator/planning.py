@@ -14,7 +14,6 @@ from aggregator.db.models import Experiment, Site
 from aggregator.errors import ConflictError
 from aggregator.logs import log_event
 from aggregator.schemas.experiments import ExperimentCreate
-from data_specs.constants import PersonalizationMethod
 from data_specs.plan import ExperimentPlan, PlanError, combined_class_frequencies, make_plan
 
 log = logging.getLogger("aggregator.planning")
@@ -72,7 +71,7 @@ def apply_auto_plan(
         }
     )
     expected, norm_keys = spec_layout(plan.spec)
-    fedbn = planned.train.personalization.method == PersonalizationMethod.FEDBN
+    fedbn = planned.train.personalization.norm_layers_local
     experiment.config = planned.model_dump(mode="json")
     experiment.spec_hash = spec_hash
     experiment.expected = {k: [list(shape), dtype] for k, (shape, dtype) in expected.items()}
