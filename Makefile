@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fuzz test-containers images lint bench bench-all install clean
+.PHONY: demo test test-fast test-fuzz test-containers images lint bench bench-all install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedseg demo
 
+# Everything (as CI runs it).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The tier to run while developing: every test not marked slow (real training, processes,
+# servers, docs). Aim: under 60 s on 2 cores; `make test` before a commit.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not fuzz"
 
 # schemathesis over the aggregator's OpenAPI document (admin and researcher tokens);
 # FEDSEG_FUZZ_EXAMPLES=50 for a longer run
