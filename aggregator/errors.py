@@ -71,3 +71,11 @@ class StorageError(AggregatorError):
 
 class AggregationError(AggregatorError):
     """A round's updates could not be aggregated (strategy refused them)."""
+
+
+class InvariantError(AggregatorError):
+    """A row the round state machine has just read or claimed is gone: a broken invariant.
+
+    Raised instead of ``assert`` (which ``python -O`` removes); the step that meets it ends with
+    this error logged and retried by the orchestrator's failure handling.
+    """

@@ -19,6 +19,7 @@ from aggregator.global_models import build_initial_weights, load_weights, store_
 from aggregator.logs import log_event
 from aggregator.planning import apply_auto_plan
 from aggregator.schemas.experiments import ExperimentCreate
+from data_specs.event_kinds import EventKind
 from data_specs.task_spec import TaskSpec
 from data_specs.unet_layout import norm_keys_of, parameter_count, unet_layout
 
@@ -69,7 +70,7 @@ def set_initial_model(
     experiment.initial_model_sha256 = ref.sha256
     record_event(
         session,
-        kind="experiment.initial_model",
+        kind=EventKind.EXPERIMENT_INITIAL_MODEL,
         actor=actor,
         experiment_id=experiment.id,
         detail={"sha256": ref.sha256, "size": ref.size},

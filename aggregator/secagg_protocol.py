@@ -25,6 +25,7 @@ from aggregator.db.models import utcnow
 from aggregator.errors import ConflictError, InvalidRequestError
 from aggregator.schemas.experiments import ExperimentCreate
 from data_specs.errors import PrivacyError
+from data_specs.event_kinds import EventKind
 from data_specs.privacy.dp import site_noise_std
 from data_specs.privacy.secagg_common import neighbour_graph
 from data_specs.privacy.secagg_server import SecAggServer
@@ -245,7 +246,7 @@ def put_masked(
             raise ConflictError(f"task {task_id} changed while its masked vector was added")
         record_event(
             session,
-            kind="update.accepted",
+            kind=EventKind.UPDATE_ACCEPTED,
             actor=f"site:{site_id}",
             experiment_id=ctx.task.experiment_id,
             detail={"task_id": task_id, "round": ctx.rnd.number, "secure_aggregation": True},
