@@ -108,9 +108,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
                     batch_size=8,
                     lr=3e-3,
                     optimizer=OptimizerName.ADAM,
-                    personalization=PersonalizationConfig(
-                        method=PersonalizationMethod.IOPFL, alpha=0.1
-                    ),
+                    personalization=PersonalizationConfig(method=PersonalizationMethod.IOPFL),
                 ),
                 round_deadline_s=600,
                 seed=cfg.seed,
