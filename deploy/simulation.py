@@ -256,7 +256,9 @@ def _evaluate(
     from site_agent.errors import WorkDirError
     from site_agent.segment_command import run_evaluate
 
-    keeps_personal = PersonalizationConfig(method=cfg.personalization).keeps_personal
+    keeps_personal = PersonalizationConfig(
+        method=PersonalizationMethod(cfg.personalization)
+    ).keeps_personal
     table: dict[str, dict[str, float | None]] = {}
     for i, (_, agent, _) in enumerate(agents):
         row: dict[str, float | None] = {
