@@ -83,7 +83,7 @@ class SiteClientAlgo(ClientAlgo):
             )
         config = _train_config((extra or {}).get(TRAIN_CONFIG_KEY), self.default_config)
         self._last_global = dict(data.weights or {})
-        self._last = self.trainer.train_round(data.weights, config, tag=self.client_name)
+        self._last = self.trainer.train_round(self._last_global, config, tag=self.client_name)
 
     def get_weights(self, extra: dict | None = None) -> ExchangeObject:
         """The weights of the last ``train``: full, or the difference to the global model.
@@ -131,7 +131,7 @@ class SiteClientAlgo(ClientAlgo):
         """
         if not isinstance(data, ExchangeObject) or not data.is_valid_weights():
             raise TrainingError("evaluate expects an ExchangeObject with weights and a weight_type")
-        result = self.trainer.evaluate_state(data.weights)
+        result = self.trainer.evaluate_state(dict(data.weights or {}))
         return ExchangeObject(metrics=result.as_site_metrics().model_dump(exclude_none=True))
 
     def abort(self, extra: dict | None = None) -> None:
