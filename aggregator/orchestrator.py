@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
 
 import anyio
 from sqlalchemy.orm import Session
@@ -36,7 +35,7 @@ from aggregator.db import (
 )
 from aggregator.db.models import OPEN_TASK_STATES, utcnow
 from aggregator.dp_aggregation import round_noise
-from aggregator.errors import AggregationError, InvariantError, StorageError
+from aggregator.errors import AggregationError, StorageError, require_row
 from aggregator.privacy_budget import record_budget_spent, rounds_allowed
 from aggregator.round_events import RoundDecision, RoundOutcome, emit
 from aggregator.round_failures import StepFailures
@@ -267,7 +266,7 @@ class Orchestrator:
         with self._db.session() as session:
             experiment = exp_crud.get_experiment(session, experiment_id=experiment_id)
             cfg = exp_crud.config_of(experiment)
-            rnd = _require(session.get(Round, round_id), f"round {round_id}")
+            rnd = require_row(session.get(Round, round_id), f"round {round_id}")
             previous = round_crud.get_global_model(
                 session, experiment_id=experiment_id, round_number=rnd.number - 1
             )
@@ -342,7 +341,7 @@ class Orchestrator:
                 to_status=RoundStatus.CLOSED,
             ):
                 return  # aborted meanwhile
-            rnd = _require(
+            rnd = require_row(
                 session.get(Round, job.round_id, populate_existing=True), f"round {job.round_id}"
             )
             rnd.closed_at = now
@@ -358,7 +357,7 @@ class Orchestrator:
                         num_updates=len(job.inputs),
                     )
                 )
-            closing = _require(
+            closing = require_row(
                 session.get(Experiment, experiment_id, populate_existing=True),
                 f"experiment {experiment_id}",
             )
@@ -393,7 +392,7 @@ class Orchestrator:
         now = self.clock()
         with self._db.session() as session:
             experiment = exp_crud.get_experiment(session, experiment_id=experiment_id)
-            rnd = _require(session.get(Round, round_id), f"round {round_id}")
+            rnd = require_row(session.get(Round, round_id), f"round {round_id}")
             if (
                 rnd.status != RoundStatus.AGGREGATING
                 or experiment.status != ExperimentStatus.RUNNING
@@ -426,13 +425,3 @@ class _RoundJob:
     local_keys: frozenset[str]
     global_sha: str
     state_sha: str | None
-
-
-_Row = TypeVar("_Row")
-
-
-def _require(row: _Row | None, what: str) -> _Row:
-    """``row``, or ``InvariantError`` when a row the step just read or claimed is gone."""
-    if row is None:
-        raise InvariantError(f"{what} vanished while the orchestrator held it")
-    return row

@@ -22,7 +22,7 @@ from aggregator.crud import tasks as task_crud
 from aggregator.crud.events import record_event
 from aggregator.db import Round, RoundStatus, SecAggEntry, SecAggSum, Task, TaskStatus
 from aggregator.db.models import utcnow
-from aggregator.errors import ConflictError, InvalidRequestError
+from aggregator.errors import ConflictError, InvalidRequestError, require_row
 from aggregator.schemas.experiments import ExperimentCreate
 from data_specs.errors import PrivacyError
 from data_specs.event_kinds import EventKind
@@ -83,7 +83,7 @@ class _Context:
 def _context(session: Session, *, task_id: str, site_id: str) -> _Context:
     task = task_crud.get_site_task(session, task_id=task_id, site_id=site_id)
     rnd = session.get(Round, task.round_id)
-    assert rnd is not None
+    rnd = require_row(rnd, "round")
     experiment = exp_crud.get_experiment(session, experiment_id=task.experiment_id)
     cfg = exp_crud.config_of(experiment)
     setup = task_setup(cfg, rnd, task)
