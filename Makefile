@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-postgres test-ray test-fuzz test-containers images lint bench bench-all install clean
+.PHONY: demo test test-fast test-postgres test-ray test-fuzz test-containers images lint bench bench-all install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedseg demo
 
+# Everything (as CI runs it).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The tier to run while developing: every test not marked slow (real training, processes,
+# servers, docs). Aim: under 60 s on 2 cores; `make test` before a commit.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not fuzz"
 
 # The aggregator's tests again, each on a fresh database of a real PostgreSQL server that the
 # tests start (Debian's postgresql package: initdb + pg_ctl in a temp folder). Skips loudly

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aggregator.errors import StorageError
-from data_specs.files import atomic_writer
+from data_specs.files import atomic_writer, fsync_dir
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _READ_CHUNK = 1 << 20
@@ -133,7 +133,7 @@ class BlobStore:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged_path, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def verify(self, sha256: str) -> BlobRef:
         """Re-hash a stored blob; raises ``StorageError`` if its content is not its name."""
@@ -172,12 +172,3 @@ class BlobStore:
                 leftover.unlink()
                 removed += 1
         return removed
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

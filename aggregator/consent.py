@@ -26,6 +26,7 @@ from aggregator.db import Consent, Experiment, ExperimentStatus, Researcher, Sit
 from aggregator.db.models import utcnow
 from aggregator.errors import ConflictError, NotFoundError
 from aggregator.schemas.consent import InvitationPublic
+from data_specs.event_kinds import EventKind
 
 Decision = Literal["approved", "declined"]
 
@@ -68,7 +69,7 @@ def set_policy(session: Session, *, site: Site, accept: Sequence[str] | None) ->
     site.accept_policy = list(accept) if accept else None
     record_event(
         session,
-        kind="site.consent_policy",
+        kind=EventKind.SITE_CONSENT_POLICY,
         actor=f"site:{site.id}",
         detail={"site_id": site.id, "entries": len(accept or ())},
     )
@@ -155,7 +156,7 @@ def decide(session: Session, *, site_id: str, experiment_id: str, decision: Deci
         row.decision, row.decided_at = decision, utcnow()
     record_event(
         session,
-        kind=f"site.{decision}",
+        kind=EventKind(f"site.{decision}"),
         actor=f"site:{site_id}",
         experiment_id=experiment_id,
         detail={"site_id": site_id},

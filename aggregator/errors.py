@@ -6,6 +6,10 @@ contents or patient data.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_Row = TypeVar("_Row")
+
 
 class AggregatorError(Exception):
     """Base class of every error the aggregator raises on purpose."""
@@ -71,3 +75,23 @@ class StorageError(AggregatorError):
 
 class AggregationError(AggregatorError):
     """A round's updates could not be aggregated (strategy refused them)."""
+
+
+class InvariantError(AggregatorError):
+    """A row the round state machine has just read or claimed is gone: a broken invariant.
+
+    Raised instead of ``assert`` (which ``python -O`` removes); the step that meets it ends with
+    this error logged and retried by the orchestrator's failure handling.
+    """
+
+
+def require_row(row: _Row | None, what: str) -> _Row:
+    """``row``, or ``InvariantError`` when a row just read or claimed is gone (not ``assert``).
+
+    Args:
+        row: the result of ``session.get`` or a query. Example: ``session.get(Round, round_id)``.
+        what: names the row in the message. Example: ``"round"``.
+    """
+    if row is None:
+        raise InvariantError(f"{what} vanished while it was being used")
+    return row

@@ -25,6 +25,7 @@ from aggregator.errors import ConflictError
 from aggregator.logs import log_event
 from aggregator.validation import UpdatePolicy, check_model, check_update
 from data_specs.bundle import BundleMeta, encode_bundle
+from data_specs.event_kinds import EventKind
 from data_specs.wire import SiteMetrics, UpdateReceipt
 
 log = logging.getLogger("aggregator.intake")
@@ -150,7 +151,7 @@ def accept_update(
         raise ConflictError(f"task {target.task_id} changed while its update was checked; retry")
     record_event(
         session,
-        kind="update.accepted" if checked.accepted else "update.rejected",
+        kind=EventKind.UPDATE_ACCEPTED if checked.accepted else EventKind.UPDATE_REJECTED,
         actor=f"site:{target.site_id}",
         experiment_id=target.experiment_id,
         detail={
@@ -165,7 +166,7 @@ def accept_update(
     session.commit()
     log_event(
         log,
-        "update.accepted" if checked.accepted else "update.rejected",
+        EventKind.UPDATE_ACCEPTED if checked.accepted else EventKind.UPDATE_REJECTED,
         task_id=target.task_id,
         site_id=target.site_id,
         round=target.policy.round_number,
@@ -253,7 +254,7 @@ def report_failure(session: Session, *, task_id: str, site_id: str, reason: str)
         raise ConflictError(f"task {task_id} changed while its failure was recorded; retry")
     record_event(
         session,
-        kind="task.failed",
+        kind=EventKind.TASK_FAILED,
         actor=f"site:{site_id}",
         experiment_id=task.experiment_id,
         detail={"task_id": task_id, "round": task.round_number, "reason": reason},

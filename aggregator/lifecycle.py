@@ -19,7 +19,7 @@ from aggregator.global_models import build_initial_weights, load_weights, store_
 from aggregator.logs import log_event
 from aggregator.planning import apply_auto_plan
 from aggregator.schemas.experiments import ExperimentCreate
-from data_specs.constants import PersonalizationMethod
+from data_specs.event_kinds import EventKind
 from data_specs.task_spec import TaskSpec
 from data_specs.unet_layout import (
     norm_keys_of,
@@ -68,7 +68,7 @@ def create_experiment(
             f"max_model_parameters of {max_parameters}"
         )
     expected, norm_keys = spec_layout(body.spec)
-    local = norm_keys if body.train.personalization.method == PersonalizationMethod.FEDBN else ()
+    local = norm_keys if body.train.personalization.norm_layers_local else ()
     if body.privacy is not None and body.privacy.dp is not None:
         local = dp_local_keys(body.spec, local)
     experiment = exp_crud.create_experiment(
@@ -91,7 +91,7 @@ def set_initial_model(
     experiment.initial_model_sha256 = ref.sha256
     record_event(
         session,
-        kind="experiment.initial_model",
+        kind=EventKind.EXPERIMENT_INITIAL_MODEL,
         actor=actor,
         experiment_id=experiment.id,
         detail={"sha256": ref.sha256, "size": ref.size},

@@ -14,17 +14,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import anyio
 from sqlalchemy.orm import Session
 
 from aggregator.adaptive_clipping import advance_clip, round_clip_norm
-from aggregator.aggregation import UpdateInput, aggregate_round
+from aggregator.aggregation import RoundResult, UpdateInput, aggregate_round
 from aggregator.blobs import BlobStore
 from aggregator.crud import experiments as exp_crud
 from aggregator.crud import rounds as round_crud
-from aggregator.crud.events import record_event
 from aggregator.db import (
     Database,
     Experiment,
@@ -36,9 +36,9 @@ from aggregator.db import (
 )
 from aggregator.db.models import OPEN_TASK_STATES, utcnow
 from aggregator.dp_aggregation import round_noise
-from aggregator.errors import AggregationError, StorageError
-from aggregator.logs import log_event
+from aggregator.errors import AggregationError, StorageError, require_row
 from aggregator.privacy_budget import record_budget_spent, rounds_allowed
+from aggregator.round_events import RoundDecision, RoundOutcome, emit
 from aggregator.round_failures import StepFailures
 from aggregator.safeguards import GuardReport, cap_samples, guard_detail
 from aggregator.schemas.experiments import ExperimentCreate
@@ -46,10 +46,10 @@ from aggregator.secagg_aggregation import secagg_aggregate_round, secure_aggrega
 from aggregator.task_board import TaskBoard
 from aggregator.telemetry import AggregatorMetrics
 from aggregator.transitions import complete_experiment, fail_experiment, open_round, site_names
+from data_specs.event_kinds import EventKind
 
 log = logging.getLogger("aggregator.orchestrator")
 _MAX_TRANSITIONS = 16
-_SYSTEM = "system"
 
 
 class Orchestrator:
@@ -158,8 +158,8 @@ class Orchestrator:
             if rnd.status == RoundStatus.OPEN:
                 decision, sites = self._close_if_due(session, experiment, cfg, rnd, now)
                 session.commit()
-                if decision != "aggregate":
-                    return decision != "wait", sites
+                if decision != RoundDecision.AGGREGATE:
+                    return decision != RoundDecision.WAIT, sites
             elif rnd.status != RoundStatus.AGGREGATING:
                 return False, set()
             round_id = rnd.id
@@ -173,12 +173,12 @@ class Orchestrator:
         cfg: ExperimentCreate,
         rnd: Round,
         now: datetime,
-    ) -> tuple[str, set[str]]:
-        """``wait``, ``aggregate`` (round claimed) or ``retried``/``failed``."""
+    ) -> tuple[RoundDecision, set[str]]:
+        """``WAIT``, ``AGGREGATE`` (round claimed) or ``RETRIED``/``FAILED``."""
         tasks = round_crud.tasks_of_round(session, round_id=rnd.id)
         pending = any(t.status in OPEN_TASK_STATES for t in tasks)
         if pending and now < rnd.deadline_at:
-            return "wait", set()
+            return RoundDecision.WAIT, set()
         # Claim first: from here no upload can land, so the count below is final.
         if not round_crud.claim_round(
             session,
@@ -186,7 +186,7 @@ class Orchestrator:
             from_status=RoundStatus.OPEN,
             to_status=RoundStatus.AGGREGATING,
         ):
-            return "wait", set()
+            return RoundDecision.WAIT, set()
         rnd.aggregating_at = now
         expired = round_crud.expire_open_tasks(session, round_id=rnd.id)
         accepted = sum(
@@ -194,10 +194,9 @@ class Orchestrator:
             for t in round_crud.tasks_of_round(session, round_id=rnd.id)
         )
         if accepted >= cfg.min_sites:
-            record_event(
+            emit(
                 session,
-                kind="round.aggregating",
-                actor=_SYSTEM,
+                kind=EventKind.ROUND_AGGREGATING,
                 experiment_id=experiment.id,
                 detail={
                     "round": rnd.number,
@@ -206,7 +205,7 @@ class Orchestrator:
                     "expired": expired,
                 },
             )
-            return "aggregate", set()
+            return RoundDecision.AGGREGATE, set()
         why = "the deadline passed" if expired else "every sampled site reported"
         reason = f"{why} with {accepted} accepted update(s) of {len(tasks)} sampled; min_sites is {cfg.min_sites}"
         return self._retry_or_fail(session, experiment, cfg, rnd, reason, now)
@@ -219,44 +218,55 @@ class Orchestrator:
         rnd: Round,
         reason: str,
         now: datetime,
-    ) -> tuple[str, set[str]]:
+    ) -> tuple[RoundDecision, set[str]]:
         rnd.status, rnd.reason, rnd.closed_at = RoundStatus.FAILED, reason, now
         round_crud.expire_open_tasks(session, round_id=rnd.id)
         if rnd.attempt < cfg.max_round_retries:
-            record_event(
+            emit(
                 session,
-                kind="round.retried",
-                actor=_SYSTEM,
+                kind=EventKind.ROUND_RETRIED,
                 experiment_id=experiment.id,
                 detail={"round": rnd.number, "attempt": rnd.attempt, "reason": reason},
+                logger=log,
+                metrics=self._metrics,
+                outcome=RoundOutcome.RETRIED,
             )
-            self._metrics.rounds.labels(outcome="retried").inc()
-            log_event(
-                log,
-                "round.retried",
-                experiment_id=experiment.id,
-                round=rnd.number,
-                attempt=rnd.attempt,
-                reason=reason,
-            )
-            return "retried", open_round(
+            return RoundDecision.RETRIED, open_round(
                 session, self._blobs, experiment, cfg, rnd.number, rnd.attempt + 1, now
             )
-        self._metrics.rounds.labels(outcome="failed").inc()
+        self._metrics.rounds.labels(outcome=RoundOutcome.FAILED.value).inc()
         fail_experiment(
             session,
             experiment,
             now,
             f"round {rnd.number} failed after {rnd.attempt + 1} attempt(s): {reason}",
         )
-        return "failed", set()
+        return RoundDecision.FAILED, set()
 
     def _aggregate(self, experiment_id: str, round_id: str) -> set[str]:
+        """Aggregate a claimed round: read its inputs, compute the model, close the round."""
+        job = self._round_job(experiment_id, round_id)
+        started = time.perf_counter()
+        guards: list[GuardReport] = []
+        try:
+            result = self._compute(job, guards)
+        except (AggregationError, StorageError) as exc:
+            return self._aggregation_failed(experiment_id, round_id, exc)
+        except Exception as exc:  # anything else also ends the round with a reason
+            failure = AggregationError(f"aggregation failed: {type(exc).__name__}: {exc}"[:900])
+            return self._aggregation_failed(experiment_id, round_id, failure)
+        if result is None:  # secure aggregation: answers still pending
+            return set()
+        seconds = time.perf_counter() - started
+        self._metrics.aggregation_seconds.observe(seconds)
+        return self._close_round(job, result, seconds, guards)
+
+    def _round_job(self, experiment_id: str, round_id: str) -> _RoundJob:
+        """Everything the computation needs, read in one short session."""
         with self._db.session() as session:
             experiment = exp_crud.get_experiment(session, experiment_id=experiment_id)
             cfg = exp_crud.config_of(experiment)
-            rnd = session.get(Round, round_id)
-            assert rnd is not None
+            rnd = require_row(session.get(Round, round_id), f"round {round_id}")
             previous = round_crud.get_global_model(
                 session, experiment_id=experiment_id, round_number=rnd.number - 1
             )
@@ -273,66 +283,73 @@ class Orchestrator:
                 claimed={t.id: int(t.num_samples or 0) for t in accepted},
                 site_ids={t.id: t.site_id for t in accepted},
             )
-            inputs = [
-                UpdateInput(names[t.site_id], samples[t.id], t.update_blob_sha256 or "")
-                for t in accepted
-            ]
-            number, attempt, sampled = rnd.number, rnd.attempt, len(rnd.sampled)
-            spec_hash, local_keys = experiment.spec_hash, frozenset(experiment.local_keys)
-            clip = round_clip_norm(
-                session, experiment_id=experiment_id, cfg=cfg, round_number=number
+            return _RoundJob(
+                experiment_id=experiment_id,
+                round_id=round_id,
+                cfg=cfg,
+                inputs=[
+                    UpdateInput(names[t.site_id], samples[t.id], t.update_blob_sha256 or "")
+                    for t in accepted
+                ],
+                number=rnd.number,
+                attempt=rnd.attempt,
+                sampled=len(rnd.sampled),
+                spec_hash=experiment.spec_hash,
+                local_keys=frozenset(experiment.local_keys),
+                global_sha=previous.sha256,
+                state_sha=previous.state_sha256,
+                clip=round_clip_norm(
+                    session, experiment_id=experiment_id, cfg=cfg, round_number=rnd.number
+                ),
+                bits=[(t.metrics or {}).get("dp_unclipped") is True for t in accepted],
             )
-            bits = [(t.metrics or {}).get("dp_unclipped") is True for t in accepted]
-            global_sha, state_sha = previous.sha256, previous.state_sha256
-        started = time.perf_counter()
-        guards: list[GuardReport] = []
-        try:
-            if secure_aggregation_on(cfg):  # unmask the running sum (None: answers pending)
-                pending = secagg_aggregate_round(
-                    self._db,
-                    self._blobs,
-                    round_id=round_id,
-                    global_sha256=global_sha,
-                    state_sha256=state_sha,
-                    now=self.clock(),
-                )
-                if pending is None:
-                    return set()
-                result = pending
-            else:
-                result = aggregate_round(
-                    self._blobs,
-                    spec_hash=spec_hash,
-                    round_number=number,
-                    strategy_name=cfg.strategy.name,
-                    strategy_params=cfg.strategy.params,
-                    global_sha256=global_sha,
-                    state_sha256=state_sha,
-                    updates=inputs,
-                    local_keys=local_keys,
-                    noise=round_noise(cfg.privacy, sampled=sampled, clip_norm=clip),
-                    robust_norm_multiple=cfg.robust_norm_multiple,
-                    report=guards,
-                    class_names=cfg.class_names,
-                )
-        except (AggregationError, StorageError) as exc:
-            return self._aggregation_failed(experiment_id, round_id, exc)
-        except Exception as exc:  # anything else also ends the round with a reason
-            failure = AggregationError(f"aggregation failed: {type(exc).__name__}: {exc}"[:900])
-            return self._aggregation_failed(experiment_id, round_id, failure)
-        seconds = time.perf_counter() - started
-        self._metrics.aggregation_seconds.observe(seconds)
+
+    def _compute(self, job: _RoundJob, guards: list[GuardReport]) -> RoundResult | None:
+        """The new global model (no database session held); None while secagg answers pend."""
+        cfg = job.cfg
+        if secure_aggregation_on(cfg):  # unmask the running sum
+            return secagg_aggregate_round(
+                self._db,
+                self._blobs,
+                round_id=job.round_id,
+                global_sha256=job.global_sha,
+                state_sha256=job.state_sha,
+                now=self.clock(),
+            )
+        return aggregate_round(
+            self._blobs,
+            spec_hash=job.spec_hash,
+            round_number=job.number,
+            strategy_name=cfg.strategy.name,
+            strategy_params=cfg.strategy.params,
+            global_sha256=job.global_sha,
+            state_sha256=job.state_sha,
+            updates=job.inputs,
+            local_keys=job.local_keys,
+            noise=round_noise(cfg.privacy, sampled=job.sampled, clip_norm=job.clip),
+            robust_norm_multiple=cfg.robust_norm_multiple,
+            report=guards,
+            class_names=cfg.class_names,
+        )
+
+    def _close_round(
+        self, job: _RoundJob, result: RoundResult, seconds: float, guards: list[GuardReport]
+    ) -> set[str]:
+        """Store the global model, close the round (unless it was aborted meanwhile) and, in the
+        same transaction, open the next one; returns the sites given a new task."""
         now = self.clock()
+        experiment_id, number = job.experiment_id, job.number
         with self._db.session() as session:
             if not round_crud.claim_round(
                 session,
-                round_id=round_id,
+                round_id=job.round_id,
                 from_status=RoundStatus.AGGREGATING,
                 to_status=RoundStatus.CLOSED,
             ):
                 return set()  # aborted meanwhile
-            rnd = session.get(Round, round_id, populate_existing=True)
-            assert rnd is not None
+            rnd = require_row(
+                session.get(Round, job.round_id, populate_existing=True), f"round {job.round_id}"
+            )
             rnd.closed_at = now
             rnd.aggregate_seconds = seconds
             if session.get(GlobalModel, (experiment_id, number)) is None:
@@ -343,48 +360,48 @@ class Orchestrator:
                         sha256=result.model.sha256,
                         size=result.model.size,
                         state_sha256=result.state.sha256 if result.state else None,
-                        num_updates=len(inputs),
+                        num_updates=len(job.inputs),
                     )
                 )
-            closing = session.get(Experiment, experiment_id, populate_existing=True)
-            assert closing is not None
+            closing = require_row(
+                session.get(Experiment, experiment_id, populate_existing=True),
+                f"experiment {experiment_id}",
+            )
             closing.current_round = max(closing.current_round, number)
             advance_clip(
                 session,
                 experiment_id=experiment_id,
-                cfg=cfg,
+                cfg=job.cfg,
                 round_number=number,
-                bits=bits,
-                sampled=sampled,
+                bits=job.bits,
+                sampled=job.sampled,
             )
-            record_event(
+            emit(
                 session,
-                kind="round.closed",
-                actor=_SYSTEM,
+                kind=EventKind.ROUND_CLOSED,
                 experiment_id=experiment_id,
                 detail={
                     "round": number,
-                    "attempt": attempt,
-                    "updates": len(inputs),
+                    "attempt": job.attempt,
+                    "updates": len(job.inputs),
                     "model_sha256": result.model.sha256,
                     **guard_detail(guards),
                 },
+                logger=log,
+                log_fields={
+                    "round": number,
+                    "attempt": job.attempt,
+                    "updates": len(job.inputs),
+                    "seconds": round(seconds, 4),
+                    "model_sha256": result.model.sha256,
+                },
+                metrics=self._metrics,
+                outcome=RoundOutcome.CLOSED,
             )
-            if number >= cfg.rounds and closing.status == ExperimentStatus.RUNNING:
+            if number >= job.cfg.rounds and closing.status == ExperimentStatus.RUNNING:
                 complete_experiment(session, closing, now)
-            opened = self._open_next(session, closing, cfg, now)
+            opened = self._open_next(session, closing, job.cfg, now)
             session.commit()
-        self._metrics.rounds.labels(outcome="closed").inc()
-        log_event(
-            log,
-            "round.closed",
-            experiment_id=experiment_id,
-            round=number,
-            attempt=attempt,
-            updates=len(inputs),
-            seconds=round(seconds, 4),
-            model_sha256=result.model.sha256,
-        )
         return opened
 
     def _open_next(
@@ -406,8 +423,7 @@ class Orchestrator:
         now = self.clock()
         with self._db.session() as session:
             experiment = exp_crud.get_experiment(session, experiment_id=experiment_id)
-            rnd = session.get(Round, round_id)
-            assert rnd is not None
+            rnd = require_row(session.get(Round, round_id), f"round {round_id}")
             if (
                 rnd.status != RoundStatus.AGGREGATING
                 or experiment.status != ExperimentStatus.RUNNING
@@ -423,3 +439,22 @@ class Orchestrator:
                 )
             session.commit()
         return sites
+
+
+@dataclass(frozen=True)
+class _RoundJob:
+    """What aggregating one claimed round needs, read from the database before computing."""
+
+    experiment_id: str
+    round_id: str
+    cfg: ExperimentCreate
+    inputs: list[UpdateInput]
+    number: int
+    attempt: int
+    sampled: int
+    spec_hash: str
+    local_keys: frozenset[str]
+    global_sha: str
+    state_sha: str | None
+    clip: float | None = None
+    bits: list[bool] = field(default_factory=list)

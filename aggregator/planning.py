@@ -14,7 +14,7 @@ from aggregator.db.models import Experiment, Site
 from aggregator.errors import ConflictError
 from aggregator.logs import log_event
 from aggregator.schemas.experiments import ExperimentCreate
-from data_specs.constants import PersonalizationMethod
+from data_specs.event_kinds import EventKind
 from data_specs.plan import ExperimentPlan, PlanError, combined_class_frequencies, make_plan
 
 log = logging.getLogger("aggregator.planning")
@@ -72,7 +72,7 @@ def apply_auto_plan(
         }
     )
     expected, norm_keys = spec_layout(plan.spec)
-    fedbn = planned.train.personalization.method == PersonalizationMethod.FEDBN
+    fedbn = planned.train.personalization.norm_layers_local
     experiment.config = planned.model_dump(mode="json")
     experiment.spec_hash = spec_hash
     experiment.expected = {k: [list(shape), dtype] for k, (shape, dtype) in expected.items()}
@@ -80,7 +80,7 @@ def apply_auto_plan(
     fp_crud.store_plan(session, experiment_id=experiment.id, plan=plan)
     record_event(
         session,
-        kind="experiment.planned",
+        kind=EventKind.EXPERIMENT_PLANNED,
         actor=actor,
         experiment_id=experiment.id,
         detail={"spec_hash": spec_hash, "sites": plan.num_sites, "batch_size": plan.batch_size},

@@ -14,6 +14,7 @@ from aggregator.db import Experiment, RoundStatus
 from aggregator.sampling import sample_size
 from aggregator.schemas.experiments import ExperimentCreate
 from aggregator.schemas.rounds import RoundPrivacy, RoundPublic
+from data_specs.event_kinds import EventKind
 from data_specs.privacy.accountant import PrivacySpent, rounds_within, spent
 
 
@@ -48,7 +49,7 @@ def record_budget_spent(session: Session, experiment: Experiment, cfg: Experimen
     dp = cfg.privacy.dp if cfg.privacy else None
     record_event(
         session,
-        kind="privacy.budget_spent",
+        kind=EventKind.PRIVACY_BUDGET_SPENT,
         actor="system",
         experiment_id=experiment.id,
         detail={

@@ -19,7 +19,7 @@ from aggregator.aggregation import RoundResult
 from aggregator.blobs import BlobStore
 from aggregator.crud import experiments as exp_crud
 from aggregator.db import Database, Round, SecAggEntry, SecAggSum, Task
-from aggregator.errors import AggregationError
+from aggregator.errors import AggregationError, require_row
 from aggregator.global_models import load_state, load_weights, store_global, store_state
 from aggregator.secagg_protocol import restore_server, task_setup
 from data_specs.errors import PrivacyError
@@ -50,11 +50,11 @@ def secagg_aggregate_round(
     """
     with database.session() as session:
         rnd = session.get(Round, round_id)
-        assert rnd is not None
+        rnd = require_row(rnd, "round")
         experiment = exp_crud.get_experiment(session, experiment_id=rnd.experiment_id)
         cfg = exp_crud.config_of(experiment)
         sa = cfg.privacy.secure_aggregation if cfg.privacy else None
-        assert sa is not None
+        sa = require_row(sa, "secure aggregation config")
         total_row = session.get(SecAggSum, round_id)
         if total_row is None:
             raise AggregationError("no masked vector reached the running sum")
@@ -63,9 +63,9 @@ def secagg_aggregate_round(
             for e in session.scalars(select(SecAggEntry).where(SecAggEntry.round_id == round_id))
         }
         any_task = session.scalars(select(Task).where(Task.round_id == round_id)).first()
-        assert any_task is not None
+        any_task = require_row(any_task, "a task of the round")
         setup = task_setup(cfg, rnd, any_task)
-        assert setup is not None
+        setup = require_row(setup, "secure aggregation setup")
         uploaded = {i for i, e in entries.items() if e.masked}
         answered = {i for i, e in entries.items() if e.masked and e.unmask is not None}
         if total_row.unmask_started_at is None:

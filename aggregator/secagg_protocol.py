@@ -22,9 +22,10 @@ from aggregator.crud import tasks as task_crud
 from aggregator.crud.events import record_event
 from aggregator.db import Round, RoundStatus, SecAggEntry, SecAggSum, Task, TaskStatus
 from aggregator.db.models import utcnow
-from aggregator.errors import ConflictError, InvalidRequestError
+from aggregator.errors import ConflictError, InvalidRequestError, require_row
 from aggregator.schemas.experiments import ExperimentCreate
 from data_specs.errors import PrivacyError
+from data_specs.event_kinds import EventKind
 from data_specs.privacy.dp import site_noise_std
 from data_specs.privacy.secagg_common import neighbour_graph
 from data_specs.privacy.secagg_server import SecAggServer
@@ -82,7 +83,7 @@ class _Context:
 def _context(session: Session, *, task_id: str, site_id: str) -> _Context:
     task = task_crud.get_site_task(session, task_id=task_id, site_id=site_id)
     rnd = session.get(Round, task.round_id)
-    assert rnd is not None
+    rnd = require_row(rnd, "round")
     experiment = exp_crud.get_experiment(session, experiment_id=task.experiment_id)
     cfg = exp_crud.config_of(experiment)
     setup = task_setup(cfg, rnd, task)
@@ -245,7 +246,7 @@ def put_masked(
             raise ConflictError(f"task {task_id} changed while its masked vector was added")
         record_event(
             session,
-            kind="update.accepted",
+            kind=EventKind.UPDATE_ACCEPTED,
             actor=f"site:{site_id}",
             experiment_id=ctx.task.experiment_id,
             detail={"task_id": task_id, "round": ctx.rnd.number, "secure_aggregation": True},

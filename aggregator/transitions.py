@@ -17,6 +17,7 @@ from aggregator.global_models import store_float16_copy
 from aggregator.logs import log_event
 from aggregator.sampling import derive_seed, sample_sites
 from aggregator.schemas.experiments import ExperimentCreate
+from data_specs.event_kinds import EventKind
 
 log = logging.getLogger("aggregator.orchestrator")
 _SYSTEM = "system"
@@ -100,7 +101,7 @@ def open_round(
     )
     record_event(
         session,
-        kind="round.opened",
+        kind=EventKind.ROUND_OPENED,
         actor=_SYSTEM,
         experiment_id=experiment.id,
         detail={"round": number, "attempt": attempt, "sampled": sampled},
@@ -122,7 +123,7 @@ def complete_experiment(session: Session, experiment: Experiment, now: datetime)
     experiment.finished_at = now
     record_event(
         session,
-        kind="experiment.completed",
+        kind=EventKind.EXPERIMENT_COMPLETED,
         actor=_SYSTEM,
         experiment_id=experiment.id,
         detail={"rounds": experiment.current_round},
@@ -142,7 +143,7 @@ def fail_experiment(session: Session, experiment: Experiment, now: datetime, rea
     experiment.finished_at = now
     record_event(
         session,
-        kind="experiment.failed",
+        kind=EventKind.EXPERIMENT_FAILED,
         actor=_SYSTEM,
         experiment_id=experiment.id,
         detail={"reason": reason},

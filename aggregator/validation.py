@@ -17,7 +17,6 @@ stays flat whatever the model size.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,9 @@ from aggregator.global_models import load_weights
 from data_specs.bundle import BundleMeta, check_finite, check_tensors
 from data_specs.constants import BundleKind
 from data_specs.errors import BundleError, CodecError, SpecMismatchError
+from data_specs.safetensors_header import TensorLayout
 
-Expected = Mapping[str, tuple[tuple[int, ...], str]]
+Expected = TensorLayout
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,12 @@ from data_specs.errors import BundleError, SpecMismatchError
 from data_specs.safetensors_header import (
     DEFAULT_MAX_HEADER_BYTES,
     MAX_JSON_DEPTH,
+    TensorLayout,
+    declared_header_length,
     header_length,
     loads_shallow,
     parse_header,
 )
-
-ExpectedTensors = Mapping[str, tuple[tuple[int, ...], str]]
 
 MAX_ROUND = 1_000_000  # bounds that keep every integer of the metadata inside SQLite's int64
 MAX_NUM_SAMPLES = 1_000_000_000
@@ -179,7 +179,7 @@ def canonical_safetensors(data: bytes) -> bytes:
         Bytes that depend only on the tensors and the metadata values.
     """
     header = read_header(data, max_header_bytes=len(data))  # our own encoder's output
-    length = int.from_bytes(data[:8], "little")
+    length = declared_header_length(data)
     ordered: dict[str, object] = {}
     meta = header.pop("__metadata__", None)
     if meta is not None:
@@ -228,7 +228,7 @@ def read_header(
 def decode_bundle(
     data: bytes,
     *,
-    expected: ExpectedTensors | None = None,
+    expected: TensorLayout | None = None,
     spec_hash: str | None = None,
 ) -> WeightsBundle:
     """Parse and check a bundle.
@@ -269,7 +269,7 @@ def decode_bundle(
     return WeightsBundle(tensors=tensors, meta=meta)
 
 
-def check_tensors(tensors: Mapping[str, np.ndarray], expected: ExpectedTensors) -> None:
+def check_tensors(tensors: Mapping[str, np.ndarray], expected: TensorLayout) -> None:
     """Refuse unknown or missing keys and shape or dtype mismatches.
 
     Raises:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class DataSpecError(Exception):
     """Base class of every error raised by data_specs."""
@@ -41,3 +46,31 @@ class RoutingSpecMismatchError(RoutingBundleError, SpecMismatchError):
 
 class PrivacyError(DataSpecError):
     """A privacy step (ring quantisation, secret sharing, masking, clipping, accounting) refused."""
+
+
+def describe_validation_error(exc: ValidationError, where: str, *, show_input: bool = False) -> str:
+    """One readable line from a pydantic error, naming each invalid field and its rule.
+
+    Args:
+        exc: the error.
+        where: what was being validated, first in the line. Example: ``"manifest.json"``.
+        show_input: also quote each offending value (cut to 80 characters). Default False: settings
+            and configuration may hold secrets, so their values stay out of messages.
+
+    Example:
+        >>> describe_validation_error(exc, "invalid site settings")
+        "invalid site settings: aggregator_url: Input should be a valid URL"
+    """
+    parts: list[str] = []
+    for err in exc.errors(include_url=False)[:10]:
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "(top level)"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if not show_input:
+            parts.append(f"{loc}: {msg}")
+        elif err["type"] == "missing":
+            parts.append(f"missing field '{loc}'")
+        else:
+            found = repr(err.get("input"))
+            found = found if len(found) <= 80 else found[:77] + "..."
+            parts.append(f"field '{loc}': {err['msg']} (found {found})")
+    return f"{where}: " + "; ".join(parts)

@@ -31,7 +31,7 @@ def atomic_writer(path: str | Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -49,8 +49,11 @@ def atomic_write_text(path: str | Path, text: str, *, mode: int = 0o644) -> None
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Make the rename itself durable (kill -9 or power loss right after os.replace).
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename into ``folder`` durable (kill -9 or power loss right after ``os.replace``).
+
+    Best effort: file systems that cannot fsync a folder are skipped silently.
+    """
     with contextlib.suppress(OSError):
         dfd = os.open(folder, os.O_RDONLY)
         try:

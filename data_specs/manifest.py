@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from data_specs.constants import SplitName
-from data_specs.errors import ManifestError
+from data_specs.errors import ManifestError, describe_validation_error
 from data_specs.files import atomic_write_text
 from data_specs.label_mapping import LabelMapping
 
@@ -323,20 +323,6 @@ def _int_or_inf(key: str) -> float:
     return int(key) if key.isdigit() else float("inf")
 
 
-def describe_validation_error(exc: ValidationError, where: str) -> str:
-    """One readable line from a pydantic error: which fields are missing or of the wrong type."""
-    parts: list[str] = []
-    for err in exc.errors()[:10]:
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        if err["type"] == "missing":
-            parts.append(f"missing field '{loc}'")
-        else:
-            found = repr(err.get("input"))
-            found = found if len(found) <= 80 else found[:77] + "..."
-            parts.append(f"field '{loc}': {err['msg']} (found {found})")
-    return f"{where}: " + "; ".join(parts)
-
-
 def parse_manifest(data: Any, *, where: str = "manifest") -> DatasetManifest:
     """Check parsed JSON against the manifest schema.
 
@@ -352,7 +338,7 @@ def parse_manifest(data: Any, *, where: str = "manifest") -> DatasetManifest:
     try:
         return DatasetManifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(describe_validation_error(exc, where)) from exc
+        raise ManifestError(describe_validation_error(exc, where, show_input=True)) from exc
 
 
 def load_manifest(path: str | Path) -> DatasetManifest:

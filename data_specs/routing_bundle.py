@@ -26,7 +26,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from data_specs.bundle import (
-    ExpectedTensors,
+    TensorLayout,
     canonical_safetensors,
     check_finite,
     check_tensors,
@@ -121,7 +121,7 @@ def _check_sources(
     return out
 
 
-def _check_expert(i: int, tensors: Mapping[str, np.ndarray], expected: ExpectedTensors) -> None:
+def _check_expert(i: int, tensors: Mapping[str, np.ndarray], expected: TensorLayout) -> None:
     try:
         check_tensors(tensors, expected)
     except SpecMismatchError as exc:
@@ -137,7 +137,7 @@ def encode_routing_bundle(
     sources: Sequence[ExpertSource | Mapping[str, Any]],
     spec: TaskSpec,
     *,
-    expected: ExpectedTensors | None = None,
+    expected: TensorLayout | None = None,
     class_prior: Sequence[float] | None = None,
     class_names: Sequence[str] = (),
 ) -> bytes:
@@ -226,7 +226,7 @@ def decode_routing_bundle(
     data: bytes | memoryview,
     spec: TaskSpec | None = None,
     *,
-    expected: ExpectedTensors | None = None,
+    expected: TensorLayout | None = None,
 ) -> RoutingBundle:
     """Parse and check a routing bundle.
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,9 @@ MAX_DIM = 1 << 31
 MAX_TENSORS = 100_000
 MAX_JSON_DEPTH = 3  # root object -> entry object -> shape list
 META_KEY = "__metadata__"
+
+TensorLayout = Mapping[str, tuple[tuple[int, ...], str]]
+"""Tensor name -> (shape, safetensors dtype code): what a bundle of a task spec must hold."""
 
 DTYPES: dict[str, str] = {
     "F64": "<f8",
@@ -93,6 +98,15 @@ class SafetensorsHeader:
         return out
 
 
+def declared_header_length(prefix: bytes | memoryview) -> int:
+    """The header length a file's first 8 bytes declare, unchecked (0 for fewer than 8 bytes).
+
+    The one place the 8-byte prefix is decoded; ``header_length`` checks it, and a streaming
+    reader may compare it with its own cap before the rest arrives.
+    """
+    return int.from_bytes(bytes(prefix[:8]), "little") if len(prefix) >= 8 else 0
+
+
 def header_length(prefix: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> int:
     """The header length from a file's first 8 bytes, checked against ``max_bytes``.
 
@@ -101,7 +115,7 @@ def header_length(prefix: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_HE
     """
     if len(prefix) < 8:
         raise BundleError(f"not safetensors: expected at least 8 bytes, got {len(prefix)}")
-    length = int.from_bytes(bytes(prefix[:8]), "little")
+    length = declared_header_length(prefix)
     if length > max_bytes:
         raise BundleError(
             f"safetensors header of {length} bytes exceeds the limit of {max_bytes} bytes"
@@ -159,6 +173,27 @@ def parse_header(raw: bytes | memoryview, *, data_size: int | None = None) -> Sa
     if data_size is not None:
         _check_tiling(tensors, data_size)
     return SafetensorsHeader(metadata, tensors)
+
+
+def read_file_header(
+    path: str | Path, *, max_bytes: int = DEFAULT_MAX_HEADER_BYTES
+) -> SafetensorsHeader:
+    """The checked header of a safetensors file on disk, reading only its header bytes.
+
+    Args:
+        path: the file.
+        max_bytes: refuse longer headers. Default 1 MiB.
+
+    Raises:
+        BundleError: not safetensors, a header over the cap, or off the schema.
+        OSError: the file cannot be read.
+    """
+    with Path(path).open("rb") as fh:
+        length = header_length(fh.read(8), max_bytes=max_bytes)
+        raw = fh.read(length)
+    if len(raw) != length:
+        raise BundleError(f"truncated safetensors header: {len(raw)} of {length} bytes")
+    return parse_header(raw)
 
 
 def _refuse(token: str) -> Any:

@@ -23,6 +23,9 @@ from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import TaskSpec
 
 _Strict = ConfigDict(extra="forbid")
+_KEEPS_PERSONAL = frozenset(
+    {PersonalizationMethod.IOPFL, PersonalizationMethod.FEDBN, PersonalizationMethod.DITTO}
+)
 
 
 class CodecConfig(BaseModel):
@@ -44,7 +47,10 @@ class CodecConfig(BaseModel):
 
 
 class PersonalizationConfig(BaseModel):
-    """Inside personalisation policy of an experiment.
+    """Inside personalisation policy of an experiment: the one definition of its defaults and bounds.
+
+    ``personalization.inside.InsidePolicy``, the aggregator's FedBN local keys, the simulation's
+    "keeps a personal model" and the CLI choices all derive from this class.
 
     Args:
         method: ``none`` | ``iopfl`` | ``fedbn`` | ``fedprox`` | ``ditto``. Default ``iopfl``.
@@ -59,6 +65,21 @@ class PersonalizationConfig(BaseModel):
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     ditto_lambda: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.1
     ditto_epochs: Annotated[int, Field(ge=1, le=100)] = 1
+
+    @property
+    def keeps_personal(self) -> bool:
+        """Whether a site keeps a personal model between rounds (IOP-FL, FedBN, Ditto)."""
+        return self.method in _KEEPS_PERSONAL
+
+    @property
+    def trains_personal(self) -> bool:
+        """Whether the personal model has its own training loop each round (Ditto)."""
+        return self.method == PersonalizationMethod.DITTO
+
+    @property
+    def norm_layers_local(self) -> bool:
+        """Whether the norm layers stay at the sites and are never averaged (FedBN)."""
+        return self.method == PersonalizationMethod.FEDBN
 
 
 class TrainConfig(BaseModel):

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from data_specs.constants import NormKind, OptimizerName, PersonalizationMethod
 from data_specs.files import atomic_write_bytes
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import PersonalizationConfig, TrainConfig
+from deploy.demo_config import DemoConfig, DemoResult
 from deploy.processes import (
     LaunchError,
     ProcessGroup,
@@ -35,45 +35,6 @@ from deploy.processes import (
 )
 from deploy.researcher_client import ResearcherClient
 from deploy.round_progress import RoundProgress
-
-
-@dataclass
-class DemoConfig:
-    """Knobs of the demo (defaults finish in about two minutes on 2 CPU cores).
-
-    Args:
-        sites: federated synthetic hospitals. Default 3.
-        cases: cases per hospital. Default 16.
-        rounds: federated rounds. Default 6.
-        local_epochs: local epochs per round. Default 8.
-        seed: seed of the data, the sampling and the training. Default 0.
-        work_dir: scratch folder (data, databases, logs); recreated. Default ``demo_work``.
-        report_dir: report folder (markdown and PNG). Default ``demo_report``.
-        adapt_steps: test-time adaptation steps at the outside hospital. Default 40.
-    """
-
-    sites: int = 3
-    cases: int = 16
-    rounds: int = 6
-    local_epochs: int = 8
-    seed: int = 0
-    work_dir: Path = Path("demo_work")
-    report_dir: Path = Path("demo_report")
-    adapt_steps: int = 40
-
-
-@dataclass
-class DemoResult:
-    """What the demo measured."""
-
-    experiment_id: str
-    dice: dict[str, dict[str, float | None]]  # site -> model -> mean test Dice
-    history: dict[str, list[tuple[int, float]]]  # site -> [(round, validation Dice)]
-    round_seconds: list[float]
-    report: Path
-    seconds: float
-    extras: dict[str, Any] = field(default_factory=dict)
-
 
 SPEC = TaskSpec(
     spatial_dims=2,
@@ -147,9 +108,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
                     batch_size=8,
                     lr=3e-3,
                     optimizer=OptimizerName.ADAM,
-                    personalization=PersonalizationConfig(
-                        method=PersonalizationMethod.IOPFL, alpha=0.1
-                    ),
+                    personalization=PersonalizationConfig(method=PersonalizationMethod.IOPFL),
                 ),
                 round_deadline_s=600,
                 seed=cfg.seed,

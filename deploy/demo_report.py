@@ -13,7 +13,7 @@ from deploy.report import (
 )
 
 if TYPE_CHECKING:
-    from deploy.demo import DemoConfig, DemoResult
+    from deploy.demo_config import DemoConfig, DemoResult
 
 
 def write_demo_report(result: DemoResult, cfg: DemoConfig) -> None:

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from data_specs.constants import InputFit, LrSchedule, Precision
+from data_specs.constants import (
+    InputFit,
+    LrSchedule,
+    OptimizerName,
+    PersonalizationMethod,
+    Precision,
+)
+from deploy.demo_config import DemoConfig
 
 if TYPE_CHECKING:
     from data_specs.task_spec import TaskSpec
@@ -19,6 +26,9 @@ class SimBackend(StrEnum):
 
     INPROCESS = "inprocess"
     RAY = "ray"
+
+
+_DEMO = DemoConfig()  # the demo's defaults, written once in DemoConfig
 
 
 def simulation_spec(
@@ -60,21 +70,27 @@ def register(app: typer.Typer) -> None:
     def demo(
         sites: Annotated[
             int, typer.Option("--sites", min=2, max=8, help="Federated hospitals.")
-        ] = 3,
-        cases: Annotated[int, typer.Option("--cases", min=5, help="Cases per hospital.")] = 16,
-        rounds: Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")] = 6,
-        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Local epochs per round.")] = 8,
-        seed: Annotated[int, typer.Option("--seed")] = 0,
+        ] = _DEMO.sites,
+        cases: Annotated[
+            int, typer.Option("--cases", min=5, help="Cases per hospital.")
+        ] = _DEMO.cases,
+        rounds: Annotated[
+            int, typer.Option("--rounds", min=1, help="Federated rounds.")
+        ] = _DEMO.rounds,
+        epochs: Annotated[
+            int, typer.Option("--epochs", min=1, help="Local epochs per round.")
+        ] = _DEMO.local_epochs,
+        seed: Annotated[int, typer.Option("--seed")] = _DEMO.seed,
         work_dir: Annotated[
             Path, typer.Option("--work-dir", help="Scratch folder (recreated).")
-        ] = Path("demo_work"),
-        report_dir: Annotated[Path, typer.Option("--report-dir", help="Report folder.")] = Path(
-            "demo_report"
-        ),
+        ] = _DEMO.work_dir,
+        report_dir: Annotated[
+            Path, typer.Option("--report-dir", help="Report folder.")
+        ] = _DEMO.report_dir,
     ) -> None:
         """Run a whole federation on this machine: aggregator + site agents as processes."""
         from data_specs.errors import DataSpecError
-        from deploy.demo import DemoConfig, run_demo
+        from deploy.demo import run_demo
         from deploy.processes import LaunchError
         from deploy.researcher_client import ResearcherApiError
         from site_agent.errors import SiteAgentError
@@ -120,7 +136,9 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--batch-size", "-B", min=1, help="Local batch size.")
         ] = 8,
         lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 3e-3,
-        optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adam.")] = "adam",
+        optimizer: Annotated[
+            OptimizerName, typer.Option("--optimizer", help="The local optimiser.")
+        ] = OptimizerName.ADAM,
         rounds: Annotated[int, typer.Option("--rounds", min=1)] = 5,
         strategy: Annotated[
             str,
@@ -129,8 +147,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = "fedavg",
         personalization: Annotated[
-            str, typer.Option("--personalization", help="none, iopfl, fedbn, fedprox, ditto.")
-        ] = "none",
+            PersonalizationMethod,
+            typer.Option("--personalization", help="Inside personalisation (none: FedAvg)."),
+        ] = PersonalizationMethod.NONE,
         mu: Annotated[float, typer.Option("--mu", help="FedProx mu.")] = 0.0,
         patch: Annotated[
             int, typer.Option("--patch", help="Square patch size (2D) or cube (3D).")

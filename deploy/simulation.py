@@ -34,6 +34,8 @@ from deploy.ray_backend import RayOptions
 from deploy.researcher_client import ResearcherClient
 from deploy.round_progress import RoundProgress
 
+_PERSONAL = PersonalizationConfig()
+
 
 @dataclass
 class SimulationConfig:
@@ -53,7 +55,8 @@ class SimulationConfig:
         rounds: federated rounds. Default 5.
         strategy: aggregation strategy name. Default ``fedavg``.
         strategy_params: its parameters. Default {}.
-        personalization: ``none``, ``iopfl``, ``fedbn``, ``fedprox``, ``ditto``. Default ``none``.
+        personalization: a ``PersonalizationMethod``. Default ``none`` (plain FedAvg).
+        alpha, ditto_lambda: as ``PersonalizationConfig`` (its defaults).
         fedprox_mu: FedProx mu. Default 0.
         codec: update codec config. Default none.
         max_steps: cap on local optimiser steps per round. Default None.
@@ -83,10 +86,10 @@ class SimulationConfig:
     rounds: int = 5
     strategy: str = "fedavg"
     strategy_params: dict[str, Any] = field(default_factory=dict)
-    personalization: str = "none"
-    alpha: float = 0.1
+    personalization: str = PersonalizationMethod.NONE  # the simulation's baseline: FedAvg
+    alpha: float = _PERSONAL.alpha
     fedprox_mu: float = 0.0
-    ditto_lambda: float = 0.1
+    ditto_lambda: float = _PERSONAL.ditto_lambda
     codec: CodecConfig = field(default_factory=CodecConfig)
     max_steps: int | None = None
     seed: int = 0
@@ -313,7 +316,9 @@ def _evaluate(
     from site_agent.errors import WorkDirError
     from site_agent.segment_command import run_evaluate
 
-    keeps_personal = cfg.personalization in ("iopfl", "fedbn", "ditto")
+    keeps_personal = PersonalizationConfig(
+        method=PersonalizationMethod(cfg.personalization)
+    ).keeps_personal
     table: dict[str, dict[str, float | None]] = {}
     for i, (_, settings, _) in enumerate(sites):
         row: dict[str, float | None] = {

@@ -76,7 +76,7 @@ def _backoff(settings: Any) -> Any:
     """The retry policy the settings ask for (FEDSEG_SITE_BACKOFF_*, FEDSEG_SITE_MAX_RETRIES)."""
     from site_agent.retry import Backoff
 
-    return Backoff(settings.backoff_initial_s, settings.backoff_max_s, settings.max_retries)
+    return Backoff.from_settings(settings)
 
 
 def _setup_logging(level: str) -> None:

@@ -1,13 +1,14 @@
-"""MONAI ``ClientAlgo`` lifecycle over the site trainer, so another FL runtime can drive it.
+"""MONAI ``ClientAlgo`` adapter wrapping the site trainer, so another FL runtime can drive it.
 
 MONAI passes weights in an ``ExchangeObject`` (a dict subclass with attributes); this adapter
 translates to and from the trainer's typed API (``train_round``, ``evaluate_state``) and keeps
-the last round's result between ``train`` and ``get_weights``.
+the last round's result between ``train`` and ``get_weights``. As in MONAI's own design the algo
+wraps a trainer (the trainer knows nothing of it), so the import runs one way only.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from monai.fl.client import ClientAlgo
 from monai.fl.utils.constants import ExtraItems, FlStatistics, WeightType
@@ -16,30 +17,42 @@ from monai.fl.utils.exchange_object import ExchangeObject
 from data_specs.constants import BundleKind
 from data_specs.wire import TrainConfig
 from site_agent.errors import TrainingError
-
-if TYPE_CHECKING:
-    from site_agent.trainer import TrainResult
+from site_agent.trainer import SiteTrainer, TrainResult, cpu_state, to_torch_state
 
 TRAIN_CONFIG_KEY = "fedseg_train_config"
 """``extra`` key carrying a ``TrainConfig`` (or its dict) for ``train``."""
 
 
-class ExchangeObjectAPI(ClientAlgo):
+class SiteClientAlgo(ClientAlgo):
     """``initialize → train → get_weights → evaluate → finalize`` with ``ExchangeObject`` weights.
 
-    Mixed into ``SiteTrainer``; relies on its ``train_round``, ``evaluate_state``,
-    ``request_abort`` and ``close``.
-
     Args:
-        (none beyond the trainer's.) ``extra`` dicts may carry ``fedseg_train_config`` (a
-        ``TrainConfig`` or dict) for ``train``, and MONAI's ``ExtraItems.CLIENT_NAME`` for
-        ``initialize`` (used as the TensorBoard run name).
+        trainer: the site trainer that does the work.
+        default_config: the train config when ``train``'s ``extra`` carries none. Default
+            ``TrainConfig()``.
+        client_name: TensorBoard run name until ``initialize`` names the client. Default
+            ``"monai-fl"``.
+
+    ``extra`` dicts may carry ``fedseg_train_config`` (a ``TrainConfig`` or dict) for ``train``,
+    and MONAI's ``ExtraItems.CLIENT_NAME`` for ``initialize``.
+
+    Example:
+        >>> algo = SiteClientAlgo(SiteTrainer(spec, train_data, val_data))
+        >>> algo.train(ExchangeObject(weights=state, weight_type=WeightType.WEIGHTS))
     """
 
-    default_config: TrainConfig = TrainConfig()
-    client_name: str = "monai-fl"
-    _last: TrainResult | None = None
-    _last_global: dict[str, Any] | None = None
+    def __init__(
+        self,
+        trainer: SiteTrainer,
+        *,
+        default_config: TrainConfig | None = None,
+        client_name: str = "monai-fl",
+    ) -> None:
+        self.trainer = trainer
+        self.default_config = default_config if default_config is not None else TrainConfig()
+        self.client_name = client_name
+        self._last: TrainResult | None = None
+        self._last_global: dict[str, Any] | None = None
 
     def initialize(self, extra: dict | None = None) -> None:
         """Remember the FL runtime's client name and forget any earlier result.
@@ -70,7 +83,7 @@ class ExchangeObjectAPI(ClientAlgo):
             )
         config = _train_config((extra or {}).get(TRAIN_CONFIG_KEY), self.default_config)
         self._last_global = dict(data.weights or {})
-        self._last = self.train_round(data.weights, config, tag=self.client_name)  # type: ignore[attr-defined]
+        self._last = self.trainer.train_round(self._last_global, config, tag=self.client_name)
 
     def get_weights(self, extra: dict | None = None) -> ExchangeObject:
         """The weights of the last ``train``: full, or the difference to the global model.
@@ -84,10 +97,10 @@ class ExchangeObjectAPI(ClientAlgo):
             ``statistics`` (executed iterations, training samples). Before any ``train``, the
             current model weights, full.
         """
-        from site_agent.trainer import cpu_state, to_torch_state
-
         if self._last is None:
-            return ExchangeObject(weights=cpu_state(self.model), weight_type=WeightType.WEIGHTS)  # type: ignore[attr-defined]
+            return ExchangeObject(
+                weights=cpu_state(self.trainer.model), weight_type=WeightType.WEIGHTS
+            )
         wanted = (extra or {}).get("weight_type")
         kind = self.default_config.update_kind
         diff = wanted == WeightType.WEIGHT_DIFF or (wanted is None and kind == BundleKind.DIFF)
@@ -118,16 +131,16 @@ class ExchangeObjectAPI(ClientAlgo):
         """
         if not isinstance(data, ExchangeObject) or not data.is_valid_weights():
             raise TrainingError("evaluate expects an ExchangeObject with weights and a weight_type")
-        result = self.evaluate_state(data.weights)  # type: ignore[attr-defined]
+        result = self.trainer.evaluate_state(dict(data.weights or {}))
         return ExchangeObject(metrics=result.as_site_metrics().model_dump(exclude_none=True))
 
     def abort(self, extra: dict | None = None) -> None:
         """Stop a running ``train`` after its current step."""
-        self.request_abort()  # type: ignore[attr-defined]
+        self.trainer.request_abort()
 
     def finalize(self, extra: dict | None = None) -> None:
         """Flush TensorBoard and drop the last result."""
-        self.close()  # type: ignore[attr-defined]
+        self.trainer.close()
         self._last = None
         self._last_global = None
 

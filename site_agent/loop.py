@@ -74,8 +74,7 @@ class SiteAgent:
         self.http = http if http is not None else make_http_client(settings)
         self.client = AggregatorClient(
             self.http,
-            backoff=backoff
-            or Backoff(settings.backoff_initial_s, settings.backoff_max_s, settings.max_retries),
+            backoff=backoff or Backoff.from_settings(settings),
         )
         self.stop_event = stop_event or threading.Event()
         self._validate = validate

@@ -7,7 +7,6 @@ inference and the personal and routed models can rebuild the right network later
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,8 @@ from torch import nn
 
 from data_specs.bundle import decode_bundle, read_header
 from data_specs.errors import DataSpecError
+from data_specs.routing_bundle import ROUTING_MAX_HEADER_BYTES
+from data_specs.safetensors_header import read_file_header
 from data_specs.task_spec import TaskSpec, build_unet, expected_tensors
 from personalization.errors import PersonalizationError
 from site_agent.errors import ModelMismatchError, WorkDirError
@@ -208,13 +209,9 @@ def _read_weights(path: Path, spec: TaskSpec) -> Mapping[str, object]:
 def _metadata(path: Path) -> dict[str, str]:
     """The safetensors metadata of a file, or ``{}`` when it is not readable safetensors."""
     try:
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else 0
-            meta = json.loads(fh.read(min(n, 1 << 24))).get("__metadata__") or {}
-    except (OSError, ValueError, AttributeError):
+        return read_file_header(path, max_bytes=ROUTING_MAX_HEADER_BYTES).metadata or {}
+    except (OSError, DataSpecError):
         return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def _load_routed(

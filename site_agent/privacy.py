@@ -41,6 +41,7 @@ from data_specs.constants import (
 from data_specs.errors import BundleError
 from data_specs.fingerprint import DatasetFingerprint
 from data_specs.privacy.secagg_wire import KeysIn, SharesIn, UnmaskIn
+from data_specs.safetensors_header import declared_header_length
 from data_specs.wire import ConsentPolicy, EnrollRequest, FailureReport, SiteMetrics
 from site_agent.errors import OutboundRefusedError
 
@@ -206,8 +207,7 @@ class OutboundGuard:
                 end = max(end, int(info["data_offsets"][1]))
             except (KeyError, TypeError, ValueError, IndexError):
                 raise OutboundRefusedError("refusing a malformed safetensors header") from None
-        header_len = int.from_bytes(body[:8], "little")
-        if 8 + header_len + end != len(body):
+        if 8 + declared_header_length(body) + end != len(body):
             raise OutboundRefusedError("refusing a bundle with bytes outside its tensors")
 
     def _check_ring(self, request: httpx.Request) -> None:

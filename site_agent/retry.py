@@ -6,6 +6,10 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from site_agent.settings import SiteSettings
 
 
 @dataclass
@@ -25,6 +29,11 @@ class Backoff:
     retries: int = 8
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def from_settings(cls, settings: SiteSettings) -> Backoff:
+        """The policy the settings ask for (FEDSEG_SITE_BACKOFF_*, FEDSEG_SITE_MAX_RETRIES)."""
+        return cls(settings.backoff_initial_s, settings.backoff_max_s, settings.max_retries)
 
     def delays(self) -> Iterator[float]:
         """The ``retries`` delays to wait between tries, jittered (half to full delay)."""

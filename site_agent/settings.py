@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from data_specs.errors import describe_validation_error
 from site_agent.errors import SiteSettingsError
 
 DeviceName = Literal["cpu", "cuda", "auto"]
@@ -157,7 +158,9 @@ class SiteSettings(BaseSettings):
         try:
             return cls(_env_file=config_file, **given)  # type: ignore[call-arg]
         except ValidationError as exc:
-            raise SiteSettingsError(describe_validation_error(exc)) from None
+            raise SiteSettingsError(
+                describe_validation_error(exc, "invalid site settings")
+            ) from None
 
     def resolve_device(self) -> str:
         """The torch device to use: ``auto`` becomes ``cuda`` when one is available.
@@ -190,13 +193,3 @@ class SiteSettings(BaseSettings):
         if not self.manifest.is_file():
             raise SiteSettingsError(f"dataset manifest {self.manifest} does not exist")
         return self.manifest
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per invalid field, naming the field and the rule; never the input value."""
-    lines = []
-    for err in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}")
-    return "invalid site settings: " + "; ".join(lines)

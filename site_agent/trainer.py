@@ -1,8 +1,8 @@
 """The site's trainer: one federated round of local training, free of FL plumbing.
 
-``SiteTrainer.train_round`` is the typed API the client loop uses; ``SiteTrainer`` also
-implements MONAI's ``ClientAlgo`` (see ``site_agent.client_algo``) so another FL runtime can
-drive it with ``ExchangeObject`` weights.
+``SiteTrainer.train_round`` is the typed API the client loop uses; ``site_agent.client_algo``
+wraps it in MONAI's ``ClientAlgo`` so another FL runtime can drive it with ``ExchangeObject``
+weights.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from data_specs.task_spec import TaskSpec, build_unet
 from data_specs.wire import SiteMetrics, TrainConfig
 from personalization.errors import PersonalizationError
 from personalization.inside import InsidePolicy, anchor_params, ditto_penalty, proximal_term
-from site_agent.client_algo import ExchangeObjectAPI
 from site_agent.errors import ModelMismatchError, TrainingError
 from site_agent.evaluation import EvalResult, evaluate_segmentation
 from site_agent.local_training import (
@@ -76,11 +75,10 @@ def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
-class SiteTrainer(ExchangeObjectAPI):
+class SiteTrainer:
     """Local training and evaluation of the task's U-Net on a site's own data.
 
-    Also a MONAI ``ClientAlgo`` (``initialize``, ``train``, ``get_weights``, ``evaluate``,
-    ``abort``, ``finalize`` with ``ExchangeObject`` weights; see ``site_agent.client_algo``).
+    ``site_agent.client_algo.SiteClientAlgo`` wraps it as a MONAI ``ClientAlgo``.
 
     Args:
         spec: the task spec; the U-Net is built from it. Example: ``TaskSpec(out_channels=4)``.

@@ -16,7 +16,7 @@ from aggregator.blobs import BlobStore
 from aggregator.crud import principals
 from aggregator.db import Database
 from aggregator.db.models import utcnow
-from aggregator.errors import AuthenticationError, PermissionDeniedError
+from aggregator.errors import AuthenticationError, PermissionDeniedError, require_row
 from aggregator.orchestrator import Orchestrator
 from aggregator.rate_limits import RateLimiter, UploadSlots
 from aggregator.routing_bundle import RoutingBundles
@@ -179,7 +179,7 @@ def current_site(
     ):
         record_auth_failure(request, services)
         _refuse(session, settings, token, wanted="site")
-    assert site is not None
+    site = require_row(site, "site")
     try:
         require_site_certificate(request, settings, site_name=site.name)
     except (AuthenticationError, PermissionDeniedError):

@@ -29,7 +29,11 @@ from aggregator.errors import (
 from data_specs.bundle import MAX_NUM_SAMPLES
 from data_specs.constants import HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
 from data_specs.errors import BundleError
-from data_specs.safetensors_header import DEFAULT_MAX_HEADER_BYTES, loads_shallow
+from data_specs.safetensors_header import (
+    DEFAULT_MAX_HEADER_BYTES,
+    declared_header_length,
+    loads_shallow,
+)
 from data_specs.wire import SiteMetrics
 
 _PIPELINE_DEPTH = 16  # chunks (uvicorn hands over up to ~256 KiB each) queued for the writer
@@ -212,7 +216,7 @@ async def _timed(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterato
 
 
 def _check_header_length(prefix: bytes, limit: int) -> None:
-    length = int.from_bytes(prefix[:8], "little")
+    length = declared_header_length(prefix)
     if length > limit:
         raise PayloadTooLargeError(
             f"upload refused: safetensors header of {length} bytes exceeds the limit of "

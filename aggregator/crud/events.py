@@ -8,12 +8,13 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import Event, Experiment, Site
+from data_specs.event_kinds import EventKind
 
 
 def record_event(
     session: Session,
     *,
-    kind: str,
+    kind: EventKind,
     actor: str,
     experiment_id: str | None = None,
     detail: dict[str, Any] | None = None,
@@ -22,7 +23,7 @@ def record_event(
 
     Args:
         session: the open session.
-        kind: dotted event name. Example: ``"update.accepted"``.
+        kind: the event kind. Example: ``EventKind.UPDATE_ACCEPTED``.
         actor: ``"researcher:<id>"``, ``"site:<id>"``, ``"admin"`` or ``"system"``.
         experiment_id: the experiment concerned, if any.
         detail: small JSON facts (ids, counts, reasons); never tokens or file contents.

@@ -23,6 +23,7 @@ from aggregator.db.models import (
 )
 from aggregator.errors import ConflictError, NotFoundError, UnprocessableError
 from aggregator.schemas.experiments import ExperimentCreate, ExperimentPublic
+from data_specs.event_kinds import EventKind
 
 Expected = dict[str, tuple[tuple[int, ...], str]]
 
@@ -66,7 +67,7 @@ def create_experiment(
     session.flush()
     record_event(
         session,
-        kind="experiment.created",
+        kind=EventKind.EXPERIMENT_CREATED,
         actor=f"researcher:{owner_id}",
         experiment_id=experiment.id,
         detail={"name": body.name, "spec_hash": experiment.spec_hash, "rounds": body.rounds},
@@ -158,7 +159,7 @@ def mark_started(
     )
     record_event(
         session,
-        kind="experiment.started",
+        kind=EventKind.EXPERIMENT_STARTED,
         actor=actor,
         experiment_id=experiment.id,
         detail={"participants": len(participants), "initial_model_sha256": initial_sha256},
@@ -180,7 +181,7 @@ def set_paused(
             rnd.deadline_at = datetime.fromtimestamp(now.timestamp() + deadline_s, tz=now.tzinfo)
     record_event(
         session,
-        kind="experiment.paused" if paused else "experiment.resumed",
+        kind=EventKind.EXPERIMENT_PAUSED if paused else EventKind.EXPERIMENT_RESUMED,
         actor=actor,
         experiment_id=experiment.id,
     )
@@ -203,4 +204,6 @@ def mark_aborted(session: Session, *, experiment: Experiment, now: datetime, act
         .where(Task.experiment_id == experiment.id, Task.status.in_(OPEN_TASK_STATES))
         .values(status=TaskStatus.CANCELLED)
     )
-    record_event(session, kind="experiment.aborted", actor=actor, experiment_id=experiment.id)
+    record_event(
+        session, kind=EventKind.EXPERIMENT_ABORTED, actor=actor, experiment_id=experiment.id
+    )

@@ -17,6 +17,7 @@ from aggregator.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from data_specs.event_kinds import EventKind
 
 
 def create_researcher(
@@ -34,7 +35,10 @@ def create_researcher(
     session.add(researcher)
     _flush(session, f"a researcher named {name!r} already exists")
     record_event(
-        session, kind="researcher.created", actor=actor, detail={"researcher_id": researcher.id}
+        session,
+        kind=EventKind.RESEARCHER_CREATED,
+        actor=actor,
+        detail={"researcher_id": researcher.id},
     )
     return researcher, token
 
@@ -79,7 +83,10 @@ def rotate_researcher(session: Session, *, researcher: Researcher, actor: str) -
     researcher.token_hash = hash_token(token)
     researcher.token_issued_at = utcnow()
     record_event(
-        session, kind="researcher.rotated", actor=actor, detail={"researcher_id": researcher.id}
+        session,
+        kind=EventKind.RESEARCHER_ROTATED,
+        actor=actor,
+        detail={"researcher_id": researcher.id},
     )
     return token
 
@@ -92,7 +99,7 @@ def revoke_researcher(session: Session, *, researcher: Researcher, actor: str) -
         researcher.token_hash = hash_token(f"revoked:{researcher.id}:{new_token()}")
         record_event(
             session,
-            kind="researcher.revoked",
+            kind=EventKind.RESEARCHER_REVOKED,
             actor=actor,
             detail={"researcher_id": researcher.id},
         )
@@ -112,7 +119,7 @@ def register_site(session: Session, *, name: str, researcher_id: str) -> tuple[S
     _flush(session, f"a site named {name!r} already exists")
     record_event(
         session,
-        kind="site.registered",
+        kind=EventKind.SITE_REGISTERED,
         actor=f"researcher:{researcher_id}",
         detail={"site_id": site.id},
     )
@@ -160,7 +167,7 @@ def enroll_site(
     if max_samples is not None:
         site.max_samples = max_samples
     record_event(
-        session, kind="site.enrolled", actor=f"site:{site.id}", detail={"site_id": site.id}
+        session, kind=EventKind.SITE_ENROLLED, actor=f"site:{site.id}", detail={"site_id": site.id}
     )
     return site, token
 
@@ -184,7 +191,7 @@ def rotate_site(session: Session, *, site_id: str, researcher_id: str) -> tuple[
     site.status = SiteStatus.REGISTERED
     record_event(
         session,
-        kind="site.rotated",
+        kind=EventKind.SITE_ROTATED,
         actor=f"researcher:{researcher_id}",
         detail={"site_id": site.id},
     )
@@ -204,7 +211,7 @@ def revoke_site(session: Session, *, site_id: str, researcher_id: str) -> Site:
     site.status = SiteStatus.REVOKED
     record_event(
         session,
-        kind="site.revoked",
+        kind=EventKind.SITE_REVOKED,
         actor=f"researcher:{researcher_id}",
         detail={"site_id": site.id},
     )

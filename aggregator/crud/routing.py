@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from aggregator.crud.events import record_event
 from aggregator.db.models import Experiment, Grant, PersonalModel, Site, SiteStatus
 from aggregator.errors import UnprocessableError
+from data_specs.event_kinds import EventKind
 
 
 def share_personal_model(
@@ -37,7 +38,7 @@ def share_personal_model(
         existing.sha256, existing.size = sha256, size
     record_event(
         session,
-        kind="personal.shared",
+        kind=EventKind.PERSONAL_SHARED,
         actor=f"site:{site_id}",
         experiment_id=experiment_id,
         detail={"round": round_number, "sha256": sha256},
@@ -86,7 +87,7 @@ def grant_routing(
         session.flush()
         record_event(
             session,
-            kind="grant.created",
+            kind=EventKind.GRANT_CREATED,
             actor=f"researcher:{researcher_id}",
             experiment_id=experiment.id,
             detail={"site_id": site_id},

@@ -18,7 +18,7 @@ from aggregator.db.models import (
     Task,
     TaskStatus,
 )
-from aggregator.errors import ConflictError, NotFoundError
+from aggregator.errors import ConflictError, NotFoundError, require_row
 from data_specs.wire import TaskAssignment
 
 
@@ -76,7 +76,7 @@ def ensure_open(session: Session, *, task: Task) -> Round:
         ConflictError: the task already reported, or its round is no longer open.
     """
     rnd = session.get(Round, task.round_id)
-    assert rnd is not None  # foreign key
+    rnd = require_row(rnd, "round")
     if rnd.status != RoundStatus.OPEN:
         raise ConflictError(
             f"round {rnd.number} (attempt {rnd.attempt}) is {rnd.status}: uploads for it are closed"

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from data_specs.plan import PlanOptions
 from data_specs.privacy import PrivacyConfig
+from data_specs.strategy_params import resolve_strategy_params
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
 
@@ -16,7 +17,7 @@ _Strict = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class StrategyConfig(BaseModel):
-    """Server aggregation rule and its parameters (see ``aggregator.strategies.registry``).
+    """Server aggregation rule and its parameters (see ``data_specs.strategy_params``).
 
     Args:
         name: ``fedavg`` | ``fedavgm`` | ``fedadam`` | ``fedyogi`` | ``median`` | ``trimmed_mean``.
@@ -32,9 +33,7 @@ class StrategyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_strategy(self) -> StrategyConfig:
-        from aggregator.strategies import build_strategy
-
-        build_strategy(self.name, self.params)  # StrategyError is a ValueError: a 422
+        resolve_strategy_params(self.name, self.params)  # a ValueError: a 422
         return self
 
 

@@ -22,7 +22,8 @@ from aggregator.strategies.contract import (
     UpdateReader,
 )
 from aggregator.strategies.engine import FedStrategy, aggregate_streaming
-from aggregator.strategies.registry import DEFAULTS, build_strategy
+from aggregator.strategies.registry import build_strategy
+from data_specs.strategy_params import DEFAULTS
 
 __all__ = [
     "DEFAULTS",

@@ -1,6 +1,6 @@
 """Strategy names and parameters: ``build_strategy(name, params)`` from an experiment's JSON.
 
-| name | combiner | server step | params (default) |
+| name | combiner | server step | params (default; table in ``data_specs.strategy_params``) |
 |---|---|---|---|
 | ``fedavg`` | weighted mean | ``θ + η Δ̄`` | ``server_lr`` (1.0) |
 | ``fedavgm`` | weighted mean | momentum | ``server_lr`` (1.0), ``momentum`` (0.9) |
@@ -14,7 +14,6 @@ The weighted mean weighs sites by ``num_samples``; the median and the trimmed me
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,28 +25,7 @@ from aggregator.strategies.server_optimizers import (
     ServerMomentum,
     ServerSGD,
 )
-
-# name -> (lower bound, lower inclusive, upper bound, upper inclusive)
-_RANGES: dict[str, tuple[float, bool, float, bool]] = {
-    "server_lr": (0.0, False, math.inf, False),
-    "momentum": (0.0, True, 1.0, False),
-    "beta1": (0.0, True, 1.0, False),
-    "beta2": (0.0, True, 1.0, False),
-    "tau": (0.0, False, math.inf, False),
-    "trim_fraction": (0.0, True, 0.5, False),
-}
-
-_ADAPTIVE = {"server_lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
-
-DEFAULTS: dict[str, dict[str, float]] = {
-    "fedavg": {"server_lr": 1.0},
-    "fedavgm": {"server_lr": 1.0, "momentum": 0.9},
-    "fedadam": dict(_ADAPTIVE),
-    "fedyogi": dict(_ADAPTIVE),
-    "median": {},
-    "trimmed_mean": {"trim_fraction": 0.1},
-}
-"""Every strategy name with its parameters and their defaults."""
+from data_specs.strategy_params import StrategyParamsError, resolve_strategy_params
 
 _BUILDERS: dict[str, Callable[[dict[str, float]], FedStrategy]] = {
     "fedavg": lambda p: FedStrategy("fedavg", WeightedMean(), ServerSGD(**p), p),
@@ -57,26 +35,6 @@ _BUILDERS: dict[str, Callable[[dict[str, float]], FedStrategy]] = {
     "median": lambda p: FedStrategy("median", CoordinateMedian(), ServerSGD(), p),
     "trimmed_mean": lambda p: FedStrategy("trimmed_mean", TrimmedMean(**p), ServerSGD(), p),
 }
-
-
-def _check_value(strategy: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise StrategyError(
-            f"strategy {strategy!r}: parameter {name!r} must be a number, got {value!r}"
-        )
-    low, low_in, high, high_in = _RANGES[name]
-    x = float(value)
-    ok = (
-        math.isfinite(x)
-        and (x >= low if low_in else x > low)
-        and (x <= high if high_in else x < high)
-    )
-    if not ok:
-        interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-        raise StrategyError(
-            f"strategy {strategy!r}: parameter {name!r} must be in {interval}, got {value!r}"
-        )
-    return x
 
 
 def build_strategy(name: str, params: Mapping[str, Any] | None = None) -> FedStrategy:
@@ -95,20 +53,8 @@ def build_strategy(name: str, params: Mapping[str, Any] | None = None) -> FedStr
     Raises:
         StrategyError: unknown name, unknown parameter, non-numeric or out-of-range value.
     """
-    if name not in DEFAULTS:
-        raise StrategyError(
-            f"unknown aggregation strategy {name!r}; expected one of {sorted(DEFAULTS)}"
-        )
-    if params is not None and not isinstance(params, Mapping):
-        raise StrategyError(
-            f"strategy {name!r}: params must be a JSON object, got {type(params).__name__}"
-        )
-    given = dict(params or {})
-    unknown = sorted(set(given) - set(DEFAULTS[name]))
-    if unknown:
-        allowed = sorted(DEFAULTS[name]) or "none"
-        raise StrategyError(
-            f"strategy {name!r} has no parameter(s) {unknown}; allowed parameters: {allowed}"
-        )
-    resolved = {k: _check_value(name, k, given.get(k, d)) for k, d in DEFAULTS[name].items()}
+    try:
+        resolved = resolve_strategy_params(name, params)
+    except StrategyParamsError as exc:
+        raise StrategyError(str(exc)) from exc
     return _BUILDERS[name](resolved)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from data_specs.errors import PrivacyError
 from data_specs.privacy.ring import RingScale
 from data_specs.privacy.secagg_common import KeyAdvert, SecAggParams, UnmaskRequest
+from data_specs.safetensors_header import TensorLayout
 
 _Strict = ConfigDict(extra="forbid")
 Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{2,1024}$")]
@@ -125,18 +126,14 @@ def from_index(table: Mapping[str, str]) -> dict[int, bytes]:
         raise PrivacyError(f"a share table has a key that is not a site index: {exc}") from exc
 
 
-def flat_keys(
-    expected: Mapping[str, tuple[tuple[int, ...], str]], local_keys: frozenset[str]
-) -> list[str]:
+def flat_keys(expected: TensorLayout, local_keys: frozenset[str]) -> list[str]:
     """The keys that travel, in order: float tensors outside ``local_keys``, sorted."""
     return sorted(
         k for k, (_, dtype) in expected.items() if "float" in dtype and k not in local_keys
     )
 
 
-def flat_size(
-    expected: Mapping[str, tuple[tuple[int, ...], str]], local_keys: frozenset[str]
-) -> int:
+def flat_size(expected: TensorLayout, local_keys: frozenset[str]) -> int:
     return sum(math.prod(expected[k][0]) for k in flat_keys(expected, local_keys))
 
 
@@ -144,9 +141,7 @@ def flatten(tensors: Mapping[str, np.ndarray], keys: list[str]) -> np.ndarray:
     return np.concatenate([np.asarray(tensors[k], dtype=np.float64).reshape(-1) for k in keys])
 
 
-def unflatten(
-    flat: np.ndarray, expected: Mapping[str, tuple[tuple[int, ...], str]], keys: list[str]
-) -> dict[str, np.ndarray]:
+def unflatten(flat: np.ndarray, expected: TensorLayout, keys: list[str]) -> dict[str, np.ndarray]:
     out, offset = {}, 0
     for k in keys:
         shape, dtype = expected[k]

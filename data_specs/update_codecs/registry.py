@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_specs.errors import CodecError
+from data_specs.safetensors_header import TensorLayout
 from data_specs.update_codecs.codec import PART_SEPARATOR, Codec, Layout, Shape, TensorJob
 from data_specs.update_codecs.lowrank import LOWRANK
 from data_specs.update_codecs.quantize import QUANTIZE
@@ -211,7 +212,7 @@ def _check_parts(
 def decode_update(
     payload: Mapping[str, np.ndarray],
     meta: BundleMeta,
-    expected: Mapping[str, tuple[tuple[int, ...], str]],
+    expected: TensorLayout,
     *,
     allowed: Collection[str] | None = None,
     seed: int | None = None,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from personalization.errors import PersonalizationError
+from personalization.inside.bounds import check_bound
 from personalization.inside.fedprox import anchor_params, proximal_term
 
 __all__ = ["anchor_params", "ditto_penalty", "ditto_personal_step"]
@@ -49,8 +50,7 @@ def ditto_penalty(
     Example:
         >>> loss = loss_fn(personal_model(x), y) + ditto_penalty(personal_model, anchor, 0.1)
     """
-    if lam < 0:
-        raise PersonalizationError(f"Ditto lambda must be >= 0, got {lam}")
+    check_bound("ditto_lambda", lam, what="Ditto lambda")
     return proximal_term(personal_model, global_params, lam)
 
 

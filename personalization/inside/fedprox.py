@@ -12,7 +12,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from personalization.errors import PersonalizationError, StateDictError
+from personalization.errors import StateDictError
+from personalization.inside.bounds import check_bound
 
 
 def anchor_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -60,8 +61,7 @@ def proximal_term(
     Example:
         >>> loss = loss_fn(model(x), y) + proximal_term(model, anchor, mu=0.01)
     """
-    if mu < 0:
-        raise PersonalizationError(f"proximal strength must be >= 0, got {mu}")
+    check_bound("fedprox_mu", mu, what="proximal strength mu")
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     device = params[0][1].device if params else torch.device("cpu")
     if mu == 0 or not params:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from personalization.errors import PersonalizationError
+from personalization.inside.bounds import check_bound
 from personalization.state_dict import StateDict, is_mixable, require_same_layout
 
 
@@ -117,5 +117,4 @@ def _fresh(state: Mapping[str, torch.Tensor]) -> StateDict:
 
 
 def _check_alpha(alpha: float) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise PersonalizationError(f"IOP-FL alpha must lie in [0, 1], got {alpha}")
+    check_bound("alpha", alpha, what="IOP-FL alpha")

@@ -14,12 +14,14 @@ A site's round under any method:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from data_specs.constants import PersonalizationMethod
+from data_specs.errors import describe_validation_error
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import PersonalizationConfig, TrainConfig
 from personalization.errors import PersonalizationError
@@ -27,21 +29,25 @@ from personalization.inside.fedbn import apply_fedbn, fedbn_local_keys
 from personalization.inside.iopfl import update_personal
 from personalization.state_dict import StateDict, require_same_layout
 
-_Method = PersonalizationMethod
-_KEEPS_PERSONAL = frozenset({_Method.IOPFL, _Method.FEDBN, _Method.DITTO})
+_DEFAULT = PersonalizationConfig()
+_DEFAULT_MU: float = TrainConfig.model_fields["fedprox_mu"].default
 
 
 @dataclass(frozen=True)
 class InsidePolicy:
     """The inside-personalisation policy of an experiment (plain data plus small pure steps).
 
+    Defaults and bounds are those of ``data_specs.wire.PersonalizationConfig`` (and
+    ``TrainConfig.fedprox_mu``): construction validates through them, so no rule is written twice.
+
     Args:
-        method: ``none`` | ``iopfl`` | ``fedbn`` | ``fedprox`` | ``ditto``. Default ``none``.
-        alpha: IOP-FL weight of the old personal model, in [0, 1]. Default 0.1.
-        fedprox_mu: proximal strength on the uploaded model's training, ≥ 0; applied under any
+        method: ``none`` | ``iopfl`` | ``fedbn`` | ``fedprox`` | ``ditto``. Default as
+            ``PersonalizationConfig`` (``iopfl``).
+        alpha: IOP-FL weight of the old personal model. Default 0.1.
+        fedprox_mu: proximal strength on the uploaded model's training; applied under any
             method (``fedprox`` names the baseline; with μ = 0 it is FedAvg). Default 0.
-        ditto_lambda: Ditto's λ ≥ 0. Default 0.1.
-        ditto_epochs: local epochs of the Ditto personal model per round, ≥ 1. Default 1.
+        ditto_lambda: Ditto's λ. Default 0.1.
+        ditto_epochs: local epochs of the Ditto personal model per round. Default 1.
 
     Example:
         >>> policy = InsidePolicy.from_train_config(assignment.train)
@@ -49,28 +55,26 @@ class InsidePolicy:
         (True, 0.0)
     """
 
-    method: PersonalizationMethod = PersonalizationMethod.NONE
-    alpha: float = 0.1
-    fedprox_mu: float = 0.0
-    ditto_lambda: float = 0.1
-    ditto_epochs: int = 1
+    method: PersonalizationMethod = _DEFAULT.method
+    alpha: float = _DEFAULT.alpha
+    fedprox_mu: float = _DEFAULT_MU
+    ditto_lambda: float = _DEFAULT.ditto_lambda
+    ditto_epochs: int = _DEFAULT.ditto_epochs
+    config: PersonalizationConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
-            object.__setattr__(self, "method", PersonalizationMethod(self.method))
-        except ValueError as exc:
-            names = ", ".join(m.value for m in PersonalizationMethod)
-            raise PersonalizationError(
-                f"method must be one of {names}, got {self.method!r}"
-            ) from exc
-        if not 0.0 <= self.alpha <= 1.0:
-            raise PersonalizationError(f"alpha must lie in [0, 1], got {self.alpha}")
-        if self.fedprox_mu < 0 or self.ditto_lambda < 0:
-            raise PersonalizationError(
-                f"fedprox_mu and ditto_lambda must be >= 0, got {self.fedprox_mu}, {self.ditto_lambda}"
+            config = PersonalizationConfig(
+                method=self.method,
+                alpha=self.alpha,
+                ditto_lambda=self.ditto_lambda,
+                ditto_epochs=self.ditto_epochs,
             )
-        if self.ditto_epochs < 1:
-            raise PersonalizationError(f"ditto_epochs must be >= 1, got {self.ditto_epochs}")
+            TrainConfig(fedprox_mu=self.fedprox_mu)
+        except ValidationError as exc:
+            raise PersonalizationError(describe_validation_error(exc, "personalization")) from exc
+        object.__setattr__(self, "config", config)
+        object.__setattr__(self, "method", config.method)
 
     @classmethod
     def from_config(cls, config: PersonalizationConfig, *, fedprox_mu: float = 0.0) -> InsidePolicy:
@@ -105,12 +109,12 @@ class InsidePolicy:
     @property
     def keeps_personal(self) -> bool:
         """Whether the site keeps a personal model between rounds (IOP-FL, FedBN, Ditto)."""
-        return self.method in _KEEPS_PERSONAL
+        return self.config.keeps_personal
 
     @property
     def trains_personal(self) -> bool:
         """Whether the personal model has its own training loop each round (Ditto)."""
-        return self.method == PersonalizationMethod.DITTO
+        return self.config.trains_personal
 
     def local_keys(self, spec_or_model: TaskSpec | nn.Module) -> list[str]:
         """Keys the aggregator must not average: the norm layers under FedBN, none otherwise.
@@ -118,7 +122,7 @@ class InsidePolicy:
         Args:
             spec_or_model: the experiment's task spec or a model. Example: ``assignment.spec``.
         """
-        if self.method == PersonalizationMethod.FEDBN:
+        if self.config.norm_layers_local:
             return fedbn_local_keys(spec_or_model)
         return []
 
@@ -143,7 +147,7 @@ class InsidePolicy:
         Raises:
             PersonalizationError: FedBN with a personal model but no local keys.
         """
-        if self.method != PersonalizationMethod.FEDBN or personal is None:
+        if not self.config.norm_layers_local or personal is None:
             return dict(global_)
         keys = list(local_keys)
         if not keys:

@@ -32,6 +32,8 @@ from site_agent.retry import Backoff
 from site_agent.settings import SiteSettings
 from site_agent.workdir import WorkDir
 
+pytestmark = pytest.mark.slow  # real training, processes or servers: `make test` only
+
 ADMIN = "admin-token-for-tests-0123456789"
 
 

@@ -15,6 +15,8 @@ from aggregator.settings import AggregatorSettings
 from site_agent.cli import app as site_app
 from site_agent.settings import SiteSettings
 
+pytestmark = pytest.mark.slow  # real training, processes or servers: `make test` only
+
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # Routes only site agents call, and FastAPI's own pages: documented as a table, not with curl.

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from data_specs.synth import synthesize
 from data_specs.task_spec import TaskSpec
 from deploy.simulation import SimulationConfig, run_simulation
+
+pytestmark = pytest.mark.slow  # real training, processes or servers: `make test` only
 
 TINY = TaskSpec(out_channels=4, channels=(4, 8), strides=(2,), patch_size=(32, 32))
 

@@ -73,7 +73,7 @@ def test_proximal_term_is_zero_at_the_anchor_and_for_mu_zero() -> None:
 def test_proximal_term_refuses_bad_inputs() -> None:
     model = _model(0)
     anchor = anchor_params(model)
-    with pytest.raises(PersonalizationError, match=">= 0"):
+    with pytest.raises(PersonalizationError, match=r"mu: .*greater than or equal to 0"):
         proximal_term(model, anchor, -1.0)
     with pytest.raises(StateDictError, match=r"3\.weight"):
         proximal_term(model, {k: v for k, v in anchor.items() if k != "3.weight"}, 1.0)

@@ -23,6 +23,8 @@ from personalization.outside import (
 from personalization.outside.losses import entropy_loss
 from personalization.outside.views import random_view
 
+pytestmark = pytest.mark.slow  # real training, processes or servers: `make test` only
+
 SPEC_2D = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(32, 32))
 SPEC_3D = TaskSpec(spatial_dims=3, channels=(4, 8), strides=(2,), patch_size=(16, 16, 16))
 FAST = AdaptConfig(steps=1, lr=1e-2)

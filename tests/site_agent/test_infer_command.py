@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -24,6 +25,8 @@ from tests.site_agent.scan_kinds import (
     save_picture,
     write_dicom_series,
 )
+
+pytestmark = pytest.mark.slow  # real training, processes or servers: `make test` only
 
 runner = CliRunner()
 SPEC = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(16, 16), out_channels=2)

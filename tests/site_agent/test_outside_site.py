@@ -18,6 +18,8 @@ from site_agent.cli import app
 from site_agent.workdir import WorkDir
 from tests.site_agent.conftest import TINY, write_site
 
+pytestmark = pytest.mark.slow  # real training, processes or servers: `make test` only
+
 runner = CliRunner()
 
 

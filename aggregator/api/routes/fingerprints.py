@@ -13,6 +13,7 @@ from aggregator.crud import fingerprints as fp_crud
 from aggregator.crud import principals
 from aggregator.crud.events import record_event
 from aggregator.errors import NotFoundError
+from data_specs.event_kinds import EventKind
 from data_specs.fingerprint import DatasetFingerprint
 from data_specs.plan import ExperimentPlan
 
@@ -36,7 +37,7 @@ def put_fingerprint(
     if changed:
         record_event(
             session,
-            kind="site.fingerprint",
+            kind=EventKind.SITE_FINGERPRINT,
             actor=site.actor,
             detail={"sha256": row.sha256, "num_cases": body.num_cases},
         )
