@@ -198,7 +198,7 @@ def measure_loads(
     for _ in range(loads):
         driver.get(f"{url}/ui/#/experiments/{exp_id}")
         driver.refresh()  # a full navigation of the experiment page itself
-        WebDriverWait(driver, 120, poll_frequency=0.05).until(
+        WebDriverWait(driver, 600, poll_frequency=0.05).until(
             lambda d: d.execute_script(f"return performance.getEntriesByName('{MARK}').length")
         )
         figures = driver.execute_script(
