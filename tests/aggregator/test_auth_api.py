@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -58,6 +60,10 @@ def test_wrong_kind_of_token_is_403_with_reason(client: TestClient, fed: Federat
     assert r.status_code == 403 and "admin token" in r.json()["detail"]
 
 
+@pytest.mark.skipif(
+    os.environ.get("FEDSEG_TEST_DATABASE") == "postgresql",
+    reason="it scans the SQLite database file",
+)
 def test_tokens_are_stored_as_hashes_only(fed: Federation, services: Services) -> None:
     with services.database.session() as session:
         researcher = session.scalar(select(Researcher))
