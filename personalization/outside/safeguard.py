@@ -263,7 +263,7 @@ def safe_adapt(
     routed = build_routed_model(spec, experts_t, gate=config.gate, seed=config.adapt.seed)
     run_cfg = config.adapt.model_copy(update={"class_prior": tuple(prior)})
     best: dict[str, Any] = {"score": float("-inf"), "state": None}
-    checks = {"stale": 0, "early": False}
+    checks: dict[str, Any] = {"stale": 0, "early": False, "drift": None}
     # The starting point (the initial mix) is a candidate too: an adaptation that only makes
     # the label-free score worse leaves the routed model where it started.
     modes = [m.training for m in routed.modules()]
@@ -283,6 +283,12 @@ def safe_adapt(
             m.train(was)
         if not lo <= s.fg_share <= hi or agree < agree_floor:  # drifting away: stop here
             checks["early"] = step + 1 < run_cfg.steps
+            checks["drift"] = (
+                f"adaptation drove its predicted foreground share to {_percent(s.fg_share)} "
+                f"(the federation's models: {_percent(min(expert_shares))}–"
+                f"{_percent(max(expert_shares))}) and its agreement with their consensus to "
+                f"{agree:.3f}, so it was stopped at step {step + 1}"
+            )
             return True
         if s.score > best["score"]:
             best.update(score=s.score, state=copy.deepcopy(routed.state_dict()))
@@ -305,6 +311,8 @@ def safe_adapt(
     r_score = r_score.model_copy(update={"agreement": r_agree})
 
     reasons: list[str] = []
+    if checks["drift"]:  # a runaway adaptation is not trusted, even rewound to a sound state
+        reasons.append(checks["drift"])
     floor = min(s.score for _, s in scored.values())
     if r_score.score < floor:
         reasons.append(
