@@ -126,6 +126,9 @@ def test_why_lines_come_from_the_curves_and_the_reference() -> None:
     assert "gained only 15.0 points from round 20 to 40" in text
     assert "20.0 points behind centralised at round 20 and 10.0 at round 40" in text
     assert "same 40 rounds: FedAvg 0.750 against fedseg's 0.750" in text
+    assert "within a point" in text
+    ref["models"]["global"] = {"A": 0.8, "B": 0.82}
+    assert "the reference is 6.0 points ahead" in "\n".join(why_lines(rows, latest, [ref]))
     assert (
         why_lines(
             {
