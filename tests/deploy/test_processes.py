@@ -34,6 +34,10 @@ def _pids_with_mark(mark: str) -> list[int]:
     return found
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_gone(mark: str, timeout_s: float = 15.0) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -96,6 +100,9 @@ def test_interrupted_demo_leaves_no_process_behind(tmp_path: Path) -> None:
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        # As in a terminal: a suite started in the background by a shell without job control
+        # inherits SIGINT ignored, and so would the demo (Python keeps an ignored SIGINT).
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 120
