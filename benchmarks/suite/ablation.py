@@ -36,6 +36,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "no_norm": ({"intensity": "none"}, {}, "intensities as stored (no per-volume z-score)"),
     "constant_lr": ({}, {"lr_schedule": "constant"}, "no learning-rate schedule"),
     "fp32": ({}, {"precision": "fp32", "channels_last": False}, "fp32, contiguous memory"),
+    "ref_like": (
+        {"intensity": "none"},
+        {"lr_schedule": "constant"},
+        "the reference script's choices: constant learning rate and intensities as stored",
+    ),
 }
 
 
