@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from data_specs.acdc import ACDC_GROUPS
-from data_specs.constants import NormKind
+from data_specs.constants import NormKind, SplitName
 from data_specs.task_spec import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,10 +131,14 @@ def acdc_sites(
     seed: int = 0,
     val_frac: float = VAL_FRAC,
     test_frac: float = TEST_FRAC,
+    scheme: str = "seeded",
 ) -> AcdcSites:
     """Write the five ACDC hospital manifests under ``out`` (split by patient).
 
     ``--quick`` runs pass a small ``test_frac`` (one test patient) to keep evaluation short.
+    ``scheme="reference"`` takes the reference script's patients instead of the seeded fractions
+    (see ``reference_assignment``), so that fedseg and the script are scored on the same
+    test patients.
 
     Raises:
         SystemExit: the ACDC folder is missing (with where it was looked for).
@@ -146,7 +150,12 @@ def acdc_sites(
             f"ACDC not found at {acdc_dir} (expected frames.csv); pass --acdc-dir or set "
             "FEDSEG_ACDC_DIR"
         )
-    manifests = acdc_manifests(acdc_dir, val_frac=val_frac, test_frac=test_frac, seed=seed)
+    if scheme not in ("seeded", "reference"):
+        raise ValueError(f"expected split scheme 'seeded' or 'reference', found {scheme!r}")
+    assignment = reference_assignment(acdc_dir) if scheme == "reference" else None
+    manifests = acdc_manifests(
+        acdc_dir, val_frac=val_frac, test_frac=test_frac, seed=seed, assignment=assignment
+    )
     groups = [m.site_id.removeprefix("acdc_").upper() for m in manifests]
     if tuple(groups) != HOSPITALS:
         raise SystemExit(f"expected ACDC groups {HOSPITALS}, found {groups}")
@@ -156,6 +165,31 @@ def acdc_sites(
         test_frames={g: len(m.test or []) for g, m in zip(HOSPITALS, manifests, strict=True)},
         train_frames={g: len(m.training) for g, m in zip(HOSPITALS, manifests, strict=True)},
     )
+
+
+def reference_assignment(acdc_dir: Path) -> dict[str, SplitName]:
+    """The reference script's patient split (``../shared/reference/acdc_reference.py``).
+
+    Its rule, restated: one ``numpy.random.default_rng(0)`` drawn in group order; in each group
+    the sorted patients are permuted, the first 14 train, the next 2 validate, the next 4 test.
+    """
+    import numpy as np
+
+    from data_specs.acdc import read_frames
+
+    patients: dict[str, set[str]] = {}
+    for _, patient, group in read_frames(acdc_dir):
+        patients.setdefault(group, set()).add(patient)
+    rng = np.random.default_rng(0)
+    out: dict[str, SplitName] = {}
+    for group in HOSPITALS:
+        ordered = sorted(patients.get(group, ()))
+        permuted = [ordered[i] for i in rng.permutation(len(ordered))]
+        for i, patient in enumerate(permuted[:20]):
+            out[patient] = (
+                SplitName.TRAINING if i < 14 else SplitName.VALIDATION if i < 16 else SplitName.TEST
+            )
+    return out
 
 
 def describe_test_sets(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from data_specs.constants import SplitName
@@ -54,6 +55,7 @@ def acdc_manifests(
     test_frac: float = 0.2,
     seed: int = 0,
     spatial_dims: int = 2,
+    assignment: Mapping[str, SplitName] | None = None,
 ) -> list[DatasetManifest]:
     """One manifest per ACDC diagnosis group, split by patient.
 
@@ -64,6 +66,8 @@ def acdc_manifests(
         test_frac: fraction of patients for test. Default 0.2.
         seed: split seed. Default 0.
         spatial_dims: the task's dims (2: slice by slice). Default 2.
+        assignment: each patient's split, instead of the seeded fractions (a patient left out
+            is not used). Default None.
 
     Returns:
         Manifests with ``site_id`` ``acdc_<group>`` and ``data_root`` the ACDC folder.
@@ -87,9 +91,15 @@ def acdc_manifests(
     manifests = []
     for group in sorted({g for _, _, g in rows}):
         frames = [(f, p) for f, p, g in rows if g == group]
-        splits = assign_splits(
-            [p for _, p in frames], val_frac=val_frac, test_frac=test_frac, seed=seed
-        )
+        if assignment is None:
+            splits = assign_splits(
+                [p for _, p in frames], val_frac=val_frac, test_frac=test_frac, seed=seed
+            )
+        else:
+            splits = {
+                name: [i for i, (_, p) in enumerate(frames) if assignment.get(p) == name]
+                for name in SplitName
+            }
         entries = [CaseEntry(image=f"{f}.nii.gz", label=f"{f}_gt.nii.gz") for f, _ in frames]
         manifests.append(
             DatasetManifest(

@@ -172,7 +172,11 @@ def _timing(folds: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def reference_lines(runs: list[dict[str, Any]], fedseg_rows: dict[str, Any]) -> list[str]:
-    """The inside report's section on the reference script at the same round budget."""
+    """The inside report's section on the reference script at the same round budget.
+
+    fedseg's runs on the script's own patients (``fedseg_*`` methods of the reference table)
+    sit right under the script's rows; without them, the suite's rows (other test patients).
+    """
     if not runs:
         return []
     by = {r["config"]["method"]: r for r in sorted(runs, key=lambda r: r["date"])}
@@ -182,34 +186,49 @@ def reference_lines(runs: list[dict[str, Any]], fedseg_rows: dict[str, Any]) -> 
         "`../shared/reference/acdc_reference.py` (the issue's yardstick: a plain MONAI script "
         "with bf16 and channels-last, constant Adam 1e-3, raw intensities, flips and quarter "
         "turns) called by `python -m benchmarks.suite run --table reference` with the suite's "
-        "number of rounds or epochs instead of its wall-clock budget. Its own patient split "
-        "(numpy `default_rng(0)`), so its test patients differ from the suite's: compare means, "
-        "not hospitals.",
+        "number of rounds or epochs instead of its wall-clock budget. It keeps its own patient "
+        "split (numpy `default_rng(0)`, 14/2/4 patients per hospital). The rows marked *same "
+        "patients* are fedseg (the suite's recipe, through `fedseg simulate`) trained and scored "
+        "on exactly that split (`fedseg_*` methods of the same table); rows marked *suite split* "
+        "have other test patients: compare their means, not hospitals.",
         "",
         "| model | " + " | ".join(HOSPITALS) + " | mean | rounds | images/s (train steps) |",
         "|---|" + "---|" * (len(HOSPITALS) + 3),
     ]
     rows = [
-        ("reference FedAvg (global)", "ref_fedavg", "global", "FedAvg (global)"),
-        ("reference IOP-FL (personal)", "ref_fedavg", "personal", "IOP-FL (personal)"),
-        ("reference pooled", "ref_central", "global", "centralised (pooled)"),
+        ("reference FedAvg (global)", "ref_fedavg", "global", "FedAvg (global)", "fedavg_iopfl"),
+        (
+            "reference IOP-FL (personal)",
+            "ref_fedavg",
+            "personal",
+            "IOP-FL (personal)",
+            "fedavg_iopfl",
+        ),
+        ("reference pooled", "ref_central", "global", "centralised (pooled)", "central"),
     ]
-    for label, method, kind, ours in rows:
+    for label, method, kind, ours, inside in rows:
         r = by.get(method)
-        if r is None:
-            continue
-        per = r["models"][kind]
-        mean = statistics.fmean(per.values())
-        ips = r.get("images_per_s")
-        out.append(
-            f"| {label} | "
-            + " | ".join(_fmt(per.get(h)) for h in HOSPITALS)
-            + f" | {mean:.3f} | {r['config']['rounds']} | {_fmt(ips, 1)} |"
-        )
-        mine = fedseg_rows.get(ours)
-        if mine:
+        if r is not None:
+            per = r["models"][kind]
+            ips = r.get("images_per_s")
             out.append(
-                f"| fedseg {ours} | "
+                f"| {label} | "
+                + " | ".join(_fmt(per.get(h)) for h in HOSPITALS)
+                + f" | {statistics.fmean(per.values()):.3f} | {r['config']['rounds']} | "
+                f"{_fmt(ips, 1)} |"
+            )
+        same = by.get(f"fedseg_{inside}")
+        mine = fedseg_rows.get(ours)
+        if same is not None and kind in same["models"]:
+            dice = {h: v["dice"] for h, v in same["models"][kind].items()}
+            out.append(
+                f"| fedseg {ours}, same patients | "
+                + " | ".join(_fmt(dice.get(h)) for h in HOSPITALS)
+                + f" | {statistics.fmean(dice.values()):.3f} | {same['config']['rounds']} | |"
+            )
+        elif mine and r is not None:
+            out.append(
+                f"| fedseg {ours}, suite split | "
                 + " | ".join(_fmt(mine["per_hospital"].get(h)) for h in HOSPITALS)
                 + f" | {mine['mean']:.3f} | {mine['rounds']} | |"
             )

@@ -7,6 +7,9 @@ are compared at equal compute whatever the load. Its code is imported from where
 copied; its own data split (numpy ``default_rng(0)``, 14/2/4 patients) is kept.
 
 Stored as table ``reference`` beside the inside runs; the inside report shows them as extra rows.
+The table also holds fedseg's own runs on the script's patient split (methods ``fedseg_<inside
+method>``: the suite's recipe through ``fedseg simulate``), so that both are scored on the same
+test patients and a gap is the recipe's, not the split's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from benchmarks.suite.recipe import RunConfig
 REFERENCE_SCRIPT = (
     Path(__file__).resolve().parents[3] / "shared" / "reference" / "acdc_reference.py"
 )
-REFERENCE_METHODS = ("ref_fedavg", "ref_central")
+REFERENCE_METHODS = ("ref_fedavg", "ref_central", "fedseg_fedavg_iopfl", "fedseg_central")
+FEDSEG_PREFIX = "fedseg_"
 
 
 def script_sha(path: Path = REFERENCE_SCRIPT) -> str:
@@ -34,7 +38,22 @@ def script_sha(path: Path = REFERENCE_SCRIPT) -> str:
 
 
 def reference_config(method: str, rounds: int, path: Path = REFERENCE_SCRIPT) -> RunConfig:
-    """A reference run's configuration (the script's hash stands for its recipe)."""
+    """A reference run's configuration (the script's hash stands for its recipe; fedseg's runs on
+    the script's split carry the suite's recipe)."""
+    if method.startswith(FEDSEG_PREFIX):
+        from benchmarks.suite.acdc_runs import INSIDE_METHODS
+        from benchmarks.suite.recipe import RECIPE_TRAIN, recipe_spec_json
+
+        inside = method.removeprefix(FEDSEG_PREFIX)
+        return RunConfig(
+            table="reference",
+            method=method,
+            rounds=rounds,
+            spec=recipe_spec_json(),
+            train=dict(RECIPE_TRAIN),
+            split={"scheme": "reference"},
+            params=dict(INSIDE_METHODS[inside][1]),
+        )
     return RunConfig(
         table="reference",
         method=method,
@@ -64,7 +83,15 @@ def _per_hospital(summary: dict[str, Any]) -> dict[str, float]:
 def run_reference(
     cfg: RunConfig, seed: int, work: Path, acdc_dir: Path, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Run the reference script's ``run_fedavg`` or ``run_central`` for ``cfg.rounds``."""
+    """Run the reference script's ``run_fedavg`` or ``run_central`` for ``cfg.rounds``, or
+    fedseg's inside method on the script's split."""
+    if cfg.method.startswith(FEDSEG_PREFIX):
+        from dataclasses import replace
+
+        from benchmarks.suite.acdc_runs import run_inside
+
+        inside = replace(cfg, method=cfg.method.removeprefix(FEDSEG_PREFIX))
+        return run_inside(inside, seed, work, acdc_dir, device)
     if device != "cpu" or seed != 0:
         raise ValueError("the reference script runs on the CPU with its own seed 0 only")
     work.mkdir(parents=True, exist_ok=True)

@@ -275,37 +275,43 @@ def plot_curves(latest: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
 
 def ablation_markdown(runs: list[dict[str, Any]]) -> str:
-    """One factor of the recipe at a time: test Dice of each variant against the recipe's."""
+    """One factor of the recipe at a time: test Dice of each variant against the recipe's at the
+    same number of epochs (one table row per variant and epoch count)."""
     from benchmarks.suite.ablation import VARIANTS
 
-    latest = _latest_by_method(runs)
-    means = {
-        m: statistics.fmean(
-            statistics.fmean(r["models"]["global"][h]["dice"] for h in HOSPITALS) for r in rs
-        )
-        for m, rs in latest.items()
-    }
-    base = means.get("recipe")
+    by_epochs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        by_epochs[int(r["config"]["rounds"])].append(r)
     lines = [
         "# Ablation of the training recipe (pooled ACDC, one factor at a time)",
         "",
         "Assembled by `python -m benchmarks.suite report` from `benchmarks/results/runs/ablation/`"
         " (command: `python -m benchmarks.suite.ablation --epochs N`). Pooled training of all "
-        "five hospitals' training patients with the site trainer, the poly schedule running "
-        "over the epochs; 3D Dice per test volume in the scans' own geometry, mean over the five "
-        "hospitals. Images/s is the training throughput seen in the run (the machine was shared "
-        "with other jobs: compare ratios within a run, not absolute figures).",
+        "five hospitals' training patients with the site trainer, the poly schedule (where the "
+        "variant keeps it) running over the epochs; 3D Dice per test volume in the scans' own "
+        "geometry, mean over the five hospitals. Each variant is compared with the recipe at the "
+        "same number of epochs. Images/s is the training throughput seen in the run (the machine "
+        "was shared with other jobs: compare ratios within a run, not absolute figures).",
         "",
         "| variant | what changes | epochs | seeds | mean Dice | vs recipe (points) | images/s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for m, rs in sorted(latest.items(), key=lambda kv: kv[0] != "recipe"):
-        diff = "—" if base is None or m == "recipe" else f"{100 * (means[m] - base):+.1f}"
-        ips = statistics.fmean(r.get("images_per_second", float("nan")) for r in rs)
-        lines.append(
-            f"| {m} | {VARIANTS.get(m, ({}, {}, '?'))[2]} | {rs[0]['config']['rounds']} | "
-            f"{','.join(str(r['seed']) for r in rs)} | {means[m]:.3f} | {diff} | {ips:.1f} |"
-        )
+    for epochs in sorted(by_epochs, reverse=True):
+        latest = _latest_by_method(by_epochs[epochs])
+        means = {
+            m: statistics.fmean(
+                statistics.fmean(r["models"]["global"][h]["dice"] for h in HOSPITALS) for r in rs
+            )
+            for m, rs in latest.items()
+        }
+        base = means.get("recipe")
+        for m, rs in sorted(latest.items(), key=lambda kv: (kv[0] != "recipe", -means[kv[0]])):
+            diff = "—" if base is None or m == "recipe" else f"{100 * (means[m] - base):+.1f}"
+            ips = statistics.fmean(r.get("images_per_second", float("nan")) for r in rs)
+            lines.append(
+                f"| {m} | {VARIANTS.get(m, ({}, {}, '?'))[2]} | {epochs} | "
+                f"{','.join(str(r['seed']) for r in rs)} | {means[m]:.3f} | {diff} | {ips:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

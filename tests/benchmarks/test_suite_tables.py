@@ -24,7 +24,12 @@ def test_reference_config_hashes_the_script() -> None:
     a = reference_config("ref_fedavg", 40)
     b = reference_config("ref_fedavg", 41)
     assert a.train["sha256"] and a.config_hash() != b.config_hash()
-    assert [c.method for c in configs_for("reference", 12.0, None)] == ["ref_fedavg", "ref_central"]
+    assert [c.method for c in configs_for("reference", 12.0, None)] == [
+        "ref_fedavg",
+        "ref_central",
+        "fedseg_fedavg_iopfl",
+        "fedseg_central",
+    ]
 
 
 def _fold(held_out: str, seed: int, dice: dict[str, float]) -> dict[str, Any]:
@@ -90,10 +95,34 @@ def test_reference_rows_sit_beside_ours() -> None:
         in lines
     )
     assert (
-        "| fedseg FedAvg (global) | 0.750 | 0.750 | 0.750 | 0.750 | 0.750 | 0.750 | 40 | |" in lines
+        "| fedseg FedAvg (global), suite split | 0.750 | 0.750 | 0.750 | 0.750 | 0.750 | 0.750 "
+        "| 40 | |" in lines
     )
     assert any(line.startswith("| reference IOP-FL (personal) |") for line in lines)
     assert reference_lines([], ours) == []
+    same = {
+        "config": {"method": "fedseg_fedavg_iopfl", "rounds": 40},
+        "date": "2026-11-29 21:00 UTC",
+        "models": {
+            "global": {h: {"dice": 0.81} for h in HOSPITALS},
+            "personal": {h: {"dice": 0.82} for h in HOSPITALS},
+        },
+    }
+    lines = reference_lines([ref, same], ours)
+    assert (
+        "| fedseg FedAvg (global), same patients | 0.810 | 0.810 | 0.810 | 0.810 | 0.810 | 0.810 "
+        "| 40 | |" in lines
+    )
+    assert not any("suite split" in line and "FedAvg" in line for line in lines)
+    assert any(
+        line.startswith("| fedseg IOP-FL (personal), same patients | 0.820") for line in lines
+    )
+
+
+def test_fedseg_runs_on_the_reference_split_carry_the_recipe() -> None:
+    cfg = reference_config("fedseg_fedavg_iopfl", 40)
+    assert cfg.split == {"scheme": "reference"} and cfg.train["lr_schedule"]
+    assert cfg.params == {"alpha": 0.1}
 
 
 def test_outside_report_says_when_folds_were_rescored() -> None:

@@ -148,3 +148,45 @@ def test_a_real_acdc_frame_through_the_2d_pipeline(tmp_path: Path) -> None:
     truth = read_image(m.resolve(m.training[0]).label, label=True).array  # type: ignore[arg-type]
     scan.write_mask(truth, tmp_path / "mask.nii.gz")
     assert np.array_equal(read_image(tmp_path / "mask.nii.gz", label=True).array, truth)
+
+
+def _fake_acdc(folder: Path, patients_per_group: int = 4) -> None:
+    """frames.csv plus empty frame files: enough for the manifests (nothing is read)."""
+    lines = ["frame,patient,group"]
+    n = 0
+    for group in ACDC_GROUPS:
+        for _ in range(patients_per_group):
+            n += 1
+            for frame in ("01", "12"):
+                name = f"patient{n:03d}_frame{frame}"
+                lines.append(f"{name},patient{n:03d},{group}")
+                (folder / f"{name}.nii.gz").write_bytes(b"")
+                (folder / f"{name}_gt.nii.gz").write_bytes(b"")
+    (folder / "frames.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_an_explicit_patient_assignment_decides_every_split(tmp_path: Path) -> None:
+    _fake_acdc(tmp_path)
+    assignment = {
+        "patient001": SplitName.TEST,
+        "patient002": SplitName.VALIDATION,
+        "patient003": SplitName.TRAINING,
+        "patient005": SplitName.TRAINING,
+    }  # patient004 and the other groups' patient006.. are left out
+    manifests = acdc_manifests(tmp_path, assignment=assignment)
+    by_site = {m.site_id: m for m in manifests}
+    dcm, hcm = by_site["acdc_dcm"], by_site["acdc_hcm"]
+    assert [c.image for c in dcm.training] == [
+        "patient003_frame01.nii.gz",
+        "patient003_frame12.nii.gz",
+    ]
+    assert [c.image for c in dcm.validation or []] == [
+        "patient002_frame01.nii.gz",
+        "patient002_frame12.nii.gz",
+    ]
+    assert [c.image for c in dcm.test or []] == [
+        "patient001_frame01.nii.gz",
+        "patient001_frame12.nii.gz",
+    ]
+    assert [c.image[:10] for c in hcm.training] == ["patient005", "patient005"]
+    assert hcm.validation is None and hcm.test is None
