@@ -13,7 +13,7 @@ from aggregator.crud.events import record_event
 from aggregator.db import Experiment, RoundStatus
 from aggregator.sampling import sample_size
 from aggregator.schemas.experiments import ExperimentCreate
-from aggregator.schemas.rounds import RoundPrivacy, RoundPublic
+from aggregator.schemas.rounds import RoundPrivacy, RoundPublic, RoundSamplePrivacy
 from data_specs.event_kinds import EventKind
 from data_specs.privacy.accountant import PrivacySpent, rounds_within, spent
 
@@ -72,6 +72,8 @@ def with_privacy(
 
     ``clip_norms``: each round's ``C`` under adaptive clipping (absent rounds: ``dp.clip_norm``).
     """
+    if cfg.train.dp_sgd is not None:
+        rounds = [_with_sample_privacy(r) for r in rounds]
     dp = cfg.privacy.dp if cfg.privacy else None
     if dp is None:
         return rounds
@@ -91,3 +93,20 @@ def with_privacy(
         )
         out.append(r.model_copy(update={"privacy": privacy}))
     return out
+
+
+def _with_sample_privacy(r: RoundPublic) -> RoundPublic:
+    """``sample_privacy`` of a closed round: the largest ε the sites' accountants reported."""
+    spent = [s.metrics.dp_sgd for s in r.sites if s.metrics is not None and s.metrics.dp_sgd]
+    if r.status != RoundStatus.CLOSED or not spent:
+        return r
+    worst = max(spent, key=lambda s: s.epsilon_total)
+    privacy = RoundSamplePrivacy(
+        epsilon_round=max(s.epsilon_round for s in spent),
+        epsilon_total=worst.epsilon_total,
+        delta=worst.delta,
+        noise_multiplier=worst.noise_multiplier,
+        max_grad_norm=worst.max_grad_norm,
+        sites=len(spent),
+    )
+    return r.model_copy(update={"sample_privacy": privacy})

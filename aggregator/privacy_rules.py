@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from data_specs.constants import NormKind
+
 if TYPE_CHECKING:
     from aggregator.schemas.experiments import ExperimentCreate
 
@@ -18,12 +20,32 @@ MEAN_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 NORM_SLACK = 1e-4
 
 
+def check_dp_sgd(cfg: ExperimentCreate) -> None:
+    """Sample-level DP-SGD (``train.dp_sgd``) needs per-sample gradients of its own.
+
+    Raises:
+        ValueError: batch norm in the spec, deep supervision or FedProx beside ``dp_sgd``.
+    """
+    if cfg.train.dp_sgd is None:
+        return
+    if cfg.spec.norm == NormKind.BATCH:
+        raise ValueError(
+            "train.dp_sgd needs spec.norm='instance': batch norm normalises each case with "
+            "its batch's statistics, so a case's gradient is not its own (Opacus refuses it)"
+        )
+    if cfg.train.deep_supervision:
+        raise ValueError("train.dp_sgd cannot combine with train.deep_supervision")
+    if cfg.train.fedprox_mu > 0:
+        raise ValueError("train.dp_sgd cannot combine with train.fedprox_mu > 0")
+
+
 def apply_privacy_rules(cfg: ExperimentCreate) -> None:
     """Check ``cfg.privacy`` against the rest and tighten ``update_norm_bound`` to ``C``.
 
     Raises:
         ValueError: a combination that cannot hold (pydantic reports it as a 422).
     """
+    check_dp_sgd(cfg)
     privacy = cfg.privacy
     if privacy is None:
         return

@@ -18,6 +18,7 @@ from data_specs.constants import (
     PersonalizationMethod,
     Precision,
 )
+from data_specs.privacy.sample_dp import DPSGDConfig, SampleDPSpent
 from data_specs.privacy.secagg_wire import SecAggTask
 from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import TaskSpec
@@ -109,6 +110,8 @@ class TrainConfig(BaseModel):
             the last round); 1 validates every round. Default 1.
         deep_supervision: auxiliary losses on this many lower decoder levels (nnU-Net style,
             site-local heads; the model's layout is unchanged); 0 disables. Default 0.
+        dp_sgd: sample-level DP-SGD with Opacus in the local training (per-sample clipping
+            and noise; needs ``spec.norm = "instance"``). Default None (off).
     """
 
     model_config = _Strict
@@ -131,6 +134,7 @@ class TrainConfig(BaseModel):
     deep_supervision: Annotated[int, Field(ge=0, le=6)] = 0
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
+    dp_sgd: DPSGDConfig | None = None
 
 
 class TaskAssignment(BaseModel):
@@ -220,6 +224,7 @@ class SiteMetrics(BaseModel):
         timeline: where the site's round went, phase by phase (``SiteTimeline``).
         dp_unclipped: client-level DP with adaptive clipping: whether the update's norm was at
             most the round's clip norm (one bit; the aggregator only uses a noisy count).
+        dp_sgd: sample-level DP-SGD: the site accountant's (ε, δ) for this round and in total.
     """
 
     model_config = _Strict
@@ -235,6 +240,7 @@ class SiteMetrics(BaseModel):
     val_round: Annotated[int, Field(ge=1)] | None = None
     timeline: SiteTimeline | None = None
     dp_unclipped: bool | None = None
+    dp_sgd: SampleDPSpent | None = None
 
 
 class UpdateReceipt(BaseModel):

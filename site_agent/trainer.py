@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data_specs.constants import InputFit, LrSchedule
+from data_specs.privacy.sample_dp import SampleDPSpent
 from data_specs.task_spec import TaskSpec, build_unet
 from data_specs.wire import SiteMetrics, TrainConfig
 from personalization.errors import PersonalizationError
@@ -120,6 +121,7 @@ class SiteTrainer:
         self.run_log = RunLog(tensorboard_dir)
         self.model = build_unet(spec).to(self.device)
         self._abort = False
+        self.dp_sgd_spent: SampleDPSpent | None = None  # the last round's, under train.dp_sgd
 
     # -- typed API --------------------------------------------------------------------------
     def load_state(self, state: StateLike, *, model: torch.nn.Module | None = None) -> None:
@@ -176,6 +178,7 @@ class SiteTrainer:
         """
         start = time.perf_counter()
         self._abort = False
+        self.dp_sgd_spent = None
         self.total_rounds = total_rounds
         if len(self.train_data) == 0:  # type: ignore[arg-type]
             raise TrainingError("the training split is empty: no batch to train on")
@@ -204,6 +207,8 @@ class SiteTrainer:
             metrics = with_global_and_personal_dice(
                 self, metrics, global_state=global_t, personal_state=kept, trained_state=trained
             )
+        if self.dp_sgd_spent is not None:
+            metrics = metrics.model_copy(update={"dp_sgd": self.dp_sgd_spent})
         log.info(
             "round %d: %d steps, loss %.4f, %.1f s", round_, stats.steps, stats.mean_loss, seconds
         )
@@ -298,6 +303,8 @@ class SiteTrainer:
         augment = None
         if self.spec.fit == InputFit.RESIZE:
             augment = BatchAugment(self.spec.spatial_dims, seed=config.seed)
+        if config.dp_sgd is not None and model is self.model:
+            return self._fit_private(model, config, loader, epochs, augment, lr_at, tag, round_)
         key = f"{tag}/{'ditto' if model is not self.model else 'main'}"
         ds = self._deep_supervision(model, config, key)
         optimizer = make_optimizer(model, config, ds.parameters() if ds else ())
@@ -329,6 +336,40 @@ class SiteTrainer:
                 self.optimizer_states[f"{key}/heads"] = ds.state_dict()
         if config.persist_optimizer:
             self.optimizer_states[key] = optimizer.state_dict()
+        return stats
+
+    def _fit_private(
+        self,
+        model: torch.nn.Module,
+        config: TrainConfig,
+        loader: DataLoader,
+        epochs: int,
+        augment: Any,
+        lr_at: Any,
+        tag: str,
+        round_: int,
+    ) -> FitStats:
+        """Sample-level DP-SGD of the uploaded model (``site_agent.dp_sgd``; Opacus)."""
+        from site_agent.dp_sgd import check_config, fit_private
+
+        assert config.dp_sgd is not None
+        check_config(config)
+        base_step = (round_ - 1) * epochs
+        stats, self.dp_sgd_spent = fit_private(
+            model,
+            loader,
+            make_optimizer(model, config),
+            make_loss(),
+            dp=config.dp_sgd,
+            round_=round_,
+            device=self.device,
+            epochs=epochs,
+            max_steps=config.max_steps,
+            should_stop=lambda: self._abort,
+            batch_transform=augment,
+            lr_at=lr_at,
+            on_epoch=lambda e, loss: self.run_log.epoch_loss(tag, base_step + e, loss),
+        )
         return stats
 
     def _deep_supervision(self, model: torch.nn.Module, config: TrainConfig, key: str) -> Any:

@@ -51,6 +51,22 @@ class RoundPrivacy(BaseModel):
     epsilon_budget: float | None
 
 
+class RoundSamplePrivacy(BaseModel):
+    """Sample-level DP-SGD of a closed round, from the sites' own accountants (``train.dp_sgd``).
+
+    Each site's (ε, δ) protects the cases of that site; the round shows the largest over the
+    sites that reported one (``sites``): ε of this round's local training alone and of rounds
+    1..number together (an upper bound, see ``SampleDPSpent``).
+    """
+
+    epsilon_round: float
+    epsilon_total: float
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
+    sites: int
+
+
 class RoundPublic(BaseModel):
     """One attempt at a round; ``model_sha256`` is the global model it produced (when closed)."""
 
@@ -65,6 +81,7 @@ class RoundPublic(BaseModel):
     model_sha256: str | None
     sites: list[SiteRoundPublic]
     privacy: RoundPrivacy | None = None
+    sample_privacy: RoundSamplePrivacy | None = None
     timeline: RoundTimelinePublic | None = None
 
 
