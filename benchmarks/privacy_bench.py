@@ -84,7 +84,7 @@ class DiceRun:
 
 def _own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """This benchmark's own options; the rest go to the common ``parse_args``."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(prog="", add_help=False)
     parser.add_argument("--rounds", type=int, help="override the setting's rounds")
     parser.add_argument("--steps", type=int, help="override the local Adam steps per round")
     parser.add_argument("--test-frac", type=float, help="override the test share per hospital")
@@ -92,7 +92,10 @@ def _own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--epsilons", help="comma-separated ε budgets, in run order. Default: 8,64,1000"
     )
-    return parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:  # the common options' help follows
+        print(parser.format_help().replace("usage:", "this benchmark's own options:", 1))
+    return parser.parse_known_args(args)
 
 
 def _setting(own: argparse.Namespace, quick: bool) -> Setting:

@@ -121,11 +121,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(prog="", add_help=False)
     parser.add_argument("--rounds", type=int, help="rounds per run (default 4; quick 2)")
     parser.add_argument("--steps", dest="max_steps", type=int, help="local Adam steps (default 2)")
     parser.add_argument("--sites", type=int, help="site agents (default 5; quick 3)")
-    return parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:  # the common options' help follows
+        print(parser.format_help().replace("usage:", "this benchmark's own options:", 1))
+    return parser.parse_known_args(args)
 
 
 def _federation(
