@@ -256,6 +256,9 @@ def _processes(
                 break
             time.sleep(0.5)
         run_s = time.monotonic() - t0
+        for r in researcher.rounds(exp.id):  # a last round that closed with the experiment
+            if r.status == "closed":
+                marks.setdefault(r.number, cpu())
         if status != "completed":
             raise LaunchError(f"{mode}: experiment ended {status}")
         out = []
