@@ -170,3 +170,32 @@ def test_why_lines_come_from_the_curves_and_the_reference() -> None:
         )
         == []
     )
+
+
+def _ablation_run(method: str, epochs: int, dice: float, last_move: float) -> dict[str, Any]:
+    return {
+        "config": {"method": method, "rounds": epochs},
+        "config_hash": f"{method}{epochs}",
+        "date": "2026-11-29 22:00 UTC",
+        "seed": 0,
+        "images_per_second": 100.0,
+        "models": {"global": {h: {"dice": dice} for h in HOSPITALS}},
+        "curves": {"all": [{"round": 1, "dice": dice - last_move}, {"round": 2, "dice": dice}]},
+    }
+
+
+def test_ablation_compares_each_variant_with_the_recipe_at_its_own_epochs() -> None:
+    from benchmarks.suite.report import ablation_markdown
+
+    text = ablation_markdown(
+        [
+            _ablation_run("recipe", 12, 0.70, 0.01),
+            _ablation_run("no_norm", 12, 0.75, 0.03),
+            _ablation_run("recipe", 4, 0.30, 0.10),
+            _ablation_run("no_norm", 4, 0.40, 0.02),
+        ]
+    )
+    assert "| no_norm |" in text and "| 12 | 0 | 0.750 | +5.0 |" in text
+    assert "| 4 | 0 | 0.400 | +10.0 |" in text
+    assert "- 12 epochs: up to 3.0 points (no_norm)" in text
+    assert "- 4 epochs: up to 10.0 points (recipe)" in text
