@@ -173,7 +173,7 @@ def inside_markdown(
     lines += reference_lines(reference or [], rows)
     lines += _paired_section(rows, latest)
     lines += _verdicts(rows)
-    lines += why_lines(rows, latest, reference or [])
+    lines += why_lines(rows, latest, reference or [], load_runs("ablation"))
     return "\n".join(lines) + "\n"
 
 
