@@ -94,8 +94,9 @@ def _reference_lines(
             f"{_mean(same_cen['models']['global']):.3f}"
         )
     line += (
-        f". On the suite's own split fedseg's FedAvg scored {fed['mean']:.3f}: choosing other "
-        f"test patients moved it by {100 * (fed['mean'] - ours):+.1f} points."
+        f". On the suite's own split fedseg's FedAvg scored {fed['mean']:.3f}"
+        + (f" (mean over seeds {', '.join(map(str, fed['seeds']))})" if fed.get("seeds") else "")
+        + f": choosing other test patients moved it by {100 * (fed['mean'] - ours):+.1f} points."
     )
     ref_personal, our_personal = (
         ref_fed["models"].get("personal"),
