@@ -328,6 +328,7 @@ class Orchestrator:
             local_keys=job.local_keys,
             noise=round_noise(cfg.privacy, sampled=job.sampled, clip_norm=job.clip),
             robust_norm_multiple=cfg.robust_norm_multiple,
+            min_update_cosine=cfg.min_update_cosine,
             report=guards,
             class_names=cfg.class_names,
         )

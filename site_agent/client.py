@@ -125,13 +125,19 @@ class AggregatorClient:
 
     # -- routes ---------------------------------------------------------------------------
     def enroll(
-        self, enrollment_token: SecretStr, *, accept_experiments: list[str] | None = None
+        self,
+        enrollment_token: SecretStr,
+        *,
+        accept_experiments: list[str] | None = None,
+        max_samples: int | None = None,
     ) -> EnrollResponse:
         """Exchange the one-time enrollment token for a site token.
 
         Args:
             enrollment_token: the one-time token.
             accept_experiments: the hospital's standing consent, sent with the enrollment.
+            max_samples: the most training cases the site will train on (its sample-count
+                cap). Default None (none declared).
 
         Raises:
             EnrollmentError: the aggregator refused the enrollment token.
@@ -139,6 +145,7 @@ class AggregatorClient:
         body = EnrollRequest(
             enrollment_token=enrollment_token.get_secret_value(),
             accept_experiments=accept_experiments,
+            max_samples=max_samples,
         )
         try:
             resp = self._call("POST", "/sites/enroll", "enroll", auth=False, json=body.model_dump())

@@ -58,6 +58,12 @@ class ExperimentCreate(BaseModel):
         robust_norm_multiple: on top of any fixed bound, updates whose norm exceeds this multiple
             of the round's median update norm are scaled down to it before averaging (a
             poisoned ×100 update then weighs like an honest one); None disables it. Default 3.
+        min_update_cosine: with 3 or more updates in a round, an update whose cosine similarity
+            with the round's coordinate-wise median update is below this is left out of the
+            average (a sign-flipped update points against it); at most a minority of the
+            round is left out, and the decision is in the round's ``round.closed`` event
+            (``dropped_opposing``). Off under central DP and secure aggregation; None
+            disables it. Default 0.
         seed: seeds site sampling, per-site training seeds and the initial model. Default 0.
         plan: ``"auto"`` plans the spec's network, patch, spacing and normalisation and the
             batch size from the sites' dataset fingerprints when the experiment starts
@@ -91,6 +97,7 @@ class ExperimentCreate(BaseModel):
     max_round_retries: Annotated[int, Field(ge=0, le=100)] = 2
     update_norm_bound: Annotated[float, Field(gt=0.0, le=1e12)] | None = None
     robust_norm_multiple: Annotated[float, Field(ge=1.0, le=1e6)] | None = 3.0
+    min_update_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] | None = 0.0
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     plan: Literal["auto"] | None = None
     plan_options: PlanOptions | None = None
