@@ -190,7 +190,7 @@ async def run_one(
     data_dir = work / f"{database}_{n}" / "agg"
     agg = Aggregator(data_dir, free_port(), url)
     result = RunResult(database=database, sites=n)
-    samples: list[tuple[float, float, float]] = []  # (time, cpu s, rss MiB)
+    samples: list[tuple[float, float, float, float]] = []  # (time, cpu s, rss MiB, client cpu s)
     limits = httpx.Limits(max_connections=n + 64, max_keepalive_connections=n + 64)
     try:
         t0 = time.monotonic()
@@ -224,7 +224,7 @@ async def run_one(
             sizes: dict[int, int] = {}
             (await client.post(f"{API}/experiments/{exp}/start", headers=rh)).raise_for_status()
             while True:
-                samples.append((time.time(), *proc_cpu_rss(agg.proc.pid)))
+                samples.append((time.time(), *proc_cpu_rss(agg.proc.pid), time.process_time()))
                 state = (await client.get(f"{API}/experiments/{exp}", headers=rh)).json()
                 done = state["current_round"]
                 if done and done not in sizes:
@@ -238,10 +238,13 @@ async def run_one(
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
         result.retries_429 = counters["429"]
+        opens = {r["number"]: parse_time(r["opened_at"]) for r in history}
         for rnd in history:
             if rnd["status"] != "closed":
                 continue
             opened, closed = parse_time(rnd["opened_at"]), parse_time(rnd["closed_at"])
+            timeline = rnd.get("timeline") or {}
+            next_open = opens.get(rnd["number"] + 1)
             inside = [s for s in samples if opened - 0.5 <= s[0] <= closed + 0.5] or samples[-1:]
             latencies = sorted(
                 t - opened for (_, number), t in received.items() if number == rnd["number"]
@@ -251,6 +254,10 @@ async def run_one(
                     "round": rnd["number"],
                     "wall_s": closed - opened,
                     "cpu_s": inside[-1][1] - inside[0][1],
+                    "client_cpu_s": inside[-1][3] - inside[0][3],
+                    "close_s": (timeline.get("close_latency_s") or 0.0)
+                    + (timeline.get("aggregate_s") or 0.0),
+                    "reopen_s": next_open - closed if next_open else float("nan"),
                     "rss_mb": max(s[2] for s in inside),
                     "db_mb": sizes.get(rnd["number"], 0) / 2**20,
                     "p50_s": statistics.median(latencies) if latencies else float("nan"),
