@@ -20,6 +20,10 @@ from pathlib import Path
 from tests.aggregator.e2e_helpers import free_port
 
 OBJECT_STORE_BYTES = 100 * 2**20
+# A loopback-only test cluster without Ray's token authentication: with it, a node started by
+# ``ray start --address`` must find the head's token (``~/.ray/auth_token``), shared state that
+# other Ray users of the machine change.
+ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 class ClusterDidNotStart(RuntimeError):
@@ -38,9 +42,10 @@ def _node(args: list[str], temp_dir: Path, log: Path) -> subprocess.Popen[bytes]
     cmd += ["--temp-dir", str(temp_dir), "--object-store-memory", str(OBJECT_STORE_BYTES)]
     cmd += ["--dashboard-agent-listen-port", str(free_port())]
     cmd += ["--node-ip-address", "127.0.0.1", *args]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     with log.open("ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **ENV}
+        )
 
 
 def _alive_nodes(address: str) -> int:
@@ -51,7 +56,11 @@ def _alive_nodes(address: str) -> int:
     )
     try:
         done = subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=240
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**os.environ, **ENV},
         )
     except subprocess.TimeoutExpired:
         return 0

@@ -27,17 +27,19 @@ except ImportError:  # pragma: no cover - depends on the environment
         allow_module_level=True,
     )
 
-from tests.deploy.ray_cluster import ClusterDidNotStart, two_node_cluster
+from tests.deploy.ray_cluster import ENV, ClusterDidNotStart, two_node_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 TINY = TaskSpec(out_channels=4, channels=(4, 8), strides=(2,), patch_size=(32, 32))
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[str]:
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The GCS address of a fresh two-node cluster (a loud skip if it cannot start)."""
     if ray.is_initialized():  # another module's embedded Ray
         ray.shutdown()
+    for name, value in ENV.items():  # this process is the cluster's driver
+        monkeypatch.setenv(name, value)
     try:
         with two_node_cluster(tmp_path) as address:
             yield address
