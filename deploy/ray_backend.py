@@ -75,9 +75,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise LaunchError(
-            "the ray backend needs Ray: pip install 'fedseg[ray]'"
-        ) from exc
+        raise LaunchError("the ray backend needs Ray: pip install 'fedseg[ray]'") from exc
     return ray
 
 
