@@ -39,7 +39,7 @@ test-postgres: $(STAMP)
 # The Ray simulation backend's tests (Ray is an optional extra: installed here, not by `install`).
 test-ray: $(STAMP)
 	$(BIN)/pip install -e ".[ray]"
-	$(BIN)/python -m pytest -q tests/deploy/test_ray_backend.py
+	$(BIN)/python -m pytest -q -rs tests/deploy/test_ray_cluster.py tests/deploy/test_ray_backend.py
 
 # schemathesis over the aggregator's OpenAPI document (admin and researcher tokens);
 # at least 300 cases per token; FEDSEG_FUZZ_EXAMPLES=50 (and FEDSEG_FUZZ_COVERAGE=1) for longer
