@@ -25,7 +25,9 @@ from pydantic import (
 from data_specs.param_rules import ParamRules
 
 _Strict = ConfigDict(extra="forbid")
-_Fraction = Annotated[float, Field(gt=0, le=1)]
+# int | float: a value given as an integer stays one, so the checksum head of a bundle encoded by
+# an earlier version (which kept the numbers as given) is rebuilt byte for byte.
+_Fraction = Annotated[int | float, Field(gt=0, le=1)]
 
 
 def _not_bool(value: Any) -> Any:

@@ -206,3 +206,18 @@ def test_plain_updates_decode_and_half_precision_raw_tensors_are_cast_back() -> 
     out = decode_update({**payload, "b": payload["b"].astype(np.float16)}, half, EXPECTED)
     assert out["b"].dtype == np.float32
     refused({**payload, "b": payload["b"].astype(np.float16)}, meta, "b: expected float32[32]")
+
+
+def test_parameters_keep_their_numbers_as_given_for_the_checksum() -> None:
+    # Earlier versions hashed the parameters as the site gave them: an integer 1 must stay 1
+    # (json "1", not "1.0"), or bundles they encoded would fail their checksum here.
+    resolved = CODECS["subsample"].resolve({"p": 1})
+    assert resolved == {"p": 1} and type(resolved["p"]) is int
+    assert CODECS["quantize"].resolve({"bits": 4}) == {"bits": 4, "rotate": False, "block": 1024}
+    payload, codec_params = encode_update(
+        DIFF, CodecConfig(name="subsample", params={"p": 1}), seed=3
+    )
+    assert codec_params["params"] == {"p": 1}
+    meta = BundleMeta("0123456789abcdef", 1, BundleKind.DIFF, 4, "subsample", codec_params)
+    dense = decode_update(payload, meta, EXPECTED, seed=3)
+    np.testing.assert_array_equal(dense["w"], W)  # p = 1 keeps every entry
