@@ -80,6 +80,7 @@ def test_create_researcher_prints_a_working_token(tmp_path: Path) -> None:
     assert again.exit_code == 1
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_python_m_aggregator_serve_refuses_without_token(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
