@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from data_specs.errors import DataSpecError
-from data_specs.param_rules import ParamRules, ParamValueError
+from data_specs.parameters.rules import ParamRules, ParamValueError
 
 _Strict = ConfigDict(extra="forbid")
 _ServerLr = Annotated[float, Field(gt=0, description="server learning rate (step on θ)")]

@@ -11,7 +11,6 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from data_specs.codec_params import CodecConfig as CodecConfig
 from data_specs.constants import (
     BundleKind,
     LrSchedule,
@@ -19,6 +18,7 @@ from data_specs.constants import (
     PersonalizationMethod,
     Precision,
 )
+from data_specs.parameters.codecs import CodecConfig as CodecConfig
 from data_specs.privacy.secagg_wire import SecAggTask
 from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import TaskSpec

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from data_specs.errors import CodecError
-from data_specs.param_rules import ParamRules, ParamValueError
+from data_specs.parameters.rules import ParamRules, ParamValueError
 
 PART_SEPARATOR = "#"
 """Joins a state-dict key and a payload part name: ``conv.weight#q``."""
@@ -99,7 +99,7 @@ class Codec:
         name: registry name. Example: ``"topk"``.
         version: bumped whenever the payload or the random streams change. Example: ``1``.
         params: the pydantic model of its parameters, defaults and ranges
-            (``data_specs.codec_params``). Example: ``TopkParams``.
+            (``data_specs.parameters.codecs``). Example: ``TopkParams``.
         layout: ``(shape, params) -> {part: (shape, dtype)}``, or ``None`` for "send raw".
         encode: ``(job, float32 tensor) -> {part: array}``, site side.
         decode: ``(job, {part: array}) -> float32 tensor of job.shape``, server side.

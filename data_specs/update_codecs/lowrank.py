@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from data_specs.codec_params import LowrankParams
+from data_specs.parameters.codecs import LowrankParams
 from data_specs.update_codecs.codec import (
     Codec,
     Layout,

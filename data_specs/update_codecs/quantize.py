@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from data_specs.codec_params import QuantizeParams
 from data_specs.errors import CodecError
+from data_specs.parameters.codecs import QuantizeParams
 from data_specs.update_codecs.codec import Codec, Layout, Shape, TensorJob
 from data_specs.update_codecs.hadamard import (
     next_power_of_two,

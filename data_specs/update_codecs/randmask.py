@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from data_specs.codec_params import RandmaskParams
+from data_specs.parameters.codecs import RandmaskParams
 from data_specs.update_codecs.codec import (
     Codec,
     Layout,

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_specs.codec_params import NoParams
 from data_specs.errors import CodecError
+from data_specs.parameters.codecs import NoParams
 from data_specs.safetensors_header import TensorLayout
 from data_specs.update_codecs.codec import PART_SEPARATOR, Codec, Layout, Shape, TensorJob
 from data_specs.update_codecs.lowrank import LOWRANK

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from data_specs.codec_params import SubsampleParams
+from data_specs.parameters.codecs import SubsampleParams
 from data_specs.update_codecs.codec import (
     Codec,
     Layout,

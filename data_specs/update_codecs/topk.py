@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from data_specs.codec_params import TopkParams
 from data_specs.errors import CodecError
+from data_specs.parameters.codecs import TopkParams
 from data_specs.update_codecs.codec import (
     Codec,
     Layout,

@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from data_specs.bundle import BundleMeta
-from data_specs.codec_params import QuantizeCodec
 from data_specs.constants import BundleKind
 from data_specs.errors import BundleError, CodecError
+from data_specs.parameters.codecs import QuantizeCodec
 from data_specs.update_codecs import CODECS, decode_update, encode_update
 from data_specs.wire import CodecConfig
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from data_specs.codec_params import PARAMS as CODEC_PARAMS
-from data_specs.codec_params import CodecConfig
+from data_specs.parameters.codecs import PARAMS as CODEC_PARAMS
+from data_specs.parameters.codecs import CodecConfig
 from data_specs.strategy_params import PARAMS as STRATEGY_PARAMS
 from data_specs.strategy_params import StrategyConfig, StrategyName
 from deploy.cli import app

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from data_specs.param_rules import ParamRules
+from data_specs.parameters.rules import ParamRules
 
 _Strict = ConfigDict(extra="forbid")
 # int | float: a value given as an integer stays one, so the checksum head of a bundle encoded by

@@ -3,7 +3,7 @@
 Each strategy and each codec declares its parameters once, as a ``ParamRules`` model (types,
 defaults and ranges as pydantic constraints). The same model validates an experiment's JSON
 (and documents it in OpenAPI through the discriminated unions of ``data_specs.strategy_params``
-and ``data_specs.codec_params``), the aggregator's strategy registry and the codec metadata of
+and ``data_specs.parameters.codecs``), the aggregator's strategy registry and the codec metadata of
 uploaded bundles. A refusal is one line naming the owner, the parameter, the rule and the
 value: ``codec 'topk': 'fraction' must be a number in (0, 1], got 0``.
 """
