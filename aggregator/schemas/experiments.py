@@ -1,40 +1,22 @@
-"""Schemas of experiments and grants (the ``ExperimentCreate`` of the wire contract)."""
+"""Schemas of experiments and grants (the ``ExperimentCreate`` of the wire contract).
+
+``StrategyConfig`` lives in ``data_specs.strategy_params`` (re-exported here).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from data_specs.plan import PlanOptions
 from data_specs.privacy import PrivacyConfig
-from data_specs.strategy_params import resolve_strategy_params
+from data_specs.strategy_params import StrategyConfig as StrategyConfig
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
 
 _Strict = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class StrategyConfig(BaseModel):
-    """Server aggregation rule and its parameters (see ``data_specs.strategy_params``).
-
-    Args:
-        name: ``fedavg`` | ``fedavgm`` | ``fedadam`` | ``fedyogi`` | ``median`` | ``trimmed_mean``.
-            Default ``fedavg``.
-        params: parameters of that strategy; missing ones take their defaults.
-            Example: ``{"server_lr": 0.01}``.
-    """
-
-    model_config = _Strict
-
-    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "median", "trimmed_mean"] = "fedavg"
-    params: dict[str, Any] = Field(default_factory=dict, max_length=16)
-
-    @model_validator(mode="after")
-    def _known_strategy(self) -> StrategyConfig:
-        resolve_strategy_params(self.name, self.params)  # a ValueError: a 422
-        return self
 
 
 class ExperimentCreate(BaseModel):
@@ -124,18 +106,6 @@ class ExperimentCreate(BaseModel):
         from aggregator.privacy_rules import apply_privacy_rules
 
         apply_privacy_rules(self)
-        return self
-
-    @model_validator(mode="after")
-    def _known_codec_params(self) -> ExperimentCreate:
-        from data_specs.errors import CodecError
-        from data_specs.update_codecs.registry import CODECS
-
-        codec = self.train.codec
-        try:
-            CODECS[codec.name].resolve(codec.params)
-        except CodecError as exc:
-            raise ValueError(f"train.codec.params: {exc}") from exc
         return self
 
     @model_validator(mode="after")
