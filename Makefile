@@ -39,12 +39,12 @@ test-postgres: $(STAMP)
 # The Ray simulation backend's tests (Ray is an optional extra: installed here, not by `install`).
 test-ray: $(STAMP)
 	$(BIN)/pip install -e ".[ray]"
-	$(BIN)/python -m pytest -q tests/deploy/test_ray_backend.py
+	$(BIN)/python -m pytest -q -rs tests/deploy/test_ray_cluster.py tests/deploy/test_ray_backend.py
 
 # schemathesis over the aggregator's OpenAPI document (admin and researcher tokens);
-# FEDSEG_FUZZ_EXAMPLES=50 for a longer run
+# at least 300 cases per token; FEDSEG_FUZZ_EXAMPLES=50 (and FEDSEG_FUZZ_COVERAGE=1) for longer
 test-fuzz: $(STAMP)
-	$(BIN)/python -m pytest -q -s -m fuzz tests/fuzz
+	FEDSEG_FUZZ_MIN_CASES=$${FEDSEG_FUZZ_MIN_CASES:-300} $(BIN)/python -m pytest -q -s -m fuzz tests/fuzz
 
 # Container tier (.ci/run runs it after `test`): starts Docker if need be, builds both images,
 # runs the compose federation. Skips loudly where no Docker engine can start.

@@ -108,6 +108,7 @@ def aggregate_updates(
     verify: bool = True,
     noise: CentralNoise | None = None,
     robust_norm_multiple: float | None = None,
+    min_update_cosine: float | None = None,
     report: list[GuardReport] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Aggregate stored updates into new global weights and server state (nothing is written).
@@ -126,6 +127,10 @@ def aggregate_updates(
         robust_norm_multiple: clip updates above this multiple of the median norm (see
             ``aggregator.safeguards``); updates with a non-finite difference are always left
             out. Default None (no clipping).
+        min_update_cosine: leave out updates whose cosine similarity with the round's
+            coordinate-wise median update is below this (3 or more updates; at most a
+            minority). Ignored under central DP (``noise``): a drop that depends on the other
+            sites' updates is outside the DP analysis. Default None (no direction check).
         report: when given, the safeguards' ``GuardReport`` is appended to it.
 
     Raises:
@@ -149,7 +154,12 @@ def aggregate_updates(
             strategy = dp_strategy(strategy_name, dict(strategy_params), noise)
         readers = open_readers(blobs, ordered, theta)
         keys = [k for k in theta if k not in local_keys]
-        guarded, guard = guard_readers(readers, keys, robust_norm_multiple=robust_norm_multiple)
+        guarded, guard = guard_readers(
+            readers,
+            keys,
+            robust_norm_multiple=robust_norm_multiple,
+            min_update_cosine=min_update_cosine if noise is None else None,
+        )
         if report is not None:
             report.append(guard)
         new_global, new_state = aggregate_streaming(strategy, theta, guarded, state, local_keys)
@@ -173,6 +183,7 @@ def aggregate_round(
     local_keys: frozenset[str],
     noise: CentralNoise | None = None,
     robust_norm_multiple: float | None = None,
+    min_update_cosine: float | None = None,
     report: list[GuardReport] | None = None,
     class_names: Sequence[str] | None = None,
 ) -> RoundResult:
@@ -195,6 +206,7 @@ def aggregate_round(
         local_keys=local_keys,
         noise=noise,
         robust_norm_multiple=robust_norm_multiple,
+        min_update_cosine=min_update_cosine,
         report=report,
     )
     model = store_global(

@@ -53,6 +53,7 @@ def serve(
     from aggregator.db.engine import database_problem
     from aggregator.http_server import uvicorn_config
     from aggregator.logs import configure_logging
+    from aggregator.open_files import raise_open_files_limit
     from aggregator.settings import AggregatorSettings
 
     given: dict[str, Any] = {
@@ -75,6 +76,7 @@ def serve(
             typer.echo(f"fedseg aggregator: {error['msg']}", err=True)
         raise typer.Exit(2) from None
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    raise_open_files_limit()  # a descriptor per waiting site and per update aggregated
     try:
         api = create_app(settings)
     except (SQLAlchemyError, ValueError) as exc:

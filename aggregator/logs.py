@@ -1,7 +1,9 @@
 """Structured logs: one JSON object (or key=value line) per record, with typed fields.
 
-Callers pass facts as fields (ids, counts, sizes, reasons). Tokens, file contents and patient
-data are never logged; ``log_event`` drops any field whose name says it is a secret.
+python-json-logger builds and serialises the record; this module only fixes the field names
+(``ts``, ``level``, ``logger``, ``event``, the caller's fields, ``exc``) and adds the key=value
+rendering. Callers pass facts as fields (ids, counts, sizes, reasons). Tokens, file contents and
+patient data are never logged; ``log_event`` drops any field whose name says it is a secret.
 """
 
 from __future__ import annotations
@@ -9,36 +11,55 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
+from pythonjsonlogger.json import JsonFormatter
+
 _SECRET_HINTS = ("token", "secret", "password", "authorization")
+_RENAMES = {"levelname": "level", "name": "logger", "message": "event", "exc_info": "exc"}
 
 
-class StructuredFormatter(logging.Formatter):
+class StructuredFormatter(JsonFormatter):
     """Formats records as JSON lines (``fmt="json"``) or ``key=value`` pairs (``fmt="kv"``).
+
+    Only the fixed fields and those ``log_event`` attached are written: other ``extra``
+    attributes of a record (uvicorn's ``color_message``, say) are left out.
 
     Args:
         fmt: ``json`` or ``kv``. Default ``json``.
     """
 
     def __init__(self, fmt: str = "json") -> None:
-        super().__init__()
-        self._json = fmt == "json"
+        super().__init__(
+            list(_RENAMES)[:3],
+            rename_fields=_RENAMES,
+            timestamp="ts",
+            json_default=str,
+            json_serializer=_compact_json if fmt == "json" else _kv_line,
+        )
 
-    def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        """Keep the fixed fields (in their order), flatten ``log_event``'s, drop other extras."""
+        out: dict[str, Any] = {
+            "ts": log_data["ts"].isoformat(timespec="milliseconds"),
+            "level": str(log_data["level"]).lower(),
+            "logger": log_data["logger"],
+            "event": log_data["event"],
         }
-        payload.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        if self._json:
-            return json.dumps(payload, default=str, separators=(",", ":"))
-        return " ".join(f"{k}={_kv(v)}" for k, v in payload.items())
+        fields = log_data.get("fields")
+        if isinstance(fields, dict):
+            out.update(fields)
+        if "exc" in log_data:
+            out["exc"] = log_data["exc"]
+        return out
+
+
+def _compact_json(data: dict[str, Any], **kwargs: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), **kwargs)
+
+
+def _kv_line(data: dict[str, Any], **_: Any) -> str:
+    return " ".join(f"{k}={_kv(v)}" for k, v in data.items())
 
 
 def _kv(value: Any) -> str:

@@ -175,8 +175,7 @@ class Orchestrator:
         now: datetime,
     ) -> tuple[RoundDecision, set[str]]:
         """``WAIT``, ``AGGREGATE`` (round claimed) or ``RETRIED``/``FAILED``."""
-        tasks = round_crud.tasks_of_round(session, round_id=rnd.id)
-        pending = any(t.status in OPEN_TASK_STATES for t in tasks)
+        pending = round_crud.count_tasks(session, round_id=rnd.id, statuses=OPEN_TASK_STATES)
         if pending and now < rnd.deadline_at:
             return RoundDecision.WAIT, set()
         # Claim first: from here no upload can land, so the count below is final.
@@ -189,10 +188,7 @@ class Orchestrator:
             return RoundDecision.WAIT, set()
         rnd.aggregating_at = now
         expired = round_crud.expire_open_tasks(session, round_id=rnd.id)
-        accepted = sum(
-            t.status == TaskStatus.ACCEPTED
-            for t in round_crud.tasks_of_round(session, round_id=rnd.id)
-        )
+        accepted = round_crud.count_tasks(session, round_id=rnd.id, statuses=[TaskStatus.ACCEPTED])
         if accepted >= cfg.min_sites:
             emit(
                 session,
@@ -207,7 +203,8 @@ class Orchestrator:
             )
             return RoundDecision.AGGREGATE, set()
         why = "the deadline passed" if expired else "every sampled site reported"
-        reason = f"{why} with {accepted} accepted update(s) of {len(tasks)} sampled; min_sites is {cfg.min_sites}"
+        sampled = round_crud.count_tasks(session, round_id=rnd.id)
+        reason = f"{why} with {accepted} accepted update(s) of {sampled} sampled; min_sites is {cfg.min_sites}"
         return self._retry_or_fail(session, experiment, cfg, rnd, reason, now)
 
     def _retry_or_fail(
@@ -328,6 +325,7 @@ class Orchestrator:
             local_keys=job.local_keys,
             noise=round_noise(cfg.privacy, sampled=job.sampled, clip_norm=job.clip),
             robust_norm_multiple=cfg.robust_norm_multiple,
+            min_update_cosine=cfg.min_update_cosine,
             report=guards,
             class_names=cfg.class_names,
         )

@@ -3,12 +3,16 @@
 On by default, so that one site cannot capture or freeze an experiment:
 
 - sample counts are capped by what the site declared at enrolment (``max_samples``) or the
-  training cases of its dataset fingerprint, and sites without a declaration at ``SAMPLE_CAP_MULTIPLE`` times the round's median count, so a claim of
+  training cases of its dataset fingerprint (unless its task is 2D on volumes: samples are
+  slices then), and sites without a declaration at ``SAMPLE_CAP_MULTIPLE`` times the round's median count, so a claim of
   2^62 samples cannot take all the FedAvg weight;
 - an update whose difference to the global model is not finite (it overflowed float32) is left
   out of the average, with its site named in the round's event;
+- with 3 or more updates, an update whose cosine similarity with the round's coordinate-wise
+  median update is below ``min_update_cosine`` (default 0: it points against the median) is
+  left out, at most a minority of the round (``aggregator.direction_guard``);
 - updates whose L2 norm exceeds ``robust_norm_multiple`` times the round's median norm are
-  scaled down to that norm (a ×100 or sign-flipped update then weighs like an honest one);
+  scaled down to that norm (a ×100 update then weighs like an honest one);
 - the new global model must be finite before it is stored.
 """
 
@@ -25,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.db import Site
 from aggregator.db.fingerprints import SiteFingerprint
+from aggregator.direction_guard import median_cosines, opposing_updates
 from aggregator.errors import AggregationError
 
 SAMPLE_CAP_MULTIPLE = 10
@@ -66,12 +71,14 @@ class GuardReport:
     Attributes:
         dropped: sites whose update was left out (non-finite difference).
         clipped: ``{site: factor}`` of updates scaled down to the norm bound.
-        median_norm: the round's median update norm.
+        median_norm: the round's median update norm (of the updates kept).
+        opposed: ``{site: cosine}`` of updates left out by the direction check.
     """
 
     dropped: tuple[str, ...]
     clipped: dict[str, float]
     median_norm: float
+    opposed: dict[str, float] = field(default_factory=dict)
 
 
 def cap_samples(
@@ -80,7 +87,8 @@ def cap_samples(
     """Sample counts after the caps.
 
     A site's cap is the smaller of what it declared at enrolment (``max_samples``) and the
-    number of training cases in its latest dataset fingerprint (``PUT /sites/me/fingerprint``);
+    number of training cases in its latest dataset fingerprint (``PUT /sites/me/fingerprint``),
+    unless that fingerprint is of a 2D task on volumes (its samples are slices, not cases);
     a site that declared neither is capped at ``SAMPLE_CAP_MULTIPLE`` times the round's median.
 
     Args:
@@ -99,8 +107,12 @@ def cap_samples(
         )
     )
     for site_id, fingerprint in fingerprints:
-        cases = fingerprint.get("num_cases") if isinstance(fingerprint, dict) else None
-        if isinstance(cases, int) and cases >= 1:
+        if not isinstance(fingerprint, dict):
+            continue
+        cases = fingerprint.get("num_cases")
+        # A 2D task on volumes trains on slices: its sample counts are not case counts.
+        sliced = fingerprint.get("scan_dims") != fingerprint.get("spatial_dims")
+        if isinstance(cases, int) and cases >= 1 and not sliced:
             earlier = declared.get(site_id)
             declared[site_id] = cases if earlier is None else min(earlier, cases)
     counts = sorted(max(1, int(n)) for n in claimed.values())
@@ -118,13 +130,19 @@ def guard_readers(
     keys: Sequence[str],
     *,
     robust_norm_multiple: float | None,
+    min_update_cosine: float | None = None,
 ) -> tuple[list[DiffReader], GuardReport]:
-    """Drop non-finite updates and clip outsized ones (one read pass over every update).
+    """Drop non-finite and opposing updates, clip outsized ones.
+
+    One read pass over every update for the norms, and one more for the direction check when
+    it is on and at least 3 updates are finite.
 
     Args:
         readers: the round's updates.
         keys: the averaged keys (global keys outside ``local_keys``).
         robust_norm_multiple: clip at this multiple of the median norm; None: no clipping.
+        min_update_cosine: leave out updates whose cosine with the coordinate-wise median
+            update is below this (at most a minority); None: no direction check. Default None.
 
     Returns:
         The readers to average and a report.
@@ -142,6 +160,10 @@ def guard_readers(
             f"every update of the round has a non-finite difference to the global model "
             f"(sites {list(dropped)[:10]})"
         )
+    opposed: dict[str, float] = {}
+    if min_update_cosine is not None:
+        opposed = opposing_updates(median_cosines(kept, keys), min_cosine=min_update_cosine)
+        kept = [r for r in kept if r.site_id not in opposed]
     finite = sorted(norms[r.site_id] for r in kept)
     median = float(np.median(finite))
     clipped: dict[str, float] = {}
@@ -154,7 +176,7 @@ def guard_readers(
             out.append(ScaledReader(reader, factor))
         else:
             out.append(reader)
-    return out, GuardReport(dropped, clipped, median)
+    return out, GuardReport(dropped, clipped, median, opposed)
 
 
 def require_finite(weights: Mapping[str, np.ndarray]) -> None:
@@ -193,6 +215,8 @@ def guard_detail(reports: Sequence[GuardReport]) -> dict[str, object]:
     for report in reports:
         if report.dropped:
             out["dropped_non_finite"] = list(report.dropped)
+        if report.opposed:
+            out["dropped_opposing"] = {k: round(v, 6) for k, v in report.opposed.items()}
         if report.clipped:
             out["norm_clipped"] = {k: round(v, 6) for k, v in report.clipped.items()}
             out["median_norm"] = report.median_norm

@@ -137,8 +137,13 @@ def _report(
         f"round (batch {setting.batch_size}, 128×128 slices), validation every "
         f"{setting.validate_every} rounds and in the last, 20 % validation patients.",
         f"- {os.cpu_count()} cores shared with other work, every process of the benchmark at "
-        f"`nice -n 19` (1-min load average {os.getloadavg()[0]:.1f} at the end: **wall times "
-        "under contention**; the CPU seconds at the end are not inflated by the load).",
+        f"nice {os.nice(0)} (1-min load average {os.getloadavg()[0]:.1f} at the end"
+        + (
+            ": **wall times under contention**"
+            if os.nice(0) > 0
+            else ", from other work at a lower priority"
+        )
+        + "; the CPU seconds at the end are not inflated by the load).",
         "",
         "## Summary",
         "",

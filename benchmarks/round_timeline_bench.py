@@ -227,8 +227,14 @@ def _report(
         f"- One host, {os.cpu_count()} cores, shared with other work; 1-min load average "
         f"(min / median / max) during the fedseg part {loads[0]}, during the Flower part "
         f"{loads[1]}, {load:.1f} when the report was written. Every process of this benchmark "
-        "ran at `nice -n 19` below the other work: **wall times under contention**; the CPU "
-        "seconds below are what the machine's load does not inflate.",
+        f"ran at nice {os.nice(0)}"
+        + (
+            " below the other work: **wall times under contention**"
+            if os.nice(0) > 0
+            else " (other work at a lower priority: the load average counts it, but it takes "
+            "little of this benchmark's CPU)"
+        )
+        + "; the CPU seconds below are what the machine's load does not inflate.",
         "",
         "## Summary",
         "",

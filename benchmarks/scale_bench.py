@@ -47,6 +47,7 @@ from tests.aggregator.postgres import PostgresServer, database_name
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "results" / "scale.md"
 TICK = os.sysconf("SC_CLK_TCK")
+LOADS = os.getloadavg()
 
 
 @dataclass
@@ -56,6 +57,7 @@ class RunResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     setup_s: float = 0.0
     retries_429: int = 0
+    reconnects: int = 0
     rss_start_mb: float = 0.0
 
 
@@ -69,6 +71,23 @@ def proc_cpu_rss(pid: int) -> tuple[float, float]:
         if line.startswith("VmRSS:")
     )
     return cpu, rss_kb / 1024
+
+
+RECONNECTS = {"n": 0}
+
+
+async def call(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request, sent again on a transport error (a keep-alive connection the server closed
+    as the request went out: httpx does not retry)."""
+    for attempt in range(8):
+        try:
+            return await client.request(method, url, **kwargs)
+        except httpx.TransportError:
+            if attempt == 7:
+                raise
+            RECONNECTS["n"] += 1
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def parse_time(text: str) -> float:
@@ -91,7 +110,7 @@ class Aggregator:
         self.log = (data_dir.parent / "aggregator.log").open("ab")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=self.log)
         self.base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 900  # minutes on a starved machine
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError("the aggregator exited at start")
@@ -101,6 +120,7 @@ class Aggregator:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError("the aggregator did not come up")
             time.sleep(0.2)
 
@@ -120,10 +140,10 @@ async def enroll_sites(
 
     async def one(i: int) -> tuple[str, str, str]:
         async with gate:
-            r = await client.post(f"{API}/sites", json={"name": f"s{i:04d}"}, headers=rh)
+            r = await call(client, "POST", f"{API}/sites", json={"name": f"s{i:04d}"}, headers=rh)
             r.raise_for_status()
             body = {"enrollment_token": r.json()["enrollment_token"], "accept_experiments": ["*"]}
-            e = await client.post(f"{API}/sites/enroll", json=body)
+            e = await call(client, "POST", f"{API}/sites/enroll", json=body)
             e.raise_for_status()
             return f"s{i:04d}", e.json()["site_id"], e.json()["site_token"]
 
@@ -150,7 +170,7 @@ async def light_site(
             continue
         task = r.json()
         received[(name, task["round"])] = time.time()
-        model = await client.get(f"{API}/tasks/{task['task_id']}/model", headers=headers)
+        model = await call(client, "GET", f"{API}/tasks/{task['task_id']}/model", headers=headers)
         model.raise_for_status()
         body = update_bundle(
             model.content,
@@ -160,7 +180,9 @@ async def light_site(
             spec_hash=task["spec_hash"],
         )
         while True:
-            up = await client.put(
+            up = await call(
+                client,
+                "PUT",
                 f"{API}/tasks/{task['task_id']}/update",
                 content=body,
                 headers=upload_headers(token, body, 10),
@@ -190,13 +212,18 @@ async def run_one(
     data_dir = work / f"{database}_{n}" / "agg"
     agg = Aggregator(data_dir, free_port(), url)
     result = RunResult(database=database, sites=n)
-    samples: list[tuple[float, float, float]] = []  # (time, cpu s, rss MiB)
+    RECONNECTS["n"] = 0
+    samples: list[tuple[float, float, float, float]] = []  # (time, cpu s, rss MiB, client cpu s)
     limits = httpx.Limits(max_connections=n + 64, max_keepalive_connections=n + 64)
     try:
         t0 = time.monotonic()
         async with httpx.AsyncClient(base_url=agg.base, timeout=120, limits=limits) as client:
-            r = await client.post(
-                f"{API}/researchers", json={"name": "bench"}, headers=bearer(ADMIN_TOKEN)
+            r = await call(
+                client,
+                "POST",
+                f"{API}/researchers",
+                json={"name": "bench"},
+                headers=bearer(ADMIN_TOKEN),
             )
             rh = bearer(r.json()["token"])
             sites = await enroll_sites(client, rh, n)
@@ -211,7 +238,9 @@ async def run_one(
                 "round_deadline_s": 3600,
                 "sites": ids,
             }
-            exp = (await client.post(f"{API}/experiments", json=body, headers=rh)).json()["id"]
+            exp = (await call(client, "POST", f"{API}/experiments", json=body, headers=rh)).json()[
+                "id"
+            ]
             result.setup_s = time.monotonic() - t0
             result.rss_start_mb = proc_cpu_rss(agg.proc.pid)[1]
             stop = asyncio.Event()
@@ -222,10 +251,12 @@ async def run_one(
                 for name, _, tok in sites
             ]
             sizes: dict[int, int] = {}
-            (await client.post(f"{API}/experiments/{exp}/start", headers=rh)).raise_for_status()
+            (
+                await call(client, "POST", f"{API}/experiments/{exp}/start", headers=rh)
+            ).raise_for_status()
             while True:
-                samples.append((time.time(), *proc_cpu_rss(agg.proc.pid)))
-                state = (await client.get(f"{API}/experiments/{exp}", headers=rh)).json()
+                samples.append((time.time(), *proc_cpu_rss(agg.proc.pid), time.process_time()))
+                state = (await call(client, "GET", f"{API}/experiments/{exp}", headers=rh)).json()
                 done = state["current_round"]
                 if done and done not in sizes:
                     sizes[done] = database_size(data_dir, pg, url)
@@ -233,15 +264,21 @@ async def run_one(
                     break
                 await asyncio.sleep(0.5)
             stop.set()
-            history = (await client.get(f"{API}/experiments/{exp}/rounds", headers=rh)).json()
+            history = (
+                await call(client, "GET", f"{API}/experiments/{exp}/rounds", headers=rh)
+            ).json()
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
         result.retries_429 = counters["429"]
+        result.reconnects = RECONNECTS["n"]
+        opens = {r["number"]: parse_time(r["opened_at"]) for r in history}
         for rnd in history:
             if rnd["status"] != "closed":
                 continue
             opened, closed = parse_time(rnd["opened_at"]), parse_time(rnd["closed_at"])
+            timeline = rnd.get("timeline") or {}
+            next_open = opens.get(rnd["number"] + 1)
             inside = [s for s in samples if opened - 0.5 <= s[0] <= closed + 0.5] or samples[-1:]
             latencies = sorted(
                 t - opened for (_, number), t in received.items() if number == rnd["number"]
@@ -251,6 +288,10 @@ async def run_one(
                     "round": rnd["number"],
                     "wall_s": closed - opened,
                     "cpu_s": inside[-1][1] - inside[0][1],
+                    "client_cpu_s": inside[-1][3] - inside[0][3],
+                    "close_s": (timeline.get("close_latency_s") or 0.0)
+                    + (timeline.get("aggregate_s") or 0.0),
+                    "reopen_s": next_open - closed if next_open else float("nan"),
                     "rss_mb": max(s[2] for s in inside),
                     "db_mb": sizes.get(rnd["number"], 0) / 2**20,
                     "p50_s": statistics.median(latencies) if latencies else float("nan"),
@@ -280,27 +321,37 @@ def report(results: list[RunResult], command: str) -> str:
         "model, uploads a fake update (the tiny U-Net `(4, 8)` at 32x32, 3 KB, moved by seeded noise) "
         "and retries on 429. Every site is sampled every round (FedAvg, `min_sites` = all).",
         "",
-        "Columns: wall = round `closed_at - opened_at`; CPU = aggregator process CPU seconds during the "
-        "round; RSS = its peak resident memory; DB = database size after the round; p50 / p99 = "
-        "delay from the round's `opened_at` to a site holding its task (long-poll delivery).",
+        "Columns: wall = round `closed_at - opened_at` (with fake training this is all round overhead: "
+        "delivery, downloads, uploads, checks, aggregation); close = last accepted report to "
+        "`closed_at` (the round's `close_latency_s + aggregate_s`); reopen = `closed_at` to the next "
+        "round's `opened_at`; agg CPU = the aggregator process's CPU seconds during the round (the "
+        "load-independent cost); sites CPU = the client process's (all sites) CPU seconds; RSS = the "
+        "aggregator's peak resident memory; DB = database size after the round; p50 / p99 = delay "
+        "from the round's `opened_at` to a site holding its task (long-poll delivery).",
         "",
-        "| database | sites | round | wall s | CPU s | RSS MiB | DB MiB | p50 s | p99 s | updates |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"Load average (1 min) at the start / end: {LOADS[0]:.1f} / {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores: wall times are starved by other work; CPU seconds are not.",
+        "",
+        "| database | sites | round | wall s | close s | reopen s | agg CPU s | sites CPU s | RSS MiB "
+        "| DB MiB | p50 s | p99 s | updates |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         for r in res.rounds:
             lines.append(
-                f"| {res.database} | {res.sites} | {r['round']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
-                f"| {r['rss_mb']:.0f} | {r['db_mb']:.2f} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['updates']} |"
+                f"| {res.database} | {res.sites} | {r['round']} | {r['wall_s']:.1f} "
+                f"| {r['close_s']:.2f} | {r['reopen_s']:.2f} | {r['cpu_s']:.1f} "
+                f"| {r['client_cpu_s']:.1f} | {r['rss_mb']:.0f} | {r['db_mb']:.2f} "
+                f"| {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['updates']} |"
             )
     lines += [
         "",
-        "| database | sites | set-up s | RSS at start MiB | upload retries (429) |",
-        "|---|---|---|---|---|",
+        "| database | sites | set-up s | RSS at start MiB | upload retries (429) | requests resent |",
+        "|---|---|---|---|---|---|",
     ]
     for res in results:
         lines.append(
-            f"| {res.database} | {res.sites} | {res.setup_s:.0f} | {res.rss_start_mb:.0f} | {res.retries_429} |"
+            f"| {res.database} | {res.sites} | {res.setup_s:.0f} | {res.rss_start_mb:.0f} | {res.retries_429} | {res.reconnects} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -110,3 +110,10 @@ HEADER_NUM_SAMPLES = "X-Num-Samples"
 HEADER_METRICS = "X-Metrics"
 
 API_PREFIX = "/api/v1"
+
+
+class RouterGate(StrEnum):
+    """How the outside router mixes its experts (``personalization.outside.layers``)."""
+
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"  # normalised by its sum

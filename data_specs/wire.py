@@ -7,7 +7,7 @@ construction: the schema forbids extra fields, so per-case figures or file names
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,7 @@ from data_specs.constants import (
     PersonalizationMethod,
     Precision,
 )
+from data_specs.parameters.codecs import CodecConfig as CodecConfig
 from data_specs.privacy.sample_dp import DPSGDConfig, SampleDPSpent
 from data_specs.privacy.secagg_wire import SecAggTask
 from data_specs.round_timeline import SiteTimeline
@@ -27,24 +28,6 @@ _Strict = ConfigDict(extra="forbid")
 _KEEPS_PERSONAL = frozenset(
     {PersonalizationMethod.IOPFL, PersonalizationMethod.FEDBN, PersonalizationMethod.DITTO}
 )
-
-
-class CodecConfig(BaseModel):
-    """Update compression an experiment asks for (see ``data_specs.update_codecs``).
-
-    Args:
-        name: codec name, ``none`` for plain float32 updates. Example: ``"quantize"``.
-        params: codec parameters. Example: ``{"bits": 4, "rotate": true}``.
-        min_size: tensors with fewer elements travel uncompressed. Default 1024.
-        downlink_float16: send the global model as float16. Default False.
-    """
-
-    model_config = _Strict
-
-    name: Literal["none", "quantize", "subsample", "topk", "lowrank", "randmask"] = "none"
-    params: dict[str, Any] = Field(default_factory=dict)
-    min_size: Annotated[int, Field(ge=0, le=1 << 40)] = 1024
-    downlink_float16: bool = False
 
 
 class PersonalizationConfig(BaseModel):

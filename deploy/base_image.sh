@@ -2,6 +2,7 @@
 # A python3 base image without Docker Hub: Debian 12 (python 3.11) from the Debian archive.
 #
 #   deploy/base_image.sh [TAG]          # default fedseg/base:bookworm; needs root and debootstrap
+#                                       # (installed with apt-get where missing)
 #
 # Used by deploy/images.sh when python:3.11-slim-bookworm cannot be pulled. The root filesystem
 # is made with `debootstrap --variant=minbase` (python3, python3-venv, ca-certificates only),
@@ -15,7 +16,14 @@ SUITE="${DEBIAN_SUITE:-bookworm}"
 
 die() { echo "base_image.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "debootstrap needs root"
-command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
+if ! command -v debootstrap >/dev/null; then
+  command -v apt-get >/dev/null || die "debootstrap is not installed and there is no apt-get"
+  echo "base_image.sh: installing debootstrap (apt)" >&2
+  (apt-get install -y -qq -o DPkg::Lock::Timeout=300 debootstrap >/dev/null 2>&1 \
+    || { apt-get update -qq -o DPkg::Lock::Timeout=300 >/dev/null 2>&1 \
+         && apt-get install -y -qq -o DPkg::Lock::Timeout=300 debootstrap >/dev/null 2>&1; }) \
+    || die "debootstrap is not installed and apt-get could not install it"
+fi
 command -v docker >/dev/null || die "docker CLI not found"
 
 ROOTFS="$(mktemp -d /tmp/fedseg-rootfs.XXXXXX)"

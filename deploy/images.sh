@@ -16,8 +16,11 @@
 # ~/.cache/fedseg/wheelhouse) and copied into deploy/wheelhouse/ for the build.
 # Extra CA certificates (--ca FILE, repeatable, or FEDSEG_BUILD_CA=file1:file2): copied to
 # deploy/extra-ca/ for pip in the build and for the images' trust store.
-# Builder: whatever `docker build` uses (DOCKER_BUILDKIT=0 legacy, 1 BuildKit); no `# syntax=`
-# line, so BuildKit needs no frontend image. DOCKER names the CLI (default docker).
+# Builder: BuildKit where a CLI can drive it (buildx, or a CLI before 23 such as Debian 12's
+# /usr/bin/docker, whose BuildKit client is built in): it skips the stages a target does not use
+# and shares one cache between both targets. Else the legacy builder. DOCKER_BUILDKIT=0 forces
+# the legacy builder. No `# syntax=` line, so BuildKit needs no frontend image. DOCKER names the
+# CLI (default docker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,12 +52,33 @@ while [ $# -gt 0 ]; do
     --torch-index) TORCH_INDEX="$2"; shift 2 ;;
     --no-cache) NO_CACHE=(--no-cache); shift ;;
     aggregator|site-agent) TARGETS+=("$1"); shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(aggregator site-agent)
 "$DOCKER" info > /dev/null 2>&1 || die "docker does not answer (deploy/docker_daemon.sh starts one)"
+
+# -- builder ------------------------------------------------------------------------------------
+buildkit_cli() {  # a CLI that runs BuildKit builds, printed; nothing when none does
+  local cli major
+  if "$DOCKER" buildx version > /dev/null 2>&1; then echo "$DOCKER"; return; fi
+  for cli in "$DOCKER" /usr/bin/docker; do
+    command -v "$cli" > /dev/null 2>&1 || continue
+    major="$("$cli" version --format '{{.Client.Version}}' 2> /dev/null | cut -d. -f1)"
+    if [[ "$major" =~ ^[0-9]+$ ]] && [ "$major" -lt 23 ]; then echo "$cli"; return; fi
+  done
+}
+PROGRESS=()
+if [ "${DOCKER_BUILDKIT:-}" != 0 ] && cli="$(buildkit_cli)" && [ -n "$cli" ]; then
+  DOCKER="$cli"
+  export DOCKER_BUILDKIT=1
+  PROGRESS=(--progress plain)
+  say "builder: BuildKit ($DOCKER)"
+else
+  export DOCKER_BUILDKIT=0
+  say "builder: legacy (no CLI here drives BuildKit: install docker-buildx for it)"
+fi
 
 # -- extra CA certificates ----------------------------------------------------------------------
 # Given CAs replace the ones an earlier run copied; without any, deploy/extra-ca/ stays as it is.
@@ -149,7 +173,7 @@ for target in "${TARGETS[@]}"; do
   image="$REGISTRY/$target:$TAG"
   say "building $image (base $BASE, torch from $TORCH_INDEX)"
   start=$(date +%s)
-  "$DOCKER" build "${NO_CACHE[@]}" -f deploy/Dockerfile --target "$target" \
+  "$DOCKER" build "${NO_CACHE[@]}" "${PROGRESS[@]}" -f deploy/Dockerfile --target "$target" \
     --build-arg "BASE_IMAGE=$BASE" \
     --build-arg "TORCH_VERSION=$TORCH_VERSION" \
     --build-arg "TORCH_INDEX_URL=$TORCH_INDEX" \

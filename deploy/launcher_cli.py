@@ -15,6 +15,8 @@ from data_specs.constants import (
     PersonalizationMethod,
     Precision,
 )
+from data_specs.partition import PartitionScheme
+from data_specs.strategy_params import StrategyName
 from deploy.demo_config import DemoConfig
 
 if TYPE_CHECKING:
@@ -120,8 +122,8 @@ def register(app: typer.Typer) -> None:
             "runs/simulation"
         ),
         partition: Annotated[
-            str, typer.Option("--partition", help="natural, iid, noniid or noniid-unequal.")
-        ] = "natural",
+            PartitionScheme, typer.Option("--partition", help="How cases go to virtual sites.")
+        ] = PartitionScheme.NATURAL,
         sites: Annotated[
             int, typer.Option("--sites", min=1, help="Virtual sites (not for natural).")
         ] = 4,
@@ -141,11 +143,8 @@ def register(app: typer.Typer) -> None:
         ] = OptimizerName.ADAM,
         rounds: Annotated[int, typer.Option("--rounds", min=1)] = 5,
         strategy: Annotated[
-            str,
-            typer.Option(
-                "--strategy", help="fedavg, fedavgm, fedadam, fedyogi, median, trimmed_mean."
-            ),
-        ] = "fedavg",
+            StrategyName, typer.Option("--strategy", help="Server aggregation strategy.")
+        ] = StrategyName.FEDAVG,
         personalization: Annotated[
             PersonalizationMethod,
             typer.Option("--personalization", help="Inside personalisation (none: FedAvg)."),

@@ -56,9 +56,11 @@ class SiteActor:
         self.agent = SiteAgent(settings)
         self.agent.prepare()
 
-    def ready(self) -> bool:
-        """True once enrolled (the driver waits for every actor's answer)."""
-        return True
+    def ready(self) -> str:
+        """This actor's Ray node id, once enrolled (the driver waits for every actor's answer)."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
 
     def step(self, wait_s: int) -> bool:
         """Poll once (long poll ``wait_s``) and run the task that comes; True if there was one."""
@@ -73,9 +75,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise LaunchError(
-            "the ray backend needs Ray: pip install 'fedseg[ray]' (or make install-ray)"
-        ) from exc
+        raise LaunchError("the ray backend needs Ray: pip install 'fedseg[ray]'") from exc
     return ray
 
 
@@ -131,6 +131,8 @@ def served(app: Any, host: str) -> Iterator[str]:
 class RaySites:
     """The virtual sites as Ray actors.
 
+    ``nodes`` holds the Ray node id each actor runs on (in the order of ``settings``).
+
     Args:
         settings: one ``SiteSettings`` per site (aggregator URL, manifest, work dir, token).
         options: Ray placement options.
@@ -145,7 +147,8 @@ class RaySites:
         threads = options.torch_threads or torch.get_num_threads()
         actor_class = remote(SiteActor)
         self.actors = [actor_class.remote(s, threads) for s in settings]
-        self._get([a.ready.remote() for a in self.actors])  # enrolled, as in-process agents are
+        # Every actor enrolled before the experiment, as in-process agents are.
+        self.nodes = self._get([a.ready.remote() for a in self.actors])
 
     def _get(self, refs: list[Any]) -> list[Any]:
         try:

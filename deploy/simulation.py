@@ -195,6 +195,7 @@ def _federate(
         from deploy.ray_backend import RaySites
 
         ray_sites = RaySites([s[1] for s in sites], cfg.ray or RayOptions())
+        console.print(f"{len(sites)} virtual sites on {len(set(ray_sites.nodes))} Ray node(s)")
         step_all: Callable[[], bool] = ray_sites.step_all
         close: Callable[[], None] = ray_sites.close
     else:

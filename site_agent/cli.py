@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from data_specs.constants import RouterGate, SplitName
 from site_agent.errors import (
     AggregatorUnavailableError,
     ManifestRejectedError,
@@ -346,7 +347,9 @@ def evaluate(
     model: ModelOpt = "global",
     experiment: ExperimentOpt = None,
     weights: WeightsOpt = None,
-    split: Annotated[str, typer.Option("--split", help="test, validation or training.")] = "test",
+    split: Annotated[SplitName, typer.Option("--split", help="The labelled split to score.")] = (
+        SplitName.TEST
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: Config = None,
     work_dir: WorkDirOpt = None,
@@ -379,9 +382,7 @@ def adapt(
     steps: Annotated[int, typer.Option("--steps", min=1, max=100_000)] = 60,
     lr: Annotated[float, typer.Option("--lr", min=1e-6, max=1.0)] = 3e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    gate: Annotated[
-        str, typer.Option("--gate", help="Router gate: softmax or sigmoid.")
-    ] = "softmax",
+    gate: Annotated[RouterGate, typer.Option("--gate", help="Router gate.")] = RouterGate.SOFTMAX,
     config: Config = None,
     aggregator_url: UrlOpt = None,
     work_dir: WorkDirOpt = None,
@@ -401,9 +402,6 @@ def adapt(
     from site_agent.workdir import WorkDir
 
     _setup_logging("INFO")
-    if gate not in ("softmax", "sigmoid"):
-        typer.echo(f"error: --gate must be softmax or sigmoid, got {gate!r}", err=True)
-        raise typer.Exit(1)
     try:
         settings = _settings(
             config,
@@ -425,7 +423,7 @@ def adapt(
                 steps=steps,
                 lr=lr,
                 seed=seed,
-                gate=gate,  # type: ignore[arg-type]
+                gate=gate.value,  # type: ignore[arg-type]
                 device=settings.resolve_device(),
             )
     except SiteAgentError as exc:

@@ -15,6 +15,13 @@ from typing import Any, TypeVar
 
 import httpx
 from pydantic import SecretStr, ValidationError
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
 
 from data_specs.constants import API_PREFIX, HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
 from data_specs.fingerprint import DatasetFingerprint
@@ -125,13 +132,19 @@ class AggregatorClient:
 
     # -- routes ---------------------------------------------------------------------------
     def enroll(
-        self, enrollment_token: SecretStr, *, accept_experiments: list[str] | None = None
+        self,
+        enrollment_token: SecretStr,
+        *,
+        accept_experiments: list[str] | None = None,
+        max_samples: int | None = None,
     ) -> EnrollResponse:
         """Exchange the one-time enrollment token for a site token.
 
         Args:
             enrollment_token: the one-time token.
             accept_experiments: the hospital's standing consent, sent with the enrollment.
+            max_samples: the most training cases the site will train on (its sample-count
+                cap). Default None (none declared).
 
         Raises:
             EnrollmentError: the aggregator refused the enrollment token.
@@ -139,6 +152,7 @@ class AggregatorClient:
         body = EnrollRequest(
             enrollment_token=enrollment_token.get_secret_value(),
             accept_experiments=accept_experiments,
+            max_samples=max_samples,
         )
         try:
             resp = self._call("POST", "/sites/enroll", "enroll", auth=False, json=body.model_dump())
@@ -285,26 +299,37 @@ class AggregatorClient:
         return _Stream(self.http, method, API_PREFIX + path, self._headers(True))
 
     def _retry(self, attempt: Callable[[], T], what: str) -> T:
-        delays = self.backoff.delays()
-        tries = corrupt = 0
-        while True:
-            tries += 1
+        """``attempt()`` with the backoff policy on network errors and 5xx / 429, and one more
+        download (no pause) after a sha256 mismatch."""
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "%s failed (%s); retry %d in %.1f s", what, exc, state.attempt_number, delay
+            )
+
+        def transient() -> T:
             try:
-                return attempt()
-            except IntegrityError:
-                corrupt += 1  # one more download, in case the bytes were damaged in transit
-                if corrupt >= 2:
-                    raise
-                log.warning("%s failed its sha256 check; downloading once more", what)
-            except _Retryable as exc:
-                delay = next(delays, None)
-                if delay is None:
-                    raise AggregatorUnavailableError(
-                        f"aggregator unavailable: {what} failed {tries} times ({exc}); "
-                        "check the URL, the network and the aggregator's health"
-                    ) from exc
-                log.warning("%s failed (%s); retry %d in %.1f s", what, exc, tries, delay)
-                self.backoff.pause(delay)
+                return self.backoff.retrying(_Retryable, before_sleep=log_retry)(attempt)
+            except RetryError as err:
+                exc = err.last_attempt.exception()
+                raise AggregatorUnavailableError(
+                    f"aggregator unavailable: {what} failed {err.last_attempt.attempt_number} "
+                    f"times ({exc}); check the URL, the network and the aggregator's health"
+                ) from exc
+
+        def log_corrupt(_: RetryCallState) -> None:
+            log.warning("%s failed its sha256 check; downloading once more", what)
+
+        corrupt = Retrying(
+            stop=stop_after_attempt(2),
+            retry=retry_if_exception_type(IntegrityError),
+            before_sleep=log_corrupt,
+            sleep=lambda _: None,
+            reraise=True,
+        )
+        return corrupt(transient)
 
 
 class _Stream:

@@ -6,6 +6,8 @@ import logging
 
 from pydantic import SecretStr
 
+from data_specs.errors import DataSpecError
+from data_specs.manifest import load_manifest
 from data_specs.wire import EnrollResponse
 from site_agent.client import AggregatorClient
 from site_agent.errors import SiteSettingsError
@@ -33,13 +35,39 @@ def enroll(client: AggregatorClient, settings: SiteSettings, workdir: WorkDir) -
             "(from the researcher) for the first start"
         )
     response = client.enroll(
-        settings.enrollment_token, accept_experiments=list(settings.accept_experiments) or None
+        settings.enrollment_token,
+        accept_experiments=list(settings.accept_experiments) or None,
+        max_samples=declared_max_samples(settings),
     )
     token = SecretStr(response.site_token)
     workdir.write_token(token)
     client.set_token(token)
     log.info("enrolled as site %s (%s)", response.site_name, response.site_id)
     return response
+
+
+def declared_max_samples(settings: SiteSettings) -> int | None:
+    """The sample-count cap declared at enrolment (``FEDSEG_SITE_MAX_SAMPLES``, else derived).
+
+    Derived only for a 3D task, whose sample count is its number of training cases; a 2D task
+    trains on slices when its scans are volumes, so it declares nothing. A manifest that is
+    missing or does not load declares nothing (the agent reports it when it trains).
+    """
+    if settings.max_samples is not None:
+        return settings.max_samples
+    if settings.manifest is None:
+        return None
+    try:
+        manifest = load_manifest(settings.manifest)
+    except (DataSpecError, OSError) as exc:
+        log.warning(
+            "no sample count declared at enrolment: the manifest did not load (%s)",
+            type(exc).__name__,
+        )
+        return None
+    if manifest.spatial_dims != 3 or not manifest.training:
+        return None
+    return len(manifest.training)
 
 
 def ensure_token(client: AggregatorClient, settings: SiteSettings, workdir: WorkDir) -> None:

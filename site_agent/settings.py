@@ -51,6 +51,12 @@ class SiteSettings(BaseSettings):
             experiment ids, or ``"researcher:<name>"``. Default empty: approve each experiment
             with ``fedseg site approve EXPERIMENT`` after ``fedseg site invitations``.
             Example (environment): ``FEDSEG_SITE_ACCEPT_EXPERIMENTS='["researcher:alice"]'``.
+        max_samples: the most training cases this site will train on, declared once at
+            enrolment: the aggregator caps the sample count (FedAvg weight) of every update of
+            this site at it, for good. Default None: the manifest's training cases for a 3D
+            task (leave room by setting it when cases will be added later); a 2D task declares
+            nothing (its samples may be slices of volumes) and is capped by its dataset
+            fingerprint instead. Example: ``120``.
         share_personal: send the personal model to the aggregator after each round so that
             outside hospitals can route to it. Default False (opt-in).
         poll_wait_s: long-poll duration of ``GET /tasks/next``. Default 30. Example: ``5``.
@@ -79,6 +85,7 @@ class SiteSettings(BaseSettings):
     manifest: Path | None = None
     work_dir: Path = Path("site_work")
     device: DeviceName = "auto"
+    max_samples: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
     share_personal: bool = False
     accept_experiments: list[Annotated[str, Field(min_length=1, max_length=250)]] = Field(
         default_factory=list, max_length=100

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import (
@@ -78,6 +78,18 @@ def tasks_of_round(session: Session, *, round_id: str) -> list[Task]:
     return list(
         session.scalars(select(Task).where(Task.round_id == round_id).order_by(Task.site_id))
     )
+
+
+def count_tasks(session: Session, *, round_id: str, statuses: Sequence[str] | None = None) -> int:
+    """How many tasks the round attempt has (in ``statuses`` when given), counted by the database.
+
+    The orchestrator asks this on every wake-up (each upload wakes it): loading the round's
+    tasks instead made a round of N sites cost O(N²).
+    """
+    query = select(func.count()).select_from(Task).where(Task.round_id == round_id)
+    if statuses is not None:
+        query = query.where(Task.status.in_(list(statuses)))
+    return int(session.scalar(query) or 0)
 
 
 def claim_round(session: Session, *, round_id: str, from_status: str, to_status: str) -> bool:

@@ -173,7 +173,7 @@ def inside_markdown(
     lines += reference_lines(reference or [], rows)
     lines += _paired_section(rows, latest)
     lines += _verdicts(rows)
-    lines += why_lines(rows, latest, reference or [])
+    lines += why_lines(rows, latest, reference or [], load_runs("ablation"))
     return "\n".join(lines) + "\n"
 
 
@@ -312,7 +312,29 @@ def ablation_markdown(runs: list[dict[str, Any]]) -> str:
                 f"| {m} | {VARIANTS.get(m, ({}, {}, '?'))[2]} | {epochs} | "
                 f"{','.join(str(r['seed']) for r in rs)} | {means[m]:.3f} | {diff} | {ips:.1f} |"
             )
+    lines += ["", "Noise scale, from each run's last two evaluations (test Dice, same run):", ""]
+    lines += [_ablation_noise(by_epochs[e], e) for e in sorted(by_epochs, reverse=True)]
     return "\n".join(lines) + "\n"
+
+
+def _ablation_noise(runs: list[dict[str, Any]], epochs: int) -> str:
+    """How far the runs' test Dice moves between their last two evaluations: the scale below
+    which a variant's difference is noise (until several seeds are stored)."""
+    moves = [
+        (abs(c[-1]["dice"] - c[-2]["dice"]), r["config"]["method"])
+        for r in runs
+        if len(c := r.get("curves", {}).get("all", [])) >= 2
+    ]
+    if not moves:
+        return f"- {epochs} epochs: no curve stored."
+    largest = max(moves)
+    seeds = sorted({r["seed"] for r in runs})
+    return (
+        f"- {epochs} epochs: up to {100 * largest[0]:.1f} points ({largest[1]}), median "
+        f"{100 * statistics.median(m[0] for m in moves):.1f} over {len(moves)} runs; seeds "
+        f"{', '.join(map(str, seeds))}. A variant closer to the recipe than that is not evidence "
+        "of an effect."
+    )
 
 
 def write_reports() -> list[Path]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from data_specs.errors import CodecError
+from data_specs.parameters.rules import ParamRules, ParamValueError
 
 PART_SEPARATOR = "#"
 """Joins a state-dict key and a payload part name: ``conv.weight#q``."""
@@ -92,13 +93,13 @@ class TensorJob:
 
 @dataclass(frozen=True)
 class Codec:
-    """An update codec: parameter defaults and checks, the payload layout, encode and decode.
+    """An update codec: its parameter model, the payload layout, encode and decode.
 
     Args:
         name: registry name. Example: ``"topk"``.
         version: bumped whenever the payload or the random streams change. Example: ``1``.
-        defaults: every parameter with its default. Example: ``{"fraction": 0.01}``.
-        check: raises ``CodecError`` for out-of-range parameters (defaults already filled in).
+        params: the pydantic model of its parameters, defaults and ranges
+            (``data_specs.parameters.codecs``). Example: ``TopkParams``.
         layout: ``(shape, params) -> {part: (shape, dtype)}``, or ``None`` for "send raw".
         encode: ``(job, float32 tensor) -> {part: array}``, site side.
         decode: ``(job, {part: array}) -> float32 tensor of job.shape``, server side.
@@ -106,58 +107,19 @@ class Codec:
 
     name: str
     version: int
-    defaults: Mapping[str, Any]
-    check: Callable[[Mapping[str, Any]], None]
+    params: type[ParamRules]
     layout: Callable[[Shape, Mapping[str, Any]], Layout | None]
     encode: Callable[[TensorJob, np.ndarray], dict[str, np.ndarray]]
     decode: Callable[[TensorJob, Mapping[str, np.ndarray]], np.ndarray]
 
-    def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every parameter with its default. Example: ``{"fraction": 0.01}``."""
+        return self.params().model_dump()
+
+    def resolve(self, params: Any) -> dict[str, Any]:
         """Fill in defaults and check; unknown names or bad values raise ``CodecError``."""
-        if not isinstance(params, Mapping):
-            raise CodecError(
-                f"codec {self.name!r}: params must be a JSON object, got {type(params).__name__}"
-            )
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise CodecError(
-                f"codec {self.name!r} has no parameter(s) {unknown}; "
-                f"allowed: {sorted(self.defaults) or 'none'}"
-            )
-        resolved = {**self.defaults, **params}
-        self.check(resolved)
-        return resolved
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def check_number(
-    codec: str,
-    name: str,
-    value: Any,
-    *,
-    low: float,
-    high: float,
-    low_open: bool = False,
-    integer: bool = False,
-) -> None:
-    """Refuse a parameter that is not a number in ``[low, high]`` (``(low, high]`` if open).
-
-    Args:
-        codec: codec name, for the message. Example: ``"subsample"``.
-        name: parameter name. Example: ``"p"``.
-        value: the value given. Example: ``0.25``.
-        low: lower bound. Example: ``0.0``.
-        high: upper bound (inclusive). Example: ``1.0``.
-        low_open: exclude ``low``. Default False.
-        integer: require an int. Default False.
-    """
-    kinds = (int,) if integer else (int, float)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        what = "an integer" if integer else "a number"
-        interval = f"{'(' if low_open else '['}{_number(low)}, {_number(high)}]"
-        raise CodecError(f"codec {codec!r}: {name!r} must be {what} in {interval}, got {value!r}")
+        try:
+            return self.params.resolve(params)
+        except ParamValueError as exc:
+            raise CodecError(str(exc)) from None

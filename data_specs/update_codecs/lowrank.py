@@ -23,21 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from data_specs.parameters.codecs import LowrankParams
 from data_specs.update_codecs.codec import (
     Codec,
     Layout,
     Shape,
     TensorJob,
-    check_number,
     tensor_rng,
 )
 
 NAME = "lowrank"
-DEFAULTS: dict[str, Any] = {"rank": 4}
-
-
-def _check(params: Mapping[str, Any]) -> None:
-    check_number(NAME, "rank", params["rank"], low=1, high=2**16, integer=True)
 
 
 def _matrix_shape(shape: Shape) -> tuple[int, int]:
@@ -88,8 +83,7 @@ def _decode(job: TensorJob, parts: Mapping[str, np.ndarray]) -> np.ndarray:
 LOWRANK = Codec(
     name=NAME,
     version=1,
-    defaults=DEFAULTS,
-    check=_check,
+    params=LowrankParams,
     layout=_layout,
     encode=_encode,
     decode=_decode,

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from data_specs.errors import CodecError
-from data_specs.update_codecs.codec import Codec, Layout, Shape, TensorJob, check_number
+from data_specs.parameters.codecs import QuantizeParams
+from data_specs.update_codecs.codec import Codec, Layout, Shape, TensorJob
 from data_specs.update_codecs.hadamard import (
-    is_power_of_two,
     next_power_of_two,
     random_signs,
     rotate,
@@ -32,20 +32,6 @@ from data_specs.update_codecs.hadamard import (
 )
 
 NAME = "quantize"
-DEFAULTS: dict[str, Any] = {"bits": 8, "rotate": False, "block": 1024}
-
-
-def _check(params: Mapping[str, Any]) -> None:
-    bits = params["bits"]
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (1, 2, 4, 8):
-        raise CodecError(f"codec 'quantize': 'bits' must be 1, 2, 4 or 8, got {params['bits']!r}")
-    if not isinstance(params["rotate"], bool):
-        raise CodecError(
-            f"codec 'quantize': 'rotate' must be true or false, got {params['rotate']!r}"
-        )
-    check_number(NAME, "block", params["block"], low=8, high=2**20, integer=True)
-    if not is_power_of_two(params["block"]):
-        raise CodecError(f"codec 'quantize': 'block' must be a power of two, got {params['block']}")
 
 
 def _geometry(size: int, params: Mapping[str, Any]) -> tuple[int, int]:
@@ -133,8 +119,7 @@ def _decode(job: TensorJob, parts: Mapping[str, np.ndarray]) -> np.ndarray:
 QUANTIZE = Codec(
     name=NAME,
     version=1,
-    defaults=DEFAULTS,
-    check=_check,
+    params=QuantizeParams,
     layout=_layout,
     encode=_encode,
     decode=_decode,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_specs.errors import CodecError
+from data_specs.parameters.codecs import NoParams
 from data_specs.safetensors_header import TensorLayout
 from data_specs.update_codecs.codec import PART_SEPARATOR, Codec, Layout, Shape, TensorJob
 from data_specs.update_codecs.lowrank import LOWRANK
@@ -36,7 +37,7 @@ def _never(*_: Any) -> Any:
     raise AssertionError("the 'none' codec has no compressed tensors")
 
 
-NONE = Codec("none", 1, {}, lambda _: None, lambda *_: None, _never, _never)
+NONE = Codec("none", 1, NoParams, lambda *_: None, _never, _never)
 
 CODECS: dict[str, Codec] = {c.name: c for c in (NONE, QUANTIZE, SUBSAMPLE, TOPK, LOWRANK, RANDMASK)}
 """Every update codec by name."""

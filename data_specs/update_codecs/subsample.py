@@ -17,22 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from data_specs.parameters.codecs import SubsampleParams
 from data_specs.update_codecs.codec import (
     Codec,
     Layout,
     Shape,
     TensorJob,
-    check_number,
     kept_count,
     sample_indices,
 )
 
 NAME = "subsample"
-DEFAULTS: dict[str, Any] = {"p": 0.25}
-
-
-def _check(params: Mapping[str, Any]) -> None:
-    check_number(NAME, "p", params["p"], low=0.0, high=1.0, low_open=True)
 
 
 def _layout(shape: Shape, params: Mapping[str, Any]) -> Layout:
@@ -60,8 +55,7 @@ def _decode(job: TensorJob, parts: Mapping[str, np.ndarray]) -> np.ndarray:
 SUBSAMPLE = Codec(
     name=NAME,
     version=1,
-    defaults=DEFAULTS,
-    check=_check,
+    params=SubsampleParams,
     layout=_layout,
     encode=_encode,
     decode=_decode,

@@ -20,22 +20,17 @@ from typing import Any
 import numpy as np
 
 from data_specs.errors import CodecError
+from data_specs.parameters.codecs import TopkParams
 from data_specs.update_codecs.codec import (
     Codec,
     Layout,
     Shape,
     TensorJob,
-    check_number,
     kept_count,
 )
 
 NAME = "topk"
-DEFAULTS: dict[str, Any] = {"fraction": 0.01}
 _MAX_ENTRIES = 2**31 - 1  # positions travel as int32
-
-
-def _check(params: Mapping[str, Any]) -> None:
-    check_number(NAME, "fraction", params["fraction"], low=0.0, high=1.0, low_open=True)
 
 
 def _layout(shape: Shape, params: Mapping[str, Any]) -> Layout | None:
@@ -90,8 +85,7 @@ def _decode(job: TensorJob, parts: Mapping[str, np.ndarray]) -> np.ndarray:
 TOPK = Codec(
     name=NAME,
     version=1,
-    defaults=DEFAULTS,
-    check=_check,
+    params=TopkParams,
     layout=_layout,
     encode=_encode,
     decode=_decode,

@@ -28,7 +28,7 @@ def _spec() -> dict[str, Any]:
         ({"name": "x", "spec": _spec(), "rounds": 1, "fraction": 1.5}, "fraction"),
         (
             {"name": "x", "spec": _spec(), "rounds": 1, "strategy": {"name": "fedmagic"}},
-            "strategy.name",
+            "strategy: Input tag 'fedmagic'",
         ),
         (
             {

@@ -101,6 +101,7 @@ def next_task(url: str, ca: Path, token: str, cert: tuple[Path, Path] | None) ->
     return response.status_code
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_site_certificate_must_name_the_site(aggregator: MtlsAggregator, tmp_path: Path) -> None:
     ca_pem = aggregator.certs / "ca.pem"
     reg_a = aggregator.researcher.register_site("hospital-a")
@@ -129,6 +130,7 @@ def test_site_certificate_must_name_the_site(aggregator: MtlsAggregator, tmp_pat
     assert next_task(aggregator.url, ca_pem, token_a, None) == 401  # no certificate
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_certificate_from_another_ca_fails_the_handshake(
     aggregator: MtlsAggregator, tmp_path: Path
 ) -> None:

@@ -12,9 +12,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_a_whole_experiment_through_the_api_imports_neither_torch_nor_monai(
     tmp_path: Path,
 ) -> None:

@@ -182,15 +182,22 @@ def test_sample_counts_are_capped_by_the_fingerprint_and_the_enrolment(
     from aggregator.safeguards import cap_samples
     from tests.data_specs.fingerprint_data import make_fingerprint
 
-    fingerprint = make_fingerprint(num_cases=30).model_dump(mode="json")
-    r = fed.client.put(f"{API}/sites/me/fingerprint", json=fingerprint, headers=fed.sh("site-a"))
-    assert r.status_code == 200, r.text
+    volumes = make_fingerprint(num_cases=30, shape=(64.0, 64.0, 32.0), spatial_dims=3)
+    # A 2D task on volumes: 30 cases, but the site's sample counts are its slices.
+    sliced = make_fingerprint(num_cases=30, shape=(128.0, 128.0, 10.0), spatial_dims=2)
+    for site, fingerprint in (("site-a", volumes), ("site-c", sliced)):
+        r = fed.client.put(
+            f"{API}/sites/me/fingerprint",
+            json=fingerprint.model_dump(mode="json"),
+            headers=fed.sh(site),
+        )
+        assert r.status_code == 200, r.text
     with services.database.session() as session:
         capped = cap_samples(
             session,
-            claimed={"a": 10**9, "b": 40},
-            site_ids={"a": fed.sites["site-a"][0], "b": fed.sites["site-b"][0]},
+            claimed={"a": 10**9, "b": 40, "c": 300},
+            site_ids={k: fed.sites[f"site-{k}"][0] for k in "abc"},
         )
     # site-a: its fingerprint's 30 training cases; site-b declared nothing and its claim is
-    # under 10 x the round's median.
-    assert capped == {"a": 30, "b": 40}
+    # under 10 x the round's median; site-c's 300 slices of 30 volumes stay 300.
+    assert capped == {"a": 30, "b": 40, "c": 300}

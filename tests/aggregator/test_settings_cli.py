@@ -80,6 +80,7 @@ def test_create_researcher_prints_a_working_token(tmp_path: Path) -> None:
     assert again.exit_code == 1
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_python_m_aggregator_serve_refuses_without_token(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -108,5 +109,24 @@ def test_structured_logs_drop_secrets() -> None:
     line = json.loads(StructuredFormatter("json").format(captured[0]))
     assert line["event"] == "update.accepted" and line["task_id"] == "t1" and line["bytes"] == 10
     assert "site_token" not in line
+    assert list(line)[:4] == ["ts", "level", "logger", "event"] and line["level"] == "info"
     kv = StructuredFormatter("kv").format(record)
     assert "event=update.accepted" in kv and "level=info" in kv
+
+
+def test_structured_logs_keep_only_their_fields_and_the_traceback() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "aggregator", logging.ERROR, __file__, 1, "round %s failed", ("r1",), exc_info
+    )
+    record.color_message = "\x1b[31mround failed"  # uvicorn-style extra: not ours, not logged
+    record.fields = {"round": 3, "reason": "too few updates"}
+    line = json.loads(StructuredFormatter("json").format(record))
+    assert set(line) == {"ts", "level", "logger", "event", "round", "reason", "exc"}
+    assert line["event"] == "round r1 failed" and line["round"] == 3
+    assert line["exc"].endswith("ValueError: boom") and line["ts"].endswith("+00:00")
+    kv = StructuredFormatter("kv").format(record)
+    assert 'reason="too few updates"' in kv and "color_message" not in kv

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from aggregator.api.app import create_app
 from aggregator.http_server import uvicorn_config
@@ -34,6 +35,7 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_half_open_connections_are_closed(tmp_path: Path) -> None:
     settings = AggregatorSettings(
         data_dir=tmp_path,

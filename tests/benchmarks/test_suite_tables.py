@@ -154,10 +154,38 @@ def test_why_lines_come_from_the_curves_and_the_reference() -> None:
     text = "\n".join(why_lines(rows, latest, [ref]))
     assert "gained only 15.0 points from round 20 to 40" in text
     assert "20.0 points behind centralised at round 20 and 10.0 at round 40" in text
-    assert "same 40 rounds: FedAvg 0.750 against fedseg's 0.750" in text
-    assert "within a point" in text
+    assert (
+        "same 40 rounds: FedAvg 0.750 against fedseg's 0.750 (other test patients): within" in text
+    )
     ref["models"]["global"] = {"A": 0.8, "B": 0.82}
-    assert "the reference is 6.0 points ahead" in "\n".join(why_lines(rows, latest, [ref]))
+    assert ": 6.0 points ahead. Run fedseg on the script's own patients" in "\n".join(
+        why_lines(rows, latest, [ref])
+    )
+    same = {
+        "config": {"method": "fedseg_fedavg_iopfl", "rounds": 40},
+        "date": "e",
+        "models": {"global": {"A": {"dice": 0.80}, "B": {"dice": 0.81}}},
+    }
+    text = "\n".join(why_lines(rows, latest, [ref, same]))
+    assert "fedseg's recipe on exactly those patients 0.805 (-0.5 points)" in text
+    assert (
+        "moved it by -5.5 points" in text and "is within 2 points of the reference (-0.5)" in text
+    )
+    same["models"]["global"] = {"A": {"dice": 0.70}, "B": {"dice": 0.71}}
+    assert "the recipe is 10.5 points behind" in "\n".join(why_lines(rows, latest, [ref, same]))
+    ablation = [
+        {
+            "config": {"method": m, "rounds": 12},
+            "models": {"global": {"A": {"dice": d}}},
+            "curves": {"all": [{"round": 6, "dice": d - 0.03}, {"round": 12, "dice": d}]},
+        }
+        for m, d in (("recipe", 0.76), ("no_norm", 0.78))
+    ]
+    text = "\n".join(why_lines(rows, latest, [ref], ablation))
+    assert (
+        "recipe 0.760; points against it: no_norm +2.0; one run's Dice moves by up to 3.0" in text
+    )
+    assert "No single factor of the recipe moves Dice by more than that noise." in text
     assert (
         why_lines(
             {
@@ -170,3 +198,32 @@ def test_why_lines_come_from_the_curves_and_the_reference() -> None:
         )
         == []
     )
+
+
+def _ablation_run(method: str, epochs: int, dice: float, last_move: float) -> dict[str, Any]:
+    return {
+        "config": {"method": method, "rounds": epochs},
+        "config_hash": f"{method}{epochs}",
+        "date": "2026-11-29 22:00 UTC",
+        "seed": 0,
+        "images_per_second": 100.0,
+        "models": {"global": {h: {"dice": dice} for h in HOSPITALS}},
+        "curves": {"all": [{"round": 1, "dice": dice - last_move}, {"round": 2, "dice": dice}]},
+    }
+
+
+def test_ablation_compares_each_variant_with_the_recipe_at_its_own_epochs() -> None:
+    from benchmarks.suite.report import ablation_markdown
+
+    text = ablation_markdown(
+        [
+            _ablation_run("recipe", 12, 0.70, 0.01),
+            _ablation_run("no_norm", 12, 0.75, 0.03),
+            _ablation_run("recipe", 4, 0.30, 0.10),
+            _ablation_run("no_norm", 4, 0.40, 0.02),
+        ]
+    )
+    assert "| no_norm |" in text and "| 12 | 0 | 0.750 | +5.0 |" in text
+    assert "| 4 | 0 | 0.400 | +10.0 |" in text
+    assert "- 12 epochs: up to 3.0 points (no_norm)" in text
+    assert "- 4 epochs: up to 10.0 points (recipe)" in text

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -52,24 +51,18 @@ def inspect(kind: str, name: str) -> dict[str, Any]:
     return json.loads(run(["docker", kind, "inspect", name]).stdout)[0]
 
 
-def compose_cli() -> list[str]:
-    """Compose v1 (``docker-compose``) where installed, else v2 (``docker compose``).
-
-    FEDSEG_COMPOSE picks one: ``v1`` or ``v2``.
-    """
-    choice = os.environ.get("FEDSEG_COMPOSE", "")
-    if choice != "v2" and shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return ["docker", "compose"]
+def compose_cli(version: str) -> list[str]:
+    """The Compose CLI: ``v1`` is ``docker-compose`` (1.29 in Debian 12), ``v2`` ``docker compose``."""
+    return ["docker-compose"] if version == "v1" else ["docker", "compose"]
 
 
 @dataclass
 class ComposeProject:
-    """One compose project of deploy/compose.yaml with its own name, ports and secrets."""
+    """One compose project of deploy/compose.yaml with its own name, ports, secrets and CLI."""
 
     name: str
     env: dict[str, str]
-    cli: list[str] = field(default_factory=compose_cli)
+    cli: list[str] = field(default_factory=lambda: compose_cli("v1"))
     _ids: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, *args: str, timeout_s: float = 300, check: bool = True) -> str:

@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from data_specs.bundle import BundleMeta
 from data_specs.constants import BundleKind
 from data_specs.errors import BundleError, CodecError
-from data_specs.update_codecs import decode_update, encode_update
+from data_specs.parameters.codecs import QuantizeCodec
+from data_specs.update_codecs import CODECS, decode_update, encode_update
 from data_specs.wire import CodecConfig
 
 W = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)
@@ -48,7 +50,9 @@ def test_a_disallowed_or_unknown_codec_is_refused() -> None:
     refused(payload, dataclasses.replace(meta, codec="zip"), "unknown update codec 'zip'")
     with pytest.raises(CodecError, match="unknown update codec 'zip'"):
         # The wire schema already refuses the name; a config built around it still fails.
-        encode_update(DIFF, CodecConfig.model_construct(name="zip"), seed=1)
+        encode_update(
+            DIFF, CodecConfig.model_construct(QuantizeCodec.model_construct(name="zip")), seed=1
+        )
 
 
 def test_codec_params_of_another_codec_are_refused() -> None:
@@ -172,12 +176,15 @@ def test_corrupt_parts_are_refused() -> None:
         ("subsample", {"q": 0.1}, "codec 'subsample' has no parameter(s) ['q']; allowed: ['p']"),
     ],
 )
-def test_bad_parameters_are_refused_at_encode(
+def test_bad_parameters_are_refused_by_the_config_and_the_codec(
     name: str, params: dict[str, Any], fragment: str
 ) -> None:
-    with pytest.raises(CodecError) as info:
-        encode_update(DIFF, CodecConfig(name=name, params=params), seed=1)
-    assert fragment in str(info.value)
+    with pytest.raises(ValidationError) as config_info:  # the wire model (TrainConfig.codec)
+        CodecConfig(name=name, params=params)
+    assert fragment in str(config_info.value)
+    with pytest.raises(CodecError) as codec_info:  # what encode_update and decode_update run
+        CODECS[name].resolve(params)
+    assert fragment in str(codec_info.value)
 
 
 def test_bad_encode_inputs_are_refused() -> None:
@@ -199,3 +206,18 @@ def test_plain_updates_decode_and_half_precision_raw_tensors_are_cast_back() -> 
     out = decode_update({**payload, "b": payload["b"].astype(np.float16)}, half, EXPECTED)
     assert out["b"].dtype == np.float32
     refused({**payload, "b": payload["b"].astype(np.float16)}, meta, "b: expected float32[32]")
+
+
+def test_parameters_keep_their_numbers_as_given_for_the_checksum() -> None:
+    # Earlier versions hashed the parameters as the site gave them: an integer 1 must stay 1
+    # (json "1", not "1.0"), or bundles they encoded would fail their checksum here.
+    resolved = CODECS["subsample"].resolve({"p": 1})
+    assert resolved == {"p": 1} and type(resolved["p"]) is int
+    assert CODECS["quantize"].resolve({"bits": 4}) == {"bits": 4, "rotate": False, "block": 1024}
+    payload, codec_params = encode_update(
+        DIFF, CodecConfig(name="subsample", params={"p": 1}), seed=3
+    )
+    assert codec_params["params"] == {"p": 1}
+    meta = BundleMeta("0123456789abcdef", 1, BundleKind.DIFF, 4, "subsample", codec_params)
+    dense = decode_update(payload, meta, EXPECTED, seed=3)
+    np.testing.assert_array_equal(dense["w"], W)  # p = 1 keeps every entry

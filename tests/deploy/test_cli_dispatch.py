@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 PROBE = """
@@ -21,6 +22,7 @@ print("HEAVY=" + ",".join(heavy))
 """
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_a_group_command_imports_only_its_group() -> None:
     done = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=True

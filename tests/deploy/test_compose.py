@@ -97,13 +97,16 @@ def test_hospitals_are_outbound_only_and_read_only(compose: dict[str, Any]) -> N
         site = services[name]
         assert "ports" not in site and "expose" not in site
         assert site["read_only"] is True and site["cap_drop"] == ["ALL"]
-        volumes = {v.split(":")[1]: v for v in site["volumes"]}
-        assert volumes["/data"].endswith(":ro") and volumes["/certs"].endswith(":ro")
+        mounts = {v["target"]: v for v in site["volumes"] if isinstance(v, dict)}
+        for target in ("/data", "/certs", "/enroll"):
+            # read-only, and never filled from the image (that would chown the shared volume)
+            assert mounts[target]["read_only"] is True, target
+            assert mounts[target]["volume"] == {"nocopy": True}, target
         env = site["environment"]
         assert env["FEDSEG_SITE_AGGREGATOR_URL"].startswith("https://")
         assert "FEDSEG_SITE_ALLOW_INSECURE_HTTP" not in env
         assert "FEDSEG_SITE_ENROLLMENT_TOKEN" not in env  # from the enroll file, not compose
-    work = [v for n in HOSPITALS for v in services[n]["volumes"] if v.endswith(":/work")]
+    work = [v for n in HOSPITALS for v in services[n]["volumes"] if str(v).endswith(":/work")]
     assert len(set(work)) == len(HOSPITALS), "each hospital needs its own work volume"
 
 

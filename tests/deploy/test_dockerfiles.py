@@ -86,6 +86,7 @@ def test_site_agent_commands_exist() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_healthcheck_command_runs(name: str) -> None:
     argv = healthcheck_argv(DOCKERFILES[name])
     assert argv[:3] == ["python", "-m", "deploy.entrypoints.healthcheck"]

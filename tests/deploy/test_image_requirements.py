@@ -106,11 +106,13 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_the_aggregator_never_imports_torch_or_monai(probe: dict[str, list[str]]) -> None:
     heavy = {"torch", "monai", "nibabel", "SimpleITK", "scipy", "matplotlib", "tensorboard"}
     assert heavy & {m.split(".")[0] for m in probe["modules"]} == set()
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_the_aggregator_image_has_everything_the_aggregator_imports(
     probe: dict[str, list[str]],
 ) -> None:

@@ -52,6 +52,7 @@ def _wait_https(url: str, ca: Path, timeout_s: float = 20) -> None:
             time.sleep(0.2)
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_https_by_ip_across_namespaces(federation_net: PrivateNetwork, tmp_path: Path) -> None:
     net = federation_net
     agg = net["aggregator"]
@@ -78,6 +79,7 @@ def test_https_by_ip_across_namespaces(federation_net: PrivateNetwork, tmp_path:
     assert plain.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in plain.stderr
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_everything_is_removed_even_after_a_failure(netns_ok: None) -> None:
     def names() -> set[str]:
         out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)

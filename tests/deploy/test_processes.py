@@ -49,6 +49,7 @@ def _wait_gone(mark: str, timeout_s: float = 15.0) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_stop_all_kills_children_and_grandchildren(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

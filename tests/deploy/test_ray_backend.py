@@ -27,14 +27,23 @@ except ImportError:  # pragma: no cover - depends on the environment
         allow_module_level=True,
     )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # minutes on a loaded machine
 TINY = TaskSpec(out_channels=4, channels=(4, 8), strides=(2,), patch_size=(32, 32))
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """One embedded Ray for the module (starting Ray costs seconds)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    problem: Exception | None = None
+    for _ in range(3):  # Ray waits a fixed 30 s for its raylet: a starved machine can miss it
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as exc:  # ray raises a bare Exception on that timeout
+            problem = exc
+            ray.shutdown()
+    else:
+        pytest.skip(f"RAY TESTS SKIPPED: a local Ray did not start 3 times: {problem}")
     yield
     ray.shutdown()
 
@@ -84,4 +93,6 @@ def test_cli_runs_the_ray_backend_and_refuses_an_address_without_it(
         app, [*base, "--out", str(tmp_path / "b"), "--backend", "ray", "--cpus-per-site", "0.5"]
     )
     assert ran.exit_code == 0, ran.output
-    assert ran.output.startswith("completed")
+    assert "\ncompleted in " in ran.output  # after the round progress lines
+    assert "site_0: global Dice" in ran.output and "site_1: global Dice" in ran.output
+    assert "2 virtual sites on 1 Ray node(s)" in ran.output

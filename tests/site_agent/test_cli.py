@@ -32,6 +32,7 @@ def global_model_in(work, experiment_id: str = "exp-1") -> None:
     save_global(WorkDir(work), experiment_id, 1, TINY, data)
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_python_m_site_agent_shows_the_commands() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "site_agent", "--help"], capture_output=True, text=True

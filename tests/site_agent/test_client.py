@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 
 import httpx
 import numpy as np
@@ -43,9 +42,7 @@ def make_task(sha: str = "0" * 64) -> TaskAssignment:
 
 def client_for(handler, sleeps: list[float], retries: int = 3) -> AggregatorClient:
     http = httpx.Client(base_url="https://agg.test", transport=httpx.MockTransport(handler))
-    backoff = Backoff(
-        initial=0.5, maximum=1.5, retries=retries, sleep=sleeps.append, rng=random.Random(0)
-    )
+    backoff = Backoff(initial=0.5, maximum=1.5, retries=retries, sleep=sleeps.append)
     return AggregatorClient(http, backoff=backoff, token=SecretStr("site-token-abc"))
 
 
@@ -75,8 +72,44 @@ def test_unreachable_aggregator_gives_up_with_a_clear_error(caplog) -> None:
     client = client_for(handler, sleeps, retries=4)
     with pytest.raises(AggregatorUnavailableError, match="failed 5 times"):
         client.next_task(wait_s=1)
-    assert len(sleeps) == 4 and max(sleeps) <= 1.5  # bounded
+    assert len(sleeps) == 4
+    for k, delay in enumerate(sleeps):  # d = min(1.5, 0.5 * 2**k), drawn from [d/2, d]
+        step = min(1.5, 0.5 * 2**k)
+        assert step / 2 <= delay <= step, (k, delay)
+    assert "retry 4 in" in caplog.text
     assert "site-token-abc" not in caplog.text
+
+
+def test_a_corrupt_download_is_fetched_once_more_without_a_pause(tmp_path, caplog) -> None:
+    body = b"the model"
+    good = hashlib.sha256(body).hexdigest()
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        sent = b"the modeX" if len(calls) == 1 else body  # damaged in transit once
+        return httpx.Response(200, content=sent, headers={"X-Content-SHA256": good})
+
+    sleeps: list[float] = []
+    dest = tmp_path / "tasks" / "t1" / "global.safetensors"
+    client = client_for(handler, sleeps)
+    assert client.download_model(make_task(good), dest, WorkDir(tmp_path)) == good
+    assert len(calls) == 2 and sleeps == [] and dest.read_bytes() == body
+    assert "downloading once more" in caplog.text
+
+
+def test_a_download_corrupt_twice_gives_up(tmp_path) -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, content=b"bad", headers={"X-Content-SHA256": "0" * 64})
+
+    client = client_for(handler, [])
+    dest = tmp_path / "tasks" / "t1" / "global.safetensors"
+    with pytest.raises(IntegrityError, match="does not match"):
+        client.download_model(make_task("0" * 64), dest, WorkDir(tmp_path))
+    assert len(calls) == 2
 
 
 def test_401_and_409_are_not_retried() -> None:

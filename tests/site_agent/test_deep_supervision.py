@@ -40,6 +40,7 @@ def test_too_shallow_a_network_is_refused() -> None:
         DeepSupervision(build_unet(shallow), shallow)
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_training_with_deep_supervision_keeps_the_layout_and_trains_the_heads() -> None:
     from site_agent.trainer import SiteTrainer
 

@@ -18,6 +18,7 @@ import pytest
         (["adapt", "--experiment", "e", "--manifest", "m.json"], "adapting experiment e"),
     ],
 )
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_the_first_line_comes_before_heavy_imports(
     tmp_path: Path, args: list[str], first: str
 ) -> None:

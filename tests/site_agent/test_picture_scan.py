@@ -71,6 +71,7 @@ def test_what_needs_monai_takes_monais_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(660)  # a fresh interpreter importing torch: slow on a loaded machine
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_infer_on_a_picture_never_imports_monai(tmp_path: Path) -> None:
     from data_specs.bundle import BundleMeta, encode_bundle
     from site_agent.models import save_global

@@ -45,6 +45,7 @@ def test_poly_lr_is_continuous_across_rounds_and_reaches_zero() -> None:
     assert 0 < last(steps - 1) < 0.1 * (1 / (total * steps)) ** 0.9 * 1.01
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_trainer_applies_the_poly_schedule_and_keeps_the_optimiser(tiny_spec: TaskSpec) -> None:
     from site_agent.trainer import SiteTrainer
 

@@ -27,6 +27,7 @@ def config(method: str) -> TrainConfig:
     )
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_iopfl_reports_global_and_personal_dice_of_the_right_models() -> None:
     trainer = SiteTrainer(
         TINY, SquaresDataset(16, seed=0), SquaresDataset(6, seed=1), progress=False
@@ -47,6 +48,7 @@ def test_iopfl_reports_global_and_personal_dice_of_the_right_models() -> None:
     assert m.val_dice_personal == pytest.approx(m.val_dice)
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_the_trainer_model_holds_the_trained_weights_afterwards() -> None:
     trainer = SiteTrainer(
         TINY, SquaresDataset(16, seed=0), SquaresDataset(6, seed=1), progress=False
@@ -56,6 +58,7 @@ def test_the_trainer_model_holds_the_trained_weights_afterwards() -> None:
     assert all(torch.equal(now[k], result.state[k]) for k in now)
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_fedavg_without_personalisation_reports_neither() -> None:
     trainer = SiteTrainer(
         TINY, SquaresDataset(16, seed=0), SquaresDataset(6, seed=1), progress=False

@@ -45,6 +45,7 @@ def test_outside_the_main_thread_it_installs_nothing() -> None:
     assert seen == [before]
 
 
+@pytest.mark.slow  # a subprocess, a real server or real training
 def test_a_process_that_does_not_unwind_is_ended_at_the_deadline() -> None:
     # The code swallows the stop (as a long native call would delay it): the watchdog ends it.
     code = textwrap.dedent(

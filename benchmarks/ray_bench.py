@@ -1,0 +1,178 @@
+"""``fedseg simulate``: the Ray backend against the in-process backend, same experiment and seed.
+
+``python -m benchmarks.ray_bench [--sites 3] [--rounds 3] [--max-steps 20] [--size 64]`` writes
+``benchmarks/results/ray.md``.
+
+Both backends run one FedAvg experiment on synthetic 2D data (``data_specs.synth``). Measured
+for each: the wall time of ``run_simulation`` (Ray's start-up included: a local Ray is started
+inside the timed call), the CPU seconds of this process and every process below it (Ray's
+raylet, GCS and worker processes included; sampled from ``/proc`` twice a second, so a process
+that lives under half a second is missed), and whether the rounds' global models are the same
+bits. The wall-time goal (Ray within 10 % of in-process) is only meaningful on an idle machine:
+the report states the load average seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "benchmarks" / "results" / "ray.md"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: str) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a process, or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+class TreeCpu:
+    """CPU seconds of this process and all its descendants, sampled from /proc."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.root = os.getpid()
+        self.seen: dict[int, float] = {}
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(p))}
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [self.root]
+        while todo:
+            pid = todo.pop()
+            if pid in stats:
+                self.seen[pid] = max(self.seen.get(pid, 0.0), stats[pid][1])
+            todo.extend(children.get(pid, []))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    @contextmanager
+    def measuring(self) -> Iterator[TreeCpu]:
+        self.sample()
+        start = dict(self.seen)
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+            self.sample()
+            self.seen = {p: c - start.get(p, 0.0) for p, c in self.seen.items()}
+
+    @property
+    def total(self) -> float:
+        return sum(self.seen.values())
+
+
+def run(backend: str, args: argparse.Namespace, manifests: list[Path]) -> dict[str, object]:
+    from data_specs.task_spec import TaskSpec
+    from deploy.ray_backend import RayOptions
+    from deploy.simulation import SimulationConfig, run_simulation
+
+    cfg = SimulationConfig(
+        manifests=manifests,
+        out_dir=args.work_dir / backend,
+        spec=TaskSpec(
+            out_channels=4, channels=(8, 16, 32), strides=(2, 2), patch_size=(args.size,) * 2
+        ),
+        partition="iid",
+        num_sites=args.sites,
+        rounds=args.rounds,
+        max_steps=args.max_steps,
+        batch_size=4,
+        seed=7,
+        evaluate=False,
+        backend=backend,
+        ray=RayOptions(cpus_per_site=args.cpus_per_site) if backend == "ray" else None,
+    )
+    cpu = TreeCpu()
+    t0 = time.monotonic()
+    with cpu.measuring():
+        result = run_simulation(cfg)
+        if backend == "ray":
+            import ray
+
+            ray.shutdown()
+    wall = time.monotonic() - t0
+    models = [r["model_sha256"] for r in result.rounds if r["status"] == "closed"]
+    return {
+        "backend": backend,
+        "status": result.status,
+        "wall": wall,
+        "cpu": cpu.total,
+        "models": models,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--cpus-per-site", type=float, default=0.5)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fedseg_ray_bench"))
+    parser.add_argument("--out", type=Path, default=REPORT)
+    args = parser.parse_args(argv)
+    import shutil
+
+    from data_specs.synth import synthesize
+
+    shutil.rmtree(args.work_dir, ignore_errors=True)
+    manifests = synthesize(
+        args.work_dir / "data", sites=args.sites, cases=8, dims=2, size=args.size, seed=1
+    )
+    load_before = os.getloadavg()
+    rows = [run(backend, args, manifests) for backend in ("inprocess", "ray")]
+    load_after = os.getloadavg()
+    same = rows[0]["models"] == rows[1]["models"] and rows[0]["status"] == "completed"
+    base_wall, base_cpu = float(rows[0]["wall"]), float(rows[0]["cpu"])  # type: ignore[arg-type]
+    command = "python -m benchmarks.ray_bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        "# Ray simulation backend against the in-process backend",
+        "",
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {platform.machine()} Linux, {os.cpu_count()} CPU cores, Python "
+        f"{platform.python_version()}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}",
+        f"- Load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f}"
+        " (wall times are only comparable on an idle machine)",
+        f"- Command: `{command}`",
+        f"- Experiment: FedAvg, {args.sites} iid sites, {args.rounds} rounds, {args.max_steps} "
+        f"steps, {args.size}x{args.size} synthetic 2D, Ray {args.cpus_per_site} CPU per site",
+        f"- Global models of every round the same bits on both backends: **{same}**",
+        "",
+        "| backend | status | wall s | wall vs in-process | CPU s (process tree) | CPU vs in-process |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        wall, cpu = float(row["wall"]), float(row["cpu"])  # type: ignore[arg-type]
+        lines.append(
+            f"| {row['backend']} | {row['status']} | {wall:.1f} | {wall / base_wall - 1:+.0%} "
+            f"| {cpu:.1f} | {cpu / base_cpu - 1:+.0%} |"
+        )
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""``fedseg simulate --backend ray --address …`` on a two-node Ray cluster started on this machine.
+
+``ray start --head`` and a second ``ray start --address`` (1 CPU each, their own temp dirs and
+ports); two sites of 1 CPU each must land on different nodes. The experiment's global models are
+the in-process backend's, bit for bit. Skips loudly without Ray, or when the nodes cannot start.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from data_specs.synth import synthesize
+from data_specs.task_spec import TaskSpec
+from deploy.ray_backend import RayOptions
+from deploy.simulation import SimulationConfig, SimulationResult, run_simulation
+
+try:
+    import ray
+except ImportError:  # pragma: no cover - depends on the environment
+    pytest.skip(
+        "RAY CLUSTER TESTS SKIPPED: ray is not installed (make test-ray installs fedseg[ray])",
+        allow_module_level=True,
+    )
+
+from tests.deploy.ray_cluster import ENV, ClusterDidNotStart, two_node_cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+TINY = TaskSpec(out_channels=4, channels=(4, 8), strides=(2,), patch_size=(32, 32))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The GCS address of a fresh two-node cluster (a loud skip if it cannot start)."""
+    if ray.is_initialized():  # another module's embedded Ray
+        ray.shutdown()
+    for name, value in ENV.items():  # this process is the cluster's driver
+        monkeypatch.setenv(name, value)
+    try:
+        with two_node_cluster(tmp_path) as address:
+            yield address
+    except ClusterDidNotStart as exc:
+        pytest.skip(f"RAY CLUSTER TEST SKIPPED: the two Ray nodes did not start: {exc}")
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _config(tmp_path: Path, name: str, manifests: list[Path]) -> SimulationConfig:
+    return SimulationConfig(
+        manifests=manifests,
+        out_dir=tmp_path / name,
+        spec=TINY,
+        partition="iid",
+        num_sites=2,
+        rounds=2,
+        max_steps=2,
+        batch_size=2,
+        seed=5,
+        evaluate=False,
+    )
+
+
+def _models(result: SimulationResult) -> list[str | None]:
+    return [r["model_sha256"] for r in result.rounds if r["status"] == "closed"]
+
+
+def test_two_node_cluster_runs_one_site_per_node_with_the_in_process_models(
+    tmp_path: Path, cluster: str
+) -> None:
+    manifests = synthesize(tmp_path / "data", sites=2, cases=6, dims=2, seed=3)
+    reference = run_simulation(_config(tmp_path, "inprocess", manifests))
+    cfg = _config(tmp_path, "cluster", manifests)
+    cfg.backend, cfg.ray = "ray", RayOptions(address=cluster, cpus_per_site=1)
+    text = io.StringIO()
+    on_cluster = run_simulation(cfg, Console(file=text, width=200))
+    assert "2 virtual sites on 2 Ray node(s)" in text.getvalue()
+    assert reference.status == on_cluster.status == "completed"
+    assert len(_models(reference)) == 2 and None not in _models(reference)
+    assert _models(on_cluster) == _models(reference)
