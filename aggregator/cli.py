@@ -50,11 +50,11 @@ def serve(
     from sqlalchemy.exc import SQLAlchemyError
 
     from aggregator.api.app import create_app
-    from aggregator.db.engine import database_problem
     from aggregator.http_server import uvicorn_config
     from aggregator.logs import configure_logging
     from aggregator.open_files import raise_open_files_limit
     from aggregator.settings import AggregatorSettings
+    from aggregator.storage.db.engine import database_problem
 
     given: dict[str, Any] = {
         "host": host,
@@ -101,10 +101,10 @@ def gc(
     ] = None,
 ) -> None:
     """Remove blobs that no database row names (run with the service stopped)."""
-    from aggregator.blob_gc import collect
-    from aggregator.blobs import BlobStore
-    from aggregator.db import Database
     from aggregator.settings import default_database_url
+    from aggregator.storage.blob_gc import collect
+    from aggregator.storage.blobs import BlobStore
+    from aggregator.storage.db import Database
 
     database = Database(database_url or default_database_url(data_dir))
     database.upgrade()
@@ -131,10 +131,10 @@ def create_researcher(
     from pydantic import ValidationError
 
     from aggregator.crud.principals import create_researcher as create
-    from aggregator.db import Database
     from aggregator.errors import AggregatorError
-    from aggregator.schemas import ResearcherCreate
     from aggregator.settings import default_database_url
+    from aggregator.storage.db import Database
+    from data_specs.researcher import ResearcherCreate
 
     try:
         body = ResearcherCreate(name=name)

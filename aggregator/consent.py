@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session
 
 from aggregator.crud import experiments as exp_crud
 from aggregator.crud.events import record_event
-from aggregator.db import Consent, Experiment, ExperimentStatus, Researcher, Site
-from aggregator.db.models import utcnow
 from aggregator.errors import ConflictError, NotFoundError
-from aggregator.schemas.consent import InvitationPublic
+from aggregator.storage.db import Consent, Experiment, ExperimentStatus, Researcher, Site
+from aggregator.storage.db.models import utcnow
 from data_specs.event_kinds import EventKind
+from data_specs.researcher.consent import InvitationPublic
 
 Decision = Literal["approved", "declined"]
 

@@ -28,9 +28,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from aggregator.db import Database
 from aggregator.logs import log_event
-from aggregator.task_board import TaskBoard
+from aggregator.rounds.task_board import TaskBoard
+from aggregator.storage.db import Database
 
 log = logging.getLogger("aggregator.leadership")
 # pg_advisory_lock key of the round leader ("fedseg" + "lead" as bytes, within int64).

@@ -2,10 +2,10 @@
 
 The ACDC benchmarks (``inside_bench``, ``outside_bench``, ``compression_bench``,
 ``round_overhead_bench``) treat the five diagnosis groups as five hospitals, split by patient
-(``data_specs.acdc``). Manifests are written to the benchmark's scratch folder and point into
+(``data_specs.sources.acdc``). Manifests are written to the benchmark's scratch folder and point into
 the shared ACDC folder through ``data_root``: no scan is copied.
 
-``InProcessFederation`` is the part of ``deploy.simulation.run_simulation`` that the outside
+``InProcessFederation`` is the part of ``deploy.launcher.simulation.run_simulation`` that the outside
 benchmark needs with two more knobs that ``SimulationConfig`` lacks: sites that share their
 personal models (``SiteSettings.share_personal``) and an outside site granted the routing bundle.
 It uses the same pieces (the aggregator app behind FastAPI's in-memory transport, real
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_specs.acdc import ACDC_GROUPS
 from data_specs.constants import NormKind, SplitName
+from data_specs.sources.acdc import ACDC_GROUPS
 from data_specs.task_spec import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def acdc_sites(
     Raises:
         SystemExit: the ACDC folder is missing (with where it was looked for).
     """
-    from data_specs.acdc import acdc_manifests, write_manifests
+    from data_specs.sources.acdc import acdc_manifests, write_manifests
 
     if not (acdc_dir / "frames.csv").is_file():
         raise SystemExit(
@@ -175,7 +175,7 @@ def reference_assignment(acdc_dir: Path) -> dict[str, SplitName]:
     """
     import numpy as np
 
-    from data_specs.acdc import read_frames
+    from data_specs.sources.acdc import read_frames
 
     patients: dict[str, set[str]] = {}
     for _, patient, group in read_frames(acdc_dir):
@@ -229,7 +229,7 @@ def final_global_file(result: Any) -> Path:
     rounds API names the model each closed round produced (``model_sha256``) and the
     aggregator's content-addressed store (``<out>/aggregator/blobs``) holds it.
     """
-    from aggregator.blobs import BlobStore
+    from aggregator.storage.blobs import BlobStore
 
     closed = [r for r in result.rounds if r["status"] == "closed" and r["model_sha256"]]
     if not closed:
@@ -240,7 +240,7 @@ def final_global_file(result: Any) -> Path:
 
 def round_models(result: Any) -> dict[int, Path]:
     """Each round's global model file (blob store paths), by round number."""
-    from aggregator.blobs import BlobStore
+    from aggregator.storage.blobs import BlobStore
 
     store = BlobStore(Path(result.out_dir) / "aggregator" / "blobs")
     return {
@@ -264,8 +264,8 @@ class EvalSets:
     """
 
     def __init__(self, manifests: Mapping[str, Path], spec: TaskSpec) -> None:
-        from data_specs.datasets import build_dataset
-        from data_specs.manifest import load_manifest
+        from data_specs.imaging.datasets import build_dataset
+        from data_specs.manifests.manifest import load_manifest
 
         self.spec = spec
         self.data = {
@@ -278,14 +278,14 @@ class EvalSets:
 
     def dice(self, model: Any, name: str) -> float | None:
         """Mean foreground Dice of ``model`` on hospital ``name``'s test slices."""
-        from site_agent.evaluation import evaluate_segmentation
+        from site_agent.training.evaluation import evaluate_segmentation
 
         value = evaluate_segmentation(model, self.data[name], self.spec).mean_dice
         return value if math.isfinite(value) else None
 
 
 def site_model(site_work: Path, kind: str, experiment_id: str, weights: Path | None = None) -> Any:
-    """A site's model through the agent's own loader (``site_agent.models.load_model``).
+    """A site's model through the agent's own loader (``site_agent.clinic.models.load_model``).
 
     Args:
         site_work: the site's work dir (its records give the task spec).
@@ -293,8 +293,8 @@ def site_model(site_work: Path, kind: str, experiment_id: str, weights: Path | N
         experiment_id: the experiment.
         weights: a global-model file (e.g. ``final_global_file``). Default None.
     """
-    from site_agent.models import load_model
-    from site_agent.workdir import WorkDir
+    from site_agent.clinic.models import load_model
+    from site_agent.federation.workdir import WorkDir
 
     model, _ = load_model(WorkDir(site_work), kind, experiment_id=experiment_id, weights=weights)  # type: ignore[arg-type]
     return model
@@ -345,7 +345,7 @@ class InProcessFederation:
 
         from aggregator.api.app import create_app
         from aggregator.settings import AggregatorSettings
-        from deploy.researcher_client import ResearcherClient
+        from deploy.console.researcher_client import ResearcherClient
 
         admin = secrets.token_urlsafe(32)
         settings = AggregatorSettings(
@@ -370,7 +370,7 @@ class InProcessFederation:
         import httpx
         from pydantic import SecretStr
 
-        from site_agent.loop import SiteAgent
+        from site_agent.federation.loop import SiteAgent
         from site_agent.settings import SiteSettings
 
         reg = self.researcher.register_site(name)

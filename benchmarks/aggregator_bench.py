@@ -29,13 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.aggregation import UpdateInput, aggregate_round, aggregate_updates, open_readers
-from aggregator.blobs import BlobStore
-from aggregator.global_models import build_initial_weights, load_weights, store_global
+from aggregator.rounds.aggregation import (
+    UpdateInput,
+    aggregate_round,
+    aggregate_updates,
+    open_readers,
+)
+from aggregator.storage.blobs import BlobStore
+from aggregator.storage.global_models import build_initial_weights, load_weights, store_global
 from benchmarks.aggregator_upload import AnonPeak, bench_upload, status_kib
-from data_specs.bundle import BundleMeta, encode_bundle
 from data_specs.task_spec import TaskSpec
-from deploy.report import markdown_table, report_header, write_report
+from data_specs.weights.bundle import BundleMeta, encode_bundle
+from deploy.launcher.report import markdown_table, report_header, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "aggregator.md"
 ROOT = Path(__file__).resolve().parents[1]

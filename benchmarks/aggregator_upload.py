@@ -18,9 +18,9 @@ from statistics import median
 
 import numpy as np
 
-from data_specs.bundle import BundleMeta, encode_bundle
 from data_specs.task_spec import TaskSpec
-from deploy.report import markdown_table
+from data_specs.weights.bundle import BundleMeta, encode_bundle
+from deploy.launcher.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "aggregator-bench-admin-token-0123"
@@ -124,7 +124,7 @@ def bench_upload(work: Path, uploads: int) -> str:
 
     import httpx
 
-    from data_specs.bundle import decode_bundle
+    from data_specs.weights.bundle import decode_bundle
 
     server = Server(work)
     try:

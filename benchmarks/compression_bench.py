@@ -3,7 +3,7 @@
 ``python -m benchmarks.compression_bench [--quick]`` writes ``benchmarks/results/compression.md``
 and ``compression_dice_vs_bytes.png``.
 
-Every setting runs the same FedAvg experiment through ``deploy.simulation.run_simulation`` (the
+Every setting runs the same FedAvg experiment through ``deploy.launcher.simulation.run_simulation`` (the
 real aggregator and site agents in-process; the agent encodes its update with the experiment's
 codec, the aggregator decodes and averages) with the same seed, spec, rounds and local steps.
 Uplink bytes are the rounds API's ``bytes_up`` (the update bodies the aggregator stored, bundle
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.monotonic() - started
     (work / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
     _plot(results)
-    from deploy.report import write_report
+    from deploy.launcher.report import write_report
 
     write_report(
         REPORT, _report(results, setting, sites, evals, args, total, command_line(NAME, argv))
@@ -133,7 +133,7 @@ def _run(
     work: Path,
 ) -> Result:
     from data_specs.wire import CodecConfig
-    from deploy.simulation import SimulationConfig, run_simulation
+    from deploy.launcher.simulation import SimulationConfig, run_simulation
 
     cfg = SimulationConfig(
         manifests=list(manifests.values()),
@@ -217,7 +217,7 @@ def _report(
     total: float,
     cmd: str,
 ) -> str:
-    from deploy.report import markdown_table, report_header
+    from deploy.launcher.report import markdown_table, report_header
 
     base, other = results[0], results[1]
     # Reference: the uncompressed run of the shared seed (same initial weights and batches).

@@ -77,9 +77,9 @@ def seed_history(db_url: str, *, owner_id: str, site_ids: list[str], rounds: int
     The rows are those the orchestrator writes, so every route reads them as usual; the spec
     is not built (no torch import: this measures the page, not experiment creation).
     """
-    from aggregator.db.engine import Database
-    from aggregator.db.models import Experiment, Round, Task
-    from aggregator.schemas.experiments import ExperimentCreate
+    from aggregator.storage.db.engine import Database
+    from aggregator.storage.db.models import Experiment, Round, Task
+    from data_specs.researcher.experiments import ExperimentCreate
     from data_specs.task_spec import TaskSpec
 
     spec = TaskSpec(spatial_dims=2, channels=(4, 8), strides=(2,), patch_size=(16, 16))
@@ -241,7 +241,7 @@ def run(
                 reg = http.post(f"{API}/sites", json={"name": f"hospital-{i:02d}"}, headers=auth)
                 reg.raise_for_status()
                 site_ids.append(reg.json()["id"])
-        db_url = f"sqlite:///{(data_dir / 'aggregator.db').resolve()}"
+        db_url = f"sqlite:///{(data_dir / 'aggregator.storage.db').resolve()}"
         exp_id = seed_history(db_url, owner_id=owner_id, site_ids=site_ids, rounds=rounds, dp=dp)
         driver = _browser()
         load_before = os.getloadavg()

@@ -19,9 +19,9 @@ NAME = "data_cache_bench"
 
 def main(argv: list[str] | None = None) -> None:
     from data_specs.constants import SplitName
-    from data_specs.manifest import load_manifest
-    from site_agent.data_cache import SiteDataCache
-    from site_agent.datasets import load_split
+    from data_specs.manifests.manifest import load_manifest
+    from site_agent.training.data_cache import SiteDataCache
+    from site_agent.training.datasets import load_split
 
     args = parse_args(NAME, __doc__, argv)
     work = fresh_dir(args.work_dir)

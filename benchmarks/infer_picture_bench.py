@@ -51,10 +51,10 @@ def command_times(work: Path, picture: Path, runs: int) -> list[tuple[float, flo
 
 def model_times(work: Path, picture: Path, runs: int) -> list[tuple[float, float]]:
     """(wall, cpu) seconds of the model on the prepared picture; the first call included."""
-    from site_agent.models import load_model
-    from site_agent.picture_scan import prepare_picture
-    from site_agent.prediction import predict_scores
-    from site_agent.workdir import WorkDir
+    from site_agent.clinic.models import load_model
+    from site_agent.clinic.picture_scan import prepare_picture
+    from site_agent.federation.workdir import WorkDir
+    from site_agent.training.prediction import predict_scores
 
     model, spec = load_model(WorkDir(work), "global", plain=True)
     image, _ = prepare_picture(picture, spec)

@@ -4,7 +4,7 @@
 ``inside_dice.png``.
 
 Five ACDC hospitals (one per diagnosis group, split by patient). Every federated method runs
-through ``deploy.simulation.run_simulation`` (the real aggregator and site agents in-process)
+through ``deploy.launcher.simulation.run_simulation`` (the real aggregator and site agents in-process)
 with the same spec, seed, rounds, local steps, batch size and optimiser; each model is
 evaluated with ``fedseg site evaluate``'s code on each hospital's test split (mean Dice of RV,
 MYO and LV over the test slices).
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         args.acdc_dir, work / "manifests", seed=args.seed, test_frac=setting.test_frac
     )
     manifests = {h: p for h, p in sites.by_name().items() if h in setting.hospitals}
-    from deploy.simulation import SimulationConfig, run_simulation
+    from deploy.launcher.simulation import SimulationConfig, run_simulation
 
     def config(out: str, paths: list[Path], **kw: Any) -> SimulationConfig:
         base: dict[str, Any] = {
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.monotonic() - started
     (work / "rows.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
     text = _report(rows, setting, sites, evals, manifests, args, total, command_line(NAME, argv))
-    from deploy.report import plot_grouped_bars, write_report
+    from deploy.launcher.report import plot_grouped_bars, write_report
 
     table = {h: {r.label: r.dice.get(h) for r in rows} for h in manifests}
     table["mean"] = {r.label: r.mean for r in rows}
@@ -198,7 +198,7 @@ def _report(
     total: float,
     cmd: str,
 ) -> str:
-    from deploy.report import markdown_table, report_header
+    from deploy.launcher.report import markdown_table, report_header
 
     names = list(manifests)
     header = ["method: model", *names, "mean", "wall time"]

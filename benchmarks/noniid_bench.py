@@ -3,11 +3,11 @@
 ``python -m benchmarks.noniid_bench [--quick]`` writes ``benchmarks/results/noniid.md`` and
 ``noniid_dice_per_round.png``.
 
-Synthetic 2D hospitals (``data_specs.synth.synthesize``: each its own scanner: contrast, bias
+Synthetic 2D hospitals (``data_specs.sources.synth.synthesize``: each its own scanner: contrast, bias
 field, noise, orientation) are pooled and dealt into virtual sites by
-``data_specs.partition``: ``iid`` (shuffled), ``noniid`` (sorted by hospital, two contiguous
+``data_specs.sources.partition``: ``iid`` (shuffled), ``noniid`` (sorted by hospital, two contiguous
 shards per site) and ``noniid-unequal`` (the same with unequal sizes). Each partition runs the
-same FedAvg experiment (``deploy.simulation.run_simulation``: C, E, B, lr, rounds, seed). After
+same FedAvg experiment (``deploy.launcher.simulation.run_simulation``: C, E, B, lr, rounds, seed). After
 the run, every round's global model (from the aggregator's store, as the rounds API names it) is
 scored on the test split of every source hospital, so the curves compare one fixed test set.
 """
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     setting = QUICK if args.quick else FULL
     started = time.monotonic()
     work = fresh_dir(args.work_dir)
-    from data_specs.synth import synthesize
+    from data_specs.sources.synth import synthesize
 
     sources = synthesize(
         work / "data", sites=setting.hospitals, cases=setting.cases, dims=2, seed=args.seed
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.monotonic() - started
     (work / "runs.json").write_text(json.dumps([r.__dict__ for r in runs], indent=2))
     _plot(runs, setting)
-    from deploy.report import write_report
+    from deploy.launcher.report import write_report
 
     write_report(REPORT, _report(runs, setting, tests, args, total, command_line(NAME, argv)))
     print(f"report written to {REPORT} and {PLOT} ({seconds_str(total)})")
@@ -108,8 +108,8 @@ def _spec(setting: Setting) -> Any:
 
 
 def _test_sets(sources: list[Path], setting: Setting) -> list[Any]:
-    from data_specs.datasets import build_dataset
-    from data_specs.manifest import load_manifest
+    from data_specs.imaging.datasets import build_dataset
+    from data_specs.manifests.manifest import load_manifest
 
     spec = _spec(setting)
     return [
@@ -126,11 +126,11 @@ def _run(
     setting: Setting,
     work: Path,
 ) -> Run:
-    from data_specs.manifest import load_manifest
-    from deploy.simulation import SimulationConfig, run_simulation
-    from site_agent.evaluation import evaluate_segmentation
-    from site_agent.models import load_model
-    from site_agent.workdir import WorkDir
+    from data_specs.manifests.manifest import load_manifest
+    from deploy.launcher.simulation import SimulationConfig, run_simulation
+    from site_agent.clinic.models import load_model
+    from site_agent.federation.workdir import WorkDir
+    from site_agent.training.evaluation import evaluate_segmentation
 
     spec = _spec(setting)
     cfg = SimulationConfig(
@@ -212,7 +212,7 @@ def _plot(runs: list[Run], setting: Setting) -> None:
 def _report(
     runs: list[Run], setting: Setting, tests: list[Any], args: Any, total: float, cmd: str
 ) -> str:
-    from deploy.report import markdown_table, report_header
+    from deploy.launcher.report import markdown_table, report_header
 
     curves = {p: _mean_curve(runs, p) for p in PARTITIONS}
     iid_final = curves["iid"][-1][1]
@@ -265,7 +265,7 @@ def _report(
         f"size={setting.size}, seed={args.seed})`: {setting.hospitals} synthetic hospitals of "
         f"{setting.cases} cases, 3 foreground classes, each hospital with its own scanner; "
         "60/20/20 split per hospital.",
-        f"- Partition into {setting.sites} virtual sites (`data_specs.partition`); training "
+        f"- Partition into {setting.sites} virtual sites (`data_specs.sources.partition`); training "
         "cases per site (first seed): " + "; ".join(f"{p}: {sizes[p]}" for p in PARTITIONS) + ".",
         f"- FedAvg through `run_simulation` (the `fedseg simulate` engine): C = "
         f"{setting.fraction} ({round(setting.fraction * setting.sites)} of {setting.sites} "

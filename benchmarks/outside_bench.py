@@ -129,7 +129,7 @@ def run_acdc(args: Any, cmd: str) -> None:
     timing = time_100_scans(ACDC_SPEC, scans=10 if args.quick else 100)
     total = time.monotonic() - started
     (work / "folds.json").write_text(json.dumps([asdict(f) for f in folds], indent=2))
-    from deploy.report import write_report
+    from deploy.launcher.report import write_report
 
     _plot(folds, PLOT, "ACDC held-out hospital: test Dice")
     text = _report_acdc(folds, setting, sites, evals, inside_of, args, total, cmd, timing)
@@ -141,7 +141,7 @@ def run_synthetic(case: str, args: Any, seeds: list[int], cmd: str) -> None:
     """One synthetic case (``benchmarks.outside_synth``) over ``seeds``; write its report."""
     from benchmarks.outside_synth import QUICK as SYNTH_QUICK
     from benchmarks.outside_synth import SETTINGS, run_case
-    from deploy.report import write_report
+    from deploy.launcher.report import write_report
 
     setting = (SYNTH_QUICK if args.quick else SETTINGS)[case]  # type: ignore[index]
     started = time.monotonic()
@@ -167,7 +167,7 @@ def run_synthetic(case: str, args: Any, seeds: list[int], cmd: str) -> None:
 
 
 def _plot(folds: list[MethodScores], path: Path, title: str) -> None:
-    from deploy.report import plot_grouped_bars
+    from deploy.launcher.report import plot_grouped_bars
 
     table = {f.held_out: dict(f.dice) for f in folds}
     table["mean"] = {m: mean_or_none(f.dice[m] for f in folds) for m in METHODS}
@@ -176,7 +176,7 @@ def _plot(folds: list[MethodScores], path: Path, title: str) -> None:
 
 def _unlabelled_copy(manifest_path: Path, out: Path) -> Path:
     """The hospital's manifest with its test cases stripped of labels (what adaptation reads)."""
-    from data_specs.manifest import CaseEntry, load_manifest, save_manifest
+    from data_specs.manifests.manifest import CaseEntry, load_manifest, save_manifest
 
     m = load_manifest(manifest_path)
     stripped = m.model_copy(update={"test": [CaseEntry(image=c.image) for c in m.test or []]})
@@ -198,12 +198,12 @@ def _fold(
 ) -> MethodScores:
     import torch
 
-    from aggregator.schemas.experiments import ExperimentCreate
     from data_specs.constants import OptimizerName, PersonalizationMethod
-    from data_specs.routing_bundle import read_class_prior
+    from data_specs.researcher.experiments import ExperimentCreate
+    from data_specs.weights.routing_bundle import read_class_prior
     from data_specs.wire import PersonalizationConfig, TrainConfig
     from personalization.outside import decode_routing_bundle
-    from site_agent.adapt import adapt_experiment, adaptation_manifest, unlabelled_scans
+    from site_agent.clinic.adapt import adapt_experiment, adaptation_manifest, unlabelled_scans
 
     with InProcessFederation(work / f"fold_{held_out}") as fed:
         for name in inside:
@@ -299,7 +299,7 @@ def _messages(folds: list[MethodScores]) -> list[str]:
 
 
 def _tables(folds: list[MethodScores]) -> list[str]:
-    from deploy.report import markdown_table
+    from deploy.launcher.report import markdown_table
 
     dice_rows, guard_rows = result_rows(folds)
     return [
@@ -344,7 +344,7 @@ def _report_acdc(
     cmd: str,
     timing: dict[str, Any],
 ) -> str:
-    from deploy.report import report_header
+    from deploy.launcher.report import report_header
 
     held = [f.held_out for f in folds]
     fed_s = statistics.fmean(f.extra["federation_seconds"] for f in folds)
@@ -399,7 +399,7 @@ def _report_synth(
     plot: Path,
 ) -> str:
     from benchmarks.outside_synth import case_spec
-    from deploy.report import report_header
+    from deploy.launcher.report import report_header
 
     spec = case_spec(case, setting)  # type: ignore[arg-type]
     data = {

@@ -1,7 +1,7 @@
 """The synthetic cases of the outside benchmark: a strongly shifted hospital, and RGB photographs.
 
 - ``shift``: three synthetic hospitals train; an outside hospital with a strong shift
-  (``data_specs.synth.strong_shift``: another intensity curve, contrast inversion, heavy blur,
+  (``data_specs.sources.synth.strong_shift``: another intensity curve, contrast inversion, heavy blur,
   a coarse acquisition resolution) adapts.
 - ``rgb``: 2D RGB photographs with binary masks (``fedseg data synth --rgb``): one institution
   trains, a second one (another colour cast, scanner and resolution) adapts, as in the report
@@ -70,7 +70,7 @@ def case_spec(case: Case, setting: SynthSetting) -> Any:
 
 def _outside_manifests(path: Path, work: Path) -> tuple[Path, Path]:
     """(every case labelled under test, for Dice; an adaptation-only manifest, images only)."""
-    from data_specs.manifest import CaseEntry, load_manifest, save_manifest
+    from data_specs.manifests.manifest import CaseEntry, load_manifest, save_manifest
 
     m = load_manifest(path)
     cases = [c for s in m.declared_splits() for c in m.iter_cases(s)]
@@ -93,14 +93,14 @@ def run_case(case: Case, setting: SynthSetting, seed: int, work: Path) -> Method
     """One seed of a synthetic case: data, federation, outside adaptation, every method."""
     import torch
 
-    from aggregator.schemas.experiments import ExperimentCreate
     from benchmarks.acdc_common import EvalSets, InProcessFederation, Stopwatch
     from data_specs.constants import OptimizerName, PersonalizationMethod
-    from data_specs.routing_bundle import read_class_prior
-    from data_specs.synth import synthesize
+    from data_specs.researcher.experiments import ExperimentCreate
+    from data_specs.sources.synth import synthesize
+    from data_specs.weights.routing_bundle import read_class_prior
     from data_specs.wire import PersonalizationConfig, TrainConfig
     from personalization.outside import decode_routing_bundle
-    from site_agent.adapt import adapt_experiment, adaptation_manifest, unlabelled_scans
+    from site_agent.clinic.adapt import adapt_experiment, adaptation_manifest, unlabelled_scans
 
     spec = case_spec(case, setting)
     paths = synthesize(

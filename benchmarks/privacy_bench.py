@@ -4,7 +4,7 @@ aggregation against plain FedAvg with 5 and 20 sites (issue 21).
 ``python -m benchmarks.privacy_bench [--quick]`` writes ``benchmarks/results/privacy.md``.
 
 Dice: the same FedAvg experiment as ``compression_bench`` (8 rounds × 12 local Adam steps, every
-hospital every round) through ``deploy.simulation.run_simulation``, without privacy and with
+hospital every round) through ``deploy.launcher.simulation.run_simulation``, without privacy and with
 central DP-FedAvg at several budgets. The clip norm ``C`` is set from the non-private run: the
 median over rounds of the norm of the averaged update ``θ_r − θ_(r−1)``; individual site updates
 are larger, so most get clipped (Andrew et al.'s median target, fixed instead of adaptive). The
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{c.label} n={c.sites}: site {c.site_s:.3f} s, server {c.server_s:.3f} s")
     total = time.monotonic() - started
     _save(work, runs, costs)
-    from deploy.report import write_report
+    from deploy.launcher.report import write_report
 
     per_site = base.round_seconds / len(manifests)
     text = _report(runs, costs, per_site, setting, sites, evals, total, command_line(NAME, argv))
@@ -185,7 +185,7 @@ def _run(
     seed: int,
 ) -> _Outcome:
     from data_specs.privacy import DPConfig, PrivacyConfig
-    from deploy.simulation import SimulationConfig, run_simulation
+    from deploy.launcher.simulation import SimulationConfig, run_simulation
 
     privacy = None
     if z is not None and clip is not None:
@@ -228,8 +228,8 @@ def _run(
 def _clip_norm(models: dict[int, Path]) -> float:
     """Median norm of the averaged update over rounds, without the batch-norm running
     statistics (under DP they stay at the sites, outside the clipped update)."""
-    from data_specs.bundle import decode_bundle
-    from data_specs.unet_layout import statistic_keys_of
+    from data_specs.weights.bundle import decode_bundle
+    from data_specs.weights.unet_layout import statistic_keys_of
 
     stats = set(statistic_keys_of(ACDC_SPEC))
     states = {r: decode_bundle(p.read_bytes()).tensors for r, p in sorted(models.items())}

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
 from data_specs.constants import BundleKind
 from data_specs.privacy.ring import RingScale, decode_mean, encode_weighted
 from data_specs.privacy.secagg_common import SecAggParams
 from data_specs.privacy.secagg_server import SecAggServer
 from data_specs.privacy.secagg_site import SecAggSite
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 
 INDEX_BYTES = 4  # a site index on the wire
 

@@ -27,7 +27,7 @@ def report_text(
     total: float,
     cmd: str,
 ) -> str:
-    from deploy.report import markdown_table, report_header
+    from deploy.launcher.report import markdown_table, report_header
 
     names = list(evals.data)
     base = runs[0]

@@ -3,7 +3,7 @@
 ``python -m benchmarks.ray_bench [--sites 3] [--rounds 3] [--max-steps 20] [--size 64]`` writes
 ``benchmarks/results/ray.md``.
 
-Both backends run one FedAvg experiment on synthetic 2D data (``data_specs.synth``). Measured
+Both backends run one FedAvg experiment on synthetic 2D data (``data_specs.sources.synth``). Measured
 for each: the wall time of ``run_simulation`` (Ray's start-up included: a local Ray is started
 inside the timed call), the CPU seconds of this process and every process below it (Ray's
 raylet, GCS and worker processes included; sampled from ``/proc`` twice a second, so a process
@@ -85,8 +85,8 @@ class TreeCpu:
 
 def run(backend: str, args: argparse.Namespace, manifests: list[Path]) -> dict[str, object]:
     from data_specs.task_spec import TaskSpec
-    from deploy.ray_backend import RayOptions
-    from deploy.simulation import SimulationConfig, run_simulation
+    from deploy.launcher.ray_backend import RayOptions
+    from deploy.launcher.simulation import SimulationConfig, run_simulation
 
     cfg = SimulationConfig(
         manifests=manifests,
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import shutil
 
-    from data_specs.synth import synthesize
+    from data_specs.sources.synth import synthesize
 
     shutil.rmtree(args.work_dir, ignore_errors=True)
     manifests = synthesize(

@@ -5,7 +5,7 @@
 
 The aggregator (``fedseg aggregator serve``) and five site agents (``fedseg site run``, one per
 ACDC hospital) run as separate processes on 127.0.0.1 over real HTTP, started and always
-stopped by ``deploy.processes`` as ``fedseg demo`` does. A FedAvg experiment runs a few rounds,
+stopped by ``deploy.launcher.processes`` as ``fedseg demo`` does. A FedAvg experiment runs a few rounds,
 once with one torch thread per agent (``OMP_NUM_THREADS=1`` in the agents' environment) and
 once with torch's default threads. The rounds API gives each round's open and close times and
 each site's ``train_seconds`` (the agent's local training, ``SiteTrainer.train_round``:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     _plot(runs)
-    from deploy.report import write_report
+    from deploy.launcher.report import write_report
 
     write_report(REPORT, _report(runs, setting, total, command_line(NAME, argv)))
     print(f"report written to {REPORT} and {PLOT} ({seconds_str(total)})")
@@ -145,11 +145,17 @@ def _federation(
 ) -> Federation:
     import httpx
 
-    from aggregator.schemas.experiments import ExperimentCreate
     from data_specs.constants import OptimizerName, PersonalizationMethod
+    from data_specs.researcher.experiments import ExperimentCreate
     from data_specs.wire import PersonalizationConfig, TrainConfig
-    from deploy.processes import LaunchError, fedseg_argv, free_port, process_group, wait_healthy
-    from deploy.researcher_client import ResearcherClient
+    from deploy.console.researcher_client import ResearcherClient
+    from deploy.launcher.processes import (
+        LaunchError,
+        fedseg_argv,
+        free_port,
+        process_group,
+        wait_healthy,
+    )
 
     admin = secrets.token_urlsafe(32)
     port = free_port()
@@ -275,7 +281,7 @@ def _plot(runs: list[Federation]) -> None:
 
 
 def _table(fed: Federation) -> str:
-    from deploy.report import markdown_table
+    from deploy.launcher.report import markdown_table
 
     names = list(fed.rounds[0].train_s)
     rows = [
@@ -320,7 +326,7 @@ def _summary(fed: Federation) -> list[str]:
 def _report(runs: list[Federation], setting: Setting, total: float, cmd: str) -> str:
     import os
 
-    from deploy.report import report_header
+    from deploy.launcher.report import report_header
 
     names = list(runs[0].rounds[0].train_s)
     cores = os.cpu_count() or 0
@@ -335,7 +341,7 @@ def _report(runs: list[Federation], setting: Setting, total: float, cmd: str) ->
         f"- One `fedseg aggregator serve` process and {len(names)} `fedseg site run` processes "
         f"(ACDC hospitals {', '.join(names)}), real HTTP on 127.0.0.1, SQLite, the "
         "aggregator's default orchestrator tick (1 s); sites long-poll with "
-        f"`poll_wait_s={setting.poll_wait_s}`; started and stopped by `deploy.processes` as "
+        f"`poll_wait_s={setting.poll_wait_s}`; started and stopped by `deploy.launcher.processes` as "
         "`fedseg demo` does.",
         f"- FedAvg, all sites every round, {setting.max_steps} local Adam steps per round "
         f"(batch {setting.batch_size}, 128×128 ACDC slices, U-Net channels "

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from aggregator.schemas.experiments import ExperimentCreate
-    from aggregator.schemas.rounds import RoundPublic
-    from deploy.processes import ManagedProcess
+    from data_specs.researcher.experiments import ExperimentCreate
+    from data_specs.researcher.rounds import RoundPublic
+    from deploy.launcher.processes import ManagedProcess
 
 AgentCommand = Callable[[str, str, Path], tuple[list[str], dict[str, str]]]
 """``(site name, enrollment token, work dir) -> (argv, extra environment)`` of one agent."""
@@ -114,7 +114,7 @@ def run_federation(
         LaunchError: a process died or the experiment did not complete.
     """
 
-    from deploy.processes import free_port
+    from deploy.launcher.processes import free_port
 
     admin = secrets.token_urlsafe(32)
     port = free_port()
@@ -145,8 +145,8 @@ def _run(
 ) -> None:
     import httpx
 
-    from deploy.processes import LaunchError, fedseg_argv, process_group, wait_healthy
-    from deploy.researcher_client import ResearcherClient
+    from deploy.console.researcher_client import ResearcherClient
+    from deploy.launcher.processes import LaunchError, fedseg_argv, process_group, wait_healthy
 
     with process_group(work / "logs") as group, httpx.Client(base_url=url, timeout=600) as http:
         env = {"FEDSEG_AGG_ADMIN_TOKEN": admin, "FEDSEG_AGG_LOG_LEVEL": "WARNING"}
@@ -241,7 +241,7 @@ def analyse(run: FederationRun) -> list[RoundFigures]:
 
 
 def _site_phases(site: object) -> SitePhases:
-    from aggregator.schemas.rounds import SiteRoundPublic
+    from data_specs.researcher.rounds import SiteRoundPublic
 
     assert isinstance(site, SiteRoundPublic)
     phases = SitePhases(site.site_name)

@@ -42,12 +42,12 @@ QUICK = AcdcSetting(hospitals=HOSPITALS[:2], rounds=3, max_steps=2)
 
 def run_acdc(args: argparse.Namespace, cmd: str) -> None:
     """Run the ACDC federation and write its report and Gantt chart."""
-    from aggregator.schemas.experiments import ExperimentCreate
     from benchmarks.round_gantt import plot_gantt
     from data_specs.constants import OptimizerName, PersonalizationMethod
+    from data_specs.researcher.experiments import ExperimentCreate
     from data_specs.wire import PersonalizationConfig, TrainConfig
-    from deploy.processes import fedseg_argv
-    from deploy.report import write_report
+    from deploy.launcher.processes import fedseg_argv
+    from deploy.launcher.report import write_report
 
     setting = QUICK if args.quick else FULL
     started = time.monotonic()
@@ -117,7 +117,7 @@ def _report(
     gantt: Path,
     total: float,
 ) -> list[str]:
-    from deploy.report import markdown_table, report_header
+    from deploy.launcher.report import markdown_table, report_header
 
     later = figures[1:] or figures
     first_load = figures[0].mean_phase("load")

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     (work / "rounds.json").write_text(
         json.dumps([r.model_dump(mode="json") for r in run.rounds], indent=1)
     )
-    from deploy.report import write_report
+    from deploy.launcher.report import write_report
 
     report = _report(run, figures, flower, setting, time.monotonic() - started, gantt, loads)
     write_report(RESULTS / "round_timeline.md", report.replace("{cmd}", command_line(NAME, argv)))
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fedseg_sleep(work: Path, setting: Setting, seed: int) -> FederationRun:
-    from aggregator.schemas.experiments import ExperimentCreate
     from data_specs.constants import PersonalizationMethod
+    from data_specs.researcher.experiments import ExperimentCreate
     from data_specs.wire import PersonalizationConfig, TrainConfig
 
     def agent(name: str, token: str, site_work: Path) -> tuple[list[str], dict[str, str]]:
@@ -203,7 +203,7 @@ def _report(
     gantt: Path,
     loads: tuple[str, str],
 ) -> str:
-    from deploy.report import markdown_table, report_header
+    from deploy.launcher.report import markdown_table, report_header
 
     later = figures[1:] or figures
     fed_over = statistics.median(f.overhead_s for f in later)

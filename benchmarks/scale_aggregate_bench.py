@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from aggregator.aggregation import UpdateInput, aggregate_round
-from aggregator.blobs import BlobStore
-from aggregator.global_models import build_initial_weights
 from aggregator.open_files import raise_open_files_limit
-from data_specs.bundle import BundleMeta, encode_bundle
+from aggregator.rounds.aggregation import UpdateInput, aggregate_round
+from aggregator.storage.blobs import BlobStore
+from aggregator.storage.global_models import build_initial_weights
 from data_specs.constants import BundleKind
+from data_specs.weights.bundle import BundleMeta, encode_bundle
 from tests.aggregator.helpers import TINY_SPEC, plausible_weights
 
 

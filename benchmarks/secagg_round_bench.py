@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         (work / "results.json").write_text(json.dumps([asdict(r) for r in runs], indent=2))
-    from deploy.report import write_report
+    from deploy.launcher.report import write_report
 
     total = time.monotonic() - started
     write_report(REPORT, _report(runs, setting, total, command_line(NAME, argv)))
@@ -138,7 +138,7 @@ def _own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def _federation(
     manifests: dict[str, Path], setting: Setting, mode: str, seed: int, work: Path
 ) -> Run:
-    from deploy.processes import free_port
+    from deploy.launcher.processes import free_port
 
     admin = secrets.token_urlsafe(32)
     port = free_port()
@@ -166,12 +166,12 @@ def _processes(
 ) -> None:
     import httpx
 
-    from aggregator.schemas.experiments import ExperimentCreate
     from data_specs.constants import BundleKind, OptimizerName, PersonalizationMethod
     from data_specs.privacy import PrivacyConfig, SecAggConfig
+    from data_specs.researcher.experiments import ExperimentCreate
     from data_specs.wire import PersonalizationConfig, TrainConfig
-    from deploy.processes import LaunchError, fedseg_argv, process_group, wait_healthy
-    from deploy.researcher_client import ResearcherClient
+    from deploy.console.researcher_client import ResearcherClient
+    from deploy.launcher.processes import LaunchError, fedseg_argv, process_group, wait_healthy
 
     url = f"http://127.0.0.1:{port}"
     with process_group(work / "logs") as group, httpx.Client(base_url=url, timeout=120) as http:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_specs.task_spec import TaskSpec, build_unet
 from data_specs.wire import PersonalizationConfig, TrainConfig
-from deploy.report import markdown_table, report_header, write_report
+from deploy.launcher.report import markdown_table, report_header, write_report
 
 RESULT = Path(__file__).parent / "results" / "site_agent.md"
 TRAIN_SPEC = TaskSpec(
@@ -108,7 +108,7 @@ def bare_monai_round(data: Dataset, state: dict, config: TrainConfig) -> float:
 
 def agent_round(data: Dataset, state: dict, config: TrainConfig) -> float:
     """The site agent's round (without validation). Returns seconds."""
-    from site_agent.trainer import SiteTrainer
+    from site_agent.training.trainer import SiteTrainer
 
     start = time.perf_counter()
     trainer = SiteTrainer(TRAIN_SPEC, data, None, progress=False)
@@ -182,8 +182,8 @@ def synthetic_volume(shape: tuple[int, int, int]) -> np.ndarray:
 def bench_inference(repeats: int, shape: tuple[int, int, int], folder: Path) -> dict[str, float]:
     from monai.inferers import sliding_window_inference
 
-    from data_specs.transforms import prepare_scan
-    from site_agent.inference import segment_scan, write_segmentation
+    from data_specs.imaging.transforms import prepare_scan
+    from site_agent.clinic.inference import segment_scan, write_segmentation
 
     affine = np.diag([-1.2, 0.9, 2.0, 1.0])  # not RAS: the agent's path reorients and inverts
     scan = folder / "volume.nii.gz"
@@ -303,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                 infer["ratio_in_memory"],
             ],
             ["of which: reading the .nii.gz (nibabel)", infer["read_s"], None],
-            ["of which: writing the mask .nii.gz (data_specs.imageio)", infer["write_s"], None],
+            [
+                "of which: writing the mask .nii.gz (data_specs.imaging.imageio)",
+                infer["write_s"],
+                None,
+            ],
         ],
     )
     verdict = "meets" if infer["ratio"] <= 1.1 else "misses"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from data_specs.wire import SiteMetrics, TaskAssignment, TrainConfig
 
 if TYPE_CHECKING:
-    from site_agent.trainer import TrainResult
+    from site_agent.training.trainer import TrainResult
 
 
 class SleepTrainer:
@@ -51,7 +51,7 @@ class SleepTrainer:
         import numpy as np
         import torch
 
-        from site_agent.trainer import TrainResult
+        from site_agent.training.trainer import TrainResult
 
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(config.seed)
@@ -73,9 +73,9 @@ class SleepTrainer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from site_agent.loop import SiteAgent
+    from site_agent.federation.loop import SiteAgent
     from site_agent.settings import SiteSettings
-    from site_agent.threads import apply_site_threads
+    from site_agent.training.threads import apply_site_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-seconds", type=float, default=2.0)

@@ -60,10 +60,10 @@ def train_flops(spec: Any, batch: int) -> float:
 def evaluate_vs_infer(spec: Any, manifest: Path) -> tuple[float, float, int]:
     """Seconds of ``fedseg site evaluate``'s path and of ``fedseg site infer``'s on the same test
     scans (untrained network, so HD95 sees noisy masks: the harder case)."""
-    from data_specs.manifest import load_manifest
+    from data_specs.manifests.manifest import load_manifest
     from data_specs.task_spec import build_unet
-    from site_agent.inference import segment_scan
-    from site_agent.scan_evaluation import evaluate_cases, load_eval_cases
+    from site_agent.clinic.inference import segment_scan
+    from site_agent.clinic.scan_evaluation import evaluate_cases, load_eval_cases
 
     m = load_manifest(manifest)
     model = build_unet(spec).eval()
@@ -80,9 +80,9 @@ def evaluate_vs_infer(spec: Any, manifest: Path) -> tuple[float, float, int]:
 
 def _trainer(spec: Any, path: str, manifest: Path, config: Any) -> Any:
     from data_specs.constants import SplitName
-    from data_specs.manifest import load_manifest
-    from site_agent.datasets import load_split
-    from site_agent.trainer import SiteTrainer
+    from data_specs.manifests.manifest import load_manifest
+    from site_agent.training.datasets import load_split
+    from site_agent.training.trainer import SiteTrainer
 
     m = load_manifest(manifest)
     data = load_split(m, spec, SplitName.TRAINING, train=True, seed=0, fit="random")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from data_specs.constants import InputFit
     from data_specs.wire import TrainConfig
-    from deploy.report import report_header, write_report
+    from deploy.launcher.report import report_header, write_report
 
     work = fresh_dir(args.work_dir)
     manifest = acdc_sites(args.acdc_dir, work / "manifests").manifests[0]

@@ -92,8 +92,8 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
     Raises:
         OSError: the file cannot be read. BundleError: not safetensors, or malformed names.
     """
-    from data_specs.bundle import read_header
-    from data_specs.routing_bundle import ROUTING_MAX_HEADER_BYTES
+    from data_specs.weights.bundle import read_header
+    from data_specs.weights.routing_bundle import ROUTING_MAX_HEADER_BYTES
 
     with Path(path).open("rb") as fh:
         head = fh.read(8)

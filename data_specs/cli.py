@@ -10,7 +10,7 @@ import typer
 from data_specs.errors import DataSpecError
 
 if TYPE_CHECKING:
-    from data_specs.validate import ValidationReport
+    from data_specs.manifests.validate import ValidationReport
 
 app = typer.Typer(no_args_is_help=True, help="Describe, check and synthesise datasets.")
 
@@ -44,7 +44,7 @@ def validate(
     ] = None,
 ) -> None:
     """Check every file a manifest lists; exit 1 if anything is wrong. Modifies nothing."""
-    from data_specs.validate import validate_manifest
+    from data_specs.manifests.validate import validate_manifest
 
     report = validate_manifest(manifest, workers=workers)
     if json_output:
@@ -112,7 +112,7 @@ def synth(
     ] = False,
 ) -> None:
     """Write synthetic hospitals, each with its own scanner, NIfTI pairs and dataset.json."""
-    from data_specs.synth import synthesize
+    from data_specs.sources.synth import synthesize
 
     try:
         paths = synthesize(
@@ -186,9 +186,9 @@ def init_manifest(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing manifest.")] = False,
 ) -> None:
     """Write a dataset.json for a folder of scans (labels found by name)."""
-    from data_specs.acdc import folder_manifest
-    from data_specs.folder_pairing import NNUNET_IMAGE_PATTERN, NNUNET_LABEL_PATTERN
-    from data_specs.manifest import parse_manifest, save_manifest
+    from data_specs.manifests.manifest import parse_manifest, save_manifest
+    from data_specs.sources.acdc import folder_manifest
+    from data_specs.sources.folder_pairing import NNUNET_IMAGE_PATTERN, NNUNET_LABEL_PATTERN
 
     if nnunet:
         image_pattern = image_pattern or NNUNET_IMAGE_PATTERN
@@ -238,7 +238,7 @@ def acdc_manifests_command(
     dims: Annotated[int, typer.Option(help="Task dims: 2 (slices) or 3.")] = 2,
 ) -> None:
     """Write one manifest per ACDC diagnosis group (5 sites), split by patient."""
-    from data_specs.acdc import acdc_manifests, write_manifests
+    from data_specs.sources.acdc import acdc_manifests, write_manifests
 
     try:
         manifests = acdc_manifests(

@@ -1,7 +1,7 @@
 """The federation's plan: sites' fingerprints in, a ``TaskSpec`` and batch size out (pure, deterministic).
 
 As nnU-Net plans one dataset, ``make_plan`` plans a federation from its sites' aggregate
-fingerprints (``data_specs.fingerprint``); the aggregator runs it when an experiment asks for
+fingerprints (``data_specs.manifests.fingerprint``); the aggregator runs it when an experiment asks for
 ``plan: "auto"``, and a site can run it too. The same fingerprints in any order give the same
 plan: they are sorted by their canonical JSON before any arithmetic.
 
@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_specs.constants import InputFit
 from data_specs.errors import DataSpecError
-from data_specs.fingerprint import INTENSITY_LEVELS, DatasetFingerprint, ModalityKind
+from data_specs.manifests.fingerprint import INTENSITY_LEVELS, DatasetFingerprint, ModalityKind
 from data_specs.task_spec import TaskSpec
 
 PLAN_VERSION: Literal[1] = 1

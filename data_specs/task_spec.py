@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_specs.constants import InputFit, NormKind
-from data_specs.unet_layout import parameter_count
+from data_specs.weights.unet_layout import parameter_count
 
 MAX_CHANNELS = 1024  # feature channels per level
 MAX_DEPTH = 8  # down-sampling levels (entries of strides)
@@ -146,8 +146,8 @@ def expected_tensors(spec: TaskSpec) -> dict[str, tuple[tuple[int, ...], str]]:
 
     Returns:
         ``{name: (shape, numpy dtype name)}`` in state-dict order, computed by arithmetic
-        (``data_specs.unet_layout``): no torch, no MONAI.
+        (``data_specs.weights.unet_layout``): no torch, no MONAI.
     """
-    from data_specs.unet_layout import unet_layout
+    from data_specs.weights.unet_layout import unet_layout
 
     return unet_layout(spec)

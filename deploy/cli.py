@@ -34,8 +34,8 @@ def build_app() -> typer.Typer:
     """The whole ``fedseg`` command tree: every group plus the top-level commands."""
     import typer
 
-    from deploy.console_cli import register as register_console
-    from deploy.launcher_cli import register as register_launcher
+    from deploy.console.console_cli import register as register_console
+    from deploy.launcher.launcher_cli import register as register_launcher
 
     root = typer.Typer(
         name="fedseg",

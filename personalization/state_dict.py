@@ -1,7 +1,7 @@
 """State-dict split, merge and arithmetic, and the policy data of which keys are normalisation layers.
 
 The aggregator does not import this module (it takes the FedBN ``local_keys`` from
-``data_specs.unet_layout.norm_keys_of``, without torch); MONAI is loaded only when a U-Net is built.
+``data_specs.weights.unet_layout.norm_keys_of``, without torch); MONAI is loaded only when a U-Net is built.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def to_numpy(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
         state: a state dict. Example: ``model.state_dict()``.
 
     Returns:
-        ``{key: np.ndarray}`` in ``state``'s order, ready for ``data_specs.bundle.encode_bundle``.
+        ``{key: np.ndarray}`` in ``state``'s order, ready for ``data_specs.weights.bundle.encode_bundle``.
 
     Raises:
         StateDictError: a dtype numpy cannot hold (bfloat16).

@@ -13,31 +13,31 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from site_agent.adapt import adapt_experiment
-    from site_agent.client import AggregatorClient, make_http_client
-    from site_agent.inference import Segmentation, segment_scan, write_segmentation
-    from site_agent.loop import RunSummary, SiteAgent
-    from site_agent.models import load_model
-    from site_agent.privacy import OutboundGuard
+    from site_agent.clinic.adapt import adapt_experiment
+    from site_agent.clinic.inference import Segmentation, segment_scan, write_segmentation
+    from site_agent.clinic.models import load_model
+    from site_agent.federation.client import AggregatorClient, make_http_client
+    from site_agent.federation.loop import RunSummary, SiteAgent
+    from site_agent.federation.privacy import OutboundGuard
+    from site_agent.federation.task_runner import TaskOutcome
     from site_agent.settings import SiteSettings
-    from site_agent.task_runner import TaskOutcome
-    from site_agent.trainer import SiteTrainer, TrainResult
+    from site_agent.training.trainer import SiteTrainer, TrainResult
 
 _LAZY = {
-    "adapt_experiment": "adapt",
-    "AggregatorClient": "client",
-    "make_http_client": "client",
-    "Segmentation": "inference",
-    "segment_scan": "inference",
-    "write_segmentation": "inference",
-    "RunSummary": "loop",
-    "SiteAgent": "loop",
-    "load_model": "models",
-    "OutboundGuard": "privacy",
+    "adapt_experiment": "clinic.adapt",
+    "AggregatorClient": "federation.client",
+    "make_http_client": "federation.client",
+    "Segmentation": "clinic.inference",
+    "segment_scan": "clinic.inference",
+    "write_segmentation": "clinic.inference",
+    "RunSummary": "federation.loop",
+    "SiteAgent": "federation.loop",
+    "load_model": "clinic.models",
+    "OutboundGuard": "federation.privacy",
     "SiteSettings": "settings",
-    "TaskOutcome": "task_runner",
-    "SiteTrainer": "trainer",
-    "TrainResult": "trainer",
+    "TaskOutcome": "federation.task_runner",
+    "SiteTrainer": "training.trainer",
+    "TrainResult": "training.trainer",
 }
 
 __all__ = [

@@ -75,7 +75,7 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
 
 def _backoff(settings: Any) -> Any:
     """The retry policy the settings ask for (FEDSEG_SITE_BACKOFF_*, FEDSEG_SITE_MAX_RETRIES)."""
-    from site_agent.retry import Backoff
+    from site_agent.federation.retry import Backoff
 
     return Backoff.from_settings(settings)
 
@@ -125,9 +125,9 @@ def run(
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Validate the local data, enroll on first start, then train on the aggregator's tasks."""
-    from site_agent.loop import SiteAgent
-    from site_agent.shutdown import StopRequested, stop_on_signals
-    from site_agent.threads import apply_site_threads
+    from site_agent.federation.loop import SiteAgent
+    from site_agent.federation.shutdown import StopRequested, stop_on_signals
+    from site_agent.training.threads import apply_site_threads
 
     _setup_logging(log_level)
     try:
@@ -163,9 +163,9 @@ def enroll(
     allow_insecure_http: Annotated[bool | None, typer.Option("--allow-insecure-http")] = None,
 ) -> None:
     """Exchange the enrollment token (FEDSEG_SITE_ENROLLMENT_TOKEN) for a site token."""
-    from site_agent.client import AggregatorClient, make_http_client
-    from site_agent.enrollment import enroll as do_enroll
-    from site_agent.workdir import WorkDir
+    from site_agent.federation.client import AggregatorClient, make_http_client
+    from site_agent.federation.enrollment import enroll as do_enroll
+    from site_agent.federation.workdir import WorkDir
 
     _setup_logging("INFO")
     try:
@@ -201,8 +201,8 @@ def fingerprint(
     if not as_json:
         typer.echo("computing the dataset fingerprint (reads every training scan) ...", err=True)
     from data_specs.errors import DataSpecError
-    from site_agent.fingerprints import manifest_fingerprint
-    from site_agent.workdir import WorkDir
+    from site_agent.federation.fingerprints import manifest_fingerprint
+    from site_agent.federation.workdir import WorkDir
 
     try:
         settings = _settings(config, manifest=manifest, work_dir=work_dir)
@@ -226,9 +226,9 @@ def _site_client(config: Path | None, work_dir: Path | None) -> Any:
     """A context manager yielding an ``AggregatorClient`` holding the site's token."""
     import contextlib
 
-    from site_agent.client import AggregatorClient, make_http_client
-    from site_agent.enrollment import ensure_token
-    from site_agent.workdir import WorkDir
+    from site_agent.federation.client import AggregatorClient, make_http_client
+    from site_agent.federation.enrollment import ensure_token
+    from site_agent.federation.workdir import WorkDir
 
     @contextlib.contextmanager
     def opened() -> Any:
@@ -319,7 +319,7 @@ def infer(
     device: DeviceOpt = None,
 ) -> None:
     """Segment scans, loading the model once; each mask keeps its scan's exact grid."""
-    from site_agent.segment_command import run_infer
+    from site_agent.clinic.segment_command import run_infer
 
     try:
         settings = _settings(config, work_dir=work_dir, manifest=manifest, device=device)
@@ -359,7 +359,7 @@ def evaluate(
     """Dice per class, mean Dice and HD95 of a model on a local split (default: test)."""
     if not as_json:  # the first line, before torch and MONAI load
         typer.echo(f"evaluating the {model} model on the {split} split ...", err=True)
-    from site_agent.segment_command import run_evaluate
+    from site_agent.clinic.segment_command import run_evaluate
 
     try:
         settings = _settings(config, work_dir=work_dir, manifest=manifest, device=device)
@@ -396,10 +396,10 @@ def adapt(
     says so. `fedseg site infer --model routed` then uses that choice.
     """
     typer.echo(f"adapting experiment {experiment} to the scans of {manifest} ...", err=True)
-    from site_agent.adapt import adapt_experiment, adaptation_manifest
-    from site_agent.client import AggregatorClient, make_http_client
-    from site_agent.enrollment import ensure_token
-    from site_agent.workdir import WorkDir
+    from site_agent.clinic.adapt import adapt_experiment, adaptation_manifest
+    from site_agent.federation.client import AggregatorClient, make_http_client
+    from site_agent.federation.enrollment import ensure_token
+    from site_agent.federation.workdir import WorkDir
 
     _setup_logging("INFO")
     try:

@@ -25,15 +25,15 @@ from aggregator.api.routes import (
     tasks,
     ui,
 )
-from aggregator.blobs import BlobStore
-from aggregator.db import Database
 from aggregator.leadership import Leadership, lead_rounds
 from aggregator.logs import log_event
-from aggregator.orchestrator import Orchestrator
 from aggregator.rate_limits import RateLimiter, UploadSlots
-from aggregator.routing_bundle import RoutingBundles
+from aggregator.rounds.orchestrator import Orchestrator
+from aggregator.rounds.task_board import TaskBoard
 from aggregator.settings import AggregatorSettings
-from aggregator.task_board import TaskBoard
+from aggregator.storage.blobs import BlobStore
+from aggregator.storage.db import Database
+from aggregator.storage.routing_bundle import RoutingBundles
 from aggregator.telemetry import AggregatorMetrics
 from data_specs.constants import API_PREFIX
 

@@ -12,16 +12,16 @@ from sqlalchemy.orm import Session
 
 from aggregator.api.client_certs import require_site_certificate
 from aggregator.auth import hash_token, tokens_match
-from aggregator.blobs import BlobStore
 from aggregator.crud import principals
-from aggregator.db import Database
-from aggregator.db.models import utcnow
 from aggregator.errors import AuthenticationError, PermissionDeniedError, require_row
-from aggregator.orchestrator import Orchestrator
 from aggregator.rate_limits import RateLimiter, UploadSlots
-from aggregator.routing_bundle import RoutingBundles
+from aggregator.rounds.orchestrator import Orchestrator
+from aggregator.rounds.task_board import TaskBoard
 from aggregator.settings import AggregatorSettings
-from aggregator.task_board import TaskBoard
+from aggregator.storage.blobs import BlobStore
+from aggregator.storage.db import Database
+from aggregator.storage.db.models import utcnow
+from aggregator.storage.routing_bundle import RoutingBundles
 from aggregator.telemetry import AggregatorMetrics
 
 

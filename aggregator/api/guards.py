@@ -17,7 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from data_specs.errors import BundleError
-from data_specs.safetensors_header import loads_shallow
+from data_specs.weights.safetensors_header import loads_shallow
 
 MAX_JSON_DEPTH = 16
 

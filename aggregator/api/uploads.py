@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from aggregator.api.errors import UPLOAD_ERRORS, error_responses
-from aggregator.blobs import BlobStore, StagedBlob, is_sha256
 from aggregator.errors import (
     InvalidRequestError,
     LengthRequiredError,
@@ -26,10 +25,11 @@ from aggregator.errors import (
     TooManyRequestsError,
     UnprocessableError,
 )
-from data_specs.bundle import MAX_NUM_SAMPLES
+from aggregator.storage.blobs import BlobStore, StagedBlob, is_sha256
 from data_specs.constants import HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
 from data_specs.errors import BundleError
-from data_specs.safetensors_header import (
+from data_specs.weights.bundle import MAX_NUM_SAMPLES
+from data_specs.weights.safetensors_header import (
     DEFAULT_MAX_HEADER_BYTES,
     declared_header_length,
     loads_shallow,

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.crud import experiments as exp_crud
-from aggregator.db.models import Experiment, Round, RoundStatus, Site, Task, TaskStatus
 from aggregator.errors import NotFoundError
-from aggregator.privacy_budget import sample_rate
+from aggregator.privacy.privacy_budget import sample_rate
+from aggregator.storage.db.models import Experiment, Round, RoundStatus, Site, Task, TaskStatus
 from data_specs.privacy.accountant import epsilons
 
 # Metric keys drawn as curves; a site reports some or all of them (others are ignored here).

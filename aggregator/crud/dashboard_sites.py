@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.consent import policy_allows
 from aggregator.crud import experiments as exp_crud
-from aggregator.db.models import Consent, Experiment, ExperimentStatus, Site
+from aggregator.storage.db.models import Consent, Experiment, ExperimentStatus, Site
 
 OPEN_STATUSES = (ExperimentStatus.CREATED, ExperimentStatus.RUNNING, ExperimentStatus.PAUSED)
 

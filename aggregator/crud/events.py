@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from aggregator.db.models import Event, Experiment, Site
+from aggregator.storage.db.models import Event, Experiment, Site
 from data_specs.event_kinds import EventKind
 
 

@@ -9,7 +9,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from aggregator.crud.events import record_event
-from aggregator.db.models import (
+from aggregator.errors import ConflictError, NotFoundError, UnprocessableError
+from aggregator.storage.db.models import (
     OPEN_TASK_STATES,
     Experiment,
     ExperimentStatus,
@@ -21,9 +22,8 @@ from aggregator.db.models import (
     Task,
     TaskStatus,
 )
-from aggregator.errors import ConflictError, NotFoundError, UnprocessableError
-from aggregator.schemas.experiments import ExperimentCreate, ExperimentPublic
 from data_specs.event_kinds import EventKind
+from data_specs.researcher.experiments import ExperimentCreate, ExperimentPublic
 
 Expected = dict[str, tuple[tuple[int, ...], str]]
 

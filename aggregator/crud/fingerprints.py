@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aggregator.db.fingerprints import ExperimentPlanRow, SiteFingerprint
-from aggregator.db.models import utcnow
-from data_specs.fingerprint import DatasetFingerprint
+from aggregator.storage.db.fingerprints import ExperimentPlanRow, SiteFingerprint
+from aggregator.storage.db.models import utcnow
+from data_specs.manifests.fingerprint import DatasetFingerprint
 from data_specs.plan import ExperimentPlan
 
 

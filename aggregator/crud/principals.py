@@ -10,13 +10,13 @@ from sqlalchemy.orm import Session
 
 from aggregator.auth import hash_token, new_token
 from aggregator.crud.events import record_event
-from aggregator.db.models import Researcher, Site, SiteStatus, utcnow
 from aggregator.errors import (
     AuthenticationError,
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
 )
+from aggregator.storage.db.models import Researcher, Site, SiteStatus, utcnow
 from data_specs.event_kinds import EventKind
 
 

@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from aggregator.db.models import (
+from aggregator.errors import NotFoundError
+from aggregator.storage.db.models import (
     OPEN_TASK_STATES,
     GlobalModel,
     Round,
@@ -17,8 +18,7 @@ from aggregator.db.models import (
     Task,
     TaskStatus,
 )
-from aggregator.errors import NotFoundError
-from aggregator.schemas.rounds import RoundPublic, RoundTimelinePublic, SiteRoundPublic
+from data_specs.researcher.rounds import RoundPublic, RoundTimelinePublic, SiteRoundPublic
 from data_specs.wire import SiteMetrics
 
 

@@ -6,8 +6,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aggregator.crud.events import record_event
-from aggregator.db.models import Experiment, Grant, PersonalModel, Site, SiteStatus
 from aggregator.errors import UnprocessableError
+from aggregator.storage.db.models import Experiment, Grant, PersonalModel, Site, SiteStatus
 from data_specs.event_kinds import EventKind
 
 

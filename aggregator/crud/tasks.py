@@ -9,7 +9,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from aggregator.crud.experiments import config_of
-from aggregator.db.models import (
+from aggregator.errors import ConflictError, NotFoundError, require_row
+from aggregator.storage.db.models import (
     OPEN_TASK_STATES,
     Experiment,
     ExperimentStatus,
@@ -18,7 +19,6 @@ from aggregator.db.models import (
     Task,
     TaskStatus,
 )
-from aggregator.errors import ConflictError, NotFoundError, require_row
 from data_specs.wire import TaskAssignment
 
 
@@ -125,8 +125,8 @@ def to_assignment(*, task: Task, rnd: Round, experiment: Experiment) -> TaskAssi
     """The wire form of a task: spec, model to fetch, training config with the task's own seed."""
     from sqlalchemy.orm import object_session
 
-    from aggregator.adaptive_clipping import round_clip_norm
-    from aggregator.secagg_protocol import task_setup
+    from aggregator.privacy.adaptive_clipping import round_clip_norm
+    from aggregator.privacy.secagg_protocol import task_setup
 
     cfg = config_of(experiment)
     session = object_session(experiment)

@@ -50,12 +50,12 @@ def run_variant(
     """Train and score one variant; returns its configuration and record body."""
     from benchmarks.suite.acdc_runs import TestSets
     from data_specs.constants import SplitName
-    from data_specs.manifest import load_manifest
-    from data_specs.partition import partition_manifests, write_partition
+    from data_specs.manifests.manifest import load_manifest
+    from data_specs.sources.partition import partition_manifests, write_partition
     from data_specs.task_spec import TaskSpec
     from data_specs.wire import TrainConfig
-    from site_agent.datasets import load_split
-    from site_agent.trainer import SiteTrainer, cpu_state
+    from site_agent.training.datasets import load_split
+    from site_agent.training.trainer import SiteTrainer, cpu_state
 
     spec_changes, train_changes, _ = VARIANTS[name]
     spec_json = {**recipe_spec_json(), **spec_changes}

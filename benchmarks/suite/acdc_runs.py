@@ -1,6 +1,6 @@
 """Executing one stored run of the inside table on ACDC (five hospitals, through ``fedseg simulate``).
 
-Every federated method runs through ``deploy.simulation.run_simulation`` (the real aggregator and
+Every federated method runs through ``deploy.launcher.simulation.run_simulation`` (the real aggregator and
 site agents, in-process) with the suite's recipe; every model is then scored on each hospital's
 test patients as ``fedseg site evaluate`` scores it: whole scans predicted through the inference
 path and compared in their own geometry (3D Dice per volume, HD95).
@@ -36,14 +36,14 @@ class TestSets:
 
     @functools.cache  # noqa: B019 - one instance per benchmark process
     def cases(self, name: str) -> list[Any]:
-        from data_specs.manifest import load_manifest
-        from site_agent.scan_evaluation import load_eval_cases
+        from data_specs.manifests.manifest import load_manifest
+        from site_agent.clinic.scan_evaluation import load_eval_cases
 
         return load_eval_cases(load_manifest(self.manifests[name]), self.spec, "test")
 
     def score(self, model: Any, name: str, *, hd95: bool = True) -> dict[str, Any]:
         """Dice per class, mean Dice, HD95 and per-volume Dice of ``model`` on hospital ``name``."""
-        from site_agent.scan_evaluation import evaluate_cases
+        from site_agent.clinic.scan_evaluation import evaluate_cases
 
         r = evaluate_cases(model, self.cases(name), self.spec, hd95=hd95)
         return {
@@ -59,7 +59,7 @@ def run_inside(
     cfg: RunConfig, seed: int, work: Path, acdc_dir: Path, device: str = "cpu"
 ) -> dict[str, Any]:
     """Run one method of the inside table and score its models; returns the record's body."""
-    from deploy.simulation import SimulationConfig, run_simulation
+    from deploy.launcher.simulation import SimulationConfig, run_simulation
 
     personalization, extra, kinds = INSIDE_METHODS[cfg.method]
     spec = TaskSpec.model_validate(cfg.spec)

@@ -108,7 +108,7 @@ def _rescored_line(folds: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def plot_outside(runs: list[dict[str, Any]]) -> None:
     """Bars of every method's Dice per held-out hospital (mean over seeds) and their mean."""
-    from deploy.report import plot_grouped_bars
+    from deploy.launcher.report import plot_grouped_bars
 
     folds = _newest_per_fold(runs)
     table = {

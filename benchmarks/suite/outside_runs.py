@@ -36,12 +36,12 @@ def run_outside(
     cfg: RunConfig, seed: int, work: Path, acdc_dir: Path, device: str = "cpu"
 ) -> dict[str, Any]:
     """Run one held-out fold (``cfg.params["held_out"]``); returns the record's body."""
-    from aggregator.schemas.experiments import ExperimentCreate
     from benchmarks.outside_bench import _unlabelled_copy
     from data_specs.constants import PersonalizationMethod
+    from data_specs.researcher.experiments import ExperimentCreate
     from data_specs.wire import PersonalizationConfig, TrainConfig
     from personalization.outside import decode_routing_bundle, global_model
-    from site_agent.adapt import adapt_experiment
+    from site_agent.clinic.adapt import adapt_experiment
 
     params = cfg.params
     held_out = params["held_out"]
@@ -136,9 +136,9 @@ def score_fold(
     import torch
 
     from benchmarks.outside_methods import score_methods
-    from data_specs.routing_bundle import read_class_prior
+    from data_specs.weights.routing_bundle import read_class_prior
     from personalization.outside import decode_routing_bundle
-    from site_agent.adapt import adaptation_manifest, unlabelled_scans
+    from site_agent.clinic.adapt import adaptation_manifest, unlabelled_scans
 
     bundle = decode_routing_bundle(data)
     experts = [{k: torch.from_numpy(v.copy()) for k, v in e.items()} for e in bundle.experts]
@@ -223,9 +223,9 @@ def evaluate_vs_infer(
     """Seconds of ``fedseg site evaluate``'s path (read, predict, map back, 3D Dice, HD95) and of
     ``fedseg site infer``'s path (read, predict, map back) over one hospital's test scans, with a
     trained model; each path warmed once, then the best of two timed passes."""
-    from data_specs.manifest import load_manifest
-    from site_agent.inference import segment_scan
-    from site_agent.scan_evaluation import evaluate_cases, load_eval_cases
+    from data_specs.manifests.manifest import load_manifest
+    from site_agent.clinic.inference import segment_scan
+    from site_agent.clinic.scan_evaluation import evaluate_cases, load_eval_cases
 
     manifest = load_manifest(manifests[name])
     scans = [manifest.resolve(c).image for c in manifest.iter_cases("test")]

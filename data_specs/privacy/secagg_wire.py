@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from data_specs.errors import PrivacyError
 from data_specs.privacy.ring import RingScale
 from data_specs.privacy.secagg_common import KeyAdvert, SecAggParams, UnmaskRequest
-from data_specs.safetensors_header import TensorLayout
+from data_specs.weights.safetensors_header import TensorLayout
 
 _Strict = ConfigDict(extra="forbid")
 Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{2,1024}$")]

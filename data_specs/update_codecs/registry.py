@@ -20,16 +20,16 @@ import numpy as np
 
 from data_specs.errors import CodecError
 from data_specs.parameters.codecs import NoParams
-from data_specs.safetensors_header import TensorLayout
 from data_specs.update_codecs.codec import PART_SEPARATOR, Codec, Layout, Shape, TensorJob
 from data_specs.update_codecs.lowrank import LOWRANK
 from data_specs.update_codecs.quantize import QUANTIZE
 from data_specs.update_codecs.randmask import RANDMASK
 from data_specs.update_codecs.subsample import SUBSAMPLE
 from data_specs.update_codecs.topk import TOPK
+from data_specs.weights.safetensors_header import TensorLayout
 
 if TYPE_CHECKING:  # only for annotations: importing wire would pull pydantic into every decode
-    from data_specs.bundle import BundleMeta
+    from data_specs.weights.bundle import BundleMeta
     from data_specs.wire import CodecConfig
 
 

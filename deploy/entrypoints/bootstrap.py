@@ -18,11 +18,11 @@ from typing import Annotated
 import httpx
 import typer
 
-from aggregator.schemas.experiments import ExperimentCreate
 from data_specs.files import atomic_write_text
+from data_specs.researcher.experiments import ExperimentCreate
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
-from deploy.researcher_client import ResearcherApiError, ResearcherClient
+from deploy.console.researcher_client import ResearcherApiError, ResearcherClient
 from deploy.tls import client_ssl_context
 
 RESEARCHER_TOKEN = "researcher_token"

@@ -71,8 +71,8 @@ def check_site(config_file: Path | None = None) -> str:
         RuntimeError: settings invalid, work dir not writable, or no token of any kind.
     """
     from site_agent.errors import SiteAgentError
+    from site_agent.federation.workdir import WorkDir
     from site_agent.settings import SiteSettings
-    from site_agent.workdir import WorkDir
 
     try:
         settings = SiteSettings.load(config_file)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from data_specs.routing_bundle import (
+from data_specs.weights.routing_bundle import (
     ExpertSource,
     RoutingBundle,
     decode_routing_bundle,

@@ -22,7 +22,7 @@ from personalization.outside.errors import RoutingError
 from personalization.outside.layers import GATES, Gate, RoutedConv
 
 if TYPE_CHECKING:
-    from data_specs.routing_bundle import RoutingBundle
+    from data_specs.weights.routing_bundle import RoutingBundle
 
 ROUTABLE = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 NORMS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)

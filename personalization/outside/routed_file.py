@@ -15,10 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from data_specs.bundle import read_header
 from data_specs.errors import BundleError
 from data_specs.files import atomic_write_bytes
 from data_specs.task_spec import TaskSpec
+from data_specs.weights.bundle import read_header
 from personalization.outside.errors import RoutedFileError
 from personalization.outside.layers import GATES, Gate
 from personalization.outside.routed import RoutedUNet

@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 
 from aggregator.api.app import create_app
 from aggregator.api.deps import Services
-from aggregator.db.models import utcnow
 from aggregator.settings import AggregatorSettings
+from aggregator.storage.db.models import utcnow
 from tests.aggregator.helpers import ADMIN_TOKEN, Federation
 from tests.aggregator.postgres import PostgresServer, PostgresUnavailable
 from tests.aggregator.server_process import ServerProcess

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
 from data_specs.constants import HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256, BundleKind
 from data_specs.task_spec import TaskSpec
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 
 API = "/api/v1"
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"

@@ -6,7 +6,7 @@ import os
 import time
 
 from aggregator.api.deps import Services
-from aggregator.blob_gc import collect, referenced_blobs
+from aggregator.storage.blob_gc import collect, referenced_blobs
 from tests.aggregator.helpers import Federation
 
 

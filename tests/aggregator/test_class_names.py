@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from aggregator.api.deps import Services
-from data_specs.bundle import decode_bundle, read_header
 from data_specs.class_names import META_CLASS_NAMES
+from data_specs.weights.bundle import decode_bundle, read_header
 from tests.aggregator.helpers import API, TINY_SPEC, Federation
 
 NAMES = ["background", "liver"]  # TINY_SPEC has two output channels

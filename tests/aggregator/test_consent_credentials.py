@@ -9,9 +9,9 @@ from fastapi.testclient import TestClient
 
 from aggregator.api.app import create_app
 from aggregator.api.deps import Services
-from aggregator.db import Researcher
-from aggregator.db.models import utcnow
 from aggregator.settings import AggregatorSettings
+from aggregator.storage.db import Researcher
+from aggregator.storage.db.models import utcnow
 from tests.aggregator.helpers import ADMIN_TOKEN, API, Federation, bearer
 
 

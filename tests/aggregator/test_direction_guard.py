@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from aggregator.api.deps import Services
-from aggregator.direction_guard import median_cosines, opposing_updates
-from aggregator.safeguards import guard_detail, guard_readers
+from aggregator.rounds.guards.direction_guard import median_cosines, opposing_updates
+from aggregator.rounds.guards.safeguards import guard_detail, guard_readers
 from aggregator.strategies import aggregate_streaming, build_strategy
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 from tests.aggregator.helpers import API, Federation
 
 
@@ -163,7 +163,7 @@ def test_the_round_event_names_the_opposing_site(
 def test_the_threshold_is_bounded() -> None:
     from pydantic import ValidationError
 
-    from aggregator.schemas.experiments import ExperimentCreate
+    from data_specs.researcher.experiments import ExperimentCreate
     from data_specs.task_spec import TaskSpec
 
     spec = TaskSpec(spatial_dims=2, channels=(4, 8), strides=(2,), patch_size=(32, 32))

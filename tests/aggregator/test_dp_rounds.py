@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from aggregator.api.deps import Services
-from data_specs.bundle import decode_bundle
 from data_specs.privacy.accountant import epsilon, rounds_within
-from data_specs.unet_layout import statistic_keys_of
+from data_specs.weights.bundle import decode_bundle
+from data_specs.weights.unet_layout import statistic_keys_of
 from tests.aggregator.helpers import API, TINY_SPEC, Federation, plausible_weights
 
 DP = {"clip_norm": 5.0, "noise_multiplier": 0.8, "delta": 1e-5}
@@ -129,9 +129,9 @@ def test_privacy_options_that_cannot_hold_are_refused(
 def test_adaptive_clipping_moves_c_from_noisy_bits_and_raises_the_update_noise(
     fed: Federation, services: Services
 ) -> None:
-    from aggregator.adaptive_clipping import round_norm_bound
     from aggregator.crud.experiments import config_of, get_experiment
-    from aggregator.db import DpRoundClip
+    from aggregator.privacy.adaptive_clipping import round_norm_bound
+    from aggregator.storage.db import DpRoundClip
     from data_specs.privacy.dp import split_noise
 
     adaptive = {"target_quantile": 0.5, "learning_rate": 0.2, "bit_share": 0.5}

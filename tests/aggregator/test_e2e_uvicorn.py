@@ -13,8 +13,8 @@ import uvicorn
 
 from aggregator.api.app import create_app
 from aggregator.settings import AggregatorSettings
-from data_specs.bundle import decode_bundle
 from data_specs.constants import HEADER_SHA256
+from data_specs.weights.bundle import decode_bundle
 from tests.aggregator.e2e_helpers import free_port
 from tests.aggregator.helpers import (
     ADMIN_TOKEN,

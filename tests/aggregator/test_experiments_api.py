@@ -10,10 +10,10 @@ import pytest
 from safetensors import safe_open
 
 from aggregator.api.deps import Services
-from aggregator.global_models import build_initial_weights
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
+from aggregator.storage.global_models import build_initial_weights
 from data_specs.constants import HEADER_SHA256
 from data_specs.task_spec import expected_tensors
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 from tests.aggregator.helpers import API, TINY_SPEC, Federation, bearer, sha256, upload_headers
 
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from aggregator.api.deps import Services
-from data_specs.bundle import decode_bundle
+from data_specs.weights.bundle import decode_bundle
 from tests.aggregator.helpers import (
     ADMIN_TOKEN,
     API,

@@ -16,10 +16,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
-from aggregator.db import Base, Database, Researcher, Site
-from aggregator.db.migrate import alembic_config, current_revision, head_revision
-from aggregator.db.models import utcnow
 from aggregator.settings import default_database_url
+from aggregator.storage.db import Base, Database, Researcher, Site
+from aggregator.storage.db.migrate import alembic_config, current_revision, head_revision
+from aggregator.storage.db.models import utcnow
 from tests.aggregator.postgres import PostgresServer
 
 

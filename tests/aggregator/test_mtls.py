@@ -19,14 +19,14 @@ from typer.testing import CliRunner
 from aggregator.api.app import create_app
 from aggregator.http_server import uvicorn_config
 from aggregator.settings import AggregatorSettings
-from deploy.researcher_client import ResearcherClient
+from deploy.console.researcher_client import ResearcherClient
 from deploy.tls import client_ssl_context, deploy_app, make_dev_ca, make_server_cert
-from site_agent.client import AggregatorClient, make_http_client
-from site_agent.enrollment import enroll
 from site_agent.errors import SiteAgentError
-from site_agent.retry import Backoff
+from site_agent.federation.client import AggregatorClient, make_http_client
+from site_agent.federation.enrollment import enroll
+from site_agent.federation.retry import Backoff
+from site_agent.federation.workdir import WorkDir
 from site_agent.settings import SiteSettings
-from site_agent.workdir import WorkDir
 from tests.aggregator.e2e_helpers import free_port, serve_in_thread
 
 ADMIN = "admin-token-for-tests-0123456789"

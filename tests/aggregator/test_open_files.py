@@ -21,10 +21,10 @@ AGGREGATE = f"""
 import resource, sys, tempfile
 from pathlib import Path
 import numpy as np
-from aggregator.aggregation import UpdateInput, aggregate_updates
-from aggregator.blobs import BlobStore
+from aggregator.rounds.aggregation import UpdateInput, aggregate_updates
+from aggregator.storage.blobs import BlobStore
 from aggregator.open_files import raise_open_files_limit
-from data_specs.bundle import BundleMeta, encode_bundle
+from data_specs.weights.bundle import BundleMeta, encode_bundle
 from data_specs.constants import BundleKind
 
 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

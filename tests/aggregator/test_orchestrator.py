@@ -9,10 +9,10 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from aggregator.api.deps import Services
-from aggregator.db import Experiment, GlobalModel, Round
-from aggregator.sampling import sample_sites
+from aggregator.rounds.sampling import sample_sites
+from aggregator.storage.db import Experiment, GlobalModel, Round
 from aggregator.strategies import ClientUpdate, build_strategy
-from data_specs.bundle import decode_bundle
+from data_specs.weights.bundle import decode_bundle
 from tests.aggregator.conftest import FakeClock
 from tests.aggregator.helpers import API, Federation, plausible_weights, sha256
 

@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from aggregator.api.deps import Services
-from aggregator.planning import federation_class_prior
-from data_specs.bundle import decode_bundle
+from aggregator.rounds.planning import federation_class_prior
 from data_specs.plan import PlanOptions, make_plan
 from data_specs.task_spec import TaskSpec, expected_tensors
+from data_specs.weights.bundle import decode_bundle
 from tests.aggregator.helpers import API, TINY_SPEC, Federation
 from tests.data_specs.fingerprint_data import make_fingerprint
 

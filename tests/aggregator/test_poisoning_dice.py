@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 
 from aggregator.api.app import create_app
 from aggregator.settings import AggregatorSettings
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
 from data_specs.constants import BundleKind
 from data_specs.task_spec import NormKind, TaskSpec, build_unet
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 from tests.aggregator.helpers import ADMIN_TOKEN, API, Federation, bearer
 
 SPEC = TaskSpec(

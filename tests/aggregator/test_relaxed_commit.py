@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, select, text
 
 from aggregator.api.deps import Services
-from aggregator.db import Database
-from aggregator.db.models import Researcher, Task
-from aggregator.db.relaxed import relax_next_commit
+from aggregator.storage.db import Database
+from aggregator.storage.db.models import Researcher, Task
+from aggregator.storage.db.relaxed import relax_next_commit
 from tests.aggregator.helpers import Federation
 
 FULL, NORMAL = 2, 1  # PRAGMA synchronous answers

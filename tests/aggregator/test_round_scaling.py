@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import event
 
 from aggregator.api.deps import Services
-from aggregator.db import Task
+from aggregator.storage.db import Task
 from tests.aggregator.helpers import Federation
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from aggregator.api.deps import Services
-from data_specs.bundle import decode_bundle
 from data_specs.constants import HEADER_SHA256, BundleKind
+from data_specs.weights.bundle import decode_bundle
 from tests.aggregator.helpers import API, Federation, sha256
 
 

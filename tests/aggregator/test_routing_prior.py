@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.blobs import BlobStore
-from aggregator.global_models import store_global
-from aggregator.routing_bundle import Expert, RoutingBundles
-from data_specs.routing_bundle import read_class_prior
+from aggregator.storage.blobs import BlobStore
+from aggregator.storage.global_models import store_global
+from aggregator.storage.routing_bundle import Expert, RoutingBundles
 from data_specs.task_spec import TaskSpec
-from data_specs.unet_layout import unet_layout
+from data_specs.weights.routing_bundle import read_class_prior
+from data_specs.weights.unet_layout import unet_layout
 
 SPEC = TaskSpec(out_channels=3, channels=(4, 8), strides=(2,), patch_size=(16, 16))
 

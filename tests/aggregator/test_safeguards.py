@@ -10,9 +10,9 @@ import pytest
 from aggregator.api.deps import Services
 from aggregator.errors import AggregationError, TooManyRequestsError
 from aggregator.rate_limits import RateLimiter, UploadSlots
-from aggregator.safeguards import guard_readers, require_finite
+from aggregator.rounds.guards.safeguards import guard_readers, require_finite
 from aggregator.strategies import aggregate_streaming, build_strategy
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 from tests.aggregator.helpers import API, Federation
 
 
@@ -50,7 +50,7 @@ def test_one_malicious_site_of_five_barely_moves_the_average(attack: str, strate
     readers, _ = _readers(attack, rng)
     if attack == "samples":
         # What the orchestrator does with a claim of 10^9 from a site that declared 50 cases at
-        # enrolment (aggregator.safeguards.cap_samples): its weight is an honest site's.
+        # enrolment (aggregator.rounds.guards.safeguards.cap_samples): its weight is an honest site's.
         for r in readers:
             r.num_samples = min(r.num_samples, 50)
     theta = {"w": np.zeros(500, np.float32)}
@@ -179,7 +179,7 @@ def test_rate_limiter_refills_and_upload_slots_cap_concurrency() -> None:
 def test_sample_counts_are_capped_by_the_fingerprint_and_the_enrolment(
     fed: Federation, services: Services
 ) -> None:
-    from aggregator.safeguards import cap_samples
+    from aggregator.rounds.guards.safeguards import cap_samples
     from tests.data_specs.fingerprint_data import make_fingerprint
 
     volumes = make_fingerprint(num_cases=30, shape=(64.0, 64.0, 32.0), spatial_dims=3)

@@ -1,6 +1,6 @@
 """Secure aggregation through the service: 5 sites, one dropping mid-round, against plain FedAvg.
 
-The sites run the real site-side protocol (``site_agent.secagg_upload``, with the privacy guard
+The sites run the real site-side protocol (``site_agent.federation.uploads.secagg_upload``, with the privacy guard
 on the client) in threads against the in-memory aggregator; the test steps the orchestrator.
 """
 
@@ -16,14 +16,14 @@ import pytest
 from pydantic import SecretStr
 
 from aggregator.api.deps import Services
-from data_specs.bundle import decode_bundle
 from data_specs.privacy.secagg_site import SecAggSite
 from data_specs.privacy.secagg_wire import AdvertsOut, KeysIn, SharesIn, by_index
 from data_specs.task_spec import expected_tensors
+from data_specs.weights.bundle import decode_bundle
 from data_specs.wire import SiteMetrics, TaskAssignment
-from site_agent.client import AggregatorClient
-from site_agent.privacy import OutboundGuard
-from site_agent.secagg_upload import SecAggUpload, masked_input
+from site_agent.federation.client import AggregatorClient
+from site_agent.federation.privacy import OutboundGuard
+from site_agent.federation.uploads.secagg_upload import SecAggUpload, masked_input
 from tests.aggregator.helpers import API, Federation, update_bundle
 
 NAMES = ["site-a", "site-b", "site-c", "site-d", "site-e"]

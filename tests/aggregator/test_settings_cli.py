@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from aggregator.cli import app
-from aggregator.db import Database
 from aggregator.logs import StructuredFormatter, log_event
 from aggregator.settings import AggregatorSettings, default_database_url
+from aggregator.storage.db import Database
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,10 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.blobs import BlobStore
 from aggregator.errors import StorageError
-from aggregator.global_models import load_state, store_state
-from data_specs.bundle import BundleMeta, canonical_safetensors, decode_bundle, encode_bundle
+from aggregator.storage.blobs import BlobStore
+from aggregator.storage.global_models import load_state, store_state
+from data_specs.weights.bundle import (
+    BundleMeta,
+    canonical_safetensors,
+    decode_bundle,
+    encode_bundle,
+)
 
 
 def _tensors() -> dict[str, np.ndarray]:
@@ -96,7 +101,7 @@ def test_server_state_round_trip(tmp_path: Path) -> None:
 def test_bundle_views_are_zero_copy_and_checked(tmp_path: Path) -> None:
     import json
 
-    from aggregator.bundle_views import BundleViews
+    from aggregator.storage.bundle_views import BundleViews
     from data_specs.errors import BundleError
 
     meta = BundleMeta(spec_hash="abc", round=1, num_samples=3)

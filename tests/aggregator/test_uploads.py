@@ -11,9 +11,9 @@ from safetensors.numpy import save as st_save
 from sqlalchemy import func, select
 
 from aggregator.api.deps import Services
-from aggregator.db import Event, Task
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
+from aggregator.storage.db import Event, Task
 from data_specs.constants import HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 from tests.aggregator.helpers import API, Federation, sha256, update_bundle
 
 

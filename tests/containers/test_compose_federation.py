@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from deploy.entrypoints.bootstrap import DEMO_SPEC
-from deploy.processes import free_port
+from deploy.launcher.processes import free_port
 from tests.containers.compose_v2 import ComposeV2Unavailable, compose_v2_env
 from tests.containers.docker_cli import TAG, ComposeProject, compose_cli, inspect, loud, run
 from tests.containers.test_images import report
@@ -122,7 +122,7 @@ def _start(client: httpx.Client, name: str, sites: list[str], rounds: int, train
 # aggregator, whose demo CA is only in the mounted bundle; the system store alone must refuse it.
 TRUST_PROBE = """
 import sys, httpx
-from site_agent.trust import agent_ssl_context
+from site_agent.federation.trust import agent_ssl_context
 bundle = sys.argv[1] or None
 try:
     httpx.get("https://aggregator:8443/healthz", verify=agent_ssl_context(bundle), timeout=20)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_specs.fingerprint import INTENSITY_LEVELS, ChannelIntensity, DatasetFingerprint
+from data_specs.manifests.fingerprint import INTENSITY_LEVELS, ChannelIntensity, DatasetFingerprint
 
 
 def make_fingerprint(

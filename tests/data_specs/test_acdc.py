@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_specs.acdc import ACDC_GROUPS, acdc_manifests, folder_manifest, write_manifests
 from data_specs.constants import SplitName
-from data_specs.datasets import build_dataset
 from data_specs.errors import ManifestError
-from data_specs.imageio import read_image
-from data_specs.manifest import load_manifest, save_manifest
+from data_specs.imaging.datasets import build_dataset
+from data_specs.imaging.imageio import read_image
+from data_specs.imaging.transforms import prepare_scan
+from data_specs.manifests.manifest import load_manifest, save_manifest
+from data_specs.manifests.validate import validate_manifest
+from data_specs.sources.acdc import ACDC_GROUPS, acdc_manifests, folder_manifest, write_manifests
 from data_specs.task_spec import TaskSpec
-from data_specs.transforms import prepare_scan
-from data_specs.validate import validate_manifest
 from tests.data_specs.tiny_data import LABELS, shared_acdc, write_pair
 
 ACDC = shared_acdc()

@@ -9,7 +9,10 @@ import struct
 import numpy as np
 import pytest
 
-from data_specs.bundle import (
+from data_specs.constants import BundleKind
+from data_specs.errors import BundleError, SpecMismatchError
+from data_specs.task_spec import TaskSpec, expected_tensors
+from data_specs.weights.bundle import (
     BundleMeta,
     decode_bundle,
     encode_bundle,
@@ -17,9 +20,6 @@ from data_specs.bundle import (
     read_header,
     sha256_hex,
 )
-from data_specs.constants import BundleKind
-from data_specs.errors import BundleError, SpecMismatchError
-from data_specs.task_spec import TaskSpec, expected_tensors
 
 SPEC = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(16, 16))
 

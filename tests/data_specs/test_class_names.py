@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle, read_header
 from data_specs.class_names import (
     META_CLASS_NAMES,
     check_class_names,
@@ -16,9 +15,10 @@ from data_specs.class_names import (
     read_class_names,
 )
 from data_specs.errors import BundleError, RoutingBundleError
-from data_specs.routing_bundle import encode_routing_bundle
 from data_specs.task_spec import TaskSpec
-from data_specs.unet_layout import unet_layout
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle, read_header
+from data_specs.weights.routing_bundle import encode_routing_bundle
+from data_specs.weights.unet_layout import unet_layout
 
 SPEC = TaskSpec(out_channels=3, channels=(4, 8), strides=(2,), patch_size=(16, 16))
 NAMES = ("background", "Leber", "Tumör")

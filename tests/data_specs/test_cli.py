@@ -134,9 +134,9 @@ def test_acdc_manifests_command(tmp_path: Path) -> None:
 def test_importing_data_specs_pulls_neither_torch_nor_monai() -> None:
     code = (
         "import sys\n"
-        "import data_specs, data_specs.manifest, data_specs.imageio, data_specs.validate\n"
-        "import data_specs.synth, data_specs.acdc, data_specs.cli, data_specs.transforms\n"
-        "import data_specs.datasets\n"
+        "import data_specs, data_specs.manifests.manifest, data_specs.imaging.imageio, data_specs.manifests.validate\n"
+        "import data_specs.sources.synth, data_specs.sources.acdc, data_specs.cli, data_specs.imaging.transforms\n"
+        "import data_specs.imaging.datasets\n"
         "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from data_specs.fingerprint import (
+from data_specs.imaging.imageio import write_mask_nifti, write_nifti
+from data_specs.manifests.fingerprint import (
     DatasetFingerprint,
     FingerprintError,
     ModalityKind,
@@ -17,8 +18,7 @@ from data_specs.fingerprint import (
     modality_kind,
     window_percentiles,
 )
-from data_specs.imageio import write_mask_nifti, write_nifti
-from data_specs.manifest import CaseEntry, DatasetManifest, save_manifest
+from data_specs.manifests.manifest import CaseEntry, DatasetManifest, save_manifest
 
 SPACINGS = [0.71, 0.83, 0.97, 1.13, 1.29, 1.41, 1.57]
 SHAPES = [(20, 24), (21, 27), (25, 28), (26, 33), (31, 34), (33, 35), (41, 43)]
@@ -55,7 +55,7 @@ def write_site(root: Path, n: int = 7, modality: str = "MRI", dims3: bool = Fals
 
 
 def load(path: Path) -> DatasetManifest:
-    from data_specs.manifest import load_manifest
+    from data_specs.manifests.manifest import load_manifest
 
     return load_manifest(path)
 

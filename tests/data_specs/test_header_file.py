@@ -10,7 +10,7 @@ from safetensors.numpy import save
 
 from data_specs.errors import BundleError
 from data_specs.files import fsync_dir
-from data_specs.safetensors_header import declared_header_length, read_file_header
+from data_specs.weights.safetensors_header import declared_header_length, read_file_header
 
 
 def test_declared_length_is_the_little_endian_prefix() -> None:

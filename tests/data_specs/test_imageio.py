@@ -13,7 +13,7 @@ from PIL import Image
 
 from data_specs.constants import ImageFormat
 from data_specs.errors import ImageReadError, ImageWriteError
-from data_specs.imageio import (
+from data_specs.imaging.imageio import (
     ImageGeometry,
     detect_format,
     read_image,

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from data_specs.cli import app
-from data_specs.manifest import load_manifest
+from data_specs.manifests.manifest import load_manifest
 
 runner = CliRunner()
 COMMON = ["--site-id", "h1", "--labels", "0=background,1=vessel", "--dims", "2"]

@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 from data_specs.constants import SplitName, ValidationCheck
-from data_specs.datasets import build_dataset
 from data_specs.errors import ManifestError
-from data_specs.imageio import read_image
-from data_specs.label_mapping import LabelMapping
-from data_specs.manifest import load_manifest, parse_manifest
+from data_specs.imaging.datasets import build_dataset
+from data_specs.imaging.imageio import read_image
+from data_specs.imaging.label_mapping import LabelMapping
+from data_specs.manifests.manifest import load_manifest, parse_manifest
+from data_specs.manifests.validate import validate_manifest
 from data_specs.task_spec import TaskSpec
-from data_specs.validate import validate_manifest
 from tests.data_specs.tiny_data import tree_digest
 
 

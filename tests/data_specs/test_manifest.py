@@ -9,7 +9,7 @@ import pytest
 
 from data_specs.constants import SplitName
 from data_specs.errors import ManifestError
-from data_specs.manifest import (
+from data_specs.manifests.manifest import (
     CaseEntry,
     DatasetManifest,
     assign_splits,

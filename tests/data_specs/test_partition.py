@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from data_specs.errors import ManifestError
-from data_specs.manifest import CaseEntry, DatasetManifest, load_manifest
-from data_specs.partition import partition_manifests, write_partition
+from data_specs.manifests.manifest import CaseEntry, DatasetManifest, load_manifest
+from data_specs.sources.partition import partition_manifests, write_partition
 
 
 def _source(root: Path, name: str, n_train: int, n_test: int) -> DatasetManifest:

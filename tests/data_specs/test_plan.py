@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_specs.constants import InputFit
-from data_specs.fingerprint import INTENSITY_LEVELS, ChannelIntensity, DatasetFingerprint
+from data_specs.manifests.fingerprint import INTENSITY_LEVELS, ChannelIntensity, DatasetFingerprint
 from data_specs.plan import (
     PlanError,
     PlanOptions,

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.numpy import save as st_save
 
-from data_specs.bundle import BundleMeta, encode_bundle
 from data_specs.errors import BundleError, RoutingBundleError, RoutingSpecMismatchError
-from data_specs.routing_bundle import decode_routing_bundle, encode_routing_bundle
 from data_specs.task_spec import TaskSpec, build_unet, expected_tensors
+from data_specs.weights.bundle import BundleMeta, encode_bundle
+from data_specs.weights.routing_bundle import decode_routing_bundle, encode_routing_bundle
 
 SPEC = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(32, 32))
 OTHER = TaskSpec(channels=(4, 8), strides=(2,), patch_size=(32, 32), out_channels=3)
@@ -146,7 +146,7 @@ import sys
 sys.modules["torch"] = None  # any 'import torch' now fails
 import numpy as np
 from data_specs.task_spec import TaskSpec
-from data_specs.routing_bundle import decode_routing_bundle, encode_routing_bundle
+from data_specs.weights.routing_bundle import decode_routing_bundle, encode_routing_bundle
 spec = TaskSpec.model_validate_json({SPEC.model_dump_json()!r})
 expected = {expected!r}
 experts = [{{k: np.full(s, i, dtype=d) for k, (s, d) in expected.items()}} for i in range(2)]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from data_specs.errors import DataSpecError
-from data_specs.manifest import load_manifest
-from data_specs.synth import synthesize
-from data_specs.validate import validate_manifest
+from data_specs.manifests.manifest import load_manifest
+from data_specs.manifests.validate import validate_manifest
+from data_specs.sources.synth import synthesize
 from tests.data_specs.tiny_data import tree_digest
 
 

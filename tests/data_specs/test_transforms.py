@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from data_specs.datasets import build_dataset
 from data_specs.errors import ImageReadError, ImageWriteError, ManifestError
-from data_specs.imageio import read_image, write_mask_nifti, write_nifti
-from data_specs.manifest import CaseEntry, DatasetManifest, load_manifest, save_manifest
-from data_specs.synth import synthesize
+from data_specs.imaging.datasets import build_dataset
+from data_specs.imaging.imageio import read_image, write_mask_nifti, write_nifti
+from data_specs.imaging.transforms import load_transforms, prepare_scan
+from data_specs.manifests.manifest import CaseEntry, DatasetManifest, load_manifest, save_manifest
+from data_specs.sources.synth import synthesize
 from data_specs.task_spec import TaskSpec
-from data_specs.transforms import load_transforms, prepare_scan
 from tests.data_specs.tiny_data import LABELS, disc_label, tiny_site
 
 SPEC2 = TaskSpec(out_channels=4, patch_size=(32, 32))
@@ -230,9 +230,9 @@ def test_random_fit_draws_patches_over_the_whole_field_of_view(tmp_path: Path) -
     """fit="random": every read is a patch-sized crop, at varying places, reproducible by seed."""
     import torch
 
-    from data_specs.datasets import build_dataset
-    from data_specs.manifest import load_manifest
-    from data_specs.synth import synthesize
+    from data_specs.imaging.datasets import build_dataset
+    from data_specs.manifests.manifest import load_manifest
+    from data_specs.sources.synth import synthesize
     from data_specs.task_spec import TaskSpec
 
     (path,) = synthesize(tmp_path, sites=1, cases=5, dims=2, seed=0, size=48)

@@ -12,7 +12,12 @@ import torch
 
 from data_specs.constants import NormKind
 from data_specs.task_spec import TaskSpec, build_unet, expected_tensors
-from data_specs.unet_layout import initial_weights, norm_keys_of, parameter_count, unet_layout
+from data_specs.weights.unet_layout import (
+    initial_weights,
+    norm_keys_of,
+    parameter_count,
+    unet_layout,
+)
 from personalization.state_dict import norm_keys
 
 SPECS = [
@@ -101,8 +106,8 @@ def test_aggregator_layout_imports_neither_torch_nor_monai() -> None:
     code = textwrap.dedent(
         """
         import sys
-        from aggregator.global_models import build_initial_weights
-        from aggregator.lifecycle import spec_layout
+        from aggregator.storage.global_models import build_initial_weights
+        from aggregator.rounds.lifecycle import spec_layout
         from data_specs.task_spec import TaskSpec, expected_tensors
         spec = TaskSpec(channels=(4, 8, 16), strides=(2, 2), norm="batch")
         expected, local = spec_layout(spec)

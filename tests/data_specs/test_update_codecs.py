@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from scipy.linalg import hadamard
 
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
 from data_specs.constants import BundleKind
 from data_specs.update_codecs import (
     CODECS,
@@ -22,6 +21,7 @@ from data_specs.update_codecs import (
 )
 from data_specs.update_codecs.hadamard import fwht, random_signs, rotate, unrotate
 from data_specs.update_codecs.quantize import pack_bits, unpack_bits
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 from data_specs.wire import CodecConfig
 
 

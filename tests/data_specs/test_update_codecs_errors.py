@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from data_specs.bundle import BundleMeta
 from data_specs.constants import BundleKind
 from data_specs.errors import BundleError, CodecError
 from data_specs.parameters.codecs import QuantizeCodec
 from data_specs.update_codecs import CODECS, decode_update, encode_update
+from data_specs.weights.bundle import BundleMeta
 from data_specs.wire import CodecConfig
 
 W = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)

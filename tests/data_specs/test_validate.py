@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from data_specs.constants import ValidationCheck
-from data_specs.imageio import write_mask_nifti
-from data_specs.validate import validate_manifest
+from data_specs.imaging.imageio import write_mask_nifti
+from data_specs.manifests.validate import validate_manifest
 from tests.data_specs.tiny_data import tiny_site, tree_digest
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_specs.imageio import write_mask_nifti, write_nifti
-from data_specs.manifest import CaseEntry, DatasetManifest, save_manifest
+from data_specs.imaging.imageio import write_mask_nifti, write_nifti
+from data_specs.manifests.manifest import CaseEntry, DatasetManifest, save_manifest
 
 LABELS = {"0": "background", "1": "ring", "2": "core"}
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deploy.netns import PrivateNetwork, netns_unavailable_reason, private_network
+from deploy.launcher.netns import PrivateNetwork, netns_unavailable_reason, private_network
 
 
 @pytest.fixture(scope="session")

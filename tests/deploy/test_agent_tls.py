@@ -21,16 +21,16 @@ from typer.testing import CliRunner
 
 from aggregator.api.app import create_app
 from aggregator.settings import AggregatorSettings
-from deploy.processes import free_port
-from deploy.researcher_client import ResearcherClient
+from deploy.console.researcher_client import ResearcherClient
+from deploy.launcher.processes import free_port
 from deploy.tls import client_ssl_context, make_dev_ca, make_server_cert
 from site_agent.cli import app as site_app
-from site_agent.client import AggregatorClient, make_http_client
-from site_agent.enrollment import enroll
 from site_agent.errors import SiteSettingsError, TLSVerificationError
-from site_agent.retry import Backoff
+from site_agent.federation.client import AggregatorClient, make_http_client
+from site_agent.federation.enrollment import enroll
+from site_agent.federation.retry import Backoff
+from site_agent.federation.workdir import WorkDir
 from site_agent.settings import SiteSettings
-from site_agent.workdir import WorkDir
 
 pytestmark = pytest.mark.slow  # real training, processes or servers: `make test` only
 

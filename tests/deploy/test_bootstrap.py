@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from aggregator.api.app import create_app
 from aggregator.settings import AggregatorSettings
+from deploy.console.researcher_client import ResearcherApiError, ResearcherClient
 from deploy.entrypoints.bootstrap import (
     BootstrapError,
     ensure_researcher,
@@ -19,7 +20,6 @@ from deploy.entrypoints.bootstrap import (
     wait_enrolled,
     wait_healthy,
 )
-from deploy.researcher_client import ResearcherApiError, ResearcherClient
 
 ADMIN = "admin-token-for-tests-0123456789"
 NAMES = ["hospital-1", "hospital-2"]

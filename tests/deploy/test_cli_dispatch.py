@@ -17,7 +17,7 @@ try:
 except SystemExit as exc:
     assert exc.code == 0, exc.code
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"aggregator", "httpx", "fastapi"}
-               or m in {"deploy.console_cli", "deploy.launcher_cli", "torch", "monai"})
+               or m in {"deploy.console.console_cli", "deploy.launcher.launcher_cli", "torch", "monai"})
 print("HEAVY=" + ",".join(heavy))
 """
 

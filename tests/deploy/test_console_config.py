@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.console_config import ConsoleConfigError, load_config
+from deploy.console.console_config import ConsoleConfigError, load_config
 
 
 @pytest.fixture(autouse=True)

@@ -12,11 +12,11 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from aggregator.schemas.experiments import ExperimentPublic
-from aggregator.schemas.rounds import RoundPublic
-from deploy import console_cli
+from data_specs.researcher.experiments import ExperimentPublic
+from data_specs.researcher.rounds import RoundPublic
 from deploy.cli import app
-from deploy.watch_view import WatchState, privacy_text, render, round_line, round_record
+from deploy.console import console_cli
+from deploy.console.watch_view import WatchState, privacy_text, render, round_line, round_record
 from tests.aggregator.helpers import TINY_SPEC
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -120,9 +120,9 @@ def _heredoc(markdown: str, opener: str, end: str) -> str:
 
 
 def test_researcher_examples_are_valid(tmp_path: Path) -> None:
-    from aggregator.schemas.experiments import ExperimentCreate
-    from data_specs.bundle import decode_bundle
+    from data_specs.researcher.experiments import ExperimentCreate
     from data_specs.task_spec import expected_tensors
+    from data_specs.weights.bundle import decode_bundle
 
     text = (DOCS / "researcher.md").read_text()
     body = _heredoc(text, "cat > experiment.json <<'JSON'\n", "JSON")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.experiment_file import ExperimentFileError, load_experiment_file
+from deploy.console.experiment_file import ExperimentFileError, load_experiment_file
 
 GOOD_YAML = """\
 name: acdc-fedavg

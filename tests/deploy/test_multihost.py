@@ -1,6 +1,6 @@
 """A federated round across network namespaces: HTTPS by IP, dev CA, agents with no inbound port.
 
-Three "hosts" on a private /24 (``deploy.netns``): the aggregator, and two hospitals each running
+Three "hosts" on a private /24 (``deploy.launcher.netns``): the aggregator, and two hospitals each running
 ``fedseg site run``. The test is the researcher, from the root namespace over its own veth. It
 creates the researcher, registers the sites, starts a one-round experiment with a tiny 2-D U-Net
 and checks that the round closed with both updates accepted, while no agent ever listened on a
@@ -23,12 +23,12 @@ from typing import Any
 import httpx
 import pytest
 
-from aggregator.schemas.experiments import ExperimentCreate
-from aggregator.schemas.rounds import RoundPublic
+from data_specs.researcher.experiments import ExperimentCreate
+from data_specs.researcher.rounds import RoundPublic
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
-from deploy.netns import PrivateNetwork
-from deploy.researcher_client import TERMINAL_STATUSES, ResearcherApiError, ResearcherClient
+from deploy.console.researcher_client import TERMINAL_STATUSES, ResearcherApiError, ResearcherClient
+from deploy.launcher.netns import PrivateNetwork
 from deploy.tls import client_ssl_context, make_dev_ca, make_server_cert
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(180)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.netns import PrivateNetwork, netns_unavailable_reason, private_network
+from deploy.launcher.netns import PrivateNetwork, netns_unavailable_reason, private_network
 from deploy.tls import client_ssl_context, make_dev_ca, make_server_cert
 
 pytestmark = pytest.mark.netns
@@ -102,7 +102,7 @@ def test_everything_is_removed_even_after_a_failure(netns_ok: None) -> None:
 
 def test_unavailable_reason_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     # Non-root and a machine without iproute2 cannot be had here, so they are simulated.
-    import deploy.netns as netns
+    import deploy.launcher.netns as netns
 
     monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
     assert "need root" in (netns_unavailable_reason() or "")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.processes import LaunchError, process_group
+from deploy.launcher.processes import LaunchError, process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 

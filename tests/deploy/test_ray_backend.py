@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from data_specs.synth import synthesize
+from data_specs.sources.synth import synthesize
 from data_specs.task_spec import TaskSpec
 from deploy.cli import app
-from deploy.ray_backend import RayOptions
-from deploy.simulation import SimulationConfig, SimulationResult, run_simulation
+from deploy.launcher.ray_backend import RayOptions
+from deploy.launcher.simulation import SimulationConfig, SimulationResult, run_simulation
 
 try:
     import ray

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from data_specs.synth import synthesize
+from data_specs.sources.synth import synthesize
 from data_specs.task_spec import TaskSpec
-from deploy.ray_backend import RayOptions
-from deploy.simulation import SimulationConfig, SimulationResult, run_simulation
+from deploy.launcher.ray_backend import RayOptions
+from deploy.launcher.simulation import SimulationConfig, SimulationResult, run_simulation
 
 try:
     import ray

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deploy.cli import app
-from deploy.launcher_cli import simulation_spec
+from deploy.launcher.launcher_cli import simulation_spec
 from tests.data_specs.test_label_mapping import photo_site
 
 runner = CliRunner()

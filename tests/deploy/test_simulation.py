@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from data_specs.synth import synthesize
+from data_specs.sources.synth import synthesize
 from data_specs.task_spec import TaskSpec
-from deploy.simulation import SimulationConfig, run_simulation
+from deploy.launcher.simulation import SimulationConfig, run_simulation
 
 pytestmark = pytest.mark.slow  # real training, processes or servers: `make test` only
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data_specs.bundle import BundleMeta, encode_bundle
-from data_specs.routing_bundle import encode_routing_bundle
 from data_specs.task_spec import TaskSpec
-from data_specs.unet_layout import unet_layout
-from site_agent.class_labels import bundle_class_names, segment_names
-from site_agent.models import save_global
-from site_agent.workdir import WorkDir
+from data_specs.weights.bundle import BundleMeta, encode_bundle
+from data_specs.weights.routing_bundle import encode_routing_bundle
+from data_specs.weights.unet_layout import unet_layout
+from site_agent.clinic.class_labels import bundle_class_names, segment_names
+from site_agent.clinic.models import save_global
+from site_agent.federation.workdir import WorkDir
 
 SPEC = TaskSpec(out_channels=3, channels=(4, 8), strides=(2,), patch_size=(16, 16))
 NAMES = ("background", "RV", "LV")

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from data_specs.bundle import BundleMeta, encode_bundle
 from data_specs.task_spec import build_unet
+from data_specs.weights.bundle import BundleMeta, encode_bundle
 from site_agent.cli import app
-from site_agent.models import save_global
-from site_agent.workdir import WorkDir
+from site_agent.clinic.models import save_global
+from site_agent.federation.workdir import WorkDir
 from tests.site_agent.conftest import TINY, write_site
 from tests.site_agent.federation import live_aggregator
 from tests.site_agent.test_federation_e2e import TRAIN, agent_settings
@@ -136,7 +136,7 @@ def test_infer_refuses_a_model_of_another_spec_and_a_missing_scan(tmp_path) -> N
 
 @pytest.mark.slow
 def test_outside_site_adapts_the_routed_model_and_segments_with_it(tmp_path) -> None:
-    from site_agent.loop import SiteAgent
+    from site_agent.federation.loop import SiteAgent
 
     with live_aggregator(tmp_path / "agg") as agg:
         write_site(tmp_path / "inside" / "data", n_train=4, n_val=1, n_test=0)

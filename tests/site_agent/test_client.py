@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from data_specs.bundle import BundleMeta, encode_bundle
 from data_specs.task_spec import expected_tensors
+from data_specs.weights.bundle import BundleMeta, encode_bundle
 from data_specs.wire import SiteMetrics, TaskAssignment, TrainConfig
-from site_agent.client import AggregatorClient
 from site_agent.errors import (
     AggregatorUnavailableError,
     IntegrityError,
@@ -21,9 +20,10 @@ from site_agent.errors import (
     RoundClosedError,
     TokenRevokedError,
 )
-from site_agent.privacy import FailureReason
-from site_agent.retry import Backoff
-from site_agent.workdir import WorkDir
+from site_agent.federation.client import AggregatorClient
+from site_agent.federation.privacy import FailureReason
+from site_agent.federation.retry import Backoff
+from site_agent.federation.workdir import WorkDir
 from tests.site_agent.conftest import TINY
 
 

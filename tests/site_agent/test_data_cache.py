@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from data_specs.constants import SplitName
-from data_specs.datasets import build_dataset
-from data_specs.manifest import load_manifest
-from site_agent.data_cache import SiteDataCache, manifest_fingerprint
-from site_agent.datasets import load_split
+from data_specs.imaging.datasets import build_dataset
+from data_specs.manifests.manifest import load_manifest
+from site_agent.training.data_cache import SiteDataCache, manifest_fingerprint
+from site_agent.training.datasets import load_split
 from tests.site_agent.conftest import TINY, write_site
 
 

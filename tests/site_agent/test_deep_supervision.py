@@ -7,9 +7,9 @@ import torch
 
 from data_specs.task_spec import TaskSpec, build_unet
 from data_specs.wire import TrainConfig
-from site_agent.deep_supervision import DeepSupervision, decoder_levels
 from site_agent.errors import TrainingError
-from site_agent.local_training import make_loss
+from site_agent.training.local_training import make_loss
+from site_agent.training.variants.deep_supervision import DeepSupervision, decoder_levels
 from tests.site_agent.conftest import SquaresDataset
 
 DEEP = TaskSpec(out_channels=2, channels=(4, 8, 16), strides=(2, 2), patch_size=(32, 32))
@@ -42,7 +42,7 @@ def test_too_shallow_a_network_is_refused() -> None:
 
 @pytest.mark.slow  # a subprocess, a real server or real training
 def test_training_with_deep_supervision_keeps_the_layout_and_trains_the_heads() -> None:
-    from site_agent.trainer import SiteTrainer
+    from site_agent.training.trainer import SiteTrainer
 
     config = TrainConfig(batch_size=4, lr=0.01, optimizer="adam", precision="fp32")
     plain = SiteTrainer(DEEP, SquaresDataset(8, seed=0), progress=False)

@@ -7,17 +7,17 @@ import math
 import pytest
 import torch
 
-from aggregator.privacy_budget import with_privacy
-from aggregator.schemas.experiments import ExperimentCreate
-from aggregator.schemas.rounds import RoundPublic, SiteRoundPublic
+from aggregator.privacy.privacy_budget import with_privacy
 from data_specs.constants import NormKind
 from data_specs.privacy.accountant import epsilon as dp_accounting_epsilon
 from data_specs.privacy.sample_dp import DPSGDConfig, SampleDPSpent
+from data_specs.researcher.experiments import ExperimentCreate
+from data_specs.researcher.rounds import RoundPublic, SiteRoundPublic
 from data_specs.task_spec import build_unet
 from data_specs.wire import PersonalizationConfig, SiteMetrics, TrainConfig
-from site_agent.dp_sgd import epsilon_spent
 from site_agent.errors import TrainingError
-from site_agent.trainer import SiteTrainer, cpu_state
+from site_agent.training.trainer import SiteTrainer, cpu_state
+from site_agent.training.variants.dp_sgd import epsilon_spent
 from tests.site_agent.conftest import TINY, SquaresDataset
 
 pytest.importorskip("opacus", reason="opacus (the [dpsgd] extra, pulled by [test]) is missing")
@@ -95,7 +95,7 @@ def test_reported_epsilon_is_the_accountants_for_the_config() -> None:
 @pytest.mark.slow
 def test_empty_poisson_batches_step_and_noise_is_not_the_seeds(monkeypatch) -> None:
     # q = 1/8: about a third of the batches draw no case; each is still a noisy step.
-    import site_agent.dp_sgd as dp_sgd
+    import site_agent.training.variants.dp_sgd as dp_sgd
 
     empty = []
     real, real_entropy = dp_sgd._empty_step, dp_sgd._entropy

@@ -11,14 +11,14 @@ import httpx
 import numpy as np
 import pytest
 
-from data_specs.bundle import decode_bundle
 from data_specs.constants import HEADER_METRICS
-from data_specs.unet_layout import statistic_keys_of
-from site_agent.dp_statistics import load_statistics
-from site_agent.loop import SiteAgent
-from site_agent.retry import Backoff
-from site_agent.task_runner import TaskOutcome
-from site_agent.workdir import WorkDir
+from data_specs.weights.bundle import decode_bundle
+from data_specs.weights.unet_layout import statistic_keys_of
+from site_agent.federation.loop import SiteAgent
+from site_agent.federation.retry import Backoff
+from site_agent.federation.task_runner import TaskOutcome
+from site_agent.federation.uploads.dp_statistics import load_statistics
+from site_agent.federation.workdir import WorkDir
 from tests.site_agent.conftest import TINY, write_site
 from tests.site_agent.federation import live_aggregator
 from tests.site_agent.test_federation_e2e import TRAIN, Recorder, agent_settings, run_agents

@@ -9,16 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from data_specs.bundle import BundleMeta, decode_bundle, encode_bundle
 from data_specs.constants import BundleKind
 from data_specs.task_spec import TaskSpec, expected_tensors
-from data_specs.unet_layout import statistic_keys_of
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
+from data_specs.weights.unet_layout import statistic_keys_of
 from data_specs.wire import SiteMetrics, TaskAssignment, TrainConfig
-from site_agent.dp_statistics import load_statistics, save_statistics, with_statistics
-from site_agent.models import load_model
-from site_agent.trainer import TrainResult
-from site_agent.update_files import RoundFiles
-from site_agent.workdir import WorkDir
+from site_agent.clinic.models import load_model
+from site_agent.federation.update_files import RoundFiles
+from site_agent.federation.uploads.dp_statistics import (
+    load_statistics,
+    save_statistics,
+    with_statistics,
+)
+from site_agent.federation.workdir import WorkDir
+from site_agent.training.trainer import TrainResult
 
 SPEC = TaskSpec(spatial_dims=2, channels=(4, 8), strides=(2,), patch_size=(16, 16))
 

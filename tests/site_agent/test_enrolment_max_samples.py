@@ -10,13 +10,13 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from aggregator.api.app import create_app
-from aggregator.safeguards import cap_samples
+from aggregator.rounds.guards.safeguards import cap_samples
 from aggregator.settings import AggregatorSettings
-from site_agent.client import AggregatorClient
-from site_agent.enrollment import declared_max_samples, enroll
-from site_agent.retry import Backoff
+from site_agent.federation.client import AggregatorClient
+from site_agent.federation.enrollment import declared_max_samples, enroll
+from site_agent.federation.retry import Backoff
+from site_agent.federation.workdir import WorkDir
 from site_agent.settings import SiteSettings
-from site_agent.workdir import WorkDir
 from tests.aggregator.helpers import ADMIN_TOKEN, API, Federation
 from tests.site_agent.conftest import write_site
 

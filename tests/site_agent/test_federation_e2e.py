@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load as st_load
 
-from data_specs.bundle import read_header
-from data_specs.fingerprint import DatasetFingerprint, compute_fingerprint
-from data_specs.manifest import load_manifest
+from data_specs.manifests.fingerprint import DatasetFingerprint, compute_fingerprint
+from data_specs.manifests.manifest import load_manifest
 from data_specs.task_spec import expected_tensors
+from data_specs.weights.bundle import read_header
 from data_specs.wire import EnrollRequest, FailureReport, SiteMetrics
-from site_agent.loop import SiteAgent
-from site_agent.retry import Backoff
+from site_agent.federation.loop import SiteAgent
+from site_agent.federation.retry import Backoff
+from site_agent.federation.task_runner import TaskOutcome
 from site_agent.settings import SiteSettings
-from site_agent.task_runner import TaskOutcome
 from tests.site_agent.conftest import TINY, write_site
 from tests.site_agent.federation import live_aggregator
 

@@ -11,14 +11,14 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from data_specs.fingerprint import DatasetFingerprint, compute_fingerprint
-from data_specs.manifest import load_manifest
+from data_specs.manifests.fingerprint import DatasetFingerprint, compute_fingerprint
+from data_specs.manifests.manifest import load_manifest
 from site_agent.cli import app
-from site_agent.client import AggregatorClient
 from site_agent.errors import OutboundRefusedError
-from site_agent.fingerprints import FingerprintSync
-from site_agent.retry import Backoff
-from site_agent.workdir import WorkDir
+from site_agent.federation.client import AggregatorClient
+from site_agent.federation.fingerprints import FingerprintSync
+from site_agent.federation.retry import Backoff
+from site_agent.federation.workdir import WorkDir
 from tests.site_agent.conftest import write_site
 
 runner = CliRunner()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from site_agent.workdir import TaskPhase, TaskState, WorkDir
+from site_agent.federation.workdir import TaskPhase, TaskState, WorkDir
 from tests.site_agent.conftest import TINY, write_site
 from tests.site_agent.federation import live_aggregator
 

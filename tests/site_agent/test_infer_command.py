@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from data_specs.bundle import BundleMeta, encode_bundle
 from data_specs.task_spec import TaskSpec, build_unet
+from data_specs.weights.bundle import BundleMeta, encode_bundle
 from site_agent.cli import app
-from site_agent.models import save_global
-from site_agent.workdir import WorkDir
+from site_agent.clinic.models import save_global
+from site_agent.federation.workdir import WorkDir
 from tests.site_agent.scan_kinds import (
     block_picture,
     block_volume,
@@ -75,7 +75,7 @@ def test_the_first_line_comes_before_torch_is_imported(tmp_path: Path) -> None:
         f"""
         import sys
         from pathlib import Path
-        from site_agent.segment_command import run_infer
+        from site_agent.clinic.segment_command import run_infer
         from site_agent.settings import SiteSettings
         def echo(line):
             print("torch" in sys.modules, "monai" in sys.modules)
@@ -92,7 +92,7 @@ def test_the_first_line_comes_before_torch_is_imported(tmp_path: Path) -> None:
 
 
 def test_a_folder_of_scans_is_segmented_with_one_model_load(tmp_path: Path, monkeypatch) -> None:
-    import site_agent.models
+    import site_agent.clinic.models
 
     work = model_in(tmp_path / "work")
     folder = tmp_path / "scans"
@@ -100,9 +100,9 @@ def test_a_folder_of_scans_is_segmented_with_one_model_load(tmp_path: Path, monk
     for i, suffix in enumerate((".png", ".tif", ".jpg")):
         save_picture(block_picture(seed=i), folder / f"case{i}{suffix}")
     loads = []
-    real = site_agent.models.load_model
+    real = site_agent.clinic.models.load_model
     monkeypatch.setattr(
-        site_agent.models, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k)
+        site_agent.clinic.models, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k)
     )
     out = tmp_path / "masks"
     result = runner.invoke(

@@ -10,8 +10,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from data_specs.task_spec import TaskSpec, build_unet
+from site_agent.clinic.inference import segment_scan, write_segmentation
 from site_agent.errors import ScanError
-from site_agent.inference import segment_scan, write_segmentation
 
 SPEC_3D = TaskSpec(spatial_dims=3, channels=(4, 8), strides=(2,), patch_size=(16, 16, 16))
 SPEC_2D = TaskSpec(spatial_dims=2, channels=(4, 8), strides=(2,), patch_size=(16, 16))

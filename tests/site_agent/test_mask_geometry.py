@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_specs.imageio import read_image
+from data_specs.imaging.imageio import read_image
 from data_specs.task_spec import TaskSpec
+from site_agent.clinic.inference import segment_scan, write_segmentation
 from site_agent.errors import WorkDirError
-from site_agent.inference import segment_scan, write_segmentation
 from tests.site_agent.scan_kinds import (
     Threshold,
     block_picture,
@@ -115,7 +115,7 @@ def test_dicom_seg_references_the_series_and_holds_the_mask(tmp_path: Path) -> N
 def test_unwritable_mask_destinations_are_refused(tmp_path: Path) -> None:
     from data_specs.constants import ImageFormat
     from data_specs.errors import ImageWriteError
-    from data_specs.mask_io import MaskFormat, check_mask_destination
+    from data_specs.imaging.mask_io import MaskFormat, check_mask_destination
 
     ok = check_mask_destination(tmp_path / "m.png", scan_format=ImageFormat.PIL, spatial_ndim=2)
     assert ok == MaskFormat.PICTURE

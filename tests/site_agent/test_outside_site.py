@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from data_specs.routing_bundle import encode_routing_bundle, read_class_prior
 from data_specs.task_spec import build_unet
-from site_agent.adapt import adapt_experiment
+from data_specs.weights.routing_bundle import encode_routing_bundle, read_class_prior
 from site_agent.cli import app
-from site_agent.workdir import WorkDir
+from site_agent.clinic.adapt import adapt_experiment
+from site_agent.federation.workdir import WorkDir
 from tests.site_agent.conftest import TINY, write_site
 
 pytestmark = pytest.mark.slow  # real training, processes or servers: `make test` only
@@ -192,7 +192,7 @@ def test_the_routed_choice_falls_back_to_the_saved_plain_model(
 ) -> None:
     import personalization.outside.safeguard as guard
     from personalization.outside import AdaptConfig
-    from site_agent.models import load_model
+    from site_agent.clinic.models import load_model
 
     manifest = outside_manifest(tmp_path / "outside")
     work = WorkDir(tmp_path / "work")

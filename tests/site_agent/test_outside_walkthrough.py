@@ -56,7 +56,7 @@ def test_the_guide_walks_through_enrol_validate_adapt_and_infer() -> None:
 
 @pytest.mark.slow
 def test_the_outside_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    from site_agent.loop import SiteAgent
+    from site_agent.federation.loop import SiteAgent
 
     with live_aggregator(tmp_path / "agg") as agg:
         # A federation of one hospital ("hospital-a") that shares its personal model.

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_specs.imageio import PICTURE_AFFINE
-from site_agent.picture import colour_of, mask_views, save_mask_picture
+from data_specs.imaging.imageio import PICTURE_AFFINE
+from site_agent.clinic.picture import colour_of, mask_views, save_mask_picture
 
 GOLDEN = Path(__file__).parent / "golden"
 RAS = np.diag([2.0, 2.0, 4.0, 1.0])
@@ -127,7 +127,7 @@ def test_golden_images(case: str) -> None:
 def test_outlines_erode_as_scipy_does() -> None:
     from scipy.ndimage import binary_erosion
 
-    from site_agent.picture import _erode
+    from site_agent.clinic.picture import _erode
 
     rng = np.random.default_rng(3)
     for iterations in (1, 2, 3):

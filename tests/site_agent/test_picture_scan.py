@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from data_specs.constants import InputFit
+from data_specs.imaging.transforms import prepare_scan
 from data_specs.task_spec import TaskSpec, build_unet
-from data_specs.transforms import prepare_scan
-from site_agent.inference import label_map, segment_scan
-from site_agent.picture_scan import plain_picture_path, prepare_picture
-from site_agent.prediction import predict_scores
+from site_agent.clinic.inference import label_map, segment_scan
+from site_agent.clinic.picture_scan import plain_picture_path, prepare_picture
+from site_agent.training.prediction import predict_scores
 from tests.site_agent.scan_kinds import block_picture, save_picture
 
 RESIZE = TaskSpec(
@@ -73,9 +73,9 @@ def test_what_needs_monai_takes_monais_path(tmp_path: Path) -> None:
 @pytest.mark.timeout(660)  # a fresh interpreter importing torch: slow on a loaded machine
 @pytest.mark.slow  # a subprocess, a real server or real training
 def test_infer_on_a_picture_never_imports_monai(tmp_path: Path) -> None:
-    from data_specs.bundle import BundleMeta, encode_bundle
-    from site_agent.models import save_global
-    from site_agent.workdir import WorkDir
+    from data_specs.weights.bundle import BundleMeta, encode_bundle
+    from site_agent.clinic.models import save_global
+    from site_agent.federation.workdir import WorkDir
 
     tensors = {k: v.numpy() for k, v in build_unet(RESIZE).state_dict().items()}
     data = encode_bundle(tensors, BundleMeta(spec_hash=RESIZE.spec_hash(), round=1))

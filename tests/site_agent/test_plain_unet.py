@@ -7,7 +7,7 @@ import torch
 
 from data_specs.constants import NormKind
 from data_specs.task_spec import TaskSpec, build_unet
-from site_agent.plain_unet import build_plain_unet
+from site_agent.clinic.plain_unet import build_plain_unet
 
 SPECS = [
     TaskSpec(channels=(4, 8), strides=(2,), patch_size=(16, 16), out_channels=2),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from data_specs.fingerprint import compute_fingerprint
-from data_specs.manifest import load_manifest
+from data_specs.manifests.fingerprint import compute_fingerprint
+from data_specs.manifests.manifest import load_manifest
 from data_specs.plan import PlanOptions, make_plan
 from data_specs.task_spec import TaskSpec
-from site_agent.loop import SiteAgent
-from site_agent.retry import Backoff
-from site_agent.task_runner import TaskOutcome
+from site_agent.federation.loop import SiteAgent
+from site_agent.federation.retry import Backoff
+from site_agent.federation.task_runner import TaskOutcome
 from tests.site_agent.conftest import TINY, write_site
 from tests.site_agent.federation import live_aggregator
 from tests.site_agent.test_federation_e2e import TRAIN, agent_settings, run_agents

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from data_specs.wire import TaskAssignment
-from site_agent.datasets import validates_in_round
-from site_agent.privacy import FailureReason
-from site_agent.task_runner import TaskOutcome
+from site_agent.federation.privacy import FailureReason
+from site_agent.federation.task_runner import TaskOutcome
+from site_agent.training.datasets import validates_in_round
 from tests.site_agent.conftest import TINY
 from tests.site_agent.test_restart_and_failures import one_site
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from data_specs.constants import InputFit
-from data_specs.manifest import load_manifest
+from data_specs.manifests.manifest import load_manifest
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
-from site_agent.batch_augment import BatchAugment
-from site_agent.local_training import poly_lr
-from site_agent.precision import autocast, use_bf16
-from site_agent.scan_evaluation import evaluate_cases, load_eval_cases, volume_dice
+from site_agent.clinic.scan_evaluation import evaluate_cases, load_eval_cases, volume_dice
+from site_agent.training.batch_augment import BatchAugment
+from site_agent.training.local_training import poly_lr
+from site_agent.training.precision import autocast, use_bf16
 from tests.data_specs.tiny_data import tiny_site
 from tests.site_agent.conftest import SquaresDataset
 
@@ -47,7 +47,7 @@ def test_poly_lr_is_continuous_across_rounds_and_reaches_zero() -> None:
 
 @pytest.mark.slow  # a subprocess, a real server or real training
 def test_trainer_applies_the_poly_schedule_and_keeps_the_optimiser(tiny_spec: TaskSpec) -> None:
-    from site_agent.trainer import SiteTrainer
+    from site_agent.training.trainer import SiteTrainer
 
     config = TrainConfig(
         batch_size=4,
@@ -72,7 +72,7 @@ def test_trainer_applies_the_poly_schedule_and_keeps_the_optimiser(tiny_spec: Ta
 
 
 def _fg_share(ratio: float, n: int = 300) -> float:
-    from data_specs.transforms import augment_transforms
+    from data_specs.imaging.transforms import augment_transforms
 
     spec = TaskSpec(patch_size=(16, 16), channels=(4, 8), strides=(2,))
     label = torch.zeros(1, 64, 64)
@@ -158,8 +158,8 @@ def test_volume_dice_by_hand() -> None:
 
 
 def test_resampling_to_the_plan_spacing_round_trips_the_geometry(tmp_path: Path) -> None:
-    from data_specs.imageio import read_image
-    from data_specs.transforms import prepare_scan
+    from data_specs.imaging.imageio import read_image
+    from data_specs.imaging.transforms import prepare_scan
 
     affine = np.diag([1.5, 1.5, 2.0, 1.0])
     manifest_path = tiny_site(
@@ -190,7 +190,7 @@ def test_resampling_to_the_plan_spacing_round_trips_the_geometry(tmp_path: Path)
 def test_hd95_on_the_cropped_box_equals_the_full_volume() -> None:
     from monai.metrics import compute_hausdorff_distance
 
-    from site_agent.scan_evaluation import volume_hd95
+    from site_agent.clinic.scan_evaluation import volume_hd95
 
     rng = np.random.default_rng(0)
     truth = np.zeros((40, 36, 6), dtype=np.int64)

@@ -12,13 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from site_agent.client import AggregatorClient
 from site_agent.errors import TokenRevokedError, WorkDirError
-from site_agent.loop import SiteAgent
-from site_agent.privacy import FailureReason
-from site_agent.retry import Backoff
-from site_agent.task_runner import TaskOutcome
-from site_agent.workdir import TaskPhase, WorkDir
+from site_agent.federation.client import AggregatorClient
+from site_agent.federation.loop import SiteAgent
+from site_agent.federation.privacy import FailureReason
+from site_agent.federation.retry import Backoff
+from site_agent.federation.task_runner import TaskOutcome
+from site_agent.federation.workdir import TaskPhase, WorkDir
 from tests.site_agent.conftest import TINY, write_site
 from tests.site_agent.federation import LiveAggregator, live_aggregator
 from tests.site_agent.test_federation_e2e import TRAIN, Recorder, agent_settings

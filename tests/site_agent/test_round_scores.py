@@ -7,7 +7,7 @@ import torch
 
 from data_specs.task_spec import build_unet
 from data_specs.wire import PersonalizationConfig, TrainConfig
-from site_agent.trainer import SiteTrainer, cpu_state
+from site_agent.training.trainer import SiteTrainer, cpu_state
 from tests.site_agent.conftest import TINY, SquaresDataset
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from site_agent.loop import SiteAgent
-from site_agent.retry import Backoff
+from site_agent.federation.loop import SiteAgent
+from site_agent.federation.retry import Backoff
+from site_agent.federation.task_runner import TaskOutcome
 from site_agent.settings import SiteSettings
-from site_agent.task_runner import TaskOutcome
 from tests.site_agent.conftest import TINY, write_site
 from tests.site_agent.federation import live_aggregator
 from tests.site_agent.test_federation_e2e import run_agents

@@ -7,7 +7,7 @@ import pytest
 
 from data_specs.constants import API_PREFIX, HEADER_NUM_SAMPLES, HEADER_SHA256
 from site_agent.errors import OutboundRefusedError
-from site_agent.privacy import OutboundGuard
+from site_agent.federation.privacy import OutboundGuard
 
 BASE = f"http://agg{API_PREFIX}/tasks/t1/secagg"
 KEY = "ab" * 32

@@ -12,8 +12,8 @@ from pydantic import SecretStr
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TaskAssignment, TrainConfig
 from site_agent.errors import SiteSettingsError, WorkDirError
+from site_agent.federation.workdir import TaskPhase, TaskState, WorkDir, safe_id
 from site_agent.settings import SiteSettings
-from site_agent.workdir import TaskPhase, TaskState, WorkDir, safe_id
 
 
 def test_plain_http_is_refused_unless_allowed(monkeypatch) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from site_agent.shutdown import EXIT_FORCED, StopRequested, stop_on_signals
-from site_agent.workdir import WorkDir
+from site_agent.federation.shutdown import EXIT_FORCED, StopRequested, stop_on_signals
+from site_agent.federation.workdir import WorkDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def test_a_process_that_does_not_unwind_is_ended_at_the_deadline() -> None:
     code = textwrap.dedent(
         """
         import os, signal, sys, time
-        from site_agent.shutdown import StopRequested, stop_on_signals
+        from site_agent.federation.shutdown import StopRequested, stop_on_signals
         with stop_on_signals(grace_s=1.0):
             try:  # "ready" inside the try: the signal may arrive right after it
                 print("ready", flush=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmarks.sleep_site import SleepTrainer
 from data_specs.wire import TrainConfig
-from site_agent.trainer import SiteTrainer
+from site_agent.training.trainer import SiteTrainer
 
 
 def test_sleep_trainer_takes_every_argument_the_real_trainer_takes() -> None:

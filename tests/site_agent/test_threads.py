@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from site_agent.errors import SiteSettingsError
-from site_agent.threads import affinity_cpus, cgroup_cpu_limit, pick_threads
+from site_agent.training.threads import affinity_cpus, cgroup_cpu_limit, pick_threads
 
 
 def _cgroup_v2(tmp_path: Path, text: str) -> Path:
@@ -32,7 +32,7 @@ def test_cgroup_v1_quota(tmp_path: Path) -> None:
 
 
 def test_pick_threads_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("site_agent.threads.affinity_cpus", lambda: 8)
+    monkeypatch.setattr("site_agent.training.threads.affinity_cpus", lambda: 8)
     quota = _cgroup_v2(tmp_path, "250000 100000")  # 2.5 CPUs
     assert pick_threads({}, cgroup_root=quota) == (3, "cgroup quota")
     assert pick_threads({"OMP_NUM_THREADS": "2"}, cgroup_root=quota) == (2, "OMP_NUM_THREADS")

@@ -12,9 +12,9 @@ from monai.fl.utils.exchange_object import ExchangeObject
 from data_specs.task_spec import build_unet
 from data_specs.wire import PersonalizationConfig, TrainConfig
 from personalization.state_dict import norm_keys
-from site_agent.client_algo import TRAIN_CONFIG_KEY, SiteClientAlgo
 from site_agent.errors import ModelMismatchError, TrainingError
-from site_agent.trainer import SiteTrainer, cpu_state
+from site_agent.training.client_algo import TRAIN_CONFIG_KEY, SiteClientAlgo
+from site_agent.training.trainer import SiteTrainer, cpu_state
 from tests.site_agent.conftest import TINY, SquaresDataset
 
 FAST = TrainConfig(

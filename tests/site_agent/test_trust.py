@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from deploy.tls import make_dev_ca, make_server_cert
-from site_agent.trust import agent_ssl_context
+from site_agent.federation.trust import agent_ssl_context
 
 
 @pytest.fixture

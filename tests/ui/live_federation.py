@@ -188,7 +188,7 @@ def seed_history(fed: LiveFederation, *, rounds: int, sites: int) -> str:
     Written straight into the aggregator's database (running that many rounds would take
     minutes); the rows are what the orchestrator writes, so every API reads them as usual.
     """
-    from aggregator.db.models import Experiment, Round, Task, utcnow
+    from aggregator.storage.db.models import Experiment, Round, Task, utcnow
 
     assert fed.http is not None
     names = [f"hospital-{i:02d}" for i in range(sites)]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from aggregator.api.deps import CurrentResearcher, SessionDep
 from aggregator.crud.events import list_events
-from aggregator.schemas import EventPublic
+from data_specs.researcher import EventPublic
 
 router = APIRouter(prefix="/events", tags=["events"])
 

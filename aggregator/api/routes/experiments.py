@@ -8,7 +8,6 @@ from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from aggregator.adaptive_clipping import clip_norms
 from aggregator.api.deps import (
     BlobsDep,
     CurrentResearcher,
@@ -27,28 +26,29 @@ from aggregator.api.uploads import (
 from aggregator.crud import experiments as exp_crud
 from aggregator.crud import rounds as round_crud
 from aggregator.crud import routing as routing_crud
-from aggregator.db import ExperimentStatus
 from aggregator.errors import NotFoundError, PermissionDeniedError
-from aggregator.lifecycle import (
+from aggregator.privacy.adaptive_clipping import clip_norms
+from aggregator.privacy.privacy_budget import with_privacy
+from aggregator.rounds.lifecycle import (
     abort_experiment,
     create_experiment,
     pause_experiment,
     set_initial_model,
     start_experiment,
 )
-from aggregator.planning import federation_class_prior
-from aggregator.privacy_budget import with_privacy
-from aggregator.routing_bundle import Expert
-from aggregator.schemas import (
+from aggregator.rounds.planning import federation_class_prior
+from aggregator.rounds.validation import check_model
+from aggregator.storage.db import ExperimentStatus
+from aggregator.storage.routing_bundle import Expert
+from data_specs.constants import HEADER_SHA256
+from data_specs.researcher import (
     ExperimentCreate,
     ExperimentPublic,
     GrantCreate,
     GrantPublic,
     RoundPublic,
 )
-from aggregator.validation import check_model
-from data_specs.bundle import MAX_ROUND
-from data_specs.constants import HEADER_SHA256
+from data_specs.weights.bundle import MAX_ROUND
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 _OCTET = "application/octet-stream"

@@ -14,7 +14,7 @@ from aggregator.crud import principals
 from aggregator.crud.events import record_event
 from aggregator.errors import NotFoundError
 from data_specs.event_kinds import EventKind
-from data_specs.fingerprint import DatasetFingerprint
+from data_specs.manifests.fingerprint import DatasetFingerprint
 from data_specs.plan import ExperimentPlan
 
 router = APIRouter(tags=["plan"])

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 
 from aggregator import consent
 from aggregator.api.deps import CurrentSite, SessionDep
-from aggregator.schemas.consent import InvitationPublic
+from data_specs.researcher.consent import InvitationPublic
 
 router = APIRouter(prefix="/invitations", tags=["consent"])
 ExperimentId = Annotated[str, Path(min_length=1, max_length=64)]

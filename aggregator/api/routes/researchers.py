@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, status
 
 from aggregator.api.deps import CurrentAdmin, CurrentResearcher, SessionDep
 from aggregator.crud import principals
-from aggregator.schemas import ResearcherCreate, ResearcherCreated
+from data_specs.researcher import ResearcherCreate, ResearcherCreated
 
 router = APIRouter(prefix="/researchers", tags=["researchers"])
 ResearcherId = Annotated[str, Path(min_length=1, max_length=64)]

@@ -13,10 +13,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from aggregator import secagg_protocol as protocol
 from aggregator.api.deps import CurrentSite, ServicesDep, SessionDep
 from aggregator.api.uploads import content_length, metrics_header, num_samples_header, sha256_header
 from aggregator.errors import InvalidRequestError
+from aggregator.privacy import secagg_protocol as protocol
 from data_specs.privacy.secagg_wire import AdvertsOut, KeysIn, SharesIn, UnmaskIn, UnmaskOut
 from data_specs.wire import UpdateReceipt
 

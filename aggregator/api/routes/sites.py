@@ -8,8 +8,8 @@ from aggregator import consent
 from aggregator.api.client_certs import require_site_certificate
 from aggregator.api.deps import CurrentResearcher, CurrentSite, SessionDep, SettingsDep
 from aggregator.crud import principals
-from aggregator.schemas import SiteCreate, SitePublic, SiteRegistered
-from aggregator.schemas.consent import ConsentPolicy
+from data_specs.researcher import SiteCreate, SitePublic, SiteRegistered
+from data_specs.researcher.consent import ConsentPolicy
 from data_specs.wire import EnrollRequest, EnrollResponse
 
 router = APIRouter(prefix="/sites", tags=["sites"])

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from aggregator import intake
 from aggregator.api.deps import CurrentSite, ServicesDep, SessionDep
 from aggregator.api.uploads import (
     BUNDLE_BODY,
@@ -24,11 +23,12 @@ from aggregator.api.uploads import (
     sha256_header,
 )
 from aggregator.crud import tasks as task_crud
-from aggregator.db.models import utcnow
-from aggregator.db.relaxed import relax_next_commit
 from aggregator.errors import ConflictError, InvalidRequestError
-from aggregator.schemas import TaskStatusPublic
+from aggregator.rounds import intake
+from aggregator.storage.db.models import utcnow
+from aggregator.storage.db.relaxed import relax_next_commit
 from data_specs.constants import HEADER_SHA256
+from data_specs.researcher import TaskStatusPublic
 from data_specs.wire import FailureReport, TaskAssignment, UpdateReceipt
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])

@@ -1,0 +1,1 @@
+"""The round state machine: `orchestrator`, `round_events` (decisions, outcomes, `emit`), `transitions`, `lifecycle`, `sampling`, `planning`, `intake` and `validation` of site updates, `safeguards`, `aggregation`, `round_failures`, `task_board`."""

@@ -1,0 +1,88 @@
+"""Direction check: leave out updates that point against the round's coordinate-wise median.
+
+A sign-flipped update of honest norm passes the norm bound and, under FedAvg, cancels its share
+of the step (one site of five costs a fifth of it). The coordinate-wise median of the round's
+differences ``W - θ`` is a reference that a minority cannot move far; an update whose cosine
+similarity with it is below ``min_update_cosine`` (default 0: it points away from the median)
+is left out of the average.
+
+Rules that keep honest sites in:
+
+- the check needs at least ``MIN_UPDATES`` (3) updates: with two, the median is their mean and
+  each update's cosine with it says nothing about which one is honest;
+- at most a minority (``(K - 1) // 2`` of K updates) is left out, lowest cosine first, so a
+  round whose honest updates are noise-dominated (late in training) keeps its majority;
+- an update or median of norm 0 has no direction and is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from aggregator.rounds.guards.safeguards import DiffReader
+
+MIN_UPDATES = 3
+_CHUNK = 16384  # coordinates per block: K x 16384 float64 values
+
+
+def median_cosines(readers: Sequence[DiffReader], keys: Sequence[str]) -> dict[str, float]:
+    """Each update's cosine similarity with the coordinate-wise median of all of them.
+
+    Reads every update once more, one key at a time (one array per site for that key, as the
+    median strategy does). Sums are in float64.
+
+    Args:
+        readers: the round's finite updates.
+        keys: the averaged keys; a key some update lacks, and non-float keys, are skipped.
+
+    Returns:
+        ``{site: cosine}``; NaN for an update (or a median) of norm 0.
+    """
+    k = len(readers)
+    dots = np.zeros(k, dtype=np.float64)
+    squares = np.zeros(k, dtype=np.float64)
+    median_square = 0.0
+    for key in keys:
+        try:
+            values = [reader.get(key) for reader in readers]
+        except KeyError:
+            continue  # the strategy reports the missing key with its own message
+        if any(v.dtype.kind != "f" for v in values):
+            continue
+        flats = [v.reshape(-1) for v in values]
+        size = flats[0].size
+        if any(f.size != size for f in flats):
+            continue  # a shape mismatch: the strategy refuses it with its own message
+        for start in range(0, size, _CHUNK):
+            stop = min(size, start + _CHUNK)
+            block = np.stack([f[start:stop] for f in flats], axis=1).astype(np.float64)
+            median = np.median(block, axis=1)
+            dots += median @ block
+            squares += np.einsum("ij,ij->j", block, block)
+            median_square += float(median @ median)
+    out: dict[str, float] = {}
+    for i, reader in enumerate(readers):
+        denominator = math.sqrt(float(squares[i]) * median_square)
+        out[reader.site_id] = float(dots[i]) / denominator if denominator > 0 else math.nan
+    return out
+
+
+def opposing_updates(cosines: dict[str, float], *, min_cosine: float) -> dict[str, float]:
+    """The updates to leave out: below ``min_cosine``, lowest first, at most a minority.
+
+    Args:
+        cosines: ``{site: cosine with the median}`` of the round's K updates.
+        min_cosine: the threshold.
+
+    Returns:
+        ``{site: cosine}`` of the updates to leave out (empty below ``MIN_UPDATES`` updates).
+    """
+    if len(cosines) < MIN_UPDATES:
+        return {}
+    below = sorted((c, site) for site, c in cosines.items() if not math.isnan(c) and c < min_cosine)
+    return {site: c for c, site in below[: (len(cosines) - 1) // 2]}

@@ -1,0 +1,84 @@
+"""Zero-copy, read-only numpy views of the tensors in a stored bundle file (memory-mapped).
+
+``open_bundle`` (safetensors) copies every tensor it returns; validation and aggregation only
+need to *read* each tensor once, so they use these views instead: one pass over the file's
+pages, no extra allocation. The header is checked by ``data_specs.weights.safetensors_header`` (size cap
+before parsing, strict schema, offsets tiling the data region) before a view is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from data_specs.errors import BundleError
+from data_specs.weights.bundle import BundleMeta
+from data_specs.weights.safetensors_header import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DTYPES,
+    header_length,
+    parse_header,
+)
+
+
+class _Entry(NamedTuple):
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+class BundleViews(Mapping[str, np.ndarray]):
+    """A bundle file as a read-only mapping ``{name: np.ndarray view}`` plus its ``meta``.
+
+    Args:
+        path: a safetensors file. Example: ``store.path(sha)``.
+
+    Raises:
+        BundleError: not safetensors, truncated or padded, an unsupported dtype, or an entry
+            whose byte range does not match its shape.
+    """
+
+    def __init__(self, path: Path, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            length = header_length(fh.read(8), max_bytes=max_header_bytes)
+            if length > size - 8:
+                raise BundleError(
+                    f"not safetensors or truncated: header of {length} bytes in a {size}-byte body"
+                )
+            self._base = 8 + length
+            header = parse_header(fh.read(length), data_size=size - self._base)
+        self.meta = BundleMeta.from_header(header.metadata)
+        self._entries = {
+            name: _Entry(np.dtype(DTYPES[e.dtype]), e.shape, e.start, e.end)
+            for name, e in header.tensors.items()
+        }
+        self._map = np.memmap(path, dtype=np.uint8, mode="r") if size > self._base else None
+
+    def dtype_name(self, name: str) -> str:
+        """numpy dtype name of a tensor, without reading it."""
+        return str(self._entries[name].dtype)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of a tensor, without reading it."""
+        return self._entries[name].shape
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        entry = self._entries[name]
+        if self._map is None or entry.end == entry.start:
+            view = np.zeros(entry.shape, entry.dtype)
+        else:
+            flat = self._map[self._base + entry.start : self._base + entry.end]
+            view = np.ndarray(entry.shape, dtype=entry.dtype, buffer=flat)
+        view.flags.writeable = False
+        return view
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,96 @@
+"""Engine and sessions: SQLite with WAL, foreign keys and a busy timeout; other URLs as given."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from aggregator.storage.db.relaxed import install_reset
+
+
+class Database:
+    """One engine plus a session factory; created by the app factory and injected.
+
+    Args:
+        url: SQLAlchemy URL. Example: ``"sqlite:////tmp/agg/aggregator.storage.db"``.
+        synchronous: SQLite ``synchronous`` pragma, ``FULL`` or ``NORMAL``. Default ``FULL``.
+    """
+
+    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Long polls and uploads release their connection early, but many sites may sit in
+            # request handlers at once: a roomy pool rather than the default 5 + 10.
+            kwargs.update(
+                connect_args={"check_same_thread": False, "timeout": 30},
+                pool_size=16,
+                max_overflow=48,
+            )
+        else:
+            # As many connections as anyio's 40 worker threads can use at once; pre-ping drops
+            # connections a database restart (or failover) closed instead of failing a request.
+            kwargs.update(pool_size=10, max_overflow=30, pool_pre_ping=True)
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            _install_sqlite_pragmas(self.engine, synchronous)
+        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+
+    def upgrade(self) -> str:
+        """Migrate the schema to this release's head revision (alembic); returns the revision."""
+        from aggregator.storage.db.migrate import upgrade_database
+
+        return upgrade_database(self.engine)
+
+    def create_all(self) -> None:
+        """The name start-up code used before migrations: now the same as ``upgrade``."""
+        self.upgrade()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that rolls back on error and is always closed."""
+        session = self._factory()
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+
+def _install_sqlite_pragmas(engine: Engine, synchronous: str) -> None:
+    if synchronous not in {"FULL", "NORMAL"}:
+        raise ValueError(f"sqlite synchronous must be FULL or NORMAL, got {synchronous!r}")
+    install_reset(engine, synchronous)  # after a relaxed commit (aggregator.storage.db.relaxed)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute("PRAGMA busy_timeout=30000")
+        finally:
+            cursor.close()
+
+
+def database_problem(exc: BaseException) -> str:
+    """One line on why a database could not be opened, without the URL (it may hold a password)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else 'no detail'}"[:300]

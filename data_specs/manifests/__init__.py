@@ -1,0 +1,1 @@
+"""Dataset manifests: `manifest` (the schema), `validate` (against the files), `fingerprint` (aggregate statistics safe to send)."""

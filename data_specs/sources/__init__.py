@@ -1,0 +1,1 @@
+"""Data generators and folder readers: `synth` (synthetic hospitals), `acdc`, `folder_pairing`, `partition` (virtual sites)."""

@@ -1,0 +1,1 @@
+"""What a clinician runs: `fedseg site infer|evaluate|adapt` (`segment_command`, `scan_batch`, `inference`, `scan_evaluation`, `adapt`), model files (`models`, `outside_models`) and mask pictures (`picture`)."""

@@ -1,0 +1,1 @@
+"""The client of the aggregator: HTTP routes with retries (`client`, `retry`, `trust`), the outbound privacy guard (`privacy`), enrollment, the poll loop (`loop`), one task phase by phase (`task_runner`, `update_files`, `workdir`), graceful stop, fingerprints and the upload encodings (`uploads/`: codec, DP clipping, secure aggregation)."""

@@ -1,0 +1,315 @@
+"""One task, phase by phase: download → train → upload → finish, restart-safe through state.json.
+
+Each phase ends by writing its files atomically and then ``state.json``; a restart resumes at
+the recorded phase. Once an update is on disk (``trained``), the very same bytes are uploaded,
+however often the agent restarts, so the aggregator never sees two different updates of a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from data_specs.round_timeline import SiteTimeline
+from data_specs.task_spec import expected_tensors
+from data_specs.weights.bundle import sha256_hex
+from data_specs.wire import SiteMetrics, TaskAssignment, UpdateReceipt
+from site_agent.errors import (
+    IntegrityError,
+    ModelMismatchError,
+    RoundClosedError,
+    TaskRefusedError,
+    TrainingError,
+    WorkDirError,
+)
+from site_agent.federation.client import AggregatorClient
+from site_agent.federation.privacy import FailureReason
+from site_agent.federation.update_files import RoundFiles
+from site_agent.federation.uploads.dp_statistics import save_statistics, with_statistics
+from site_agent.federation.workdir import TaskPhase, TaskState, WorkDir
+from site_agent.settings import SiteSettings
+from site_agent.training.trainer import SiteTrainer
+
+log = logging.getLogger(__name__)
+
+TrainerFactory = Callable[[TaskAssignment], SiteTrainer]
+"""Builds the trainer for a task (its spec, the site's data, seeded with the task's seed)."""
+
+
+class TaskOutcome(StrEnum):
+    """How a task ended for this site."""
+
+    ACCEPTED = "accepted"  # uploaded, the aggregator accepted it (or already had it)
+    REJECTED = "rejected"  # uploaded, the aggregator refused it (e.g. norm bound)
+    DROPPED = "dropped"  # round closed, task gone, or the site reported a failure
+
+
+@dataclass
+class TaskRunner:
+    """Drives one task through its phases.
+
+    Args:
+        settings: site settings (``share_personal``).
+        workdir: the work dir.
+        client: the aggregator client.
+        trainer_factory: builds a trainer for a task.
+    """
+
+    settings: SiteSettings
+    workdir: WorkDir
+    client: AggregatorClient
+    trainer_factory: TrainerFactory
+    _timeline: SiteTimeline = field(default_factory=SiteTimeline, init=False, repr=False)
+    _last_end: float | None = field(default=None, init=False, repr=False)
+
+    def start(self, task: TaskAssignment) -> TaskOutcome:
+        """Record a new task and run it."""
+        now = time.monotonic()
+        wait = None if self._last_end is None else now - self._last_end
+        self._timeline = SiteTimeline(received_at=time.time(), poll_wait_s=wait)
+        state = TaskState(task=task, phase=TaskPhase.ASSIGNED)
+        self.workdir.save_state(state)
+        return self.resume(state)
+
+    def resume(self, state: TaskState) -> TaskOutcome:
+        """Run a task from its recorded phase to the end; clears ``state.json`` when done.
+
+        Raises:
+            TokenRevokedError, AggregatorUnavailableError: the agent must stop; the state is
+                kept for the next start.
+            WorkDirError: the disk is full or the work dir unwritable (after reporting it).
+        """
+        task = state.task
+        self.client.guard.allow_keys(task.spec_hash, expected_tensors(task.spec))
+        files = RoundFiles(self.workdir, task)
+        if state.phase != TaskPhase.ASSIGNED and self._timeline.received_at is None:
+            self._timeline = SiteTimeline()  # resumed after a restart: earlier phases unknown
+        prefetch: Future[tuple[SiteTrainer, float]] | None = None
+        try:
+            if state.phase == TaskPhase.ASSIGNED:
+                self._check_spec(task)
+                prefetch = self._prefetch(task)  # the data loads while the model downloads
+                started = time.monotonic()
+                files.download(self.client)
+                self._timeline.download_s = time.monotonic() - started
+                state = self._advance(state, TaskPhase.DOWNLOADED)
+            if state.phase == TaskPhase.DOWNLOADED:
+                taken, prefetch = prefetch, None  # _train closes the trainer it takes
+                state = self._train(state, files, taken)
+            if state.phase == TaskPhase.TRAINED:
+                state = self._upload(state, files)
+            outcome = self._finish(state, files)
+            self._end_task()
+        except RoundClosedError as exc:
+            log.info("task %s dropped: %s", task.task_id, exc)
+            outcome = self._drop(task, None)
+        except TaskRefusedError as exc:
+            log.warning("task %s dropped: %s", task.task_id, exc)
+            outcome = self._drop(task, None)
+        except IntegrityError as exc:
+            log.error("task %s: %s", task.task_id, exc)
+            outcome = self._drop(task, FailureReason.MODEL_INTEGRITY)
+        except ModelMismatchError as exc:
+            log.error("task %s: %s", task.task_id, exc)
+            outcome = self._drop(task, FailureReason.SPEC_MISMATCH)
+        except TrainingError as exc:
+            log.error("task %s: %s", task.task_id, exc)
+            outcome = self._drop(task, FailureReason.TRAINING_FAILED)
+        except WorkDirError:
+            if state.phase in (TaskPhase.ASSIGNED, TaskPhase.DOWNLOADED):  # nothing sent yet
+                self._report(task, FailureReason.STORAGE)
+            raise
+        finally:
+            if prefetch is not None:  # the task ended before training: close what was built
+                prefetch.add_done_callback(_close_prefetched)
+        if outcome == TaskOutcome.DROPPED:
+            self._end_task()
+        return outcome
+
+    def _end_task(self) -> None:
+        self._last_end = time.monotonic()
+        self._timeline = SiteTimeline()
+
+    # -- phases -----------------------------------------------------------------------------
+    def _prefetch(self, task: TaskAssignment) -> Future[tuple[SiteTrainer, float]]:
+        """Build the task's trainer (datasets and model) on a second thread."""
+        future: Future[tuple[SiteTrainer, float]] = Future()
+        self._timeline.load_at = time.time()
+
+        def build() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            started = time.monotonic()
+            try:
+                trainer = self.trainer_factory(task)
+            except BaseException as exc:  # re-raised where the trainer is taken
+                future.set_exception(exc)
+            else:
+                future.set_result((trainer, time.monotonic() - started))
+
+        threading.Thread(target=build, name="fedseg-load", daemon=True).start()
+        return future
+
+    def _train(
+        self,
+        state: TaskState,
+        files: RoundFiles,
+        prefetch: Future[tuple[SiteTrainer, float]] | None = None,
+    ) -> TaskState:
+        task = state.task
+        timeline = self._timeline
+        if prefetch is None:  # resumed after a restart: load now
+            timeline.load_at = time.time()
+            started = time.monotonic()
+            trainer = self.trainer_factory(task)
+            timeline.load_s = time.monotonic() - started
+        else:
+            trainer, timeline.load_s = prefetch.result()
+        validates = getattr(trainer, "val_data", None) is not None
+        try:
+            global_state = files.read_global()
+            start = global_state
+            if task.clip_norm is not None:  # DP: the site's own running statistics
+                start = with_statistics(self.workdir, task.experiment_id, global_state)
+            personal = files.previous_personal()
+            timeline.train_at = time.time()
+            started = time.monotonic()
+            result = trainer.train_round(
+                start,
+                task.train,
+                local_keys=task.local_keys,
+                personal_state=personal,
+                tag=task.experiment_id,
+                round_=task.round,
+                total_rounds=task.total_rounds,
+            )
+        finally:
+            trainer.close()
+        # train_round validates after training: its train_seconds split the call in two.
+        total = time.monotonic() - started
+        train_s = min(result.metrics.train_seconds or total, total)
+        timeline.train_s = train_s
+        timeline.validate_s = total - train_s if validates else None
+        started = time.monotonic()
+        sha = files.write_update(result, global_state)
+        if task.clip_norm is not None:
+            save_statistics(self.workdir, task.experiment_id, task.spec, result.state)
+        files.save_personal(result.personal_state)
+        timeline.encode_s = time.monotonic() - started
+        scored = result.metrics.val_dice is not None or result.metrics.num_val_cases is not None
+        metrics = result.metrics.model_copy(
+            update={
+                "val_round": task.round if scored else None,
+                "timeline": timeline,
+                "dp_unclipped": files.unclipped,
+            }
+        )
+        state = state.model_copy(
+            update={"update_sha256": sha, "num_samples": result.num_samples, "metrics": metrics}
+        )
+        return self._advance(state, TaskPhase.TRAINED)
+
+    def _upload(self, state: TaskState, files: RoundFiles) -> TaskState:
+        task = state.task
+        body = files.read_update(state.update_sha256)
+        metrics = state.metrics or SiteMetrics()
+        if metrics.timeline is not None:  # resumed uploads keep what was measured before
+            stamped = metrics.timeline.model_copy(update={"upload_at": time.time()})
+            metrics = metrics.model_copy(update={"timeline": stamped})
+        if self.settings.share_personal:
+            # Before the update: once the last update of a round is in, the round closes and the
+            # next task opens, and personal models are taken for a site's latest task only.
+            self._share_personal(task, files)
+        if (
+            task.secagg is not None
+        ):  # only a masked ring vector leaves (site_agent.federation.uploads.secagg_upload)
+            receipt = self._upload_masked(task, files, body, state)
+        else:
+            receipt = self.client.upload_update(
+                task.task_id,
+                body,
+                sha256=sha256_hex(body),
+                num_samples=state.num_samples,
+                metrics=metrics,
+            )
+        self.workdir.write_json(files.receipt_path, receipt.model_dump(mode="json"))
+        return self._advance(state, TaskPhase.UPLOADED)
+
+    def _upload_masked(
+        self, task: TaskAssignment, files: RoundFiles, body: bytes, state: TaskState
+    ) -> UpdateReceipt:
+        import numpy as np
+
+        from site_agent.federation.uploads.secagg_upload import SecAggUpload, masked_input
+
+        samples = state.num_samples or 1
+        vector = masked_input(task, body, files.read_global(), samples, np.random.default_rng())
+        return SecAggUpload(self.client, task).run(
+            vector, num_samples=samples, metrics=state.metrics or SiteMetrics()
+        )
+
+    def _finish(self, state: TaskState, files: RoundFiles) -> TaskOutcome:
+        task = state.task
+        receipt = files.read_receipt()
+        accepted = receipt is not None and receipt.accepted
+        if receipt is not None and accepted:
+            files.commit_codec_state()
+            log.info(
+                "task %s: update accepted%s",
+                task.task_id,
+                " (duplicate)" if receipt.duplicate else "",
+            )
+        else:
+            reason = receipt.reason if receipt is not None else "no receipt"
+            log.warning("task %s: update rejected by the aggregator: %s", task.task_id, reason)
+        files.keep_global()
+        files.clean_up()
+        self.workdir.clear_state()
+        return TaskOutcome.ACCEPTED if accepted else TaskOutcome.REJECTED
+
+    def _share_personal(self, task: TaskAssignment, files: RoundFiles) -> None:
+        body = files.personal_bundle()
+        if body is None:
+            return
+        try:
+            self.client.share_personal(task.task_id, body, sha256=sha256_hex(body))
+            log.info("task %s: personal model shared for outside routing", task.task_id)
+        except (RoundClosedError, TaskRefusedError) as exc:
+            log.warning("task %s: personal model not shared: %s", task.task_id, exc)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _advance(self, state: TaskState, phase: TaskPhase) -> TaskState:
+        state = state.model_copy(update={"phase": phase})
+        self.workdir.save_state(state)
+        return state
+
+    def _drop(self, task: TaskAssignment, reason: FailureReason | None) -> TaskOutcome:
+        if reason is not None:
+            self._report(task, reason)
+        shutil.rmtree(self.workdir.task_dir(task.task_id), ignore_errors=True)
+        self.workdir.clear_state()
+        return TaskOutcome.DROPPED
+
+    def _report(self, task: TaskAssignment, reason: FailureReason) -> None:
+        try:
+            self.client.report_failure(task.task_id, reason)
+        except (RoundClosedError, TaskRefusedError) as exc:
+            log.info("task %s: failure report not taken: %s", task.task_id, exc)
+
+    def _check_spec(self, task: TaskAssignment) -> None:
+        if task.spec.spec_hash() != task.spec_hash:
+            raise ModelMismatchError(
+                f"task {task.task_id} names spec hash {task.spec_hash} but its spec hashes to "
+                f"{task.spec.spec_hash()}"
+            )
+
+
+def _close_prefetched(future: Future[tuple[SiteTrainer, float]]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result()[0].close()

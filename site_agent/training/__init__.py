@@ -1,0 +1,1 @@
+"""Local training free of FL plumbing: `trainer` (one round), `client_algo` (MONAI ClientAlgo adapter wrapping the trainer), `local_training`, `datasets`, `data_cache`, `evaluation`, `prediction`, precision and thread settings, TensorBoard logs."""

@@ -1,0 +1,1 @@
+"""Optional changes to how the trainer learns: nnU-Net-style deep supervision (`deep_supervision`: site-local auxiliary heads and their loss) and sample-level DP-SGD (`dp_sgd`: per-sample clipping and noise with Opacus, Poisson batches)."""
