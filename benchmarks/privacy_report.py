@@ -160,9 +160,9 @@ def report_text(
         + ". This counts computation and bytes only: the protocol adds three request/response "
         "steps per round (keys, shares, unmask), each one network round trip plus the wait for "
         "the slowest site; on a WAN that latency, not the maths, dominates the overhead. The "
-        "service runs the protocol (`docs/privacy.md`), but no end-to-end round over HTTP "
-        "was timed here: this machine was shared with other long jobs (load ~20 on 2 "
-        "cores) while it ran.",
+        "service runs the protocol (`docs/privacy.md`); the end-to-end round over HTTP, "
+        "processes and all, is timed by `python -m benchmarks.secagg_round_bench` "
+        "(`secagg_round.md`).",
         "- Upload bytes: the masked vector is 4 bytes per value, like float32, plus one ring "
         "element for the sample count; keys and shares add "
         "O(neighbours) × ~0.2 kB per site.",
