@@ -13,18 +13,26 @@ from pathlib import Path
 
 import pytest
 
+from site_agent.federation import shutdown
 from site_agent.federation.shutdown import EXIT_FORCED, StopRequested, stop_on_signals
 from site_agent.federation.workdir import WorkDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sigterm_raises_stop_requested_and_sets_the_event() -> None:
+def test_sigterm_raises_stop_requested_and_sets_the_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The watchdog is recorded, not started: a real one would end this test process (pytest
+    # itself) with os._exit 30 s later, wherever the suite has got to by then.
+    watchdogs: list[float] = []
+    monkeypatch.setattr(shutdown, "_start_watchdog", watchdogs.append)
     event = threading.Event()
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(StopRequested) as caught, stop_on_signals(event, grace_s=30):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # interrupted at once
+    assert watchdogs == [30]
     assert caught.value.signum == signal.SIGTERM and event.is_set()
     assert "SIGTERM" in str(caught.value)
     assert signal.getsignal(signal.SIGTERM) is previous
