@@ -203,3 +203,23 @@ def test_copy_sources_exist() -> None:
         for source in sources:
             assert list(REPO.glob(source.rstrip("/"))), f"COPY {source} matches nothing"
             assert source not in ignored, f"COPY {source} is in .dockerignore"
+
+
+def test_the_images_copy_every_package_of_the_project() -> None:
+    # The project stage copies folders one by one: a subpackage left out (as deploy/console and
+    # deploy/launcher once were, after the folder restructure) builds fine and fails at run time.
+    copied = {
+        args.split()[0].rstrip("/")
+        for name, args in instructions(DOCKERFILE)
+        if name == "COPY" and not args.startswith("--")
+    }
+    packages = {
+        p.parent.relative_to(REPO).as_posix()
+        for p in REPO.glob("*/*/__init__.py")
+        if p.parts[-3] in {"data_specs", "personalization", "site_agent", "aggregator", "deploy"}
+    }
+    top = {"data_specs", "personalization", "site_agent", "aggregator"}
+    missing = sorted(
+        pkg for pkg in packages if pkg.split("/")[0] not in top & copied and pkg not in copied
+    )
+    assert not missing, f"deploy/Dockerfile copies none of {missing}"
