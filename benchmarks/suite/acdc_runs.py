@@ -51,7 +51,9 @@ def privacy_of(params: dict[str, Any], rounds: int) -> tuple[dict[str, Any], Any
         return rest, None
     delta = params["dp_delta"]
     eps = params.get("dp_epsilon")
-    z = params.get("dp_noise_multiplier") or noise_for_budget(1.0, rounds, delta, eps)
+    z = params.get("dp_noise_multiplier")
+    if z is None:
+        z = noise_for_budget(1.0, rounds, delta, params["dp_epsilon"])
     dp = DPConfig(
         clip_norm=params["clip_init"],
         noise_multiplier=z,
