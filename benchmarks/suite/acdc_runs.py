@@ -143,6 +143,8 @@ def run_inside(
             SimulationConfig(manifests=list(manifests.values()), out_dir=work / "run", **kw)
         )
         _check(res, cfg.method)
+        closed = [r for r in res.rounds if r["status"] == "closed"]
+        spent = closed[-1].get("privacy") if closed and privacy is not None else None
         sim_seconds = res.seconds
         names = list(manifests)
         curves["all"] = _curve(res, tests, names, cfg.rounds)
@@ -157,6 +159,7 @@ def run_inside(
                 model = site_model(work_dir, "personal", res.experiment_id)
                 models["personal"][name] = tests.score(model, name)
     return {
+        **({"privacy": spent} if cfg.method != "local" and spent else {}),
         "models": models,
         "curves": curves,
         "sim_seconds": sim_seconds,

@@ -244,3 +244,23 @@ def test_dp_methods_build_the_privacy_their_parameters_name() -> None:
     _, clip_only = privacy_of(INSIDE_METHODS["fedavg_clip"][1], 40)
     assert clip_only.dp.noise_multiplier == 1e-3 and clip_only.dp.epsilon_budget is None
     assert privacy_of(INSIDE_METHODS["ditto"][1], 40) == ({"ditto_lambda": 0.1}, None)
+
+
+def test_dp_rows_report_what_the_rounds_api_spent() -> None:
+    from benchmarks.suite.report import privacy_lines
+
+    run = {
+        "seed": 0,
+        "config": {"rounds": 40},
+        "privacy": {
+            "epsilon_total": 7.9995,
+            "delta": 1e-5,
+            "noise_multiplier": 4.0332,
+            "clip_norm": 2.5,
+        },
+    }
+    lines = privacy_lines({"fedavg_dp8": [run], "fedavg_iopfl": [{"seed": 0}]})
+    assert lines[0] == "## Client-level differential privacy"
+    assert len([x for x in lines if x.startswith("- ")]) == 1
+    assert "ε = 8.00 (δ = 1e-05) after 40 rounds" in lines[2] and "C = 2.500" in lines[2]
+    assert privacy_lines({"fedavg_iopfl": [{"seed": 0}]}) == []
