@@ -26,6 +26,7 @@ INSIDE_ROWS: list[tuple[str, str, str]] = [
     ("IOP-FL (personal)", "fedavg_iopfl", "personal"),
     ("centralised (pooled)", "central", "global"),
     ("FedAvg, clipping only (global)", "fedavg_clip", "global"),
+    ("FedAvg, client-level DP ε = 1000 (global)", "fedavg_dp1000", "global"),
     ("FedAvg, client-level DP ε = 8 (global)", "fedavg_dp8", "global"),
 ]
 BASELINE = ("fedavg_iopfl", "global")
