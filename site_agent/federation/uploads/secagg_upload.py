@@ -11,7 +11,6 @@ that restarts in the middle cannot resume the round and drops the task.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -20,6 +19,7 @@ import numpy as np
 
 from data_specs.constants import HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256, BundleKind
 from data_specs.errors import PrivacyError
+from data_specs.polling import poll_until
 from data_specs.privacy.ring import encode_weighted
 from data_specs.privacy.secagg_site import SecAggSite
 from data_specs.privacy.secagg_wire import (
@@ -146,11 +146,15 @@ class SecAggUpload:
         self.client._call("POST", f"{self._base}{path}", what, json=body)
 
     def _wait(self, path: str, model: type[T], what: str) -> T:
-        while True:
-            resp = self.client._call("GET", f"{self._base}{path}", what)
-            if resp.status_code != 204:
-                return _parse(model, resp, what)
-            deadline = self.task.deadline
-            if deadline is not None and self.clock() >= deadline:
-                raise RoundClosedError(f"the round's deadline passed while waiting for the {what}")
-            time.sleep(self.poll_s)
+        """Poll a step until it answers (204: still open), up to the task's deadline."""
+        deadline = self.task.deadline
+        resp = poll_until(
+            lambda: self.client._call("GET", f"{self._base}{path}", what),
+            lambda answer: answer.status_code != 204,
+            interval_s=self.poll_s,
+            expired=None if deadline is None else (lambda: self.clock() >= deadline),
+            give_up=lambda _answer: RoundClosedError(
+                f"the round's deadline passed while waiting for the {what}"
+            ),
+        )
+        return _parse(model, resp, what)
