@@ -352,16 +352,29 @@ def _report(runs: list[Run], setting: Setting, total: float, cmd: str) -> str:
                 return a, b
 
             lines += ["", f"Middle rounds {common}, per round, plain vs secure:", ""]
-            for label, field, unit in (
-                ("CPU", "cpu_s", "s"),
-                ("wall", "wall_s", "s (only meaningful on an otherwise idle machine)"),
-                ("wire up", "wire_up", "bytes"),
-                ("wire down", "wire_down", "bytes"),
+            for label, field, fmt, note in (
+                ("CPU s", "cpu_s", ",.2f", ""),
+                ("wall s", "wall_s", ",.2f", "; only meaningful on an otherwise idle machine"),
+                ("wire-up bytes", "wire_up", ",.0f", ""),
+                ("wire-down bytes", "wire_down", ",.0f", ""),
             ):
                 a, b = mean(field)
                 change = f"{100 * (b / a - 1):+.1f} %" if a else "n/a"
-                lines.append(f"- {label}: {a:,.2f} vs {b:,.2f} {unit} ({change})")
+                lines.append(f"- {label}: {a:{fmt}} vs {b:{fmt}} ({change}{note})")
             lines += ["", "Goal: ≤ 20 % round-time overhead (5 sites)."]
+    lines += [
+        "",
+        "Whole runs (a model download right after a close can land in either round, so the "
+        "per-round wire-down split is noisy; the totals are not):",
+        "",
+    ]
+    for run in runs:
+        n = len(run.rounds)
+        up, down = (sum(getattr(r, f) for r in run.rounds) for f in ("wire_up", "wire_down"))
+        lines.append(
+            f"- {run.mode}: {n} rounds, wire up {up:,} / down {down:,} bytes "
+            f"({up // max(n, 1):,} / {down // max(n, 1):,} per round); run {run.run_s:.0f} s"
+        )
     return "\n".join(lines) + "\n"
 
 
