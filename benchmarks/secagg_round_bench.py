@@ -342,9 +342,10 @@ def _report(runs: list[Run], setting: Setting, total: float, cmd: str) -> str:
                 f"| {run.mode} | {r.number} | {r.wall_s:.2f} | {r.cpu_s:.2f} | "
                 f"{r.aggregator_cpu_s:.2f} | {r.bytes_up:,} | {r.wire_up:,} | {r.wire_down:,} |"
             )
-    if len(runs) == 2:
-        common = sorted({r.number for r in runs[0].middle()} & {r.number for r in runs[1].middle()})
-        mids = [[r for r in run.middle() if r.number in common] for run in runs]
+    pair = sorted(runs, key=lambda run: run.mode != "plain")  # plain first, whatever the order
+    if len(pair) == 2 and pair[0].mode == "plain":
+        common = sorted({r.number for r in pair[0].middle()} & {r.number for r in pair[1].middle()})
+        mids = [[r for r in run.middle() if r.number in common] for run in pair]
         if common:
 
             def mean(field: str) -> tuple[float, float]:
