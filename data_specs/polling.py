@@ -19,6 +19,7 @@ from tenacity import (
     retry_if_result,
     stop_after_delay,
     stop_never,
+    wait_exponential,
     wait_fixed,
 )
 from tenacity.stop import stop_base
@@ -45,6 +46,8 @@ def poll_until(
     timeout_s: float | None = None,
     expired: Callable[[], bool] | None = None,
     sleep: Callable[[float], None] | None = None,
+    first_interval_s: float | None = None,
+    backoff: float = 1.5,
 ) -> T:
     """Call ``attempt`` until ``done(result)``; returns that result.
 
@@ -61,6 +64,10 @@ def poll_until(
         expired: give up once this returns True (e.g. a task's deadline on the caller's
             clock). Default None.
         sleep: the pause (tests pass a recorder). Default ``time.sleep``, looked up per call.
+        first_interval_s: the first pause when polls should start sooner and back off: each
+            further pause is ``backoff`` times longer, up to ``interval_s``. Default None
+            (every pause is ``interval_s``).
+        backoff: growth of the pause after ``first_interval_s``. Default 1.5.
 
     Raises:
         BaseException: what ``give_up`` returns, when the deadline passed first.
@@ -77,7 +84,13 @@ def poll_until(
 
     retrying = Retrying(
         stop=stop,
-        wait=wait_fixed(interval_s),
+        wait=(
+            wait_fixed(interval_s)
+            if first_interval_s is None
+            else wait_exponential(
+                multiplier=min(first_interval_s, interval_s), exp_base=backoff, max=interval_s
+            )
+        ),
         retry=retry_if_result(lambda result: not done(result)),
         sleep=sleep or (lambda seconds: time.sleep(seconds)),
         retry_error_callback=_give_up,

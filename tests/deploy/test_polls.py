@@ -57,6 +57,7 @@ def _upload(answers: list[int], deadline: datetime | None, now: datetime) -> Any
     upload.client = SimpleNamespace(_call=call)  # type: ignore[assignment]
     upload.task = SimpleNamespace(deadline=deadline)  # type: ignore[assignment]
     upload.poll_s = 0.0
+    upload.first_poll_s = 0.0
     upload.clock = lambda: now
     upload._base = "/tasks/t1/secagg"
     return upload, calls
