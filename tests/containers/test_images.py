@@ -135,7 +135,9 @@ def test_the_site_image_segments_nifti_dicom_and_pictures(
         path.chmod(0o777 if path.is_dir() else 0o666)
     tmp_path.chmod(0o777)
     docker = ["docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL"]
-    docker += ["-v", f"{tmp_path}:/s", "--entrypoint", "fedseg", SITE_IMAGE, "site", "infer"]
+    # A clinician's run without the site's manifest: the image's FEDSEG_SITE_MANIFEST is unset.
+    docker += ["-v", f"{tmp_path}:/s", "--entrypoint", "env", SITE_IMAGE]
+    docker += ["-u", "FEDSEG_SITE_MANIFEST", "fedseg", "site", "infer"]
     jobs = [
         [
             "/s/series",
