@@ -85,15 +85,28 @@ def test_a_process_that_does_not_unwind_is_ended_at_the_deadline() -> None:
 def test_the_deadline_starts_when_the_signal_arrives_not_when_the_handler_runs() -> None:
     # The main thread blocks SIGTERM and sits in native code (libc sleep, GIL released) for a
     # minute: the Python handler cannot run before that. The C-level handler still writes the
-    # wakeup pipe, so the watchdog ends the process about grace_s after the signal.
+    # wakeup pipe, so the watchdog ends the process about grace_s after the signal. "ready" comes
+    # from another thread once the main thread is inside the sleep system call: a signal during
+    # the main thread's last bytecodes would run the handler at once.
     code = textwrap.dedent(
         """
-        import ctypes, signal
+        import ctypes, signal, threading, time
         from site_agent.federation.shutdown import stop_on_signals
         libc = ctypes.CDLL(None)
+        main = threading.get_native_id()
+        SLEEPS = {"35", "230", "101", "115"}  # nanosleep, clock_nanosleep (x86-64, arm64)
+
+        def announce():
+            while True:
+                with open(f"/proc/self/task/{main}/syscall") as fh:
+                    if fh.read().split()[0] in SLEEPS:
+                        break
+                time.sleep(0.01)
+            print("ready", flush=True)
+
         with stop_on_signals(grace_s=1.0):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-            print("ready", flush=True)
+            threading.Thread(target=announce, daemon=True).start()
             libc.sleep(60)
         """
     )
