@@ -14,7 +14,7 @@ class SplitName(StrEnum):
 
 
 class ImageFormat(StrEnum):
-    """How a scan is stored on disk; picks the reader (nibabel, SimpleITK or Pillow)."""
+    """How a scan is stored on disk; picks the reader (nibabel, pydicom or Pillow)."""
 
     NIFTI = "nifti"  # .nii / .nii.gz
     DICOM = "dicom"  # a folder holding one DICOM series (or a single .dcm file)
