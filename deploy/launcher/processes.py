@@ -96,7 +96,10 @@ class ProcessGroup:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.popen.pid, signal.SIGKILL)
-                proc.popen.wait(timeout=5)
+                # SIGKILL cannot be refused, only reaped late on a starved machine: never let
+                # that abort ``stop_all`` and leave the processes after this one running.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=5)
         # Children of the group that outlived their leader.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.popen.pid, signal.SIGKILL)
