@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from data_specs.constants import LogLevel
+
 MIN_ADMIN_TOKEN_LENGTH = 16
 
 
@@ -15,9 +17,9 @@ class AggregatorSettings(BaseSettings):
     """Settings of ``fedseg aggregator serve``, validated once at start-up and injected.
 
     Args:
-        data_dir: holds ``aggregator.storage.db`` and ``blobs/``. Default ``./aggregator_data``.
+        data_dir: holds ``aggregator.db`` and ``blobs/``. Default ``./aggregator_data``.
         database_url: SQLAlchemy URL; default SQLite in ``data_dir``. Example:
-            ``"sqlite:////srv/fedseg/aggregator.storage.db"``.
+            ``"sqlite:////srv/fedseg/aggregator.db"``.
         admin_token: the admin's bearer token (``FEDSEG_AGG_ADMIN_TOKEN``); at least 16 characters.
         admin_token_file: file holding the admin token (wins over ``admin_token``).
         dev: allow starting without an admin token (admin routes then answer 401). Default False.
@@ -75,7 +77,7 @@ class AggregatorSettings(BaseSettings):
     orchestrator_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
     orchestrator_enabled: bool = True
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: LogLevel = LogLevel.INFO
     log_format: Literal["json", "kv"] = "json"
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -129,7 +131,7 @@ class AggregatorSettings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        """``database_url``, or SQLite at ``data_dir/aggregator.storage.db``."""
+        """``database_url``, or SQLite at ``data_dir/aggregator.db``."""
         return self.database_url or default_database_url(self.data_dir)
 
     @property
@@ -140,4 +142,4 @@ class AggregatorSettings(BaseSettings):
 
 def default_database_url(data_dir: Path) -> str:
     """SQLite URL of the database file inside a data dir."""
-    return f"sqlite:///{(Path(data_dir) / 'aggregator.storage.db').resolve()}"
+    return f"sqlite:///{(Path(data_dir) / 'aggregator.db').resolve()}"

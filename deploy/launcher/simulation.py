@@ -22,7 +22,7 @@ import httpx
 from pydantic import SecretStr
 from rich.console import Console
 
-from data_specs.constants import OptimizerName, PersonalizationMethod
+from data_specs.constants import LogLevel, OptimizerName, PersonalizationMethod
 from data_specs.files import atomic_write_bytes, atomic_write_text
 from data_specs.privacy import PrivacyConfig
 from data_specs.researcher.experiments import ExperimentCreate, StrategyConfig
@@ -140,7 +140,7 @@ def run_simulation(cfg: SimulationConfig, console: Console | None = None) -> Sim
     settings, admin = local_settings(
         out / "aggregator",
         orchestrator_interval_s=0.1,
-        log_level="WARNING",
+        log_level=LogLevel.WARNING,
         max_long_poll_s=5.0,
     )
     if cfg.backend == "ray":
