@@ -15,7 +15,6 @@ optimiser steps and the personal-model update, not the validation that follows).
 from __future__ import annotations
 
 import json
-import secrets
 import statistics
 import time
 from dataclasses import dataclass
@@ -149,34 +148,14 @@ def _federation(
     from data_specs.researcher.experiments import ExperimentCreate
     from data_specs.wire import PersonalizationConfig, TrainConfig
     from deploy.console.researcher_client import ResearcherClient
-    from deploy.launcher.processes import (
-        LaunchError,
-        fedseg_argv,
-        free_port,
-        process_group,
-        wait_healthy,
-    )
+    from deploy.launcher.local_aggregator import start_aggregator
+    from deploy.launcher.processes import LaunchError, fedseg_argv, process_group
 
-    admin = secrets.token_urlsafe(32)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
-    with process_group(work / "logs") as group, httpx.Client(base_url=url, timeout=60) as http:
-        agg = group.start(
-            "aggregator",
-            fedseg_argv(
-                "aggregator",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(work / "aggregator"),
-            ),
-            env={"FEDSEG_AGG_ADMIN_TOKEN": admin, "FEDSEG_AGG_LOG_LEVEL": "WARNING"},
-        )
-        wait_healthy(f"{url}/healthz", agg)
+    with process_group(work / "logs") as group, httpx.Client(timeout=60) as http:
+        agg = start_aggregator(group, work / "aggregator", log_level="WARNING")
+        url, admin = agg.url, agg.admin_token
+        http.base_url = httpx.URL(url)
         researcher = ResearcherClient(http)
         researcher.create_researcher(admin, "round-overhead-bench")
         ids = {}

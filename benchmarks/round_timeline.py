@@ -10,7 +10,6 @@ train + validate, the overhead outside it, the close latency and every site's ph
 from __future__ import annotations
 
 import os
-import secrets
 import statistics
 import subprocess
 import time
@@ -114,14 +113,9 @@ def run_federation(
         LaunchError: a process died or the experiment did not complete.
     """
 
-    from deploy.launcher.processes import free_port
-
-    admin = secrets.token_urlsafe(32)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     t_launch = time.time()
     out: list[FederationRun] = []
-    args = (work, names, agent, experiment, aggregator_env, timeout_s, url, port, admin, t_launch)
+    args = (work, names, agent, experiment, aggregator_env, timeout_s, t_launch)
     try:
         _run(*args, out)
     except subprocess.TimeoutExpired:  # a starved agent outlived the stop's grace: keep the run
@@ -137,35 +131,26 @@ def _run(
     experiment: Callable[[list[str]], ExperimentCreate],
     aggregator_env: dict[str, str] | None,
     timeout_s: float,
-    url: str,
-    port: int,
-    admin: str,
     t_launch: float,
     out: list[FederationRun],
 ) -> None:
     import httpx
 
     from deploy.console.researcher_client import ResearcherClient
-    from deploy.launcher.processes import LaunchError, fedseg_argv, process_group, wait_healthy
+    from deploy.launcher.local_aggregator import start_aggregator
+    from deploy.launcher.processes import LaunchError, process_group
 
-    with process_group(work / "logs") as group, httpx.Client(base_url=url, timeout=600) as http:
-        env = {"FEDSEG_AGG_ADMIN_TOKEN": admin, "FEDSEG_AGG_LOG_LEVEL": "WARNING"}
-        agg = group.start(
-            "aggregator",
-            fedseg_argv(
-                "aggregator",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(work / "aggregator"),
-            ),
-            env={**env, **(aggregator_env or {})},
+    with process_group(work / "logs") as group, httpx.Client(timeout=600) as http:
+        agg = start_aggregator(
+            group,
+            work / "aggregator",
+            env=aggregator_env,
+            log_level="WARNING",
+            healthy_timeout_s=600,  # a loaded machine starts slowly
         )
-        wait_healthy(f"{url}/healthz", agg, timeout_s=600)  # a loaded machine starts slowly
         t_healthy = time.time()
+        url, admin = agg.url, agg.admin_token
+        http.base_url = httpx.URL(url)
         cpu = {"healthy": _cpu_seconds(group.processes)}
         researcher = ResearcherClient(http)
         researcher.create_researcher(admin, "round-timeline-bench")
@@ -187,7 +172,9 @@ def _run(
         t_started = time.time()
         researcher.start(exp.id)
         cpu["started"] = _cpu_seconds(group.processes)
-        final = researcher.wait_finished(exp.id, timeout_s=timeout_s, poll_s=0.2)
+        # Every poll is a request the aggregator serves beside the rounds: once a second (the
+        # figures come from the rounds' own timestamps, not from this loop).
+        final = researcher.wait_finished(exp.id, timeout_s=timeout_s, poll_s=1.0)
         t_finished = time.time()
         cpu["finished"] = _cpu_seconds(group.processes)
         group.check_alive(["aggregator"])

@@ -31,6 +31,7 @@ from aggregator.rate_limits import RateLimiter, UploadSlots
 from aggregator.rounds.orchestrator import Orchestrator
 from aggregator.rounds.task_board import TaskBoard
 from aggregator.settings import AggregatorSettings
+from aggregator.storage.blob_cache import BlobCache
 from aggregator.storage.blobs import BlobStore
 from aggregator.storage.db import Database
 from aggregator.storage.routing_bundle import RoutingBundles
@@ -69,6 +70,7 @@ def build_services(settings: AggregatorSettings) -> Services:
             per_minute=settings.uploads_per_minute, burst=settings.upload_burst
         ),
         upload_slots=UploadSlots(settings.max_concurrent_uploads),
+        model_cache=BlobCache(blobs),
     )
 
 

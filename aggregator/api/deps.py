@@ -1,4 +1,8 @@
-"""FastAPI dependencies: services, settings, the DB session and the current principal (``Annotated``)."""
+"""FastAPI dependencies: services, settings, the DB session and the current principal (``Annotated``).
+
+Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency on a
+worker thread, a hop that cost more than the work itself on every request of the round's path.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from aggregator.rate_limits import RateLimiter, UploadSlots
 from aggregator.rounds.orchestrator import Orchestrator
 from aggregator.rounds.task_board import TaskBoard
 from aggregator.settings import AggregatorSettings
+from aggregator.storage.blob_cache import BlobCache
 from aggregator.storage.blobs import BlobStore
 from aggregator.storage.db import Database
 from aggregator.storage.db.models import utcnow
@@ -39,6 +44,7 @@ class Services:
     auth_failures: RateLimiter
     upload_rate: RateLimiter
     upload_slots: UploadSlots
+    model_cache: BlobCache
 
 
 @dataclass(frozen=True)
@@ -65,14 +71,14 @@ class SitePrincipal:
         return f"site:{self.id}"
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings(services: ServicesDep) -> AggregatorSettings:
+async def get_settings(services: ServicesDep) -> AggregatorSettings:
     return services.settings
 
 
@@ -87,7 +93,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="researcher, site or admin token")
 
 
-def bearer_token(
+async def bearer_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The bearer token of the request.
@@ -108,7 +114,7 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def guard_auth(request: Request, services: ServicesDep, token: TokenDep) -> None:
+async def guard_auth(request: Request, services: ServicesDep, token: TokenDep) -> None:
     """Refuse (429) an address or token that failed authentication too often lately."""
     keys = (f"ip:{client_address(request)}", f"token:{hash_token(token)}")
     services.auth_failures.check(*keys, what="failed authentications")
@@ -215,11 +221,11 @@ CurrentResearcher = Annotated[ResearcherPrincipal, Depends(current_researcher)]
 CurrentSite = Annotated[SitePrincipal, Depends(current_site)]
 
 
-def get_blobs(services: ServicesDep) -> BlobStore:
+async def get_blobs(services: ServicesDep) -> BlobStore:
     return services.blobs
 
 
-def get_metrics(services: ServicesDep) -> AggregatorMetrics:
+async def get_metrics(services: ServicesDep) -> AggregatorMetrics:
     return services.metrics
 
 

@@ -17,6 +17,7 @@ bare convolution (no norm, no activation).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -233,9 +234,34 @@ def layout_slots(
     Returns:
         One ``TensorSlot`` per state-dict entry, in state-dict order.
     """
-    builder = _Builder(spatial_dims, NormKind(norm), num_res_units)
+    return list(
+        _slots(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            tuple(channels),
+            tuple(strides),
+            num_res_units,
+            NormKind(norm),
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _slots(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    channels: tuple[int, ...],
+    strides: tuple[int, ...],
+    num_res_units: int,
+    norm: NormKind,
+) -> tuple[TensorSlot, ...]:
+    """The layout of one set of fields, built once: every ``TaskSpec`` validation (each read of
+    an experiment's stored configuration) asks for its parameter count."""
+    builder = _Builder(spatial_dims, norm, num_res_units)
     builder.unet(in_channels, out_channels, list(channels), list(strides))
-    return builder.slots
+    return tuple(builder.slots)
 
 
 def unet_layout(spec: TaskSpec) -> dict[str, tuple[tuple[int, ...], str]]:

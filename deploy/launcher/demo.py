@@ -9,7 +9,6 @@ hospital, runs clinician inference on one of its scans, and writes a report fold
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -28,14 +27,8 @@ from data_specs.wire import PersonalizationConfig, TrainConfig
 from deploy.console.researcher_client import ResearcherClient
 from deploy.console.round_progress import RoundProgress
 from deploy.launcher.demo_config import DemoConfig, DemoResult
-from deploy.launcher.processes import (
-    LaunchError,
-    ProcessGroup,
-    fedseg_argv,
-    free_port,
-    process_group,
-    wait_healthy,
-)
+from deploy.launcher.local_aggregator import start_aggregator
+from deploy.launcher.processes import LaunchError, ProcessGroup, fedseg_argv, process_group
 
 SPEC = TaskSpec(
     spatial_dims=2,
@@ -71,26 +64,11 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     console.print(
         f"generated {cfg.sites} synthetic hospitals + 1 outside hospital in {work / 'data'}"
     )
-    admin_token = secrets.token_urlsafe(32)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with process_group(work / "logs") as group, httpx.Client(base_url=url, timeout=60) as http:
-        agg = group.start(
-            "aggregator",
-            fedseg_argv(
-                "aggregator",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(work / "aggregator"),
-            ),
-            env={"FEDSEG_AGG_ADMIN_TOKEN": admin_token},
-        )
-        wait_healthy(f"{url}/healthz", agg)
-        console.print(f"aggregator up at {url} (pid {agg.popen.pid})")
+    with process_group(work / "logs") as group, httpx.Client(timeout=60) as http:
+        agg = start_aggregator(group, work / "aggregator")
+        url, admin_token = agg.url, agg.admin_token
+        http.base_url = httpx.URL(url)
+        console.print(f"aggregator up at {url} (pid {agg.process.popen.pid})")
         researcher = ResearcherClient(http)
         researcher.create_researcher(admin_token, "demo-researcher")
         site_ids = _start_sites(group, researcher, inside, url, work)

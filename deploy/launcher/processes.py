@@ -96,7 +96,10 @@ class ProcessGroup:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.popen.pid, signal.SIGKILL)
-                proc.popen.wait(timeout=5)
+                # SIGKILL cannot be refused, only reaped late on a starved machine: never let
+                # that abort ``stop_all`` and leave the processes after this one running.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=5)
         # Children of the group that outlived their leader.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.popen.pid, signal.SIGKILL)
@@ -134,9 +137,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_healthy(
-    url: str, proc: ManagedProcess, *, timeout_s: float = 60.0, verify: bool | str = True
+    url: str,
+    proc: ManagedProcess,
+    *,
+    timeout_s: float = 60.0,
+    verify: bool | str = True,
+    poll_s: float = 0.05,
 ) -> None:
-    """Poll ``url`` until it answers 200, or raise with the process's log tail."""
+    """Poll ``url`` until it answers 200, or raise with the process's log tail.
+
+    ``poll_s`` (default 0.05 s) bounds how late a launcher notices the service is up: every
+    launch waits on it, and a refused connection costs next to nothing.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not proc.alive():
@@ -147,7 +159,7 @@ def wait_healthy(
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2.0, verify=verify).status_code == 200:
                 return
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise LaunchError(f"{proc.name} did not become healthy at {url} within {timeout_s:.0f} s")
 
 

@@ -11,7 +11,6 @@ With ``backend="ray"`` the sites are Ray actors talking HTTP to a uvicorn server
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -123,8 +122,8 @@ def run_simulation(cfg: SimulationConfig, console: Console | None = None) -> Sim
     from fastapi.testclient import TestClient
 
     from aggregator.api.app import create_app
-    from aggregator.settings import AggregatorSettings
     from data_specs.manifests.manifest import load_manifest
+    from deploy.launcher.local_aggregator import local_settings
 
     console = console or Console()
     t0 = time.monotonic()
@@ -138,10 +137,8 @@ def run_simulation(cfg: SimulationConfig, console: Console | None = None) -> Sim
         manifest_paths = list(cfg.manifests)
     else:
         manifest_paths = write_partition(sites, out / "partition")
-    admin = secrets.token_urlsafe(32)
-    settings = AggregatorSettings(
-        data_dir=out / "aggregator",
-        admin_token=SecretStr(admin),
+    settings, admin = local_settings(
+        out / "aggregator",
         orchestrator_interval_s=0.1,
         log_level=LogLevel.WARNING,
         max_long_poll_s=5.0,

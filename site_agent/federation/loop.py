@@ -19,7 +19,7 @@ from data_specs.wire import EnrollResponse, TaskAssignment
 from site_agent.federation.client import AggregatorClient, make_http_client
 from site_agent.federation.enrollment import enroll, ensure_token
 from site_agent.federation.fingerprints import FingerprintSync
-from site_agent.federation.prewarm import start_prewarm
+from site_agent.federation.prewarm import hurry, start_prewarm
 from site_agent.federation.retry import Backoff
 from site_agent.federation.workdir import WorkDir
 from site_agent.settings import SiteSettings
@@ -154,6 +154,7 @@ class SiteAgent:
         return summary
 
     def _new_runner(self) -> TaskRunner:
+        hurry()  # the import below waits on a background pre-import, if one is running
         from site_agent.federation.task_runner import TaskRunner
 
         return TaskRunner(self.settings, self.workdir, self.client, self._factory)  # type: ignore[arg-type]

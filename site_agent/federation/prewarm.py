@@ -7,14 +7,21 @@ import on a daemon thread as soon as the agent has enrolled, so the first task f
 twice). It is started *after* the start-up checks and enrollment, whose own imports run on the
 main thread, so the two threads never hold import locks the other needs.
 
+The thread runs at the lowest CPU priority (Linux gives each thread its own nice value): its
+seconds of CPU then take only what the start-up of the aggregator and of the other agents on
+the host leave idle, instead of delaying round 1. ``hurry`` gives it the process's priority
+back when the first task needs the import.
+
 An import error here is only logged: the main thread's import raises the same error, on the
 first task, where the loop already handles it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 import threading
 import time
 
@@ -38,7 +45,37 @@ def start_prewarm(module: str = PREWARM_MODULE) -> threading.Thread:
     return thread
 
 
+_BACKGROUND_NICE = 19
+_threads: dict[int, int] = {}  # native id of a prewarm thread -> the process's nice value
+
+
+def hurry() -> None:
+    """Give running prewarm threads the process's priority back (the first task waits on them).
+
+    Raising a priority again may need privileges (``RLIMIT_NICE``); without them it stays low.
+    """
+    for native_id, nice in list(_threads.items()):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, native_id, nice)
+
+
+def _lower_priority() -> None:
+    native_id = threading.get_native_id()
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: run at the process's priority
+        nice = os.getpriority(os.PRIO_PROCESS, native_id)
+        _threads[native_id] = nice
+        os.setpriority(os.PRIO_PROCESS, native_id, max(nice, _BACKGROUND_NICE))
+
+
 def _import(module: str) -> None:
+    _lower_priority()
+    try:
+        _timed_import(module)
+    finally:
+        _threads.pop(threading.get_native_id(), None)
+
+
+def _timed_import(module: str) -> None:
     started = time.perf_counter()
     try:
         importlib.import_module(module)

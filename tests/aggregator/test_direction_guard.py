@@ -170,3 +170,11 @@ def test_the_threshold_is_bounded() -> None:
     assert ExperimentCreate(name="x", spec=spec, rounds=1).min_update_cosine == 0.0
     with pytest.raises(ValidationError, match="min_update_cosine"):
         ExperimentCreate(name="x", spec=spec, rounds=1, min_update_cosine=1.5)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 9])
+def test_row_median_is_numpys_median_bit_for_bit(k: int) -> None:
+    from aggregator.rounds.guards.direction_guard import _row_median
+
+    block = np.random.default_rng(k).standard_normal((2000, k)) * 10.0 ** np.arange(k)
+    assert np.array_equal(_row_median(block), np.median(block, axis=1))

@@ -121,3 +121,29 @@ def test_interrupted_demo_leaves_no_process_behind(tmp_path: Path) -> None:
         if demo.poll() is None:
             demo.kill()
     assert _wait_gone(mark) == []
+
+
+def test_stop_all_goes_on_when_a_killed_process_is_reaped_late(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A starved box may reap a SIGKILLed child after the wait: the others are still stopped."""
+    ignore_term = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready'); "
+        "time.sleep(300)"
+    )
+    with process_group(tmp_path / "logs") as group:
+        first = group.start("first", [sys.executable, "-c", "import time; time.sleep(300)"])
+        slow = group.start("slow", [sys.executable, "-c", ignore_term])
+        deadline = time.monotonic() + 120
+        while "ready" not in slow.log_tail() and time.monotonic() < deadline:
+            time.sleep(0.1)  # SIGTERM must find the handler installed
+        real_wait = slow.popen.wait
+
+        def late_wait(timeout: float | None = None) -> int:  # every wait runs out
+            raise subprocess.TimeoutExpired(slow.popen.args, timeout or 0)
+
+        monkeypatch.setattr(slow.popen, "wait", late_wait)
+        group.stop_all()  # newest first: "slow", then "first"
+        monkeypatch.setattr(slow.popen, "wait", real_wait)
+        assert slow.popen.wait(timeout=30) == -signal.SIGKILL
+        assert first.popen.wait(timeout=30) == -signal.SIGTERM

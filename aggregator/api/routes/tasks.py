@@ -82,18 +82,24 @@ async def next_task(
 @router.get("/{task_id}/model", response_class=FileResponse)
 def task_model(
     task_id: str, session: SessionDep, services: ServicesDep, site: CurrentSite
-) -> FileResponse:
-    """The global model this task trains from (float16 when the experiment asks), streamed."""
+) -> Response:
+    """The global model this task trains from (float16 when the experiment asks).
+
+    Every site of a round fetches the same blob: it is sent from memory (``BlobCache``), a
+    very large one streamed from disk.
+    """
     task = task_crud.get_site_task(session, task_id=task_id, site_id=site.id)
-    path = services.blobs.require(task.model_sha256)
+    body = services.model_cache.get(task.model_sha256, task.model_size)
+    path = None if body is not None else services.blobs.require(task.model_sha256)
     relax_next_commit(session)  # a byte counter: not worth an fsync on the round's path
     task_crud.add_bytes_down(session, task_id=task.id, size=task.model_size)
     session.commit()
     services.metrics.bytes_out.labels(kind="task_model").inc(task.model_size)
     services.metrics.site_bytes_down.labels(site=site.name).inc(task.model_size)
-    return FileResponse(
-        path, media_type="application/octet-stream", headers={HEADER_SHA256: task.model_sha256}
-    )
+    headers = {HEADER_SHA256: task.model_sha256}
+    if path is not None:
+        return FileResponse(path, media_type="application/octet-stream", headers=headers)
+    return Response(body, media_type="application/octet-stream", headers=headers)
 
 
 @router.put("/{task_id}/update", openapi_extra=BUNDLE_BODY, responses=UPLOAD_RESPONSES)
