@@ -43,6 +43,9 @@ def test_report_has_a_mean_and_a_gain_row() -> None:
     assert "ORACLE" in text
     assert "| mean | 0.700 | 0.740 |" in text
     assert "| mean − global (points) | +0.0 | +4.0 |" in text
+    assert "**+4.0 points** (fine-tuned 30 steps (labels)), so it is **within**" in text
+    figures["HCM"]["fine-tuned 30 steps (labels)"] = 0.62
+    assert "**+2.0 points** (fine-tuned 30 steps (labels)), so it is **out of**" in report(figures)
 
 
 def test_outside_report_quotes_the_oracle_gains(tmp_path: Path) -> None:
