@@ -162,7 +162,10 @@ def _oracle_line(path: Path | None = None) -> list[str]:
         values = [f[column] - f["global"] for f in figures.values() if column in f]
         return f"{100 * statistics.fmean(values):+.1f}" if values else "—"
 
-    tuned = sorted({c for f in figures.values() for c in f if c.startswith("fine-tuned")})
+    tuned = sorted(
+        {c for f in figures.values() for c in f if c.startswith("fine-tuned")},
+        key=lambda c: (len(c), c),  # 30 steps before 120 steps
+    )
     return [
         f"- ORACLE bounds with labels ([{REPORT.name}]({REPORT.name}), {len(figures)} folds): "
         f"the best bundle model and batch-norm mode per fold "
