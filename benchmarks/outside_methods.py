@@ -84,8 +84,8 @@ def score_methods(
     from personalization.outside import AdaptConfig, OutputAverage, global_model, tent_adapt
     from personalization.outside.safeguard import SafeAdaptConfig, safe_adapt
 
-    results = {}
-    seconds = {}
+    results: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
     for gate in ("softmax", "sigmoid"):
         if gate == "softmax" and softmax_result is not None:
             results[gate] = softmax_result

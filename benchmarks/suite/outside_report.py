@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from benchmarks.acdc_common import HOSPITALS, RESULTS
@@ -139,6 +140,42 @@ def _outside_verdicts(
         f"- Routed − global, mean: {routed_gain:+.1f} points; safeguard − global: "
         f"{guard_gain:+.1f} points (goal ≥ +3: "
         f"**{'met' if max(routed_gain, guard_gain) >= 3 else 'missed'}**).",
+        *_oracle_line(),
+    ]
+
+
+def _oracle_line(path: Path | None = None) -> list[str]:
+    """How much room there is, from ``suite_outside_oracle.json`` (labels used; default path)
+    if present."""
+    import json
+
+    from benchmarks.suite.outside_oracle import FIGURES, REPORT
+
+    path = path or FIGURES
+    if not path.exists():
+        return []
+    figures = json.loads(path.read_text())
+    if not figures:
+        return []
+
+    def gain(column: str) -> str:
+        values = [f[column] - f["global"] for f in figures.values() if column in f]
+        return f"{100 * statistics.fmean(values):+.1f}" if values else "—"
+
+    tuned = sorted(
+        {c for f in figures.values() for c in f if c.startswith("fine-tuned")},
+        key=lambda c: (len(c), c),  # 30 steps before 120 steps
+    )
+    return [
+        f"- ORACLE bounds with labels ([{REPORT.name}]({REPORT.name}), {len(figures)} folds): "
+        f"the best bundle model and batch-norm mode per fold "
+        f"{gain('best model × BN (labels)')} points over global, per test volume "
+        f"{gain('best model × BN per volume (labels)')}; the global model fine-tuned on the "
+        "held-out hospital's labelled training patients "
+        + ", ".join(
+            f"{gain(c)} ({c.removeprefix('fine-tuned ').removesuffix(' (labels)')})" for c in tuned
+        )
+        + "."
     ]
 
 
