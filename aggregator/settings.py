@@ -15,9 +15,9 @@ class AggregatorSettings(BaseSettings):
     """Settings of ``fedseg aggregator serve``, validated once at start-up and injected.
 
     Args:
-        data_dir: holds ``aggregator.storage.db`` and ``blobs/``. Default ``./aggregator_data``.
+        data_dir: holds ``aggregator.db`` and ``blobs/``. Default ``./aggregator_data``.
         database_url: SQLAlchemy URL; default SQLite in ``data_dir``. Example:
-            ``"sqlite:////srv/fedseg/aggregator.storage.db"``.
+            ``"sqlite:////srv/fedseg/aggregator.db"``.
         admin_token: the admin's bearer token (``FEDSEG_AGG_ADMIN_TOKEN``); at least 16 characters.
         admin_token_file: file holding the admin token (wins over ``admin_token``).
         dev: allow starting without an admin token (admin routes then answer 401). Default False.
@@ -129,7 +129,7 @@ class AggregatorSettings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        """``database_url``, or SQLite at ``data_dir/aggregator.storage.db``."""
+        """``database_url``, or SQLite at ``data_dir/aggregator.db``."""
         return self.database_url or default_database_url(self.data_dir)
 
     @property
@@ -140,4 +140,4 @@ class AggregatorSettings(BaseSettings):
 
 def default_database_url(data_dir: Path) -> str:
     """SQLite URL of the database file inside a data dir."""
-    return f"sqlite:///{(Path(data_dir) / 'aggregator.storage.db').resolve()}"
+    return f"sqlite:///{(Path(data_dir) / 'aggregator.db').resolve()}"

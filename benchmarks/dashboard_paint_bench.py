@@ -241,7 +241,7 @@ def run(
                 reg = http.post(f"{API}/sites", json={"name": f"hospital-{i:02d}"}, headers=auth)
                 reg.raise_for_status()
                 site_ids.append(reg.json()["id"])
-        db_url = f"sqlite:///{(data_dir / 'aggregator.storage.db').resolve()}"
+        db_url = f"sqlite:///{(data_dir / 'aggregator.db').resolve()}"
         exp_id = seed_history(db_url, owner_id=owner_id, site_ids=site_ids, rounds=rounds, dp=dp)
         driver = _browser()
         load_before = os.getloadavg()

@@ -196,7 +196,7 @@ async def light_site(
 
 def database_size(data_dir: Path, pg: PostgresServer | None, url: str | None) -> int:
     if pg is None or url is None:
-        return sum(p.stat().st_size for p in data_dir.glob("aggregator.storage.db*"))
+        return sum(p.stat().st_size for p in data_dir.glob("aggregator.db*"))
     import psycopg
 
     name = database_name(url)

@@ -71,7 +71,7 @@ def test_tokens_are_stored_as_hashes_only(fed: Federation, services: Services) -
     assert researcher is not None and site is not None
     assert researcher.token_hash == hash_token(fed.researcher_token)
     assert site.token_hash == hash_token(fed.sites["site-a"][1])
-    db_bytes = (services.settings.data_dir / "aggregator.storage.db").read_bytes()
+    db_bytes = (services.settings.data_dir / "aggregator.db").read_bytes()
     for token in (fed.researcher_token, fed.sites["site-a"][1], ADMIN_TOKEN):
         assert token.encode() not in db_bytes
 

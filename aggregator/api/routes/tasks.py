@@ -6,6 +6,7 @@ Every route acts for the calling site only: another site's task is simply not fo
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -80,19 +81,23 @@ async def next_task(
 
 
 @router.get("/{task_id}/model", response_class=FileResponse)
-def task_model(
-    task_id: str, session: SessionDep, services: ServicesDep, site: CurrentSite
-) -> FileResponse:
+async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> FileResponse:
     """The global model this task trains from (float16 when the experiment asks), streamed."""
-    task = task_crud.get_site_task(session, task_id=task_id, site_id=site.id)
-    path = services.blobs.require(task.model_sha256)
-    relax_next_commit(session)  # a byte counter: not worth an fsync on the round's path
-    task_crud.add_bytes_down(session, task_id=task.id, size=task.model_size)
-    session.commit()
-    services.metrics.bytes_out.labels(kind="task_model").inc(task.model_size)
-    services.metrics.site_bytes_down.labels(site=site.name).inc(task.model_size)
+
+    def find() -> tuple[Path, str, int]:  # one worker-thread call for all database work
+        with services.database.session() as session:
+            task = task_crud.get_site_task(session, task_id=task_id, site_id=site.id)
+            path = services.blobs.require(task.model_sha256)
+            relax_next_commit(session)  # a byte counter: not worth an fsync on the round's path
+            task_crud.add_bytes_down(session, task_id=task.id, size=task.model_size)
+            session.commit()
+            return path, task.model_sha256, task.model_size
+
+    path, sha256, size = await run_in_threadpool(find)
+    services.metrics.bytes_out.labels(kind="task_model").inc(size)
+    services.metrics.site_bytes_down.labels(site=site.name).inc(size)
     return FileResponse(
-        path, media_type="application/octet-stream", headers={HEADER_SHA256: task.model_sha256}
+        path, media_type="application/octet-stream", headers={HEADER_SHA256: sha256}
     )
 
 

@@ -18,7 +18,7 @@ class Database:
     """One engine plus a session factory; created by the app factory and injected.
 
     Args:
-        url: SQLAlchemy URL. Example: ``"sqlite:////tmp/agg/aggregator.storage.db"``.
+        url: SQLAlchemy URL. Example: ``"sqlite:////tmp/agg/aggregator.db"``.
         synchronous: SQLite ``synchronous`` pragma, ``FULL`` or ``NORMAL``. Default ``FULL``.
     """
 
