@@ -18,7 +18,6 @@ import pytest
 from aggregator.api.deps import Services
 from tests.aggregator.helpers import API, Federation, update_bundle
 
-
 FILE_IO = {"stat", "open", "BufferedReader.read", "BufferedReader.close"}
 
 
@@ -69,3 +68,24 @@ def test_a_round_of_one_site_makes_one_hand_over_per_blocking_step(
         "upload_update.<locals>.prepare",
         "upload_update.<locals>.accept",
     ]
+
+
+def test_a_full_house_refuses_an_upload_before_any_database_work(
+    fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = fed.create_experiment(rounds=1, min_sites=3)
+    fed.start(exp)
+    services.orchestrator.step()
+    task = fed.next_task("site-a")
+    assert task is not None
+    model = fed.model("site-a", task["task_id"])
+    body = update_bundle(
+        model, site="site-a", round_number=1, num_samples=10, spec_hash=task["spec_hash"]
+    )
+    services.upload_slots.active = services.upload_slots.limit  # every slot taken
+    with counting_hand_overs(monkeypatch) as refused:
+        r = fed.upload("site-a", task["task_id"], body, 10)
+    assert r.status_code == 429 and "already in progress" in r.json()["detail"]
+    assert refused == ["_site_of"]  # the token lookup only
+    services.upload_slots.active = 0
+    assert fed.upload("site-a", task["task_id"], body, 10).status_code == 200

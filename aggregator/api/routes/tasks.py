@@ -115,6 +115,7 @@ async def upload_update(
         num_samples = num_samples_header(request)
         site_metrics = metrics_header(request)
         length = content_length(request, limit=services.settings.max_upload_bytes)
+        services.upload_slots.check()  # a full house answers 429 before any database work
 
         def prepare() -> intake.UpdateTarget | UpdateReceipt:
             with services.database.session() as session:
