@@ -157,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     manifests = synthesize(
         args.work_dir / "data", sites=args.sites, cases=8, dims=2, size=args.size, seed=1
     )
+    # A warm driver for both backends: torch and MONAI imported before either is timed (the
+    # in-process backend would otherwise pay this process's imports inside its timed run, while
+    # every Ray actor pays its own, ~5 CPU s each on this machine, inside Ray's).
+    import monai  # noqa: F401
+    import torch  # noqa: F401
+
     load_before = os.getloadavg()
     rows = [run(backend, args, manifests) for backend in ("inprocess", "ray")]
     load_after = os.getloadavg()
