@@ -26,9 +26,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The tier to run while developing: every test not marked slow (real training, processes,
-# servers, docs). Aim: under 60 s on 2 cores; `make test` before a commit.
+# servers, docs), on every core (pytest-xdist; TEST_WORKERS=0 runs one process). Aim: under
+# 60 s on 2 cores; `make test` before a commit.
+TEST_WORKERS ?= auto
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not fuzz"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow and not fuzz"
 
 # The aggregator's tests again, each on a fresh database of a real PostgreSQL server that the
 # tests start (Debian's postgresql package: initdb + pg_ctl in a temp folder). Skips loudly

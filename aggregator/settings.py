@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from data_specs.constants import LogLevel
+
 MIN_ADMIN_TOKEN_LENGTH = 16
 
 
@@ -75,7 +77,7 @@ class AggregatorSettings(BaseSettings):
     orchestrator_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
     orchestrator_enabled: bool = True
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: LogLevel = LogLevel.INFO
     log_format: Literal["json", "kv"] = "json"
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from data_specs.errors import BundleError
 
@@ -76,34 +75,6 @@ def decode_class_names(raw: str | None) -> tuple[str, ...]:
         return check_class_names(value)
     except ValueError as exc:  # JSONDecodeError is a ValueError too
         raise BundleError(f"bundle metadata class_names is malformed: {str(exc)[:200]}") from exc
-
-
-def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """The class names in a safetensors file's ``__metadata__`` (weights or routing bundle).
-
-    Reads only the header (the tensors stay on disk).
-
-    Args:
-        path: the model file. Example: ``"global/exp-1.safetensors"``.
-
-    Returns:
-        The names, background first; ``()`` when the file carries none.
-
-    Raises:
-        OSError: the file cannot be read. BundleError: not safetensors, or malformed names.
-    """
-    from data_specs.weights.bundle import read_header
-    from data_specs.weights.routing_bundle import ROUTING_MAX_HEADER_BYTES
-
-    with Path(path).open("rb") as fh:
-        head = fh.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else 0
-        if length > ROUTING_MAX_HEADER_BYTES:
-            raise BundleError(f"{Path(path).name}: header of {length} bytes is over the cap")
-        data = head + fh.read(length)
-    header = read_header(data, max_header_bytes=ROUTING_MAX_HEADER_BYTES)
-    meta = header.get("__metadata__") or {}
-    return decode_class_names(meta.get(META_CLASS_NAMES))
 
 
 def foreground_names(

@@ -14,7 +14,7 @@ class SplitName(StrEnum):
 
 
 class ImageFormat(StrEnum):
-    """How a scan is stored on disk; picks the reader (nibabel, SimpleITK or Pillow)."""
+    """How a scan is stored on disk; picks the reader (nibabel, pydicom or Pillow)."""
 
     NIFTI = "nifti"  # .nii / .nii.gz
     DICOM = "dicom"  # a folder holding one DICOM series (or a single .dcm file)
@@ -117,3 +117,20 @@ class RouterGate(StrEnum):
 
     SOFTMAX = "softmax"
     SIGMOID = "sigmoid"  # normalised by its sum
+
+
+class LogLevel(StrEnum):
+    """Log level of the aggregator (``FEDSEG_LOG_LEVEL``) and of ``fedseg site run --log-level``."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class DeviceName(StrEnum):
+    """Torch device a site trains and infers on (``FEDSEG_SITE_DEVICE``, ``--device``)."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    AUTO = "auto"  # cuda when torch sees one, else cpu

@@ -2,7 +2,7 @@
 
 ``python3 image_requirements.py aggregator`` prints ``[tool.fedseg.images] aggregator``: the
 subset of the project's dependencies the aggregator imports (no torch, no MONAI). ``... site``
-prints every project dependency. Each printed line is a requirement for ``pip install -r``.
+prints ``[tool.fedseg.images] site``: what the site agent imports (no server stack). Each printed line is a requirement for ``pip install -r``.
 Standard library only: it runs with the base image's python before anything is installed.
 """
 
@@ -32,15 +32,13 @@ def requirements(pyproject: dict, image: str) -> list[str]:  # type: ignore[type
 
     Args:
         pyproject: the parsed pyproject.toml.
-        image: ``aggregator`` or ``site``.
+        image: ``aggregator`` or ``site``; each names its list in ``[tool.fedseg.images]``.
 
     Raises:
         ImageRequirementsError: unknown image, missing list, or a name outside the project's
             dependencies (the pins must stay the project's own).
     """
     deps: list[str] = pyproject["project"]["dependencies"]
-    if image == "site":
-        return list(deps)
     if image not in IMAGES:
         raise ImageRequirementsError(f"expected one of {IMAGES}, got {image!r}")
     try:

@@ -21,11 +21,10 @@ import tempfile
 import warnings
 
 MODULES = (
-    "PIL.Image",
-    "SimpleITK",
     "cryptography.x509",
     "highdicom",
     "httpx",
+    "libjpeg",
     "monai.data",
     "monai.inferers",
     "monai.losses",
@@ -34,8 +33,12 @@ MODULES = (
     "monai.transforms",
     "nibabel",
     "numpy",
+    "openjpeg",
+    "PIL.Image",
     "pydantic",
     "pydantic_settings",
+    "pydicom",
+    "pydicom.pixels",
     "rich.console",
     "safetensors.numpy",
     "safetensors.torch",

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from data_specs.constants import RouterGate, SplitName
+from data_specs.constants import DeviceName, LogLevel, RouterGate, SplitName
 from site_agent.errors import (
     AggregatorUnavailableError,
     ManifestRejectedError,
@@ -53,7 +53,10 @@ ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="The site's
 UrlOpt = Annotated[
     str | None, typer.Option("--aggregator-url", help="https://host:port of the aggregator.")
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda or auto.")]
+DeviceOpt = Annotated[
+    DeviceName | None,
+    typer.Option("--device", case_sensitive=False, help="auto: cuda when torch sees one."),
+]
 ExperimentOpt = Annotated[
     str | None, typer.Option("--experiment", help="Experiment id (default: the only one).")
 ]
@@ -80,9 +83,9 @@ def _backoff(settings: Any) -> Any:
     return Backoff.from_settings(settings)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: LogLevel) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=level.value,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -122,7 +125,9 @@ def run(
     max_tasks: Annotated[
         int | None, typer.Option("--max-tasks", min=1, help="Exit after N tasks.")
     ] = None,
-    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    log_level: Annotated[
+        LogLevel, typer.Option("--log-level", case_sensitive=False, help="Log level.")
+    ] = LogLevel.INFO,
 ) -> None:
     """Validate the local data, enroll on first start, then train on the aggregator's tasks."""
     from site_agent.federation.loop import SiteAgent
@@ -167,7 +172,7 @@ def enroll(
     from site_agent.federation.enrollment import enroll as do_enroll
     from site_agent.federation.workdir import WorkDir
 
-    _setup_logging("INFO")
+    _setup_logging(LogLevel.INFO)
     try:
         settings = _settings(
             config,
@@ -244,7 +249,7 @@ def _site_client(config: Path | None, work_dir: Path | None) -> Any:
 @app.command("invitations")
 def invitations(config: Config = None, work_dir: WorkDirOpt = None) -> None:
     """Experiments that may sample this site: what each runs and this site's decision."""
-    _setup_logging("WARNING")
+    _setup_logging(LogLevel.WARNING)
     try:
         with _site_client(config, work_dir) as client:
             rows = client.invitations()
@@ -272,7 +277,7 @@ def approve(
     work_dir: WorkDirOpt = None,
 ) -> None:
     """Approve (or ``--decline``) an experiment before it starts; only approved sites take part."""
-    _setup_logging("WARNING")
+    _setup_logging(LogLevel.WARNING)
     try:
         with _site_client(config, work_dir) as client:
             row = client.decide(experiment, approve=not decline)
@@ -401,7 +406,7 @@ def adapt(
     from site_agent.federation.enrollment import ensure_token
     from site_agent.federation.workdir import WorkDir
 
-    _setup_logging("INFO")
+    _setup_logging(LogLevel.INFO)
     try:
         settings = _settings(
             config,

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from data_specs.constants import DeviceName
 from data_specs.errors import describe_validation_error
 from site_agent.errors import SiteSettingsError
-
-DeviceName = Literal["cpu", "cuda", "auto"]
 
 
 class SiteSettings(BaseSettings):
@@ -84,7 +83,7 @@ class SiteSettings(BaseSettings):
     allow_insecure_http: bool = False
     manifest: Path | None = None
     work_dir: Path = Path("site_work")
-    device: DeviceName = "auto"
+    device: DeviceName = DeviceName.AUTO
     max_samples: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
     share_personal: bool = False
     accept_experiments: list[Annotated[str, Field(min_length=1, max_length=250)]] = Field(
@@ -177,11 +176,11 @@ class SiteSettings(BaseSettings):
         """
         import torch
 
-        if self.device == "auto":
+        if self.device is DeviceName.AUTO:
             return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device is DeviceName.CUDA and not torch.cuda.is_available():
             raise SiteSettingsError("device=cuda was asked for but torch sees no CUDA device")
-        return self.device
+        return self.device.value
 
     def require_aggregator(self) -> str:
         """The aggregator URL, or a clear error when it is not configured."""

@@ -72,6 +72,35 @@ def build_services(settings: AggregatorSettings) -> Services:
     )
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run the round loop (unless disabled) on the app's services; close the database at the end."""
+    services: Services = app.state.services
+    settings = services.settings
+    services.board.bind(asyncio.get_running_loop())
+    loop_task = None
+    if settings.orchestrator_enabled:
+        loop_task = asyncio.create_task(
+            lead_rounds(
+                Leadership(services.database),
+                services.board,
+                lambda: services.orchestrator.run(services.board),
+                interval_s=settings.orchestrator_interval_s,
+            ),
+            name="leadership",
+        )
+    log_event(log, "aggregator.started", data_dir=str(settings.data_dir), dev=settings.dev)
+    try:
+        yield
+    finally:
+        if loop_task is not None:
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+        services.database.dispose()
+        log_event(log, "aggregator.stopped")
+
+
 def create_app(settings: AggregatorSettings) -> FastAPI:
     """Build the aggregator's FastAPI app.
 
@@ -79,42 +108,16 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
         settings: validated settings. Example: ``AggregatorSettings(data_dir=tmp, dev=True)``.
 
     Returns:
-        The app; its lifespan runs the orchestrator loop (unless ``orchestrator_enabled`` is off).
+        The app; its lifespan runs the orchestrator loop (unless ``orchestrator_enabled`` is off)
+        on ``app.state.services`` (everything stateful; the routes find them there too).
     """
-    services = build_services(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        services.board.bind(asyncio.get_running_loop())
-        loop_task = None
-        if settings.orchestrator_enabled:
-            loop_task = asyncio.create_task(
-                lead_rounds(
-                    Leadership(services.database),
-                    services.board,
-                    lambda: services.orchestrator.run(services.board),
-                    interval_s=settings.orchestrator_interval_s,
-                ),
-                name="leadership",
-            )
-        log_event(log, "aggregator.started", data_dir=str(settings.data_dir), dev=settings.dev)
-        try:
-            yield
-        finally:
-            if loop_task is not None:
-                loop_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop_task
-            services.database.dispose()
-            log_event(log, "aggregator.stopped")
-
     app = FastAPI(
         title="fedseg aggregator",
         version="1",
         summary="Federated rounds for medical image segmentation: researchers drive, sites pull.",
-        lifespan=lifespan,
+        lifespan=_lifespan,
     )
-    app.state.services = services
+    app.state.services = build_services(settings)
     install_error_handlers(app)
     app.add_middleware(
         JsonBodyGuard,

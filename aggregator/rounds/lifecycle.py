@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from aggregator.crud import experiments as exp_crud
 from aggregator.crud.events import record_event
 from aggregator.errors import ConflictError, UnprocessableError
 from aggregator.logs import log_event
-from aggregator.rounds.planning import apply_auto_plan
+from aggregator.rounds.planning import apply_auto_plan, spec_layout
 from aggregator.storage.blobs import BlobRef, BlobStore
 from aggregator.storage.db.models import Experiment, ExperimentStatus, Site, SiteStatus, utcnow
 from aggregator.storage.global_models import build_initial_weights, load_weights, store_global
@@ -22,20 +21,11 @@ from data_specs.event_kinds import EventKind
 from data_specs.researcher.experiments import ExperimentCreate
 from data_specs.task_spec import TaskSpec
 from data_specs.weights.unet_layout import (
-    norm_keys_of,
     parameter_count,
     statistic_keys_of,
-    unet_layout,
 )
 
 log = logging.getLogger("aggregator.rounds.lifecycle")
-Expected = dict[str, tuple[tuple[int, ...], str]]
-
-
-@functools.lru_cache(maxsize=16)
-def spec_layout(spec: TaskSpec) -> tuple[Expected, tuple[str, ...]]:
-    """``(expected tensors, FedBN norm keys)`` of a spec's U-Net, by arithmetic (no torch)."""
-    return unet_layout(spec), norm_keys_of(spec)
 
 
 def dp_local_keys(spec: TaskSpec, local: tuple[str, ...]) -> tuple[str, ...]:

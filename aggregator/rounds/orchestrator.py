@@ -25,7 +25,12 @@ from aggregator.crud import rounds as round_crud
 from aggregator.errors import AggregationError, StorageError, require_row
 from aggregator.privacy.adaptive_clipping import advance_clip, round_clip_norm
 from aggregator.privacy.dp_aggregation import round_noise
-from aggregator.privacy.privacy_budget import record_budget_spent, rounds_allowed
+from aggregator.privacy.privacy_budget import (
+    record_budget_spent,
+    record_sample_budget_spent,
+    rounds_allowed,
+    sample_budget_over,
+)
 from aggregator.privacy.secagg_aggregation import secagg_aggregate_round, secure_aggregation_on
 from aggregator.rounds.aggregation import RoundResult, UpdateInput, aggregate_round
 from aggregator.rounds.guards.safeguards import GuardReport, cap_samples, guard_detail
@@ -150,8 +155,13 @@ class Orchestrator:
             rnd = round_crud.latest_round(session, experiment_id=experiment_id)
             if rnd is None or rnd.status == RoundStatus.CLOSED:
                 limit = rounds_allowed(cfg, len(experiment.participants or []))
+                over = None if rnd is None else sample_budget_over(session, cfg, rnd.id)
+                if over is not None:  # a site's DP-SGD budget cannot take one more round
+                    limit = min(limit, experiment.current_round)
                 if experiment.current_round >= limit:
-                    if limit < cfg.rounds:  # the DP budget ran out first
+                    if over is not None:
+                        record_sample_budget_spent(session, experiment, cfg, over)
+                    elif limit < cfg.rounds:  # the DP budget ran out first
                         record_budget_spent(session, experiment, cfg)
                     complete_experiment(session, experiment, now)
                     session.commit()
@@ -403,12 +413,17 @@ class Orchestrator:
             )
             if number >= job.cfg.rounds and closing.status == ExperimentStatus.RUNNING:
                 complete_experiment(session, closing, now)
-            opened = self._open_next(session, closing, job.cfg, now)
+            opened = self._open_next(session, closing, job.cfg, now, job.round_id)
             session.commit()
         return opened
 
     def _open_next(
-        self, session: Session, experiment: Experiment, cfg: ExperimentCreate, now: datetime
+        self,
+        session: Session,
+        experiment: Experiment,
+        cfg: ExperimentCreate,
+        now: datetime,
+        closed_id: str,
     ) -> set[str]:
         """Open the next round in the transaction that closes this one (one commit, not two).
 
@@ -418,6 +433,8 @@ class Orchestrator:
         if experiment.status != ExperimentStatus.RUNNING:
             return set()
         if experiment.current_round >= rounds_allowed(cfg, len(experiment.participants or [])):
+            return set()
+        if sample_budget_over(session, cfg, closed_id) is not None:
             return set()
         number = experiment.current_round + 1
         return open_round(session, self._blobs, experiment, cfg, number, 0, now)

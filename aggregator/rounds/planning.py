@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from sqlalchemy import select
@@ -16,8 +17,17 @@ from aggregator.storage.db.models import Experiment, Site
 from data_specs.event_kinds import EventKind
 from data_specs.plan import ExperimentPlan, PlanError, combined_class_frequencies, make_plan
 from data_specs.researcher.experiments import ExperimentCreate
+from data_specs.task_spec import TaskSpec
+from data_specs.weights.unet_layout import norm_keys_of, unet_layout
 
 log = logging.getLogger("aggregator.rounds.planning")
+Expected = dict[str, tuple[tuple[int, ...], str]]
+
+
+@functools.lru_cache(maxsize=16)
+def spec_layout(spec: TaskSpec) -> tuple[Expected, tuple[str, ...]]:
+    """``(expected tensors, FedBN norm keys)`` of a spec's U-Net, by arithmetic (no torch)."""
+    return unet_layout(spec), norm_keys_of(spec)
 
 
 def apply_auto_plan(
@@ -42,8 +52,6 @@ def apply_auto_plan(
         ConflictError: a participant has sent no fingerprint yet, the fingerprints cannot be
             planned together, or an uploaded initial model does not fit the planned spec.
     """
-    from aggregator.rounds.lifecycle import spec_layout  # lifecycle imports this module
-
     cfg = exp_crud.config_of(experiment)
     found = fp_crud.fingerprints_of(session, site_ids=participants)
     missing = [s for s in participants if s not in found]

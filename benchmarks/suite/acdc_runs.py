@@ -17,6 +17,8 @@ from benchmarks.acdc_common import HOSPITALS, acdc_sites, fresh_dir, round_model
 from benchmarks.suite.recipe import RunConfig
 from data_specs.task_spec import TaskSpec
 
+DP_CLIP: dict[str, Any] = {"dp_delta": 1e-5, "clip_init": 1.0, "target_quantile": 0.5}
+
 # method -> (personalization, extra SimulationConfig fields, models it yields)
 INSIDE_METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "central": ("none", {}, ("global",)),
@@ -25,7 +27,42 @@ INSIDE_METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "fedprox": ("fedprox", {"fedprox_mu": 0.01}, ("global",)),
     "fedbn": ("fedbn", {}, ("personal",)),
     "ditto": ("ditto", {"ditto_lambda": 0.1}, ("global", "personal")),
+    # client-level DP-FedAvg, central noise, adaptive clipping (Andrew et al. 2021, median)
+    "fedavg_dp8": ("none", {"dp_epsilon": 8.0, **DP_CLIP}, ("global",)),
+    "fedavg_dp1000": ("none", {"dp_epsilon": 1000.0, **DP_CLIP}, ("global",)),
+    # the same clipping with noise far below any guarantee: what clipping alone costs
+    "fedavg_clip": ("none", {"dp_noise_multiplier": 1e-3, **DP_CLIP}, ("global",)),
 }
+
+
+def privacy_of(params: dict[str, Any], rounds: int) -> tuple[dict[str, Any], Any]:
+    """Split a method's parameters into SimulationConfig fields and its ``PrivacyConfig``.
+
+    ``dp_epsilon`` asks for the smallest noise multiplier that keeps every round within that
+    (ε, ``dp_delta``) budget (every hospital every round: sampling rate 1, no amplification);
+    ``dp_noise_multiplier`` sets it directly. Clipping is adaptive from ``clip_init`` toward the
+    ``target_quantile`` of the sites' update norms.
+    """
+    from data_specs.privacy import DPConfig, PrivacyConfig
+    from data_specs.privacy.accountant import noise_for_budget
+    from data_specs.privacy.config import AdaptiveClipConfig
+
+    rest = {k: v for k, v in params.items() if not k.startswith(("dp_", "clip_", "target_"))}
+    if "dp_epsilon" not in params and "dp_noise_multiplier" not in params:
+        return rest, None
+    delta = params["dp_delta"]
+    eps = params.get("dp_epsilon")
+    z = params.get("dp_noise_multiplier")
+    if z is None:
+        z = noise_for_budget(1.0, rounds, delta, params["dp_epsilon"])
+    dp = DPConfig(
+        clip_norm=params["clip_init"],
+        noise_multiplier=z,
+        delta=delta,
+        epsilon_budget=eps,
+        adaptive=AdaptiveClipConfig(target_quantile=params["target_quantile"]),
+    )
+    return rest, PrivacyConfig(dp=dp)
 
 
 class TestSets:
@@ -68,6 +105,7 @@ def run_inside(
     manifests = sites.by_name()
     tests = TestSets(manifests, spec)
     train = dict(cfg.train)
+    extra, privacy = privacy_of(extra, cfg.rounds)
     base: dict[str, Any] = {
         "spec": spec,
         "rounds": cfg.rounds,
@@ -80,6 +118,7 @@ def run_inside(
         "personalization": personalization,
         "train_overrides": train,
         "device": device,
+        "privacy": privacy,
         **extra,
     }
     started = time.monotonic()
@@ -105,6 +144,8 @@ def run_inside(
             SimulationConfig(manifests=list(manifests.values()), out_dir=work / "run", **kw)
         )
         _check(res, cfg.method)
+        closed = [r for r in res.rounds if r["status"] == "closed"]
+        spent = closed[-1].get("privacy") if closed and privacy is not None else None
         sim_seconds = res.seconds
         names = list(manifests)
         curves["all"] = _curve(res, tests, names, cfg.rounds)
@@ -119,6 +160,7 @@ def run_inside(
                 model = site_model(work_dir, "personal", res.experiment_id)
                 models["personal"][name] = tests.score(model, name)
     return {
+        **({"privacy": spent} if cfg.method != "local" and spent else {}),
         "models": models,
         "curves": curves,
         "sim_seconds": sim_seconds,

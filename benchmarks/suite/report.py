@@ -25,6 +25,9 @@ INSIDE_ROWS: list[tuple[str, str, str]] = [
     ("Ditto (personal)", "ditto", "personal"),
     ("IOP-FL (personal)", "fedavg_iopfl", "personal"),
     ("centralised (pooled)", "central", "global"),
+    ("FedAvg, clipping only (global)", "fedavg_clip", "global"),
+    ("FedAvg, client-level DP ε = 1000 (global)", "fedavg_dp1000", "global"),
+    ("FedAvg, client-level DP ε = 8 (global)", "fedavg_dp8", "global"),
 ]
 BASELINE = ("fedavg_iopfl", "global")
 
@@ -173,6 +176,7 @@ def inside_markdown(
     lines += reference_lines(reference or [], rows)
     lines += _paired_section(rows, latest)
     lines += _verdicts(rows)
+    lines += privacy_lines(latest)
     lines += why_lines(rows, latest, reference or [], load_runs("ablation"))
     return "\n".join(lines) + "\n"
 
@@ -198,6 +202,26 @@ def _paired_section(rows: dict[str, Any], latest: dict[str, list[dict[str, Any]]
         ]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     return [*out, ""]
+
+
+def privacy_lines(latest: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """What the rounds API reported for the DP rows' last round (ε, δ, z, the adaptive C)."""
+    out = []
+    for label, method, _ in INSIDE_ROWS:
+        for r in latest.get(method, []):
+            p = r.get("privacy")
+            if not p:
+                continue
+            eps = "—" if p.get("epsilon_total") is None else f"{p['epsilon_total']:.2f}"
+            out.append(
+                f"- {label}, seed {r['seed']}: ε = {eps} (δ = {p['delta']:g}) after "
+                f"{r['config']['rounds']} rounds, noise multiplier z = {p['noise_multiplier']:.3f}, "
+                f"last round's clip norm C = {p['clip_norm']:.3f} (adaptive, median target); every "
+                "hospital every round (q = 1), central noise on the sum of 5 clipped updates."
+            )
+    if not out:
+        return []
+    return ["## Client-level differential privacy", "", *out, ""]
 
 
 def _verdicts(rows: dict[str, Any]) -> list[str]:

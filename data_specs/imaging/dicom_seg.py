@@ -1,6 +1,6 @@
 """DICOM SEG for a DICOM scan (highdicom): the mask as PACS stores it, referencing the source series.
 
-The frames follow the series' instances in the order ``data_specs.imaging.imageio`` read them (GDCM's
+The frames follow the series' instances in the order ``data_specs.imaging.imageio`` read them (ITK's
 slice order), so frame ``k`` is ``mask[:, :, k]`` transposed, on the instance it was predicted
 for; highdicom records that reference for every frame.
 """
@@ -13,31 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from data_specs.errors import ImageReadError, ImageWriteError
+from data_specs.errors import ImageWriteError
 from data_specs.files import atomic_writer
+from data_specs.imaging.dicom_read import series_files
 
-
-def series_files(source: str | Path) -> list[Path]:
-    """The files of one DICOM series in reading order (as ``read_image`` stacks them).
-
-    Args:
-        source: a series folder or one ``.dcm`` file. Example: ``"scans/ct_series"``.
-
-    Raises:
-        ImageReadError: the folder holds no series or several.
-    """
-    import SimpleITK as sitk
-
-    source = Path(source)
-    if not source.is_dir():
-        return [source]
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(source))
-    if len(series) != 1:
-        raise ImageReadError(
-            f"{source}: expected a folder holding one DICOM series, found {len(series)}"
-        )
-    return [Path(f) for f in reader.GetGDCMSeriesFileNames(str(source), series[0])]
+__all__ = ["series_files", "write_dicom_seg"]
 
 
 def write_dicom_seg(

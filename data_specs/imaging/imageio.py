@@ -5,6 +5,8 @@ arrays are channel first, ``(C, x, y[, z])``; affines are 4x4 voxel-to-world in 
 is flipped, as nibabel would store the same geometry); a 2D picture's first spatial axis is its
 column (``array[c, x, y] = picture[y, x]``, MONAI ``PILReader`` ``reverse_indexing=True``).
 
+DICOM is read with pydicom in ITK's geometry (``data_specs.imaging.dicom_read``).
+
 A picture's affine is ``PICTURE_AFFINE``: ITK (SimpleITK, 3D Slicer, ITK-SNAP) reads a PNG with
 origin 0, spacing 1 and identity direction in LPS, which is ``diag(-1, -1, 1, 1)`` in RAS; a
 NIfTI mask written with it overlays the picture in those viewers, and its array is the
@@ -201,29 +203,9 @@ def _read_nifti(path: Path, label: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_dicom(path: Path, label: bool) -> tuple[np.ndarray, np.ndarray]:
-    import SimpleITK as sitk
+    from data_specs.imaging.dicom_read import read_dicom
 
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if len(series) != 1:
-            raise ImageReadError(
-                f"{path}: expected a folder holding one DICOM series, found {len(series)}"
-            )
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-        img = reader.Execute()
-    else:
-        img = sitk.ReadImage(str(path))
-    dim = img.GetDimension()
-    arr = sitk.GetArrayFromImage(img)  # (z, y, x[, c])
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        arr = np.transpose(arr, (dim, *range(dim - 1, -1, -1)))
-    else:
-        arr = np.transpose(arr[None], (0, *range(dim, 0, -1)))
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
-    affine = np.eye(4)
-    affine[:dim, :dim] = direction @ np.diag(img.GetSpacing())
-    affine[:dim, 3] = img.GetOrigin()
+    arr, affine = read_dicom(path)
     return arr, _LPS_TO_RAS @ affine
 
 

@@ -2,7 +2,7 @@
 
 MONAI and torch are imported inside functions: importing ``data_specs`` stays light. Readers
 follow the scan's format: MONAI's ``NibabelReader`` for NIfTI, its ``PILReader`` (with the mode
-conversion of ``data_specs.imaging.imageio``) for pictures, and a SimpleITK series reader for DICOM
+conversion of ``data_specs.imaging.imageio``) for pictures, and a pydicom series reader for DICOM
 (MONAI's ``ITKReader`` needs the ``itk`` package, which fedseg does not ship).
 """
 
@@ -60,7 +60,7 @@ def _reader_classes() -> tuple[type, type]:
     from monai.utils import ensure_tuple
 
     class DicomSeriesReader(ImageReader):  # type: ignore[misc]
-        """A DICOM series folder (or one .dcm file) through ``data_specs.imaging.imageio`` (SimpleITK)."""
+        """A DICOM series folder (or one .dcm file) through ``data_specs.imaging.imageio`` (pydicom)."""
 
         def __init__(self, label: bool = False) -> None:
             super().__init__()

@@ -30,6 +30,10 @@ class DPSGDConfig(BaseModel):
             gradients is ``z · max_grad_norm``. Example: ``1.1``.
         max_grad_norm: L2 bound of each case's gradient. Default 1.0.
         delta: δ of the reported (ε, δ). Default 1e-5.
+        epsilon_budget: the largest total ε a site may spend. A site does not train a round
+            that would take its total over it, and the aggregator ends the experiment after a
+            round in which a site reported that one more such round would (the
+            ``privacy.budget_spent`` event). Default None (ε is only reported).
     """
 
     model_config = _Strict
@@ -37,6 +41,7 @@ class DPSGDConfig(BaseModel):
     noise_multiplier: Annotated[float, Field(gt=0.0, le=1e4)] = 1.0
     max_grad_norm: Annotated[float, Field(gt=0.0, le=1e6)] = 1.0
     delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-5
+    epsilon_budget: Annotated[float, Field(gt=0.0)] | None = None
 
 
 class SampleDPSpent(BaseModel):
@@ -51,6 +56,8 @@ class SampleDPSpent(BaseModel):
         max_grad_norm: per-sample clip norm.
         sample_rate: Poisson sampling rate of a case per step (1 / batches per epoch).
         steps: optimiser steps this round.
+        epsilon_next: the total ε after one more round of as many steps (what the aggregator
+            compares with ``DPSGDConfig.epsilon_budget``). Default None (not reported).
     """
 
     model_config = _Strict
@@ -62,3 +69,4 @@ class SampleDPSpent(BaseModel):
     max_grad_norm: Annotated[float, Field(gt=0.0)]
     sample_rate: Annotated[float, Field(gt=0.0, le=1.0)]
     steps: Annotated[int, Field(ge=0)]
+    epsilon_next: Annotated[float, Field(ge=0.0)] | None = None

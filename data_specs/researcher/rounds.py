@@ -65,6 +65,7 @@ class RoundSamplePrivacy(BaseModel):
     noise_multiplier: float
     max_grad_norm: float
     sites: int
+    epsilon_budget: float | None = None
 
 
 class RoundPublic(BaseModel):

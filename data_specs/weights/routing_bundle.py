@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +26,12 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from data_specs.class_names import META_CLASS_NAMES, check_class_names, encode_class_names
+from data_specs.class_names import (
+    META_CLASS_NAMES,
+    check_class_names,
+    decode_class_names,
+    encode_class_names,
+)
 from data_specs.errors import (
     BundleError,
     RoutingBundleError,
@@ -40,6 +46,7 @@ from data_specs.weights.bundle import (
     check_tensors,
     read_header,
 )
+from data_specs.weights.safetensors_header import read_file_header
 
 META_ROUTING = "fedseg_routing"
 META_ROUTING_VERSION = "1"
@@ -193,6 +200,25 @@ def encode_routing_bundle(
 
 
 ROUTING_MAX_HEADER_BYTES = 64 << 20
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """The class names in a safetensors file's ``__metadata__`` (weights or routing bundle).
+
+    Reads only the header (the tensors stay on disk), through the one header reader, with the
+    routing bundle's header cap (the larger one).
+
+    Args:
+        path: the model file. Example: ``"global/exp-1.safetensors"``.
+
+    Returns:
+        The names, background first; ``()`` when the file carries none.
+
+    Raises:
+        OSError: the file cannot be read. BundleError: not safetensors, or malformed names.
+    """
+    header = read_file_header(path, max_bytes=ROUTING_MAX_HEADER_BYTES)
+    return decode_class_names((header.metadata or {}).get(META_CLASS_NAMES))
 
 
 def _read_metadata(data: bytes | memoryview) -> tuple[TaskSpec, list[ExpertSource]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 
 from data_specs.constants import API_PREFIX, HEADER_SHA256
+from data_specs.polling import poll_until
 from data_specs.researcher.experiments import ExperimentCreate, ExperimentPublic
 from data_specs.researcher.principals import ResearcherCreated, SitePublic, SiteRegistered
 from data_specs.researcher.rounds import RoundPublic
@@ -149,18 +149,22 @@ class ResearcherClient:
             poll_s: seconds between polls. Default 0.5.
             on_poll: called with the experiment after every poll (live progress). Default None.
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def look() -> ExperimentPublic:
             exp = self.experiment(experiment_id)
             if on_poll is not None:
                 on_poll(exp)
-            if exp.status in TERMINAL_STATUSES:
-                return exp
-            if time.monotonic() > deadline:
-                raise ResearcherApiError(
-                    f"experiment {experiment_id} still {exp.status} after {timeout_s:.0f} s"
-                )
-            time.sleep(poll_s)
+            return exp
+
+        return poll_until(
+            look,
+            lambda exp: exp.status in TERMINAL_STATUSES,
+            interval_s=poll_s,
+            timeout_s=timeout_s,
+            give_up=lambda exp: ResearcherApiError(
+                f"experiment {experiment_id} still {exp.status} after {timeout_s:.0f} s"
+            ),
+        )
 
     def _call(
         self, method: str, path: str, *, token: str | None = None, **kw: Any

@@ -10,7 +10,6 @@ Real deployments do these steps by hand (docs/researcher.md); this only saves th
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +18,9 @@ import httpx
 import typer
 
 from data_specs.files import atomic_write_text
+from data_specs.polling import poll_until
 from data_specs.researcher.experiments import ExperimentCreate
+from data_specs.researcher.principals import SitePublic
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TrainConfig
 from deploy.console.researcher_client import ResearcherApiError, ResearcherClient
@@ -56,16 +57,21 @@ def _http(url: str, ca: Path | None) -> httpx.Client:
 
 def wait_healthy(http: httpx.Client, timeout_s: float = 120) -> None:
     """Poll ``/healthz`` until it answers 200."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def healthy() -> bool:
         with contextlib.suppress(httpx.TransportError):
-            if http.get("/healthz").status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            raise BootstrapError(
-                f"aggregator at {http.base_url} not healthy after {timeout_s:.0f} s"
-            )
-        time.sleep(1)
+            return http.get("/healthz").status_code == 200
+        return False
+
+    poll_until(
+        healthy,
+        bool,
+        interval_s=1,
+        timeout_s=timeout_s,
+        give_up=lambda _healthy: BootstrapError(
+            f"aggregator at {http.base_url} not healthy after {timeout_s:.0f} s"
+        ),
+    )
 
 
 def ensure_researcher(client: ResearcherClient, admin_token: str, out: Path, name: str) -> None:
@@ -99,15 +105,21 @@ def wait_enrolled(
     client: ResearcherClient, names: list[str], timeout_s: float, poll_s: float = 2.0
 ) -> list[str]:
     """Site ids of ``names`` once all of them are enrolled."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def look() -> tuple[dict[str, SitePublic], list[str]]:
         sites = {s.name: s for s in client.sites()}
-        waiting = [n for n in names if n not in sites or sites[n].status != "enrolled"]
-        if not waiting:
-            return sorted(sites[n].id for n in names)
-        if time.monotonic() > deadline:
-            raise BootstrapError(f"sites not enrolled after {timeout_s:.0f} s: {waiting}")
-        time.sleep(poll_s)
+        return sites, [n for n in names if n not in sites or sites[n].status != "enrolled"]
+
+    sites, _ = poll_until(
+        look,
+        lambda seen: not seen[1],
+        interval_s=poll_s,
+        timeout_s=timeout_s,
+        give_up=lambda seen: BootstrapError(
+            f"sites not enrolled after {timeout_s:.0f} s: {seen[1]}"
+        ),
+    )
+    return sorted(sites[n].id for n in names)
 
 
 def start_experiment(client: ResearcherClient, site_ids: list[str], rounds: int) -> str:

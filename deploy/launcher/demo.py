@@ -21,6 +21,7 @@ from rich.table import Table
 
 from data_specs.constants import NormKind, OptimizerName, PersonalizationMethod
 from data_specs.files import atomic_write_bytes
+from data_specs.polling import poll_until
 from data_specs.researcher.experiments import ExperimentCreate
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import PersonalizationConfig, TrainConfig
@@ -185,14 +186,19 @@ def _start_sites(
 
 
 def _wait_enrolled(researcher: ResearcherClient, ids: list[str], group: ProcessGroup) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    def missing() -> set[str]:
         group.check_alive()
-        enrolled = {s.id for s in researcher.sites() if s.status == "enrolled"}
-        if set(ids) <= enrolled:
-            return
-        time.sleep(0.3)
-    raise LaunchError("site agents did not enroll within 120 s (see the logs folder)")
+        return set(ids) - {s.id for s in researcher.sites() if s.status == "enrolled"}
+
+    poll_until(
+        missing,
+        lambda left: not left,
+        interval_s=0.3,
+        timeout_s=120,
+        give_up=lambda _left: LaunchError(
+            "site agents did not enroll within 120 s (see the logs folder)"
+        ),
+    )
 
 
 def _settings(manifest: Path, work: Path) -> Any:

@@ -23,7 +23,7 @@ import httpx
 from pydantic import SecretStr
 from rich.console import Console
 
-from data_specs.constants import OptimizerName, PersonalizationMethod
+from data_specs.constants import LogLevel, OptimizerName, PersonalizationMethod
 from data_specs.files import atomic_write_bytes, atomic_write_text
 from data_specs.privacy import PrivacyConfig
 from data_specs.researcher.experiments import ExperimentCreate, StrategyConfig
@@ -143,7 +143,7 @@ def run_simulation(cfg: SimulationConfig, console: Console | None = None) -> Sim
         data_dir=out / "aggregator",
         admin_token=SecretStr(admin),
         orchestrator_interval_s=0.1,
-        log_level="WARNING",
+        log_level=LogLevel.WARNING,
         max_long_poll_s=5.0,
     )
     if cfg.backend == "ray":

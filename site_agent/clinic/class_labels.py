@@ -12,8 +12,9 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from data_specs.class_names import foreground_names, read_class_names
+from data_specs.class_names import foreground_names
 from data_specs.errors import DataSpecError
+from data_specs.weights.routing_bundle import read_class_names
 from site_agent.federation.workdir import WorkDir
 
 log = logging.getLogger(__name__)

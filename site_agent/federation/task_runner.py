@@ -8,7 +8,6 @@ however often the agent restarts, so the aggregator never sees two different upd
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +30,6 @@ from site_agent.errors import (
 from site_agent.federation.client import AggregatorClient
 from site_agent.federation.privacy import FailureReason
 from site_agent.federation.update_files import RoundFiles
-from site_agent.federation.uploads.dp_statistics import save_statistics, with_statistics
 from site_agent.federation.workdir import TaskPhase, TaskState, WorkDir
 from site_agent.settings import SiteSettings
 from site_agent.training.trainer import SiteTrainer
@@ -108,19 +106,19 @@ class TaskRunner:
             self._end_task()
         except RoundClosedError as exc:
             log.info("task %s dropped: %s", task.task_id, exc)
-            outcome = self._drop(task, None)
+            outcome = self._drop(files, None)
         except TaskRefusedError as exc:
             log.warning("task %s dropped: %s", task.task_id, exc)
-            outcome = self._drop(task, None)
+            outcome = self._drop(files, None)
         except IntegrityError as exc:
             log.error("task %s: %s", task.task_id, exc)
-            outcome = self._drop(task, FailureReason.MODEL_INTEGRITY)
+            outcome = self._drop(files, FailureReason.MODEL_INTEGRITY)
         except ModelMismatchError as exc:
             log.error("task %s: %s", task.task_id, exc)
-            outcome = self._drop(task, FailureReason.SPEC_MISMATCH)
+            outcome = self._drop(files, FailureReason.SPEC_MISMATCH)
         except TrainingError as exc:
             log.error("task %s: %s", task.task_id, exc)
-            outcome = self._drop(task, FailureReason.TRAINING_FAILED)
+            outcome = self._drop(files, FailureReason.TRAINING_FAILED)
         except WorkDirError:
             if state.phase in (TaskPhase.ASSIGNED, TaskPhase.DOWNLOADED):  # nothing sent yet
                 self._report(task, FailureReason.STORAGE)
@@ -174,9 +172,7 @@ class TaskRunner:
         validates = getattr(trainer, "val_data", None) is not None
         try:
             global_state = files.read_global()
-            start = global_state
-            if task.clip_norm is not None:  # DP: the site's own running statistics
-                start = with_statistics(self.workdir, task.experiment_id, global_state)
+            start = files.training_start(global_state)
             personal = files.previous_personal()
             timeline.train_at = time.time()
             started = time.monotonic()
@@ -198,8 +194,7 @@ class TaskRunner:
         timeline.validate_s = total - train_s if validates else None
         started = time.monotonic()
         sha = files.write_update(result, global_state)
-        if task.clip_norm is not None:
-            save_statistics(self.workdir, task.experiment_id, task.spec, result.state)
+        files.keep_statistics(result.state)
         files.save_personal(result.personal_state)
         timeline.encode_s = time.monotonic() - started
         scored = result.metrics.val_dice is not None or result.metrics.num_val_cases is not None
@@ -238,7 +233,7 @@ class TaskRunner:
                 num_samples=state.num_samples,
                 metrics=metrics,
             )
-        self.workdir.write_json(files.receipt_path, receipt.model_dump(mode="json"))
+        files.save_receipt(receipt)
         return self._advance(state, TaskPhase.UPLOADED)
 
     def _upload_masked(
@@ -289,10 +284,10 @@ class TaskRunner:
         self.workdir.save_state(state)
         return state
 
-    def _drop(self, task: TaskAssignment, reason: FailureReason | None) -> TaskOutcome:
+    def _drop(self, files: RoundFiles, reason: FailureReason | None) -> TaskOutcome:
         if reason is not None:
-            self._report(task, reason)
-        shutil.rmtree(self.workdir.task_dir(task.task_id), ignore_errors=True)
+            self._report(files.task, reason)
+        files.discard()
         self.workdir.clear_state()
         return TaskOutcome.DROPPED
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from personalization.inside import PersonalModelStore
 from site_agent.clinic.models import save_global
 from site_agent.errors import ModelMismatchError, TrainingError, WorkDirError
 from site_agent.federation.client import AggregatorClient
+from site_agent.federation.uploads.dp_statistics import save_statistics, with_statistics
 from site_agent.federation.workdir import WorkDir
 from site_agent.training.trainer import TrainResult
 
@@ -168,6 +170,10 @@ class RoundFiles:
             )
         return body
 
+    def save_receipt(self, receipt: UpdateReceipt) -> None:
+        """Keep the aggregator's receipt of the upload (read by ``read_receipt`` after a restart)."""
+        self.workdir.write_json(self.receipt_path, receipt.model_dump(mode="json"))
+
     def read_receipt(self) -> UpdateReceipt | None:
         """The aggregator's receipt saved after the upload, if any."""
         try:
@@ -184,6 +190,19 @@ class RoundFiles:
                 os.replace(self.codec_state_path, target)
             except OSError as exc:
                 raise WorkDirError(f"cannot keep the codec state: {exc.strerror}") from exc
+
+    # -- DP running statistics (site_agent.federation.uploads.dp_statistics) -----------------
+    def training_start(self, global_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What training starts from: the global model, under DP with the site's own statistics."""
+        if self.task.clip_norm is None:
+            return global_state
+        return with_statistics(self.workdir, self.task.experiment_id, global_state)
+
+    def keep_statistics(self, trained: dict[str, torch.Tensor]) -> None:
+        """Under DP, keep the running statistics this round's training estimated."""
+        if self.task.clip_norm is None:
+            return
+        save_statistics(self.workdir, self.task.experiment_id, self.task.spec, trained)
 
     # -- personal model ---------------------------------------------------------------------
     def previous_personal(self) -> dict[str, torch.Tensor] | None:
@@ -221,6 +240,10 @@ class RoundFiles:
         except (DataSpecError, SpecMismatchError) as exc:
             log.warning("personal model not shared: %s", exc)
             return None
+
+    def discard(self) -> None:
+        """Remove the task's folder, receipt included (the task was dropped)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def clean_up(self) -> None:
         """Remove the task's large files; the receipt stays as a record."""

@@ -1,5 +1,12 @@
 """Fixtures: an aggregator app on a real SQLite file in tmp_path, driven in memory by TestClient.
 
+Each test gets fresh services (database, blob store, orchestrator, task board, limiters: all the
+state there is) on its own data dir. Two things are made once per test process instead, because
+they cost most of a test's set-up and hold no state: the migrated database, which each test gets
+a byte copy of (the app's start-up still runs the migrations, finding the head already there),
+and the FastAPI app's route table, which ``client`` reuses with the test's services in
+``app.state.services`` (routes and the lifespan read nothing else).
+
 ``FEDSEG_TEST_DATABASE=postgresql`` (``make test-postgres``) runs the same tests on a fresh
 database of a real PostgreSQL server started for the session (see tests/aggregator/postgres.py).
 """
@@ -7,6 +14,7 @@ database of a real PostgreSQL server started for the session (see tests/aggregat
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -15,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from aggregator.api.app import create_app
+from aggregator.api.app import build_services, create_app
 from aggregator.api.deps import Services
-from aggregator.settings import AggregatorSettings
+from aggregator.settings import AggregatorSettings, default_database_url
+from aggregator.storage.db import Database
 from aggregator.storage.db.models import utcnow
 from tests.aggregator.helpers import ADMIN_TOKEN, Federation
 from tests.aggregator.postgres import PostgresServer, PostgresUnavailable
@@ -64,9 +74,21 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
     return server.database_url()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database file at the migrations' head, made once per test process."""
+    path = tmp_path_factory.mktemp("migrated") / "template.db"
+    database = Database(f"sqlite:///{path}", synchronous="NORMAL")
+    database.upgrade()
+    with database.engine.connect() as conn:  # everything into the main file: a copy is whole
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    database.dispose()
+    return path
+
+
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str | None) -> AggregatorSettings:
-    return AggregatorSettings(
+def settings(tmp_path: Path, database_url: str | None, migrated_sqlite: Path) -> AggregatorSettings:
+    settings = AggregatorSettings(
         data_dir=tmp_path / "agg",
         database_url=database_url,
         admin_token=ADMIN_TOKEN,
@@ -74,11 +96,30 @@ def settings(tmp_path: Path, database_url: str | None) -> AggregatorSettings:
         max_upload_bytes=512 * 1024,
         sqlite_synchronous="NORMAL",
     )
+    if database_url is None:
+        settings.data_dir.mkdir(parents=True)
+        target = default_database_url(settings.data_dir).removeprefix("sqlite:///")
+        shutil.copyfile(migrated_sqlite, target)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def _apps() -> dict[tuple[int, float], FastAPI]:
+    return {}
 
 
 @pytest.fixture
-def client(settings: AggregatorSettings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+def client(
+    settings: AggregatorSettings, _apps: dict[tuple[int, float], FastAPI]
+) -> Iterator[TestClient]:
+    """``create_app(settings)``, its route table shared with the tests of equal middleware options."""
+    key = (settings.max_json_bytes, settings.body_timeout_s)  # what create_app wires outside
+    if key not in _apps:
+        _apps[key] = app = create_app(settings)
+    else:
+        app = _apps[key]
+        app.state.services = build_services(settings)
+    with TestClient(app) as test_client:
         yield test_client
 
 

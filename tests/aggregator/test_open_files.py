@@ -61,6 +61,7 @@ def _run(mode: str) -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.slow  # two fresh interpreters (2.4 s on an idle machine)
 @pytest.mark.skipif(
     resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4 * UPDATES,
     reason="the hard open-file limit here is too low to raise the soft one above the test's needs",

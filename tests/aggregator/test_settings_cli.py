@@ -138,3 +138,8 @@ def test_structured_logs_keep_only_their_fields_and_the_traceback() -> None:
     assert line["exc"].endswith("ValueError: boom") and line["ts"].endswith("+00:00")
     kv = StructuredFormatter("kv").format(record)
     assert 'reason="too few updates"' in kv and "color_message" not in kv
+
+
+def test_the_default_database_file_keeps_its_name(tmp_path: Path) -> None:
+    """Data dirs of earlier releases hold ``aggregator.db``: another name would open an empty one."""
+    assert default_database_url(tmp_path) == f"sqlite:///{(tmp_path / 'aggregator.db').resolve()}"

@@ -227,3 +227,40 @@ def test_ablation_compares_each_variant_with_the_recipe_at_its_own_epochs() -> N
     assert "| 4 | 0 | 0.400 | +10.0 |" in text
     assert "- 12 epochs: up to 3.0 points (no_norm)" in text
     assert "- 4 epochs: up to 10.0 points (recipe)" in text
+
+
+def test_dp_methods_build_the_privacy_their_parameters_name() -> None:
+    from benchmarks.suite.acdc_runs import INSIDE_METHODS, privacy_of
+    from data_specs.privacy.accountant import epsilon
+
+    rest, privacy = privacy_of(INSIDE_METHODS["fedavg_dp8"][1], 40)
+    assert rest == {}
+    dp = privacy.dp
+    assert dp.epsilon_budget == 8.0 and dp.adaptive is not None
+    assert dp.adaptive.target_quantile == 0.5 and dp.clip_norm == 1.0
+    # the smallest noise that keeps all 40 rounds within ε = 8 (q = 1)
+    assert epsilon(dp.noise_multiplier, 1.0, 40, 1e-5) <= 8.0
+    assert epsilon(dp.noise_multiplier * 0.98, 1.0, 40, 1e-5) > 8.0
+    _, clip_only = privacy_of(INSIDE_METHODS["fedavg_clip"][1], 40)
+    assert clip_only.dp.noise_multiplier == 1e-3 and clip_only.dp.epsilon_budget is None
+    assert privacy_of(INSIDE_METHODS["ditto"][1], 40) == ({"ditto_lambda": 0.1}, None)
+
+
+def test_dp_rows_report_what_the_rounds_api_spent() -> None:
+    from benchmarks.suite.report import privacy_lines
+
+    run = {
+        "seed": 0,
+        "config": {"rounds": 40},
+        "privacy": {
+            "epsilon_total": 7.9995,
+            "delta": 1e-5,
+            "noise_multiplier": 4.0332,
+            "clip_norm": 2.5,
+        },
+    }
+    lines = privacy_lines({"fedavg_dp8": [run], "fedavg_iopfl": [{"seed": 0}]})
+    assert lines[0] == "## Client-level differential privacy"
+    assert len([x for x in lines if x.startswith("- ")]) == 1
+    assert "ε = 8.00 (δ = 1e-05) after 40 rounds" in lines[2] and "C = 2.500" in lines[2]
+    assert privacy_lines({"fedavg_iopfl": [{"seed": 0}]}) == []

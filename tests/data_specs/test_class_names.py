@@ -12,12 +12,11 @@ from data_specs.class_names import (
     check_class_names,
     decode_class_names,
     foreground_names,
-    read_class_names,
 )
 from data_specs.errors import BundleError, RoutingBundleError
 from data_specs.task_spec import TaskSpec
 from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle, read_header
-from data_specs.weights.routing_bundle import encode_routing_bundle
+from data_specs.weights.routing_bundle import encode_routing_bundle, read_class_names
 from data_specs.weights.unet_layout import unet_layout
 
 SPEC = TaskSpec(out_channels=3, channels=(4, 8), strides=(2,), patch_size=(16, 16))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from data_specs.constants import DeviceName, LogLevel
 from data_specs.parameters.codecs import PARAMS as CODEC_PARAMS
 from data_specs.parameters.codecs import CodecConfig
 from data_specs.strategy_params import PARAMS as STRATEGY_PARAMS
@@ -22,6 +23,11 @@ from deploy.cli import app
             ["softmax", "sigmoid"],
         ),
         (["site", "evaluate", "--split", "train"], ["test", "validation", "training"]),
+        (["site", "run", "--device", "tpu"], ["cpu", "cuda", "auto"]),
+        (
+            ["site", "run", "--log-level", "chatty"],
+            ["debug", "info", "warning", "error"],
+        ),  # case-insensitive
     ],
 )
 def test_a_value_outside_the_choices_is_a_usage_error(argv: list[str], choices: list[str]) -> None:
@@ -29,6 +35,22 @@ def test_a_value_outside_the_choices_is_a_usage_error(argv: list[str], choices: 
     assert result.exit_code == 2, result.output
     for choice in choices:
         assert choice in result.output, (choice, result.output)
+
+
+def test_device_and_log_level_have_one_definition() -> None:
+    """The settings and the CLI take the same enums; a setting outside them is refused alike."""
+    from aggregator.settings import AggregatorSettings
+    from site_agent.errors import SiteSettingsError
+    from site_agent.settings import SiteSettings
+
+    assert SiteSettings.model_fields["device"].annotation is DeviceName
+    assert AggregatorSettings.model_fields["log_level"].annotation is LogLevel
+    settings = SiteSettings.load(None, device="cpu")
+    assert settings.device is DeviceName.CPU
+    assert settings.resolve_device() == "cpu"
+    assert type(settings.resolve_device()) is str
+    with pytest.raises(SiteSettingsError, match="device"):
+        SiteSettings.load(None, device="tpu")
 
 
 def test_the_strategy_enum_names_exactly_the_union_tags() -> None:

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from deploy.cli import app
+from deploy.console import console_cli
 from tests.aggregator.helpers import ADMIN_TOKEN, TINY_SPEC
 from tests.ui.live_federation import LiveFederation, live_federation
 
@@ -30,6 +32,8 @@ def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("COLUMNS", "160")  # rich tables: a wide terminal, no ellipses
+    # The module's console read COLUMNS when it was imported (pytest-xdist workers set 80).
+    monkeypatch.setattr(console_cli, "_out", Console(soft_wrap=True))
     return CliRunner()
 
 

@@ -135,6 +135,8 @@ def test_show_prints_epsilon_columns_for_dp(
 
     monkeypatch.setattr(console_cli, "_session", session)
     monkeypatch.setenv("COLUMNS", "200")
+    # The module's console read COLUMNS when it was imported (pytest-xdist workers set 80).
+    monkeypatch.setattr(console_cli, "_out", Console(soft_wrap=True))
     out = CliRunner().invoke(app, ["experiments", "show", "e1"])
     assert out.exit_code == 0, out.output
     if dp is None:

@@ -132,7 +132,70 @@ def test_image_requirements_keep_the_project_pins() -> None:
     lines = requirements(PYPROJECT, "aggregator")
     deps = PYPROJECT["project"]["dependencies"]
     assert set(lines) <= set(deps) and not any(line.startswith("torch") for line in lines)
-    assert requirements(PYPROJECT, "site") == deps
+    site = requirements(PYPROJECT, "site")
+    assert set(site) <= set(deps) and "torch==2.13.0" in site
+
+
+# What the site image runs: the site agent, its libraries and the entry points it starts.
+SITE_CODE = ("site_agent", "personalization", "data_specs", "deploy/entrypoints", "deploy/cli.py")
+FIRST_PARTY = {"site_agent", "personalization", "data_specs", "aggregator", "deploy"}
+# Imports in that code which the site image leaves out on purpose, and the only file making each.
+NOT_IN_SITE_IMAGE = {
+    # the aggregator's privacy budget (aggregator/privacy); the site never accounts
+    "dp_accounting": "data_specs/privacy/accountant.py",
+    # sample-level DP-SGD: the optional [dpsgd] extra, never in the image
+    "opacus": "site_agent/training/variants/dp_sgd.py",
+}
+
+
+def _third_party_imports(paths: tuple[str, ...]) -> dict[str, set[str]]:
+    """Top-level third-party modules imported anywhere in ``paths`` (lazy imports too)."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    files = [
+        f for p in paths for f in ([ROOT / p] if p.endswith(".py") else (ROOT / p).rglob("*.py"))
+    ]
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
+                    found.setdefault(top, set()).add(str(f.relative_to(ROOT)))
+    return found
+
+
+def test_the_site_image_has_everything_the_site_imports() -> None:
+    import importlib.metadata as md
+
+    imports = _third_party_imports(SITE_CODE)
+    for module, only_file in NOT_IN_SITE_IMAGE.items():
+        assert imports.pop(module, {only_file}) == {only_file}, (
+            f"{module} spread beyond {only_file}"
+        )
+    have = _closure(requirements(PYPROJECT, "site"))
+    dists = md.packages_distributions()
+    missing = {
+        module: sorted(files)
+        for module, files in imports.items()
+        if not {_norm(d) for d in dists.get(module, [module])} & have
+    }
+    assert missing == {}, (
+        f"the site code imports {missing}, which the site image lacks: add them to "
+        "[tool.fedseg.images] site in pyproject.toml"
+    )
+
+
+def test_the_site_image_leaves_out_the_server_stack() -> None:
+    have = _closure(requirements(PYPROJECT, "site"))
+    assert {"sqlalchemy", "alembic", "psycopg", "uvicorn", "fastapi", "matplotlib"} & have == set()
+    assert {"simpleitk", "dp-accounting"} & have == set()
 
 
 def test_image_requirements_refuse_names_outside_the_project() -> None:

@@ -17,7 +17,7 @@ from data_specs.task_spec import build_unet
 from data_specs.wire import PersonalizationConfig, SiteMetrics, TrainConfig
 from site_agent.errors import TrainingError
 from site_agent.training.trainer import SiteTrainer, cpu_state
-from site_agent.training.variants.dp_sgd import epsilon_spent
+from site_agent.training.variants.dp_sgd import check_budget, epsilon_spent
 from tests.site_agent.conftest import TINY, SquaresDataset
 
 pytest.importorskip("opacus", reason="opacus (the [dpsgd] extra, pulled by [test]) is missing")
@@ -90,6 +90,30 @@ def test_reported_epsilon_is_the_accountants_for_the_config() -> None:
     # Google's dp-accounting (another maintained RDP accountant) agrees within its orders' grid.
     assert spent.epsilon_round == pytest.approx(dp_accounting_epsilon(1.1, q, 2, 1e-5), rel=0.05)
     assert spent.epsilon_total == pytest.approx(dp_accounting_epsilon(1.1, q, 6, 1e-5), rel=0.05)
+    # the total after one more such round: what the aggregator holds against the budget
+    assert spent.epsilon_next == pytest.approx(epsilon_spent(1.1, q, 8, 1e-5), rel=1e-9)
+
+
+def test_a_round_over_the_budget_is_not_trained() -> None:
+    q, rounds = 2 / 8, 3
+    total = epsilon_spent(1.1, q, 2 * rounds, 1e-5)  # 2 steps a round, counted 3 times
+    over = DPSGDConfig(noise_multiplier=1.1, epsilon_budget=total * 0.99)
+    fits = DPSGDConfig(noise_multiplier=1.1, epsilon_budget=total * 1.01)
+    check_budget(fits, batches=4, epochs=1, max_steps=2, round_=rounds)
+    check_budget(over, batches=4, epochs=1, max_steps=2, round_=rounds - 1)
+    check_budget(DPSGDConfig(noise_multiplier=1.1), batches=4, epochs=1, max_steps=2, round_=99)
+    with pytest.raises(TrainingError, match=r"round 3 \(2 steps\).*over the budget"):
+        check_budget(over, batches=4, epochs=1, max_steps=2, round_=rounds)
+    with pytest.raises(TrainingError, match="over the budget"):  # no max_steps: 4 steps
+        check_budget(fits, batches=4, epochs=1, max_steps=None, round_=rounds)
+    config = TrainConfig(
+        batch_size=2, max_steps=2, seed=2, personalization=NONE, optimizer="sgd", dp_sgd=over
+    )
+    trainer = SiteTrainer(INSTANCE, SquaresDataset(8, seed=1), progress=False)
+    start = _start()
+    with pytest.raises(TrainingError, match="over the budget"):
+        trainer.train_round(start, config, round_=rounds)
+    assert _norm(cpu_state(trainer.model), start) == 0.0  # nothing trained
 
 
 @pytest.mark.slow

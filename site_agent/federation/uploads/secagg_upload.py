@@ -4,14 +4,16 @@ Run in the upload phase instead of the plain bundle upload. The update written i
 phase (clipped already under DP) becomes ``W − θ``, flattened over the float keys the
 aggregator averages; under distributed DP each site adds its share of the Gaussian noise;
 then the four protocol steps run against the aggregator, polling each step's outcome until it
-closes or the task's deadline passes. The protocol's secrets live in memory only: an agent
+closes or the task's deadline passes. Polls start 20 ms apart and back off by 1.5× to
+``poll_s``: a step that closes soon after a site asked (the other sites were a moment behind)
+is noticed within a fraction of the time waited so far, not a fixed half second later; each of
+the three waits sits on the round's critical path. The protocol's secrets live in memory only: an agent
 that restarts in the middle cannot resume the round and drops the task.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -20,6 +22,7 @@ import numpy as np
 
 from data_specs.constants import HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256, BundleKind
 from data_specs.errors import PrivacyError
+from data_specs.polling import poll_until
 from data_specs.privacy.ring import encode_weighted
 from data_specs.privacy.secagg_site import SecAggSite
 from data_specs.privacy.secagg_wire import (
@@ -43,6 +46,7 @@ from site_agent.federation.workdir import safe_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_BACKOFF = 1.5  # growth of the pause between polls of a step still open
 
 
 def masked_input(
@@ -83,7 +87,9 @@ class SecAggUpload:
     Args:
         client: the aggregator client (its privacy guard checks every step).
         task: the task, with ``secagg`` set.
-        poll_s: seconds between polls of a step still open. Default 0.5.
+        poll_s: the longest pause between polls of a step still open. Default 0.5.
+        first_poll_s: the first pause; each further one is 1.5× longer, up to ``poll_s``.
+            Default 0.02.
         clock: current time (tests). Default ``datetime.now(UTC)``.
     """
 
@@ -93,6 +99,7 @@ class SecAggUpload:
         task: TaskAssignment,
         *,
         poll_s: float = 0.5,
+        first_poll_s: float = 0.02,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         assert task.secagg is not None
@@ -100,6 +107,7 @@ class SecAggUpload:
         self.task = task
         self.site = SecAggSite(task.secagg.index, task.secagg.params())
         self.poll_s = poll_s
+        self.first_poll_s = first_poll_s
         self.clock = clock
         self._base = f"/tasks/{safe_id(task.task_id)}/secagg"
 
@@ -146,11 +154,17 @@ class SecAggUpload:
         self.client._call("POST", f"{self._base}{path}", what, json=body)
 
     def _wait(self, path: str, model: type[T], what: str) -> T:
-        while True:
-            resp = self.client._call("GET", f"{self._base}{path}", what)
-            if resp.status_code != 204:
-                return _parse(model, resp, what)
-            deadline = self.task.deadline
-            if deadline is not None and self.clock() >= deadline:
-                raise RoundClosedError(f"the round's deadline passed while waiting for the {what}")
-            time.sleep(self.poll_s)
+        """Poll a step until it answers (204: still open), up to the task's deadline."""
+        deadline = self.task.deadline
+        resp = poll_until(
+            lambda: self.client._call("GET", f"{self._base}{path}", what),
+            lambda answer: answer.status_code != 204,
+            interval_s=self.poll_s,
+            first_interval_s=self.first_poll_s,
+            backoff=_BACKOFF,
+            expired=None if deadline is None else (lambda: self.clock() >= deadline),
+            give_up=lambda _answer: RoundClosedError(
+                f"the round's deadline passed while waiting for the {what}"
+            ),
+        )
+        return _parse(model, resp, what)

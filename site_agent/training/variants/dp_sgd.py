@@ -103,6 +103,30 @@ def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta
     return float(accountant.get_epsilon(delta))
 
 
+def check_budget(
+    dp: DPSGDConfig, batches: int, epochs: int, max_steps: int | None, round_: int
+) -> None:
+    """Refuse a round whose steps would take the site's total ε over ``dp.epsilon_budget``.
+
+    The steps planned (``epochs`` passes of ``batches`` Poisson batches, at most ``max_steps``)
+    bound the steps taken, and the total counts them in every round up to ``round_``, as the
+    reported ``epsilon_total`` does.
+
+    Raises:
+        TrainingError: the round would exceed the budget.
+    """
+    if dp.epsilon_budget is None:
+        return
+    planned = batches * epochs if max_steps is None else min(batches * epochs, max_steps)
+    after = epsilon_spent(dp.noise_multiplier, 1.0 / batches, planned * round_, dp.delta)
+    if after > dp.epsilon_budget:
+        raise TrainingError(
+            f"train.dp_sgd: round {round_} ({planned} steps) would bring this site's total "
+            f"epsilon to {after:.3f}, over the budget of {dp.epsilon_budget:g}; the site does "
+            "not train it"
+        )
+
+
 def poisson_loader(loader: DataLoader, generator: torch.Generator) -> DataLoader:
     """``loader``'s dataset in Poisson batches: each case joins each batch with ``q``.
 
@@ -184,6 +208,7 @@ def fit_private(
     check_model(model)
     if len(loader) == 0:
         raise TrainingError("the training split yielded no batch: nothing to train on")
+    check_budget(dp, len(loader), epochs, max_steps, round_)
     dp_loader = poisson_loader(loader, torch.Generator().manual_seed(_entropy()))
     engine = PrivacyEngine(accountant="rdp")
     private, dp_optimizer, _ = engine.make_private(
@@ -252,6 +277,9 @@ def fit_private(
         max_grad_norm=dp.max_grad_norm,
         sample_rate=sample_rate,
         steps=steps,
+        epsilon_next=epsilon_spent(
+            dp.noise_multiplier, sample_rate, steps * (round_ + 1), dp.delta
+        ),
     )
     log.info("DP-SGD round %d: %d steps, ε round %.3f", round_, steps, spent.epsilon_round)
     stats = FitStats(steps, samples, loss_sum / max(filled, 1), aborted)
