@@ -1,6 +1,6 @@
 """``fedseg simulate``: the Ray backend against the in-process backend, same experiment and seed.
 
-``python -m benchmarks.ray_bench [--sites 3] [--rounds 3] [--max-steps 20] [--size 64]`` writes
+``python -m benchmarks.ray_bench [--sites 3] [--rounds 3] [--local-epochs 1] [--max-steps 20] [--size 64]`` writes
 ``benchmarks/results/ray.md``.
 
 Both backends run one FedAvg experiment on synthetic 2D data (``data_specs.sources.synth``). Measured
@@ -98,6 +98,7 @@ def run(backend: str, args: argparse.Namespace, manifests: list[Path]) -> dict[s
         num_sites=args.sites,
         rounds=args.rounds,
         max_steps=args.max_steps,
+        local_epochs=args.local_epochs,
         batch_size=4,
         seed=7,
         evaluate=False,
@@ -143,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    # A cap: each site has `--cases` cases, so an epoch is cases / 4 steps (2 by default).
     parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--cpus-per-site", type=float, default=0.5)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fedseg_ray_bench"))
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shutil.rmtree(args.work_dir, ignore_errors=True)
     manifests = synthesize(
-        args.work_dir / "data", sites=args.sites, cases=8, dims=2, size=args.size, seed=1
+        args.work_dir / "data", sites=args.sites, cases=args.cases, dims=2, size=args.size, seed=1
     )
     # A warm driver for both backends: torch and MONAI imported before either is timed (the
     # in-process backend would otherwise pay this process's imports inside its timed run, while
@@ -178,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- Load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f}"
         " (wall times are only comparable on an idle machine)",
         f"- Command: `{command}`",
-        f"- Experiment: FedAvg, {args.sites} iid sites, {args.rounds} rounds, {args.max_steps} "
-        f"steps, {args.size}x{args.size} synthetic 2D, Ray {args.cpus_per_site} CPU per site",
+        f"- Experiment: FedAvg, {args.sites} iid sites of {args.cases} cases, {args.rounds} rounds, "
+        f"{args.local_epochs} local epochs (batch 4) capped at {args.max_steps} steps, "
+        f"{args.size}x{args.size} synthetic 2D, Ray {args.cpus_per_site} CPU per site",
         f"- Global models of every round the same bits on both backends: **{same}**",
         "",
         "Columns: wall = the whole `run_simulation` call (Ray's start-up included); Ray up = "
