@@ -85,6 +85,15 @@ class UploadSlots:
         self.active = 0
         self._lock = threading.Lock()
 
+    def check(self) -> None:
+        """Refuse early, before any other work, when every slot is taken (``hold`` decides).
+
+        Raises:
+            TooManyRequestsError: every slot is taken.
+        """
+        if self.active >= self.limit:
+            raise self._full()
+
     @contextmanager
     def hold(self) -> Iterator[None]:
         """Hold one slot while the body streams in.
@@ -94,13 +103,15 @@ class UploadSlots:
         """
         with self._lock:
             if self.active >= self.limit:
-                raise TooManyRequestsError(
-                    f"{self.limit} uploads are already in progress; retry shortly",
-                    retry_after_s=5.0,
-                )
+                raise self._full()
             self.active += 1
         try:
             yield
         finally:
             with self._lock:
                 self.active -= 1
+
+    def _full(self) -> TooManyRequestsError:
+        return TooManyRequestsError(
+            f"{self.limit} uploads are already in progress; retry shortly", retry_after_s=5.0
+        )

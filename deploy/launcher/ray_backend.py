@@ -88,8 +88,12 @@ def start_ray(options: RayOptions) -> Any:
             kwargs = {"address": options.address, "log_to_driver": False}
         try:
             ray.init(**kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise LaunchError(f"cannot reach Ray at {options.address or 'local'}: {exc}") from exc
+        except Exception as exc:  # Ray raises a bare Exception when its node does not start
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = lines[0] if lines else type(exc).__name__
+            raise LaunchError(
+                f"cannot reach Ray at {options.address or 'local'}: {detail}"
+            ) from exc
     return ray
 
 

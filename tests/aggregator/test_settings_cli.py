@@ -80,6 +80,14 @@ def test_create_researcher_prints_a_working_token(tmp_path: Path) -> None:
     assert again.exit_code == 1
 
 
+def test_the_database_file_keeps_its_released_name(tmp_path: Path) -> None:
+    # Data dirs of earlier releases hold ``aggregator.db``: another default name would make an
+    # upgraded aggregator start on an empty database next to the real one.
+    assert default_database_url(tmp_path) == f"sqlite:///{(tmp_path / 'aggregator.db').resolve()}"
+    settings = AggregatorSettings(data_dir=tmp_path, dev=True)
+    assert settings.resolved_database_url == default_database_url(tmp_path)
+
+
 @pytest.mark.slow  # a subprocess, a real server or real training
 def test_python_m_aggregator_serve_refuses_without_token(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}

@@ -6,6 +6,7 @@ Every route acts for the calling site only: another site's task is simply not fo
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -80,23 +81,27 @@ async def next_task(
 
 
 @router.get("/{task_id}/model", response_class=FileResponse)
-def task_model(
-    task_id: str, session: SessionDep, services: ServicesDep, site: CurrentSite
-) -> Response:
+async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> Response:
     """The global model this task trains from (float16 when the experiment asks).
 
     Every site of a round fetches the same blob: it is sent from memory (``BlobCache``), a
     very large one streamed from disk.
     """
-    task = task_crud.get_site_task(session, task_id=task_id, site_id=site.id)
-    body = services.model_cache.get(task.model_sha256, task.model_size)
-    path = None if body is not None else services.blobs.require(task.model_sha256)
-    relax_next_commit(session)  # a byte counter: not worth an fsync on the round's path
-    task_crud.add_bytes_down(session, task_id=task.id, size=task.model_size)
-    session.commit()
-    services.metrics.bytes_out.labels(kind="task_model").inc(task.model_size)
-    services.metrics.site_bytes_down.labels(site=site.name).inc(task.model_size)
-    headers = {HEADER_SHA256: task.model_sha256}
+
+    def find() -> tuple[bytes | None, Path | None, str, int]:  # one worker-thread call
+        with services.database.session() as session:
+            task = task_crud.get_site_task(session, task_id=task_id, site_id=site.id)
+            body = services.model_cache.get(task.model_sha256, task.model_size)
+            path = None if body is not None else services.blobs.require(task.model_sha256)
+            relax_next_commit(session)  # a byte counter: not worth an fsync on the round's path
+            task_crud.add_bytes_down(session, task_id=task.id, size=task.model_size)
+            session.commit()
+            return body, path, task.model_sha256, task.model_size
+
+    body, path, sha256, size = await run_in_threadpool(find)
+    services.metrics.bytes_out.labels(kind="task_model").inc(size)
+    services.metrics.site_bytes_down.labels(site=site.name).inc(size)
+    headers = {HEADER_SHA256: sha256}
     if path is not None:
         return FileResponse(path, media_type="application/octet-stream", headers=headers)
     return Response(body, media_type="application/octet-stream", headers=headers)
@@ -116,6 +121,7 @@ async def upload_update(
         num_samples = num_samples_header(request)
         site_metrics = metrics_header(request)
         length = content_length(request, limit=services.settings.max_upload_bytes)
+        services.upload_slots.check()  # a full house answers 429 before any database work
 
         def prepare() -> intake.UpdateTarget | UpdateReceipt:
             with services.database.session() as session:

@@ -1,0 +1,91 @@
+"""A site's requests hand work to FastAPI's thread pool only where the work blocks.
+
+Each plain ``def`` dependency costs one hand-over to a worker thread and back (a generator
+dependency two). At a thousand sites those hand-overs were the aggregator's largest CPU cost
+(issue 20's profile); the routes a site calls every round now make one for its token lookup and
+one for their own database work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio.to_thread
+import pytest
+
+from aggregator.api.deps import Services
+from tests.aggregator.helpers import API, Federation, update_bundle
+
+FILE_IO = {"stat", "open", "BufferedReader.read", "BufferedReader.close"}
+
+
+@contextmanager
+def counting_hand_overs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Names of the functions sent to a worker thread while the block runs."""
+    calls: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def counted(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        inner = getattr(func, "func", func)  # functools.partial
+        calls.append(getattr(inner, "__qualname__", repr(inner)))
+        return await real(func, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(anyio.to_thread, "run_sync", counted)
+        yield calls
+
+
+def test_a_round_of_one_site_makes_one_hand_over_per_blocking_step(
+    fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = fed.create_experiment(rounds=1, min_sites=3)
+    fed.start(exp)
+    with counting_hand_overs(monkeypatch) as idle:
+        assert fed.next_task("site-a") is None  # before the round opens: token lookup + look
+    services.orchestrator.step()
+    with counting_hand_overs(monkeypatch) as polled:
+        task = fed.next_task("site-a")
+    assert task is not None
+    with counting_hand_overs(monkeypatch) as fetched:
+        r = fed.client.get(f"{API}/tasks/{task['task_id']}/model", headers=fed.sh("site-a"))
+        assert r.status_code == 200
+    body = update_bundle(
+        r.content, site="site-a", round_number=1, num_samples=10, spec_hash=task["spec_hash"]
+    )
+    with counting_hand_overs(monkeypatch) as uploaded:
+        assert fed.upload("site-a", task["task_id"], body, 10).status_code == 200
+
+    assert len(idle) == 2, idle
+    assert len(polled) == 2, polled
+    # Token lookup and the task's row; the rest is Starlette's FileResponse reading the file.
+    assert [c for c in fetched if c not in FILE_IO] == ["_site_of", "task_model.<locals>.find"]
+    # Token lookup, the policy before the body, the checks after it (the body's writes go to the
+    # upload's own writer thread).
+    assert uploaded == [
+        "_site_of",
+        "upload_update.<locals>.prepare",
+        "upload_update.<locals>.accept",
+    ]
+
+
+def test_a_full_house_refuses_an_upload_before_any_database_work(
+    fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = fed.create_experiment(rounds=1, min_sites=3)
+    fed.start(exp)
+    services.orchestrator.step()
+    task = fed.next_task("site-a")
+    assert task is not None
+    model = fed.model("site-a", task["task_id"])
+    body = update_bundle(
+        model, site="site-a", round_number=1, num_samples=10, spec_hash=task["spec_hash"]
+    )
+    services.upload_slots.active = services.upload_slots.limit  # every slot taken
+    with counting_hand_overs(monkeypatch) as refused:
+        r = fed.upload("site-a", task["task_id"], body, 10)
+    assert r.status_code == 429 and "already in progress" in r.json()["detail"]
+    assert refused == ["_site_of"]  # the token lookup only
+    services.upload_slots.active = 0
+    assert fed.upload("site-a", task["task_id"], body, 10).status_code == 200
