@@ -73,6 +73,9 @@ class SleepTrainer:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from site_agent.lean_start import skip_unused_imports
+
+    skip_unused_imports()  # as ``fedseg site run`` starts
     from site_agent.federation.loop import SiteAgent
     from site_agent.settings import SiteSettings
     from site_agent.training.threads import apply_site_threads

@@ -130,6 +130,9 @@ def run(
     ] = LogLevel.INFO,
 ) -> None:
     """Validate the local data, enroll on first start, then train on the aggregator's tasks."""
+    from site_agent.lean_start import skip_unused_imports
+
+    skip_unused_imports()
     from site_agent.federation.loop import SiteAgent
     from site_agent.federation.shutdown import StopRequested, stop_on_signals
     from site_agent.training.threads import apply_site_threads

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 MIN_UPDATES = 3
 _CHUNK = 16384  # coordinates per block: K x 16384 float64 values
+_NETWORK_MAX = 16  # up to this many updates the median comes from a sorting network
 
 
 def median_cosines(readers: Sequence[DiffReader], keys: Sequence[str]) -> dict[str, float]:
@@ -47,6 +48,8 @@ def median_cosines(readers: Sequence[DiffReader], keys: Sequence[str]) -> dict[s
     dots = np.zeros(k, dtype=np.float64)
     squares = np.zeros(k, dtype=np.float64)
     median_square = 0.0
+    rows = np.empty((k, _CHUNK), dtype=np.float64)  # reused: no allocation per block
+    work = np.empty((k, _CHUNK), dtype=np.float64)
     for key in keys:
         try:
             values = [reader.get(key) for reader in readers]
@@ -60,10 +63,12 @@ def median_cosines(readers: Sequence[DiffReader], keys: Sequence[str]) -> dict[s
             continue  # a shape mismatch: the strategy refuses it with its own message
         for start in range(0, size, _CHUNK):
             stop = min(size, start + _CHUNK)
-            block = np.stack([f[start:stop] for f in flats], axis=1).astype(np.float64)
-            median = _row_median(block)
-            dots += median @ block
-            squares += np.einsum("ij,ij->j", block, block)
+            block = rows[:, : stop - start]
+            for i, flat in enumerate(flats):
+                block[i] = flat[start:stop]
+            median = column_median(block, work[:, : stop - start])
+            dots += block @ median
+            squares += np.einsum("ij,ij->i", block, block)
             median_square += float(median @ median)
     out: dict[str, float] = {}
     for i, reader in enumerate(readers):
@@ -72,17 +77,32 @@ def median_cosines(readers: Sequence[DiffReader], keys: Sequence[str]) -> dict[s
     return out
 
 
-def _row_median(block: np.ndarray) -> np.ndarray:
-    """``np.median(block, axis=1)`` for finite values, in half its time for a few columns.
+def column_median(block: np.ndarray, work: np.ndarray | None = None) -> np.ndarray:
+    """``np.median(block, axis=0)`` of finite values (K x n), several times faster for small K.
 
-    A full sort of each short row beats ``np.median``'s per-row partition; the middle element
-    (odd K) or the mean of the two middle ones (even K) is the same number bit for bit.
+    Up to ``_NETWORK_MAX`` rows an odd-even transposition network (element-wise minimum and
+    maximum of whole rows, in ``work``) orders each column; beyond that the columns are sorted.
+    Either way the middle value (odd K) or the mean of the two middle ones (even K) is
+    ``np.median``'s number, bit for bit.
+
+    Args:
+        block: K x n values.
+        work: a K x n scratch array (overwritten). Default None (allocated).
     """
-    k = block.shape[1]
-    ordered = np.sort(block, axis=1)
+    k = block.shape[0]
+    if k > _NETWORK_MAX:
+        ordered = np.sort(block, axis=0)
+    else:
+        ordered = work if work is not None else np.empty_like(block)
+        ordered[...] = block
+        for p in range(k):  # compare-exchange rows (p%2, p%2+1), (p%2+2, p%2+3), ...
+            low, high = ordered[p % 2 : k - 1 : 2], ordered[p % 2 + 1 : k : 2]
+            smaller = np.minimum(low, high)
+            np.maximum(low, high, out=high)
+            low[...] = smaller
     if k % 2:
-        return ordered[:, k // 2]
-    return np.mean(ordered[:, k // 2 - 1 : k // 2 + 1], axis=1)
+        return ordered[k // 2].copy()
+    return np.add(ordered[k // 2 - 1], ordered[k // 2]) / 2
 
 
 def opposing_updates(cosines: dict[str, float], *, min_cosine: float) -> dict[str, float]:

@@ -46,7 +46,15 @@ class Database:
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     def upgrade(self) -> str:
-        """Migrate the schema to this release's head revision (alembic); returns the revision."""
+        """Migrate the schema to this release's head revision (alembic); returns the revision.
+
+        A database already at the head, or an empty SQLite one, is done without importing
+        alembic (``aggregator.storage.db.schema_fast``).
+        """
+        from aggregator.storage.db.schema_fast import fast_upgrade
+
+        if (head := fast_upgrade(self.engine)) is not None:
+            return head
         from aggregator.storage.db.migrate import upgrade_database
 
         return upgrade_database(self.engine)

@@ -1,0 +1,58 @@
+"""A starting site agent imports neither trio nor httpx's command-line client, and still talks HTTP."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+_START = """
+import json, sys
+if sys.argv[1] == "lean":
+    from site_agent.lean_start import skip_unused_imports
+    skip_unused_imports()
+import httpx
+from site_agent.federation.loop import SiteAgent  # the agent's own imports up to enrolment
+httpx.Client().close()  # the real transport: httpcore, which tries trio
+client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(204)))
+status = client.get("http://aggregator/healthz").status_code
+print(json.dumps({"status": status, "loaded": [m for m in ("trio", "httpx._main") if sys.modules.get(m)]}))
+"""
+
+
+def _start(mode: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", _START, mode], capture_output=True, text=True, check=True
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def test_the_agents_start_skips_trio_and_the_httpx_cli_and_http_still_works() -> None:
+    assert _start("lean") == {"status": 204, "loaded": []}
+
+
+def test_without_the_skip_those_modules_would_load() -> None:
+    """The control: what the skip saves is really imported otherwise (when installed)."""
+    installed = [
+        m for m in ("trio", "click", "rich", "pygments") if importlib.util.find_spec(m) is not None
+    ]
+    if "trio" not in installed or len(installed) < 4:
+        pytest.skip(f"trio or httpx's CLI extras are not installed here ({installed}): no control")
+    assert _start("plain") == {"status": 204, "loaded": ["trio", "httpx._main"]}
+
+
+def test_the_skip_leaves_modules_already_imported_alone() -> None:
+    from site_agent.lean_start import skip_unused_imports
+
+    present = {m for m in ("trio", "httpx._main") if m in sys.modules}
+    marked = skip_unused_imports()
+    try:
+        assert set(marked).isdisjoint(present)
+        assert all(sys.modules[m] is not None for m in present)
+    finally:
+        for name in marked:  # this test process keeps its modules importable
+            del sys.modules[name]
