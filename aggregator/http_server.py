@@ -127,6 +127,7 @@ def uvicorn_config(app: Any, settings: AggregatorSettings, **overrides: Any) -> 
         "timeout_keep_alive": settings.keep_alive_s,
         "log_config": None,
         "timeout_graceful_shutdown": 5,
+        "ws": "none",  # no WebSocket routes: not importing a WebSocket library saves start-up CPU
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

@@ -1,8 +1,10 @@
 """A local federation of processes over loopback, and the per-round timeline its rounds API gives.
 
-``run_federation`` starts ``fedseg aggregator serve`` and one agent process per site (their
-command lines chosen by the caller: ``fedseg site run`` or the sleep agent), enrolls them,
-runs one experiment and returns the rounds API's answer with the launch instants.
+``run_federation`` starts one agent process per site (their command lines chosen by the
+caller: ``fedseg site run`` or the sleep agent) and ``fedseg aggregator serve`` together; once
+the aggregator is healthy it registers the sites and hands each agent its enrollment token on
+standard input, runs one experiment and returns the rounds API's answer with the launch
+instants.
 ``analyse`` turns it into per-round figures: the cycle (close to close), the slowest site's
 train + validate, the overhead outside it, the close latency and every site's phases.
 """
@@ -24,7 +26,9 @@ if TYPE_CHECKING:
     from deploy.launcher.processes import ManagedProcess
 
 AgentCommand = Callable[[str, str, Path], tuple[list[str], dict[str, str]]]
-"""``(site name, enrollment token, work dir) -> (argv, extra environment)`` of one agent."""
+"""``(site name, enrollment token, work dir) -> (argv, extra environment)`` of one agent; the
+token is ``"-"`` (read from standard input, where ``run_federation`` writes it once the site is
+registered)."""
 
 
 @dataclass
@@ -164,18 +168,30 @@ def _run(
 
     from deploy.console.researcher_client import ResearcherClient
     from deploy.launcher.local_aggregator import start_aggregator
-    from deploy.launcher.processes import LaunchError, process_group
+    from deploy.launcher.processes import LaunchError, free_port, process_group
+    from site_agent.federation.enrollment import STDIN_TOKEN
 
     with process_group(work / "logs") as group, httpx.Client(timeout=600) as http:
+        # The agents start with the aggregator: each does its start-up work (imports, work dir)
+        # and then waits for its enrollment token on standard input
+        # (FEDSEG_SITE_ENROLLMENT_TOKEN=-), which it gets once its site is registered.
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        agents: dict[str, ManagedProcess] = {}
+        for name in names:
+            argv, agent_env = agent(name, STDIN_TOKEN, work / "sites" / name)
+            env = {"FEDSEG_SITE_AGGREGATOR_URL": url, **agent_env}
+            agents[name] = group.start(name, argv, env=env, stdin_pipe=True)
         agg = start_aggregator(
             group,
             work / "aggregator",
             env=aggregator_env,
             log_level="WARNING",
             healthy_timeout_s=600,  # a loaded machine starts slowly
+            port=port,
         )
         t_healthy = time.time()
-        url, admin = agg.url, agg.admin_token
+        admin = agg.admin_token
         http.base_url = httpx.URL(url)
         cpu = {"healthy": _cpu_seconds(group.processes)}
         researcher = ResearcherClient(http)
@@ -184,8 +200,9 @@ def _run(
         for name in names:
             reg = researcher.register_site(name)
             ids[name] = reg.id
-            argv, agent_env = agent(name, reg.enrollment_token, work / "sites" / name)
-            group.start(name, argv, env={"FEDSEG_SITE_AGGREGATOR_URL": url, **agent_env})
+            agents[name].send_line(reg.enrollment_token)
+        # The researcher creates the experiment while the agents enroll; it starts once they have.
+        exp = researcher.create_experiment(experiment(list(ids.values())))
         deadline = time.monotonic() + 300
         while {s.id for s in researcher.sites() if s.status == "enrolled"} < set(ids.values()):
             group.check_alive()
@@ -194,7 +211,6 @@ def _run(
             time.sleep(0.05)
         t_enrolled = time.time()
         cpu["enrolled"] = _cpu_seconds(group.processes)
-        exp = researcher.create_experiment(experiment(list(ids.values())))
         t_started = time.time()
         researcher.start(exp.id)
         cpu["started"] = _cpu_seconds(group.processes)

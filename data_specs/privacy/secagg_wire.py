@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_specs.errors import PrivacyError
+from data_specs.privacy.ring import RingScale
 from data_specs.privacy.secagg_common import KeyAdvert, SecAggParams, UnmaskRequest
 from data_specs.weights.safetensors_header import TensorLayout
 
 _Strict = ConfigDict(extra="forbid")
 Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{2,1024}$")]
 RING_MEDIA_TYPE = "application/x-fedseg-ring"
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 class SecAggTask(BaseModel):
@@ -55,8 +54,6 @@ class SecAggTask(BaseModel):
     noise_std: Annotated[float, Field(ge=0.0)] = 0.0
 
     def params(self) -> SecAggParams:
-        from data_specs.privacy.ring import RingScale  # numpy: not needed to enroll
-
         scale = RingScale(self.ring_bits, self.value_bound, self.max_total_samples, self.sites)
         return SecAggParams(self.threshold, scale, self.neighbours, self.context.encode())
 
@@ -141,8 +138,6 @@ def flat_size(expected: TensorLayout, local_keys: frozenset[str]) -> int:
 
 
 def flatten(tensors: Mapping[str, np.ndarray], keys: list[str]) -> np.ndarray:
-    import numpy as np  # not at import: a site agent enrolls without numpy
-
     return np.concatenate([np.asarray(tensors[k], dtype=np.float64).reshape(-1) for k in keys])
 
 

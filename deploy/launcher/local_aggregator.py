@@ -52,6 +52,7 @@ def start_aggregator(
     env: Mapping[str, str] | None = None,
     log_level: str | None = None,
     healthy_timeout_s: float = 60.0,
+    port: int | None = None,
 ) -> LocalAggregator:
     """Start ``fedseg aggregator serve`` on 127.0.0.1 (a free port) and wait until it is healthy.
 
@@ -62,12 +63,14 @@ def start_aggregator(
         log_level: ``FEDSEG_AGG_LOG_LEVEL``. Default None (the service's default).
         healthy_timeout_s: how long to wait for ``/healthz``. Default 60 (a loaded machine
             needs more).
+        port: the loopback port, e.g. one chosen earlier with ``free_port`` so that agents
+            started before it know the URL. Default None (a free one).
 
     Raises:
         LaunchError: it exited or did not become healthy in time.
     """
     admin = new_admin_token()
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {"FEDSEG_AGG_ADMIN_TOKEN": admin}
     if log_level is not None:

@@ -31,6 +31,20 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def send_line(self, text: str) -> None:
+        """Write one line to its standard input (started with ``stdin_pipe``) and close it.
+
+        Raises:
+            LaunchError: it has no stdin pipe, or it exited before reading.
+        """
+        if self.popen.stdin is None:
+            raise LaunchError(f"{self.name} was started without a stdin pipe")
+        try:
+            self.popen.stdin.write(text.encode() + b"\n")
+            self.popen.stdin.close()
+        except BrokenPipeError:
+            raise LaunchError(f"{self.name} exited before reading its input") from None
+
     def log_tail(self, lines: int = 20) -> str:
         """Last lines of the process's log, for error messages."""
         try:
@@ -52,7 +66,12 @@ class ProcessGroup:
     processes: list[ManagedProcess] = field(default_factory=list)
 
     def start(
-        self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin_pipe: bool = False,
     ) -> ManagedProcess:
         """Start ``argv`` as ``name``; stdout and stderr go to ``log_dir/<name>.log``.
 
@@ -60,6 +79,9 @@ class ProcessGroup:
             name: short process name. Example: ``"site_0"``.
             argv: command line. Example: ``[sys.executable, "-m", "site_agent", "run"]``.
             env: extra environment variables on top of ``os.environ``. Default none.
+            stdin_pipe: give it a pipe as standard input (``ManagedProcess.send_line``), e.g.
+                an enrollment token it reads when the site is registered. Default False
+                (``/dev/null``).
         """
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
@@ -69,7 +91,7 @@ class ProcessGroup:
                 list(argv),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                 env=full_env,
                 start_new_session=True,
             )

@@ -83,19 +83,22 @@ def make_http_client(settings: SiteSettings) -> httpx.Client:
     """
     from site_agent.federation.trust import agent_ssl_context
 
-    try:
-        verify = agent_ssl_context(
-            settings.ca_bundle, client_cert=settings.client_cert, client_key=settings.client_key
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise SiteSettingsError(
-            "cannot load the TLS files (FEDSEG_SITE_CA_BUNDLE, FEDSEG_SITE_CLIENT_CERT, "
-            f"FEDSEG_SITE_CLIENT_KEY): {type(exc).__name__}"
-        ) from exc
+    url = settings.require_aggregator()
+    verify: ssl.SSLContext | bool = False  # a plain http:// URL (development) has no TLS at all
+    if not url.lower().startswith("http://"):  # loading the trust store costs ~20 ms of CPU
+        try:
+            verify = agent_ssl_context(
+                settings.ca_bundle, client_cert=settings.client_cert, client_key=settings.client_key
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise SiteSettingsError(
+                "cannot load the TLS files (FEDSEG_SITE_CA_BUNDLE, FEDSEG_SITE_CLIENT_CERT, "
+                f"FEDSEG_SITE_CLIENT_KEY): {type(exc).__name__}"
+            ) from exc
     timeout = httpx.Timeout(
         settings.request_timeout_s, connect=min(settings.request_timeout_s, 15.0)
     )
-    return httpx.Client(base_url=settings.require_aggregator(), verify=verify, timeout=timeout)
+    return httpx.Client(base_url=url, verify=verify, timeout=timeout)
 
 
 class AggregatorClient:

@@ -1,8 +1,16 @@
-"""Enrollment: the one-time enrollment token becomes a site token kept in the work dir (0600)."""
+"""Enrollment: the one-time enrollment token becomes a site token kept in the work dir (0600).
+
+``FEDSEG_SITE_ENROLLMENT_TOKEN=-`` reads the token from standard input (one line) at the moment
+the agent enrolls, as ``docker login --password-stdin`` does: the token then never sits in the
+process's environment, and a launcher can start the agent before the site is registered. The
+agent does its start-up work (imports, data checks, work dir) meanwhile and enrolls as soon as
+the line arrives.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from pydantic import SecretStr
 
@@ -34,8 +42,11 @@ def enroll(client: AggregatorClient, settings: SiteSettings, workdir: WorkDir) -
             "no site token yet and no enrollment token: set FEDSEG_SITE_ENROLLMENT_TOKEN "
             "(from the researcher) for the first start"
         )
+    token = settings.enrollment_token
+    if token.get_secret_value() == STDIN_TOKEN:
+        token = read_stdin_token()
     response = client.enroll(
-        settings.enrollment_token,
+        token,
         accept_experiments=list(settings.accept_experiments) or None,
         max_samples=declared_max_samples(settings),
     )
@@ -44,6 +55,24 @@ def enroll(client: AggregatorClient, settings: SiteSettings, workdir: WorkDir) -
     client.set_token(token)
     log.info("enrolled as site %s (%s)", response.site_name, response.site_id)
     return response
+
+
+STDIN_TOKEN = "-"
+"""The ``enrollment_token`` value that means "read it from standard input"."""
+
+
+def read_stdin_token() -> SecretStr:
+    """One line of standard input: the enrollment token (waits until it arrives).
+
+    Raises:
+        SiteSettingsError: standard input closed without a token.
+    """
+    line = sys.stdin.readline().strip()
+    if not line:
+        raise SiteSettingsError(
+            "FEDSEG_SITE_ENROLLMENT_TOKEN is '-' but standard input closed without a token"
+        )
+    return SecretStr(line)
 
 
 def declared_max_samples(settings: SiteSettings) -> int | None:

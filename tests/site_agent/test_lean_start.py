@@ -56,3 +56,28 @@ def test_the_skip_leaves_modules_already_imported_alone() -> None:
     finally:
         for name in marked:  # this test process keeps its modules importable
             del sys.modules[name]
+
+
+def test_a_plain_http_agent_builds_no_tls_context_and_an_https_one_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    from site_agent.federation import client, trust
+    from site_agent.settings import SiteSettings
+
+    built: list[object] = []
+    real = trust.agent_ssl_context
+
+    def counting(*args: object, **kwargs: object) -> object:
+        built.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trust, "agent_ssl_context", counting)
+    plain = SiteSettings(
+        aggregator_url="http://127.0.0.1:1", allow_insecure_http=True, work_dir=tmp_path
+    )
+    with client.make_http_client(plain) as http:
+        assert str(http.base_url).startswith("http://127.0.0.1:1")
+    assert built == []
+    secure = SiteSettings(aggregator_url="https://127.0.0.1:1", work_dir=tmp_path)
+    client.make_http_client(secure).close()
+    assert len(built) == 1
