@@ -57,7 +57,13 @@ class BundleViews(Mapping[str, np.ndarray]):
             name: _Entry(np.dtype(DTYPES[e.dtype]), e.shape, e.start, e.end)
             for name, e in header.tensors.items()
         }
-        self._map = np.memmap(path, dtype=np.uint8, mode="r") if size > self._base else None
+        # A plain ndarray over the mapping (it keeps the memmap alive): slicing a memmap makes
+        # a memmap per slice, whose Python-level finalizer costs more than the slice itself.
+        self._map = (
+            np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
+            if size > self._base
+            else None
+        )
 
     def dtype_name(self, name: str) -> str:
         """numpy dtype name of a tensor, without reading it."""

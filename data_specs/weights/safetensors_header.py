@@ -217,9 +217,16 @@ def _metadata(value: object) -> dict[str, str] | None:
     return dict(value)
 
 
-def _int(value: object, what: str, *, high: int) -> int:
+def _int(value: object, what: str, *, high: int, name: str = "") -> int:
+    # ``what`` names the value; ``name`` (a tensor) is formatted in only when it is refused:
+    # a header of hundreds of tensors is checked without formatting a message per number.
+    if type(value) is int and 0 <= value <= high:  # the common case, checked first
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
-        raise BundleError(f"{what} must be an integer in [0, {high}], got {str(value)[:40]}")
+        prefix = f"tensor {name[:80]!r}: " if name else ""
+        raise BundleError(
+            f"{prefix}{what} must be an integer in [0, {high}], got {str(value)[:40]}"
+        )
     return value
 
 
@@ -235,10 +242,11 @@ def _entry(name: str, raw: object) -> TensorEntry:
     shape_raw, offsets = raw["shape"], raw["data_offsets"]
     if not isinstance(shape_raw, list) or len(shape_raw) > MAX_RANK:
         raise BundleError(f"tensor {name[:80]!r}: shape must be a list of at most {MAX_RANK} ints")
-    shape = tuple(_int(d, f"tensor {name[:80]!r}: shape entry", high=MAX_DIM) for d in shape_raw)
+    shape = tuple([_int(d, "shape entry", high=MAX_DIM, name=name) for d in shape_raw])
     if not isinstance(offsets, list) or len(offsets) != 2:
         raise BundleError(f"tensor {name[:80]!r}: data_offsets must be a list of two ints")
-    start, end = (_int(o, f"tensor {name[:80]!r}: data offset", high=1 << 62) for o in offsets)
+    start = _int(offsets[0], "data offset", high=1 << 62, name=name)
+    end = _int(offsets[1], "data offset", high=1 << 62, name=name)
     want = math.prod(shape) * _ITEMSIZE[code]
     if end < start or end - start != want:
         raise BundleError(

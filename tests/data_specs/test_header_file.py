@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,11 @@ from safetensors.numpy import save
 
 from data_specs.errors import BundleError
 from data_specs.files import fsync_dir
-from data_specs.weights.safetensors_header import declared_header_length, read_file_header
+from data_specs.weights.safetensors_header import (
+    declared_header_length,
+    parse_header,
+    read_file_header,
+)
 
 
 def test_declared_length_is_the_little_endian_prefix() -> None:
@@ -40,3 +45,17 @@ def test_fsync_dir_accepts_a_folder_and_ignores_a_missing_one(tmp_path: Path) ->
     fsync_dir(tmp_path)
     fsync_dir(tmp_path / "missing")  # best effort: no exception
     assert tmp_path.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dtype": "F32", "shape": [2, -1], "data_offsets": [0, 8]}, "shape entry"),
+        ({"dtype": "F32", "shape": [2, True], "data_offsets": [0, 8]}, "shape entry"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [0, "8"]}, "data offset"),
+    ],
+)
+def test_a_refused_number_names_its_tensor(entry: dict[str, object], message: str) -> None:
+    raw = json.dumps({"enc.weight": entry}).encode()
+    with pytest.raises(BundleError, match=rf"tensor 'enc.weight': {message} must be an integer"):
+        parse_header(raw)
