@@ -64,15 +64,32 @@ class BundleUpdateReader:
     """
 
     def __init__(
-        self, site_id: str, num_samples: int, views: BundleViews, theta: Mapping[str, np.ndarray]
+        self,
+        site_id: str,
+        num_samples: int,
+        views: BundleViews,
+        theta: Mapping[str, np.ndarray],
+        *,
+        remember: bool = False,
     ) -> None:
         self.site_id = site_id
         self.num_samples = num_samples
         self._views = views
         self._full = views.meta.kind == BundleKind.FULL
         self._theta = theta
+        self._remembered: dict[str, np.ndarray] | None = {} if remember else None
 
     def get(self, key: str) -> np.ndarray:
+        if self._remembered is None:
+            return self._difference(key)
+        # The safeguards' passes and the strategy read each key up to three times: with
+        # ``remember`` the difference is computed once (the same array, the same bits).
+        diff = self._remembered.get(key)
+        if diff is None:
+            diff = self._remembered[key] = self._difference(key)
+        return diff
+
+    def _difference(self, key: str) -> np.ndarray:
         ref = self._theta[key]
         value = self._views[key]  # KeyError for a missing key, as the protocol asks
         if value.dtype != ref.dtype:
@@ -82,16 +99,30 @@ class BundleUpdateReader:
         return np.array(value, dtype=ref.dtype)  # a private copy: strategies may keep it
 
 
+REMEMBER_BYTES = 256 << 20
+"""Rounds whose differences fit in this many bytes compute each difference once."""
+
+
 def open_readers(
     blobs: BlobStore, updates: Sequence[UpdateInput], theta: Mapping[str, np.ndarray]
 ) -> list[BundleUpdateReader]:
     """One lazy reader per stored update (maps the file and parses its header; reads no tensor).
 
+    When all the round's differences fit in ``REMEMBER_BYTES``, each reader keeps the
+    differences it computed for the later passes; larger rounds stream as before.
+
     Raises:
         BundleError: a stored update is not a well-formed bundle.
     """
+    remember = len(updates) * sum(v.nbytes for v in theta.values()) <= REMEMBER_BYTES
     return [
-        BundleUpdateReader(u.site_id, u.num_samples, BundleViews(blobs.require(u.sha256)), theta)
+        BundleUpdateReader(
+            u.site_id,
+            u.num_samples,
+            BundleViews(blobs.require(u.sha256)),
+            theta,
+            remember=remember,
+        )
         for u in updates
     ]
 

@@ -43,10 +43,22 @@ class ExperimentRecord(BaseModel):
 
 
 def save_global(
-    workdir: WorkDir, experiment_id: str, round_: int, spec: TaskSpec, data: bytes
+    workdir: WorkDir, experiment_id: str, round_: int, spec: TaskSpec, data: bytes | Path
 ) -> None:
-    """Keep the global model received for a round (atomic; sidecar written after the bundle)."""
-    workdir.write_bytes(workdir.global_path(experiment_id), data, mode=0o600)
+    """Keep the global model received for a round (atomic; sidecar written after the bundle).
+
+    Args:
+        workdir: the site work dir.
+        experiment_id: the experiment.
+        round_: the round the model was received for.
+        spec: the experiment's task spec (the sidecar).
+        data: the bundle's bytes, or a finished bundle file in the work dir, which is linked
+            rather than copied (a round's 1.6 MB write and fsync saved).
+    """
+    if isinstance(data, Path):
+        workdir.link_file(data, workdir.global_path(experiment_id))
+    else:
+        workdir.write_bytes(workdir.global_path(experiment_id), data, mode=0o600)
     record = ExperimentRecord(experiment_id=experiment_id, round=round_, spec=spec)
     sidecar = workdir.global_path(experiment_id).with_suffix(".json")
     workdir.write_bytes(sidecar, record.model_dump_json(indent=2).encode(), mode=0o600)

@@ -66,9 +66,12 @@ class RoundFiles:
         global file keeps the previous round's copy.
         """
         with contextlib.suppress(FileNotFoundError):
-            data = self.global_path.read_bytes()
             save_global(
-                self.workdir, self.task.experiment_id, self.task.round, self.task.spec, data
+                self.workdir,
+                self.task.experiment_id,
+                self.task.round,
+                self.task.spec,
+                self.global_path,  # linked: the same verified bytes, no copy
             )
 
     def read_global(self) -> dict[str, np.ndarray]:

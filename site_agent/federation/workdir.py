@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from data_specs.files import atomic_write_bytes, atomic_writer
+from data_specs.files import atomic_write_bytes, atomic_writer, fsync_dir
 from data_specs.wire import SiteMetrics, TaskAssignment
 from site_agent.errors import WorkDirError
 
@@ -172,6 +173,31 @@ class WorkDir:
                 yield fh
         except OSError as exc:
             raise WorkDirError(_describe_os_error(exc, path)) from exc
+
+    def link_file(self, source: Path, path: Path) -> None:
+        """Make ``path`` another name of the finished file ``source`` (atomic, no data copied).
+
+        For files written once and never changed in place (everything the atomic writers
+        make). Where hard links are refused (another file system), the bytes are copied with
+        ``write_bytes`` instead.
+
+        Raises:
+            FileNotFoundError: ``source`` is gone. WorkDirError: the link or copy failed.
+        """
+        self.ensure(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.link.tmp")
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(source, tmp)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise WorkDirError(_describe_os_error(exc, path)) from exc
+            self.write_bytes(path, source.read_bytes(), mode=source.stat().st_mode & 0o777)
 
     def remove_partial_files(self) -> int:
         """Delete temp files a killed run left behind (``.<name>.*.tmp`` of the atomic writers).

@@ -1,0 +1,71 @@
+"""A round small enough computes each update's difference once, with the same bits as streaming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.rounds import aggregation
+from aggregator.rounds.aggregation import BundleUpdateReader, UpdateInput, aggregate_updates
+from aggregator.storage.blobs import BlobStore
+from data_specs.constants import BundleKind
+from data_specs.weights.bundle import BundleMeta, encode_bundle
+
+
+def _round(tmp_path: Path) -> tuple[BlobStore, str, list[UpdateInput]]:
+    rng = np.random.default_rng(7)
+    blobs = BlobStore(tmp_path / "blobs")
+    meta = BundleMeta(spec_hash="x", round=1, kind=BundleKind.FULL, num_samples=1)
+    shapes = {"a": (4, 3, 3), "b": (4,), "c": (70000,)}
+    theta = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    global_sha = blobs.put_bytes(encode_bundle(theta, meta)).sha256
+    updates = []
+    for i in range(5):
+        step = -1.0 if i == 4 else 1.0  # one opposing update: the direction guard drops it
+        tensors = {k: v + step * 0.01 * (1 + rng.random(v.shape)) for k, v in theta.items()}
+        tensors = {k: v.astype(np.float32) for k, v in tensors.items()}
+        sha = blobs.put_bytes(encode_bundle(tensors, meta)).sha256
+        updates.append(UpdateInput(f"site{i}", 10 + i, sha))
+    return blobs, global_sha, updates
+
+
+def _aggregate(blobs: BlobStore, global_sha: str, updates: list[UpdateInput]) -> dict[str, bytes]:
+    report: list[object] = []
+    new, _ = aggregate_updates(
+        blobs,
+        strategy_name="fedavg",
+        strategy_params={},
+        global_sha256=global_sha,
+        state_sha256=None,
+        updates=updates,
+        local_keys=frozenset(),
+        robust_norm_multiple=1.5,
+        min_update_cosine=0.0,
+        report=report,  # type: ignore[arg-type]
+    )
+    assert report and report[0].opposed  # type: ignore[attr-defined]
+    return {k: v.tobytes() for k, v in new.items()}
+
+
+def test_remembered_and_streamed_differences_give_the_same_bits_once_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs, global_sha, updates = _round(tmp_path)
+    computed: list[tuple[str, str]] = []
+    real = BundleUpdateReader._difference
+
+    def counting(self: BundleUpdateReader, key: str) -> np.ndarray:
+        computed.append((self.site_id, key))
+        return real(self, key)
+
+    monkeypatch.setattr(BundleUpdateReader, "_difference", counting)
+    remembered = _aggregate(blobs, global_sha, updates)
+    assert len(computed) == len(set(computed)) == 5 * 3  # every difference exactly once
+
+    computed.clear()
+    monkeypatch.setattr(aggregation, "REMEMBER_BYTES", 0)  # a round too big to remember
+    streamed = _aggregate(blobs, global_sha, updates)
+    assert len(computed) > len(set(computed))  # streaming reads again in every pass
+    assert remembered == streamed
