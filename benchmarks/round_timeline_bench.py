@@ -16,7 +16,10 @@ validation every 2 rounds.
 Per round: cycle = this round's close − the previous close (round 1: its opening); critical
 = the slowest site's train + validate (from the sites' timelines); overhead = cycle −
 critical. Start-up = launch of the first process to the opening of round 1 (fedseg) or to the
-ServerApp's first ``configure_train`` (Flower).
+ServerApp's first ``configure_train`` (Flower). fedseg's processes all start at once, as
+Flower's do: the agents with ``FEDSEG_SITE_ENROLLMENT_TOKEN=-``, each reading its token on
+standard input once the aggregator is healthy and its site is registered (a new federation:
+registration and enrolment are inside the start-up).
 """
 
 from __future__ import annotations
@@ -222,7 +225,11 @@ def _report(
         "- fedseg: `fedseg aggregator serve` (SQLite, default settings) and one "
         "`python -m benchmarks.sleep_site` process per site: the real agent loop (long poll, "
         "download and verify, restart-safe state, write and upload the update) with the "
-        "sleep as its trainer. Flower: `shared/peers/flower_overhead/driver.py` (deployment "
+        "sleep as its trainer. The agents start together with the aggregator and read their "
+        "enrollment tokens on standard input (`FEDSEG_SITE_ENROLLMENT_TOKEN=-`), which the "
+        "benchmark writes once the aggregator is healthy and has registered their sites; the "
+        "project's bytecode is compiled before the clock starts, as the images do. "
+        "Flower: `shared/peers/flower_overhead/driver.py` (deployment "
         "mode: SuperLink, SuperNodes, a ClientApp process per message), in its own venv.",
         f"- One host, {os.cpu_count()} cores, shared with other work; 1-min load average "
         f"(min / median / max) during the fedseg part {loads[0]}, during the Flower part "
@@ -272,9 +279,10 @@ def _report(
         "",
         f"Flower: {flower.note or 'run in this benchmark'}.",
         "",
-        f"fedseg start-up, seconds after launching the aggregator process: healthy "
-        f"{run.t_healthy - run.t_launch:.2f}, {setting.clients} agents started and enrolled "
-        f"{run.t_enrolled - run.t_launch:.2f}, experiment created and started "
+        f"fedseg start-up, seconds after launching the first process: aggregator healthy "
+        f"{run.t_healthy - run.t_launch:.2f}, sites registered and {setting.clients} agents "
+        "enrolled "
+        f"{run.t_enrolled - run.t_launch:.2f} (the experiment was created meanwhile), started "
         f"{run.t_started - run.t_launch:.2f}, round 1 open {startup:.2f}, first training "
         f"{_first_training(figures) - run.t_launch:.2f}.",
         "",
