@@ -195,7 +195,8 @@ def canonical_safetensors(data: bytes) -> bytes:
         }
     text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % _ALIGN)
-    return len(text).to_bytes(8, "little") + text + data[8 + length :]
+    # One copy of the tensor bytes (a slice and a concatenation would make two).
+    return b"".join((len(text).to_bytes(8, "little"), text, memoryview(data)[8 + length :]))
 
 
 def read_header(

@@ -229,7 +229,7 @@ class TaskRunner:
             receipt = self.client.upload_update(
                 task.task_id,
                 body,
-                sha256=sha256_hex(body),
+                sha256=state.update_sha256 or sha256_hex(body),  # read_update checked it
                 num_samples=state.num_samples,
                 metrics=metrics,
             )
