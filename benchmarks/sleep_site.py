@@ -73,9 +73,11 @@ class SleepTrainer:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from data_specs import startup_gc
     from site_agent.lean_start import skip_unused_imports
 
     skip_unused_imports()  # as ``fedseg site run`` starts
+    startup_gc.pause()  # until enrolled: SiteAgent.run resumes it
     from site_agent.federation.loop import SiteAgent
     from site_agent.settings import SiteSettings
     from site_agent.training.threads import apply_site_threads
@@ -91,8 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     def factory(task: TaskAssignment) -> Any:
         return SleepTrainer(args.train_seconds)
 
-    with SiteAgent(settings, trainer_factory=factory, validate=False) as agent:
-        agent.run()
+    try:
+        with SiteAgent(settings, trainer_factory=factory, validate=False) as agent:
+            agent.run()
+    finally:
+        startup_gc.resume()
 
 
 if __name__ == "__main__":

@@ -130,9 +130,11 @@ def run(
     ] = LogLevel.INFO,
 ) -> None:
     """Validate the local data, enroll on first start, then train on the aggregator's tasks."""
+    from data_specs import startup_gc
     from site_agent.lean_start import skip_unused_imports
 
     skip_unused_imports()
+    startup_gc.pause()  # no cyclic GC until the agent has enrolled (SiteAgent.run resumes it)
     from site_agent.federation.loop import SiteAgent
     from site_agent.federation.shutdown import StopRequested, stop_on_signals
     from site_agent.training.threads import apply_site_threads
@@ -160,6 +162,8 @@ def run(
     except KeyboardInterrupt:
         typer.echo("stopped; a task in progress resumes at the next start", err=True)
         raise typer.Exit(130) from None
+    finally:
+        startup_gc.resume()  # also when the start-up failed (in-process callers, tests)
     typer.echo(f"handled {summary.tasks} task(s): " + ", ".join(o.value for o in summary.outcomes))
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from data_specs import startup_gc
 from data_specs.wire import EnrollResponse, TaskAssignment
 from site_agent.federation.client import AggregatorClient, make_http_client
 from site_agent.federation.enrollment import enroll, ensure_token
@@ -132,6 +133,7 @@ class SiteAgent:
             WorkDirError: the disk is full or the work dir unwritable.
         """
         self.prepare()
+        startup_gc.resume()  # enrolled: the collector is back on, if the command paused it
         limit = 1 if once else max_tasks
         summary = RunSummary()
         runner: TaskRunner | None = None

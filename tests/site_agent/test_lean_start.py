@@ -81,3 +81,34 @@ def test_a_plain_http_agent_builds_no_tls_context_and_an_https_one_does(
     secure = SiteSettings(aggregator_url="https://127.0.0.1:1", work_dir=tmp_path)
     client.make_http_client(secure).close()
     assert len(built) == 1
+
+
+def test_the_agents_loop_switches_the_paused_collector_back_on_after_enrolling(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    import gc
+
+    from data_specs import startup_gc
+    from site_agent.federation import loop
+    from site_agent.settings import SiteSettings
+
+    seen: list[bool] = []
+    monkeypatch.setattr(loop.SiteAgent, "prepare", lambda self: seen.append(gc.isenabled()))
+    monkeypatch.setattr(loop, "start_prewarm", lambda: None)
+    settings = SiteSettings(
+        aggregator_url="http://127.0.0.1:1", allow_insecure_http=True, work_dir=tmp_path
+    )
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        startup_gc.pause()
+        with loop.SiteAgent(settings) as agent:
+            agent.stop_event.set()  # no polling: only the start-up
+            agent.run()
+        assert seen == [False]  # enrollment ran without the collector
+        assert gc.isenabled() and not startup_gc.paused()
+    finally:
+        startup_gc.resume()
+        gc.unfreeze()
+        if not was_enabled:
+            gc.disable()
