@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from aggregator.api.deps import Services
 from aggregator.api.errors import COMMON_ERRORS, error_responses, install_error_handlers
@@ -127,10 +127,12 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
         body_timeout_s=settings.body_timeout_s,
     )
     app.include_router(health.router)
-    api = APIRouter(prefix=API_PREFIX, responses=error_responses(*COMMON_ERRORS))
+    common = error_responses(*COMMON_ERRORS)
     routers = (researchers, sites, experiments, tasks, secagg, events, invitations, fingerprints)
     for module in (*routers, dashboard):
-        api.include_router(module.router)
-    app.include_router(api)
+        # Straight into the app with the API prefix (the same paths and OpenAPI as an
+        # ``/api/v1`` router in between): FastAPI then builds each route's request handling
+        # when it is first used, not twice over at start-up (0.1 CPU s before healthy).
+        app.include_router(module.router, prefix=API_PREFIX, responses=common)
     app.include_router(ui.router)
     return app
