@@ -11,12 +11,17 @@ from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
+def atomic_writer(
+    path: str | Path, *, mode: int = 0o644, durable: bool = True
+) -> Iterator[IO[bytes]]:
     """Open a binary temp file that replaces ``path`` only if the block finishes.
 
     Args:
         path: destination. Its folder must exist.
         mode: permission bits of the final file. Default ``0o644``; use ``0o600`` for secrets.
+        durable: fsync the file and its folder, so the new file survives a power cut. Default
+            True. False still replaces atomically (a ``kill -9`` never leaves half a file):
+            for records whose loss in a power cut only repeats work.
 
     Yields:
         A writable binary file object. On any exception the temp file is removed and ``path``
@@ -28,19 +33,23 @@ def atomic_writer(path: str | Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes | memoryview, *, mode: int = 0o644) -> None:
+def atomic_write_bytes(
+    path: str | Path, data: bytes | memoryview, *, mode: int = 0o644, durable: bool = True
+) -> None:
     """Write ``data`` to ``path`` atomically (see ``atomic_writer``)."""
-    with atomic_writer(path, mode=mode) as fh:
+    with atomic_writer(path, mode=mode, durable=durable) as fh:
         fh.write(data)
 
 

@@ -152,15 +152,23 @@ class WorkDir:
             raise WorkDirError(_describe_os_error(exc, target)) from exc
         return target
 
-    def write_bytes(self, path: Path, data: bytes | memoryview, *, mode: int = 0o600) -> None:
+    def write_bytes(
+        self, path: Path, data: bytes | memoryview, *, mode: int = 0o600, durable: bool = True
+    ) -> None:
         """Write a file atomically; a full disk leaves the old file (or none), never half of one.
+
+        Args:
+            path: the file.
+            data: its bytes.
+            mode: permission bits. Default 0o600.
+            durable: fsync it (``data_specs.files.atomic_writer``). Default True.
 
         Raises:
             WorkDirError: the write failed, with a message naming the cause (e.g. disk full).
         """
         self.ensure(path.parent)
         try:
-            atomic_write_bytes(path, data, mode=mode)
+            atomic_write_bytes(path, data, mode=mode, durable=durable)
         except OSError as exc:
             raise WorkDirError(_describe_os_error(exc, path)) from exc
 
@@ -249,8 +257,15 @@ class WorkDir:
             ) from None
 
     def save_state(self, state: TaskState) -> None:
-        """Record the task and its phase atomically."""
-        self.write_bytes(self.state_path, state.model_dump_json(indent=2).encode())
+        """Record the task and its phase atomically; durably from ``trained`` on.
+
+        ``assigned`` and ``downloaded`` are not fsynced: lost in a power cut, they only make
+        the agent poll again (the aggregator hands out the same unreported task) and download
+        again. The update's sha256 (``trained``) must survive one, so that a restart uploads
+        the very same bytes.
+        """
+        durable = state.phase not in (TaskPhase.ASSIGNED, TaskPhase.DOWNLOADED)
+        self.write_bytes(self.state_path, state.model_dump_json(indent=2).encode(), durable=durable)
 
     def clear_state(self) -> None:
         """Forget the task in progress (after it is uploaded or dropped)."""
