@@ -169,19 +169,22 @@ def wait_healthy(
     """Poll ``url`` until it answers 200, or raise with the process's log tail.
 
     ``poll_s`` (default 0.05 s) bounds how late a launcher notices the service is up: every
-    launch waits on it, and a refused connection costs next to nothing.
+    launch waits on it, and a refused connection costs next to nothing. One client serves every
+    poll: a new one per poll loaded the TLS trust store each time (27 ms of CPU, taken from the
+    service that is starting).
     """
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise LaunchError(
-                f"{proc.name} exited with code {proc.popen.returncode} while starting; "
-                f"last log lines:\n{proc.log_tail()}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2.0, verify=verify).status_code == 200:
-                return
-        time.sleep(poll_s)
+    with httpx.Client(timeout=2.0, verify=verify) as client:
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise LaunchError(
+                    f"{proc.name} exited with code {proc.popen.returncode} while starting; "
+                    f"last log lines:\n{proc.log_tail()}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return
+            time.sleep(poll_s)
     raise LaunchError(f"{proc.name} did not become healthy at {url} within {timeout_s:.0f} s")
 
 

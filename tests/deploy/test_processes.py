@@ -147,3 +147,36 @@ def test_stop_all_goes_on_when_a_killed_process_is_reaped_late(
         monkeypatch.setattr(slow.popen, "wait", real_wait)
         assert slow.popen.wait(timeout=30) == -signal.SIGKILL
         assert first.popen.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_wait_healthy_polls_with_one_client_until_the_service_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client per poll loaded the TLS trust store every 50 ms (27 ms of CPU each)."""
+    import httpx
+
+    from deploy.launcher import processes
+
+    made: list[object] = []
+
+    class CountingClient(httpx.Client):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            made.append(self)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(processes.httpx, "Client", CountingClient)
+    port = processes.free_port()
+    server = (
+        "import http.server, time\n"
+        "time.sleep(0.5)\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.send_header('Content-Length', '0'); self.end_headers()\n"
+        f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+    )
+    with process_group(tmp_path / "logs") as group:
+        proc = group.start("late", [sys.executable, "-c", server])
+        started = time.monotonic()
+        processes.wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, timeout_s=60, poll_s=0.02)
+        assert time.monotonic() - started >= 0.4  # it really waited through refused polls
+    assert len(made) == 1
