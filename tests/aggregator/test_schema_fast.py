@@ -77,3 +77,10 @@ def test_the_safety_net_still_runs_at_the_head(tmp_path: Path) -> None:
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM dp_round_clips")).scalar() == 0
     db.dispose()
+
+
+def test_postgresql_always_goes_through_alembics_lock() -> None:
+    from types import SimpleNamespace
+
+    engine = SimpleNamespace(dialect=SimpleNamespace(name="postgresql"))
+    assert fast_upgrade(engine) is None  # type: ignore[arg-type]

@@ -1,9 +1,9 @@
-"""The two common start-ups of the schema without alembic: a database at the head, an empty SQLite.
+"""The schema's two common start-ups without alembic: a SQLite database at the head, or empty.
 
 Importing alembic and running its migrations costs the aggregator about a tenth of a CPU second
 at every start, before any site can register. Two start-ups need none of it:
 
-- **the database is already at the shipped head** (every restart): only the safety net of
+- **a SQLite database already at the shipped head** (every restart): only the safety net of
   ``migrate.upgrade_database`` runs (tables and nullable columns the models gained without a
   revision, with the same warning);
 - **an empty SQLite database** (a new federation): ``create_all`` of the models plus an
@@ -12,9 +12,9 @@ at every start, before any site can register. Two start-ups need none of it:
   (``tests/aggregator/test_schema_fast.py`` compares them), so the file is the one the
   migrations would have made.
 
-Everything else (an older revision, a pre-alembic database, an empty PostgreSQL database, where
-concurrent start-ups take the advisory lock) goes through alembic as before: ``fast_upgrade``
-returns None.
+Everything else (an older revision, a pre-alembic database, and every PostgreSQL database, where
+concurrent start-ups serialise on the advisory lock) goes through alembic as before:
+``fast_upgrade`` returns None.
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def fast_upgrade(engine: Engine) -> str | None:
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database cannot be reached or altered.
     """
+    if engine.dialect.name != "sqlite":  # PostgreSQL: start-ups serialise on alembic's lock
+        return None
     head = shipped_head()
     with engine.connect() as conn:
         tables = set(inspect(conn).get_table_names())
@@ -83,7 +85,7 @@ def fast_upgrade(engine: Engine) -> str | None:
                 return None
             _safety_net(conn)
             return head
-        if tables or conn.dialect.name != "sqlite":
+        if tables:
             return None
     return _create_empty_sqlite(engine, head)
 
