@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from aggregator.api.deps import Services
 from aggregator.api.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from aggregator.api.guards import JsonBodyGuard
+from aggregator.api.principal_cache import PrincipalCache
 from aggregator.api.routes import (
     dashboard,
     events,
@@ -52,6 +53,10 @@ def build_services(settings: AggregatorSettings) -> Services:
     if removed:
         log_event(log, "blobs.staging_cleaned", files=removed)
     metrics = AggregatorMetrics()
+    # One process per SQLite database: its token answers can be cached (revocation empties
+    # the cache). Other processes sharing a PostgreSQL database could revoke unheard.
+    principal_cache = PrincipalCache(enabled=database.is_sqlite)
+    principal_cache.watch(database.session_factory)
     orchestrator = Orchestrator(
         database=database, blobs=blobs, metrics=metrics, interval_s=settings.orchestrator_interval_s
     )
@@ -71,6 +76,7 @@ def build_services(settings: AggregatorSettings) -> Services:
         ),
         upload_slots=UploadSlots(settings.max_concurrent_uploads),
         model_cache=BlobCache(blobs),
+        principals=principal_cache,
     )
 
 
