@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, select, update
+from sqlalchemy.orm import Session, defer
 
-from aggregator.crud.experiments import config_of
+from aggregator.crud.experiment_facts import ExperimentFacts, experiment_facts
 from aggregator.errors import ConflictError, NotFoundError, require_row
 from aggregator.storage.db.models import (
     OPEN_TASK_STATES,
@@ -22,10 +22,16 @@ from aggregator.storage.db.models import (
 from data_specs.wire import TaskAssignment
 
 
-def next_task_for_site(session: Session, *, site_id: str) -> tuple[Task, Round, Experiment] | None:
-    """The oldest unreported task of a site in an open round of a running experiment."""
+def next_task_for_site(
+    session: Session, *, site_id: str
+) -> tuple[Task, Round, ExperimentFacts] | None:
+    """The oldest unreported task of a site in an open round of a running experiment.
+
+    The round's ``sampled`` list (every site of the round) is loaded only if asked for, and
+    the experiment comes as its cached facts: neither costs O(sites) per poll.
+    """
     row = session.execute(
-        select(Task, Round, Experiment)
+        select(Task, Round, Experiment.started_at)
         .join(Round, Round.id == Task.round_id)
         .join(Experiment, Experiment.id == Task.experiment_id)
         .where(
@@ -34,10 +40,15 @@ def next_task_for_site(session: Session, *, site_id: str) -> tuple[Task, Round, 
             Round.status == RoundStatus.OPEN,
             Experiment.status == ExperimentStatus.RUNNING,
         )
+        .options(defer(Round.sampled))
         .order_by(Task.created_at, Task.id)
         .limit(1)
     ).first()
-    return None if row is None else (row[0], row[1], row[2])
+    if row is None:
+        return None
+    task, rnd, started_at = row[0], row[1], row[2]
+    facts = experiment_facts(session, experiment_id=task.experiment_id, started_at=started_at)
+    return task, rnd, facts
 
 
 def mark_delivered(session: Session, *, task: Task, now: datetime) -> None:
@@ -75,7 +86,7 @@ def ensure_open(session: Session, *, task: Task) -> Round:
     Raises:
         ConflictError: the task already reported, or its round is no longer open.
     """
-    rnd = session.get(Round, task.round_id)
+    rnd = session.get(Round, task.round_id, options=[defer(Round.sampled)])
     rnd = require_row(rnd, "round")
     if rnd.status != RoundStatus.OPEN:
         raise ConflictError(
@@ -97,20 +108,21 @@ def record_report(
     """Compare-and-set an open task of an open round to ``status`` with ``values``.
 
     One UPDATE statement, so a round closing at the same moment either sees this report or
-    makes it lose (returns False).
+    makes it lose (returns False). A Core statement on the table: the ORM's bulk-update path
+    cost more than the statement itself, and no loaded object needs synchronising.
     """
-    open_rounds = select(Round.id).where(Round.status == RoundStatus.OPEN)
-    result = session.execute(
-        update(Task)
+    tasks, rounds = cast(Table, Task.__table__), cast(Table, Round.__table__)
+    open_rounds = select(rounds.c.id).where(rounds.c.status == RoundStatus.OPEN)
+    result = session.connection().execute(
+        update(tasks)
         .where(
-            Task.id == task_id,
-            Task.status.in_(OPEN_TASK_STATES),
-            Task.round_id.in_(open_rounds),
+            tasks.c.id == task_id,
+            tasks.c.status.in_(OPEN_TASK_STATES),
+            tasks.c.round_id.in_(open_rounds),
         )
         .values(status=status, reported_at=now, **values)
-        .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)
 
 
 def refresh_task(session: Session, *, task_id: str) -> Task:
@@ -121,30 +133,26 @@ def refresh_task(session: Session, *, task_id: str) -> Task:
     return task
 
 
-def to_assignment(*, task: Task, rnd: Round, experiment: Experiment) -> TaskAssignment:
+def to_assignment(
+    session: Session, *, task: Task, rnd: Round, facts: ExperimentFacts
+) -> TaskAssignment:
     """The wire form of a task: spec, model to fetch, training config with the task's own seed."""
-    from sqlalchemy.orm import object_session
-
     from aggregator.privacy.adaptive_clipping import round_clip_norm
     from aggregator.privacy.secagg_protocol import task_setup
 
-    cfg = config_of(experiment)
-    session = object_session(experiment)
-    clip = cfg.privacy.dp.clip_norm if cfg.privacy and cfg.privacy.dp else None
-    if session is not None:  # adaptive clipping: this round's C
-        clip = round_clip_norm(
-            session, experiment_id=experiment.id, cfg=cfg, round_number=task.round_number
-        )
+    cfg = facts.cfg
+    # This round's C (adaptive clipping), else the fixed one, else None.
+    clip = round_clip_norm(session, experiment_id=facts.id, cfg=cfg, round_number=task.round_number)
     return TaskAssignment(
         task_id=task.id,
-        experiment_id=experiment.id,
+        experiment_id=facts.id,
         round=task.round_number,
         spec=cfg.spec,
-        spec_hash=experiment.spec_hash,
+        spec_hash=facts.spec_hash,
         model_sha256=task.model_sha256,
         model_size=task.model_size,
         train=cfg.train.model_copy(update={"seed": task.seed}),
-        local_keys=list(experiment.local_keys),
+        local_keys=list(facts.local_keys),
         deadline=rnd.deadline_at,
         total_rounds=cfg.rounds,
         clip_norm=clip,

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from aggregator.crud import experiments as exp_crud
 from aggregator.crud import rounds as round_crud
 from aggregator.crud import tasks as task_crud
-from aggregator.crud.events import record_event
+from aggregator.crud.events import insert_event, record_event
+from aggregator.crud.experiment_facts import experiment_facts
 from aggregator.crud.routing import share_personal_model
 from aggregator.errors import ConflictError
 from aggregator.logs import log_event
@@ -75,23 +76,23 @@ def prepare_update(
     if task.update_sha256 == sha256 and task.status in (TaskStatus.ACCEPTED, TaskStatus.REJECTED):
         return _receipt(task.id, sha256, task.status, task.reject_reason, duplicate=True)
     rnd = task_crud.ensure_open(session, task=task)
-    experiment = exp_crud.get_experiment(session, experiment_id=task.experiment_id)
-    cfg = exp_crud.config_of(experiment)
+    facts = experiment_facts(session, experiment_id=task.experiment_id)
+    cfg = facts.cfg
     previous = round_crud.get_global_model(
-        session, experiment_id=experiment.id, round_number=rnd.number - 1
+        session, experiment_id=facts.id, round_number=rnd.number - 1
     )
     policy = UpdatePolicy(
-        spec_hash=experiment.spec_hash,
+        spec_hash=facts.spec_hash,
         round_number=rnd.number,
-        expected=exp_crud.expected_of(experiment),
-        local_keys=frozenset(experiment.local_keys),
+        expected=facts.expected,
+        local_keys=frozenset(facts.local_keys),
         norm_bound=round_norm_bound(
-            session, experiment_id=experiment.id, cfg=cfg, round_number=rnd.number
+            session, experiment_id=facts.id, cfg=cfg, round_number=rnd.number
         ),
         codec=cfg.train.codec.name,
         task_seed=task.seed,
     )
-    return UpdateTarget(task.id, site_id, experiment.id, policy, blobs.require(previous.sha256))
+    return UpdateTarget(task.id, site_id, facts.id, policy, blobs.require(previous.sha256))
 
 
 def accept_update(
@@ -149,7 +150,7 @@ def accept_update(
             )
         task_crud.ensure_open(session, task=task)  # raises the precise conflict
         raise ConflictError(f"task {target.task_id} changed while its update was checked; retry")
-    record_event(
+    insert_event(
         session,
         kind=EventKind.UPDATE_ACCEPTED if checked.accepted else EventKind.UPDATE_REJECTED,
         actor=f"site:{target.site_id}",

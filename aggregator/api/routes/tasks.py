@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 from aggregator.api.deps import CurrentSite, ServicesDep, SessionDep
 from aggregator.api.uploads import (
     BUNDLE_BODY,
+    HOLD_BYTES,
     UPLOAD_RESPONSES,
     content_length,
     metrics_header,
@@ -59,10 +60,10 @@ async def next_task(
             found = task_crud.next_task_for_site(session, site_id=site.id)
             if found is None:
                 return None
-            task, rnd, experiment = found
+            task, rnd, facts = found
             relax_next_commit(session)  # a lost delivery record only means a re-delivery
             task_crud.mark_delivered(session, task=task, now=utcnow())
-            assignment = task_crud.to_assignment(task=task, rnd=rnd, experiment=experiment)
+            assignment = task_crud.to_assignment(session, task=task, rnd=rnd, facts=facts)
             session.commit()
             return assignment
 
@@ -134,7 +135,12 @@ async def upload_update(
             metrics.updates.labels(outcome="duplicate").inc()
             return target
         staged = await receive_upload(
-            request, services=services, site_key=site.id, length=length, sha256=sha
+            request,
+            services=services,
+            site_key=site.id,
+            length=length,
+            sha256=sha,
+            hold_bytes=HOLD_BYTES,  # accept_update's staged.finish() writes a small body
         )
 
         def accept() -> intake.UpdateOutcome:
@@ -196,7 +202,12 @@ async def share_personal(
 
     target = await run_in_threadpool(prepare)
     staged = await receive_upload(
-        request, services=services, site_key=site.id, length=length, sha256=sha
+        request,
+        services=services,
+        site_key=site.id,
+        length=length,
+        sha256=sha,
+        hold_bytes=HOLD_BYTES,  # accept_personal's staged.finish() writes a small body
     )
 
     def accept() -> UpdateReceipt:
