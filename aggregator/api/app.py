@@ -74,7 +74,11 @@ def build_services(settings: AggregatorSettings) -> Services:
         upload_rate=RateLimiter(
             per_minute=settings.uploads_per_minute, burst=settings.upload_burst
         ),
-        upload_slots=UploadSlots(settings.max_concurrent_uploads),
+        upload_slots=UploadSlots(
+            settings.max_concurrent_uploads,
+            wait_s=settings.upload_slot_wait_s,
+            max_waiting=settings.max_waiting_uploads,
+        ),
         model_cache=BlobCache(blobs),
         principals=principal_cache,
     )

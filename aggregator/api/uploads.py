@@ -265,14 +265,15 @@ async def receive_upload(
             ``staged.finish()`` (``receive_bundle``). Default 0: never.
 
     Raises:
-        TooManyRequestsError: the caller uploads too often, or too many uploads are in flight.
+        TooManyRequestsError: the caller uploads too often, or no upload slot came free in
+            time.
     """
     if site_key is not None and not services.upload_rate.hit(f"upload:{site_key}"):
         raise TooManyRequestsError(
             "too many uploads from this caller; retry shortly", retry_after_s=5.0
         )
     settings = services.settings
-    with services.upload_slots.hold():
+    async with services.upload_slots.take():
         return await receive_bundle(
             request,
             blobs=services.blobs,

@@ -85,7 +85,8 @@ def test_a_full_house_refuses_an_upload_before_any_database_work(
     body = update_bundle(
         model, site="site-a", round_number=1, num_samples=10, spec_hash=task["spec_hash"]
     )
-    services.upload_slots.active = services.upload_slots.limit  # every slot taken
+    services.upload_slots.active = services.upload_slots.limit  # every slot taken...
+    services.upload_slots.max_waiting = 0  # ...and no room to wait for one
     with counting_hand_overs(monkeypatch) as refused:
         r = fed.upload("site-a", task["task_id"], body, 10)
     assert r.status_code == 429 and "already in progress" in r.json()["detail"]
