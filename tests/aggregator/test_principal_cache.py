@@ -64,7 +64,9 @@ def test_revoking_or_rotating_a_researcher_refuses_its_cached_token_at_once(
     assert r.status_code in (200, 204), r.text
     assert client.get(f"{API}/experiments", headers=fed.rh).status_code == 401
     if action == "rotate":
-        assert client.get(f"{API}/experiments", headers=bearer(r.json()["token"])).status_code == 200
+        assert (
+            client.get(f"{API}/experiments", headers=bearer(r.json()["token"])).status_code == 200
+        )
 
 
 @needs_cache
