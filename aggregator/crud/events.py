@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, insert, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from aggregator.storage.db.models import Event, Experiment, Site, utcnow
+from aggregator.storage.db.models import Event, Experiment, Site
 from data_specs.event_kinds import EventKind
 
 
@@ -31,26 +31,6 @@ def record_event(
     event = Event(kind=kind, actor=actor, experiment_id=experiment_id, detail=detail or {})
     session.add(event)
     return event
-
-
-def insert_event(
-    session: Session,
-    *,
-    kind: EventKind,
-    actor: str,
-    experiment_id: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    """``record_event`` as one Core ``INSERT`` sent now, in the caller's transaction.
-
-    For hot paths (an accepted upload): no ORM object, no unit-of-work flush at commit.
-    """
-    events = cast(Table, Event.__table__)
-    session.connection().execute(
-        insert(events).values(
-            at=utcnow(), kind=kind, actor=actor, experiment_id=experiment_id, detail=detail or {}
-        )
-    )
 
 
 def list_events(

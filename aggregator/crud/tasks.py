@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session, defer
 
+from aggregator.crud import site_requests
 from aggregator.crud.experiment_facts import ExperimentFacts, experiment_facts
 from aggregator.errors import ConflictError, NotFoundError, require_row
 from aggregator.storage.db.models import (
     OPEN_TASK_STATES,
-    Experiment,
-    ExperimentStatus,
     Round,
     RoundStatus,
     Task,
@@ -30,20 +28,7 @@ def next_task_for_site(
     The round's ``sampled`` list (every site of the round) is loaded only if asked for, and
     the experiment comes as its cached facts: neither costs O(sites) per poll.
     """
-    row = session.execute(
-        select(Task, Round, Experiment.started_at)
-        .join(Round, Round.id == Task.round_id)
-        .join(Experiment, Experiment.id == Task.experiment_id)
-        .where(
-            Task.site_id == site_id,
-            Task.status.in_(OPEN_TASK_STATES),
-            Round.status == RoundStatus.OPEN,
-            Experiment.status == ExperimentStatus.RUNNING,
-        )
-        .options(defer(Round.sampled))
-        .order_by(Task.created_at, Task.id)
-        .limit(1)
-    ).first()
+    row = session.execute(site_requests.NEXT_TASK, {"site_id": site_id}).first()
     if row is None:
         return None
     task, rnd, started_at = row[0], row[1], row[2]
@@ -53,9 +38,7 @@ def next_task_for_site(
 
 def mark_delivered(session: Session, *, task: Task, now: datetime) -> None:
     """Note the first time a task was handed to its site."""
-    if task.status == TaskStatus.ASSIGNED:
-        task.status = TaskStatus.DELIVERED
-        task.delivered_at = now
+    site_requests.mark_delivered(session, task=task, now=now)
 
 
 def get_site_task(session: Session, *, task_id: str, site_id: str) -> Task:
@@ -68,16 +51,6 @@ def get_site_task(session: Session, *, task_id: str, site_id: str) -> Task:
     if task is None or task.site_id != site_id:
         raise NotFoundError(f"task {task_id!r} not found for this site")
     return task
-
-
-def add_bytes_down(session: Session, *, task_id: str, size: int) -> None:
-    """Count bytes served to a site for a task."""
-    session.execute(
-        update(Task)
-        .where(Task.id == task_id)
-        .values(bytes_down=Task.bytes_down + size)
-        .execution_options(synchronize_session=False)
-    )
 
 
 def ensure_open(session: Session, *, task: Task) -> Round:
@@ -108,21 +81,11 @@ def record_report(
     """Compare-and-set an open task of an open round to ``status`` with ``values``.
 
     One UPDATE statement, so a round closing at the same moment either sees this report or
-    makes it lose (returns False). A Core statement on the table: the ORM's bulk-update path
-    cost more than the statement itself, and no loaded object needs synchronising.
+    makes it lose (returns False).
     """
-    tasks, rounds = cast(Table, Task.__table__), cast(Table, Round.__table__)
-    open_rounds = select(rounds.c.id).where(rounds.c.status == RoundStatus.OPEN)
-    result = session.connection().execute(
-        update(tasks)
-        .where(
-            tasks.c.id == task_id,
-            tasks.c.status.in_(OPEN_TASK_STATES),
-            tasks.c.round_id.in_(open_rounds),
-        )
-        .values(status=status, reported_at=now, **values)
+    return site_requests.record_report(
+        session, task_id=task_id, status=status, now=now, values=values
     )
-    return bool(result.rowcount)
 
 
 def refresh_task(session: Session, *, task_id: str) -> Task:

@@ -24,6 +24,7 @@ from aggregator.api.uploads import (
     receive_upload,
     sha256_header,
 )
+from aggregator.crud import site_requests
 from aggregator.crud import tasks as task_crud
 from aggregator.errors import ConflictError, InvalidRequestError
 from aggregator.rounds import intake
@@ -70,8 +71,8 @@ async def next_task(
     while True:
         wake = services.board.waiter(site.id)  # taken before the check: no lost wake-up
         assignment = await run_in_threadpool(deliver)
-        if assignment is not None:
-            return assignment
+        if assignment is not None:  # serialised here: FastAPI's generic encoder costs more
+            return Response(assignment.model_dump_json(), media_type="application/json")
         remaining = give_up - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -91,13 +92,13 @@ async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> 
 
     def find() -> tuple[bytes | None, Path | None, str, int]:  # one worker-thread call
         with services.database.session() as session:
-            task = task_crud.get_site_task(session, task_id=task_id, site_id=site.id)
-            body = services.model_cache.get(task.model_sha256, task.model_size)
-            path = None if body is not None else services.blobs.require(task.model_sha256)
+            sha, size = site_requests.task_model(session, task_id=task_id, site_id=site.id)
+            body = services.model_cache.get(sha, size)
+            path = None if body is not None else services.blobs.require(sha)
             relax_next_commit(session)  # a byte counter: not worth an fsync on the round's path
-            task_crud.add_bytes_down(session, task_id=task.id, size=task.model_size)
+            site_requests.add_bytes_down(session, task_id=task_id, size=size)
             session.commit()
-            return body, path, task.model_sha256, task.model_size
+            return body, path, sha, size
 
     body, path, sha256, size = await run_in_threadpool(find)
     services.metrics.bytes_out.labels(kind="task_model").inc(size)
@@ -108,10 +109,15 @@ async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> 
     return Response(body, media_type="application/octet-stream", headers=headers)
 
 
-@router.put("/{task_id}/update", openapi_extra=BUNDLE_BODY, responses=UPLOAD_RESPONSES)
+@router.put(
+    "/{task_id}/update",
+    openapi_extra=BUNDLE_BODY,
+    responses=UPLOAD_RESPONSES,
+    response_model=UpdateReceipt,
+)
 async def upload_update(
     task_id: str, request: Request, services: ServicesDep, site: CurrentSite
-) -> UpdateReceipt:
+) -> Response:
     """Upload the task's update (headers ``X-Content-SHA256``, ``X-Num-Samples``, ``X-Metrics``).
 
     The same body twice is recorded once (``duplicate: true``); a closed round answers 409.
@@ -133,7 +139,7 @@ async def upload_update(
         target = await run_in_threadpool(prepare)
         if isinstance(target, UpdateReceipt):
             metrics.updates.labels(outcome="duplicate").inc()
-            return target
+            return _json(target)
         staged = await receive_upload(
             request,
             services=services,
@@ -175,7 +181,12 @@ async def upload_update(
         metrics.updates.labels(outcome="rejected").inc()
         metrics.rejects.labels(reason=outcome.reject_code or "policy").inc()
     services.orchestrator.wake()
-    return receipt
+    return _json(receipt)
+
+
+def _json(receipt: UpdateReceipt) -> Response:
+    """The receipt as JSON, serialised once (returned as a ``Response``, FastAPI skips its own)."""
+    return Response(receipt.model_dump_json(), media_type="application/json")
 
 
 @router.post("/{task_id}/failure")
