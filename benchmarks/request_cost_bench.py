@@ -78,6 +78,14 @@ def run(work: Path, n: int) -> list[str]:
                     n,
                 )
             )
+            rows.append(
+                measure(
+                    agg,
+                    "same again (token known)",
+                    lambda i: c.get(f"{API}/tasks/next", headers=bearer(tokens[i])),
+                    n,
+                )
+            )
             spec = TINY_SPEC.model_dump(mode="json")
             exp_body = {"name": "x", "spec": spec, "rounds": 1, "fraction": 1.0, "min_sites": n}
             exp_body |= {"seed": 1, "round_deadline_s": 3600}
