@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from aggregator.errors import ConflictError, NotFoundError
 from aggregator.storage.db.models import (
@@ -39,21 +39,56 @@ _events = cast(Table, Event.__table__)
 
 _task_is_open = or_(*(_tasks.c.status == state for state in OPEN_TASK_STATES))
 
-NEXT_TASK = (
-    select(Task, Round, Experiment.started_at)
-    .join(Round, Round.id == Task.round_id)
-    .join(Experiment, Experiment.id == Task.experiment_id)
-    .where(
-        Task.site_id == bindparam("site_id"),
-        or_(*(Task.status == state for state in OPEN_TASK_STATES)),
-        Round.status == RoundStatus.OPEN,
-        Experiment.status == ExperimentStatus.RUNNING,
+_NEXT_TASK = (
+    select(
+        _tasks.c.id,
+        _tasks.c.round_id,
+        _tasks.c.round_number,
+        _tasks.c.status,
+        _tasks.c.seed,
+        _tasks.c.model_sha256,
+        _tasks.c.model_size,
+        _tasks.c.experiment_id,
+        _rounds.c.deadline_at,
+        _experiments.c.started_at,
     )
-    .options(defer(Round.sampled))  # O(sites) JSON, needed only by secure aggregation
-    .order_by(Task.created_at, Task.id)
+    .select_from(
+        _tasks.join(_rounds, _rounds.c.id == _tasks.c.round_id).join(
+            _experiments, _experiments.c.id == _tasks.c.experiment_id
+        )
+    )
+    .where(
+        _tasks.c.site_id == bindparam("site_id"),
+        _task_is_open,
+        _rounds.c.status == RoundStatus.OPEN,
+        _experiments.c.status == ExperimentStatus.RUNNING,
+    )
+    .order_by(_tasks.c.created_at, _tasks.c.id)
     .limit(1)
 )
-"""The oldest unreported task of ``site_id`` in an open round of a running experiment."""
+
+
+@dataclass(frozen=True)
+class OpenTask:
+    """A site's open task as a poll hands it out (a plain row, no ORM object)."""
+
+    id: str
+    round_id: str
+    round_number: int
+    status: str
+    seed: int
+    model_sha256: str
+    model_size: int
+    experiment_id: str
+    deadline_at: datetime
+    started_at: datetime | None
+
+
+def next_task(session: Session, *, site_id: str) -> OpenTask | None:
+    """The oldest unreported task of a site in an open round of a running experiment."""
+    row = session.connection().execute(_NEXT_TASK, {"site_id": site_id}).first()
+    return None if row is None else OpenTask(**row._mapping)
+
 
 _MARK_DELIVERED = (
     update(_tasks)
@@ -105,16 +140,10 @@ _INSERT_EVENT = insert(_events)
 _reports: dict[tuple[str, ...], Any] = {}
 
 
-def mark_delivered(session: Session, *, task: Task, now: datetime) -> None:
-    """Note the first time a task was handed to its site (one ``UPDATE``, no flush)."""
-    if task.status != TaskStatus.ASSIGNED:
-        return
-    session.connection().execute(_MARK_DELIVERED, {"task_id": task.id, "now": now})
-    # The loaded object says what the row now says, without a second write at commit.
-    from sqlalchemy.orm.attributes import set_committed_value
-
-    set_committed_value(task, "status", TaskStatus.DELIVERED)
-    set_committed_value(task, "delivered_at", now)
+def mark_delivered(session: Session, *, task: OpenTask, now: datetime) -> None:
+    """Note the first time a task was handed to its site (one ``UPDATE``)."""
+    if task.status == TaskStatus.ASSIGNED:
+        session.connection().execute(_MARK_DELIVERED, {"task_id": task.id, "now": now})
 
 
 def task_model(session: Session, *, task_id: str, site_id: str) -> tuple[str, int]:

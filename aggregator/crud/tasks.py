@@ -22,21 +22,20 @@ from data_specs.wire import TaskAssignment
 
 def next_task_for_site(
     session: Session, *, site_id: str
-) -> tuple[Task, Round, ExperimentFacts] | None:
+) -> tuple[site_requests.OpenTask, ExperimentFacts] | None:
     """The oldest unreported task of a site in an open round of a running experiment.
 
-    The round's ``sampled`` list (every site of the round) is loaded only if asked for, and
-    the experiment comes as its cached facts: neither costs O(sites) per poll.
+    A plain row (no ORM objects; the round's O(sites) ``sampled`` list is not read) and the
+    experiment's cached facts: a poll's cost does not grow with the federation.
     """
-    row = session.execute(site_requests.NEXT_TASK, {"site_id": site_id}).first()
-    if row is None:
+    task = site_requests.next_task(session, site_id=site_id)
+    if task is None:
         return None
-    task, rnd, started_at = row[0], row[1], row[2]
-    facts = experiment_facts(session, experiment_id=task.experiment_id, started_at=started_at)
-    return task, rnd, facts
+    facts = experiment_facts(session, experiment_id=task.experiment_id, started_at=task.started_at)
+    return task, facts
 
 
-def mark_delivered(session: Session, *, task: Task, now: datetime) -> None:
+def mark_delivered(session: Session, *, task: site_requests.OpenTask, now: datetime) -> None:
     """Note the first time a task was handed to its site."""
     site_requests.mark_delivered(session, task=task, now=now)
 
@@ -97,7 +96,7 @@ def refresh_task(session: Session, *, task_id: str) -> Task:
 
 
 def to_assignment(
-    session: Session, *, task: Task, rnd: Round, facts: ExperimentFacts
+    session: Session, *, task: site_requests.OpenTask, facts: ExperimentFacts
 ) -> TaskAssignment:
     """The wire form of a task: spec, model to fetch, training config with the task's own seed."""
     from aggregator.privacy.adaptive_clipping import round_clip_norm
@@ -106,6 +105,10 @@ def to_assignment(
     cfg = facts.cfg
     # This round's C (adaptive clipping), else the fixed one, else None.
     clip = round_clip_norm(session, experiment_id=facts.id, cfg=cfg, round_number=task.round_number)
+    secagg = None
+    if cfg.privacy is not None and cfg.privacy.secure_aggregation is not None:
+        rnd = require_row(session.get(Round, task.round_id), "round")
+        secagg = task_setup(cfg, rnd, require_row(session.get(Task, task.id), "task"))
     return TaskAssignment(
         task_id=task.id,
         experiment_id=facts.id,
@@ -116,8 +119,8 @@ def to_assignment(
         model_size=task.model_size,
         train=cfg.train.model_copy(update={"seed": task.seed}),
         local_keys=list(facts.local_keys),
-        deadline=rnd.deadline_at,
+        deadline=task.deadline_at,
         total_rounds=cfg.rounds,
         clip_norm=clip,
-        secagg=task_setup(cfg, rnd, task),
+        secagg=secagg,
     )

@@ -110,7 +110,11 @@ def accept_update(
     """
     ref = staged.finish()
     checked = check_update(
-        staged.path, num_samples=num_samples, policy=target.policy, global_path=target.global_path
+        staged.path,
+        num_samples=num_samples,
+        policy=target.policy,
+        global_path=target.global_path,
+        data=staged.body,  # a small upload's bytes, still in memory
     )
     stored: str | None = None
     if checked.accepted:

@@ -80,7 +80,12 @@ class CheckedUpdate:
 
 
 def check_update(
-    path: Path, *, num_samples: int, policy: UpdatePolicy, global_path: Path
+    path: Path,
+    *,
+    num_samples: int,
+    policy: UpdatePolicy,
+    global_path: Path,
+    data: bytes | None = None,
 ) -> CheckedUpdate:
     """Check an uploaded update against its task.
 
@@ -89,12 +94,13 @@ def check_update(
         num_samples: the ``X-Num-Samples`` header.
         policy: what the task needs.
         global_path: the float32 global model the site started from (θ).
+        data: the upload's bytes when they are in memory already (the same as ``path``'s).
 
     Raises:
         InvalidRequestError: the bundle breaks the contract (see the module docstring).
     """
     try:
-        views = BundleViews(path)
+        views = BundleViews(path, data=data)
         meta = views.meta
         _check_meta(meta, num_samples=num_samples, policy=policy)
         if meta.codec != "none":

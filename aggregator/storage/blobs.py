@@ -51,14 +51,18 @@ class StagedBlob:
         self._fh = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self._held: list[bytes] = []
+        self._written = 0
+        self.body: bytes | None = None  # the whole body, when it was held and then written
         self.size = 0
         self._sha: str | None = None
 
     def write(self, chunk: bytes) -> None:
         """Append a chunk, hashing it on the way."""
         self.write_held()
+        self.body = None  # more than what was held
         self._hash.update(chunk)
         self._fh.write(chunk)
+        self._written += len(chunk)
         self.size += len(chunk)
 
     def hold(self, chunk: bytes) -> None:
@@ -78,8 +82,13 @@ class StagedBlob:
 
     def write_held(self) -> None:
         """Write the chunks ``hold`` kept in memory (in order)."""
+        if self._held and self._written == 0:  # all of the body so far: keep it for readers
+            self.body = b"".join(self._held)
+            self._held = [self.body]
         while self._held:
-            self._fh.write(self._held.pop(0))
+            chunk = self._held.pop(0)
+            self._fh.write(chunk)
+            self._written += len(chunk)
 
     def digest(self) -> BlobRef:
         """sha256 and size of everything written or held so far (the file may lag behind)."""
@@ -104,6 +113,7 @@ class StagedBlob:
     def discard(self) -> None:
         """Drop the staged file if it is still there (safe to call twice)."""
         self._held.clear()
+        self.body = None
         if not self._fh.closed:
             self._fh.close()
         with contextlib.suppress(FileNotFoundError):

@@ -61,10 +61,10 @@ async def next_task(
             found = task_crud.next_task_for_site(session, site_id=site.id)
             if found is None:
                 return None
-            task, rnd, facts = found
+            task, facts = found
             relax_next_commit(session)  # a lost delivery record only means a re-delivery
             task_crud.mark_delivered(session, task=task, now=utcnow())
-            assignment = task_crud.to_assignment(session, task=task, rnd=rnd, facts=facts)
+            assignment = task_crud.to_assignment(session, task=task, facts=facts)
             session.commit()
             return assignment
 
