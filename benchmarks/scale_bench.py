@@ -5,9 +5,11 @@
 
 One ``python -m aggregator serve`` process (the product's defaults: 1 s orchestrator tick, 8
 concurrent uploads) serves N simulated sites. The sites are light: coroutines in one client
-process, each the real HTTP protocol of an agent (long poll ``GET /tasks/next?wait=20``,
-download the global model, upload an update with its sha256 and sample count, retry on 429)
-with fake training (the downloaded tiny U-Net moved by seeded noise, no torch). A FedAvg
+process, each the real HTTP protocol of an agent on its own keep-alive HTTP/1.1 connection
+(``benchmarks.light_http``: long poll ``GET /tasks/next?wait=20``, download the global model,
+upload an update with its sha256 and sample count, retry on 429 after the agent's backoff)
+with fake training (the downloaded tiny U-Net, decoded once per round, plus a fixed seeded
+step per site; no torch). A FedAvg
 experiment samples every site in every round. Measured per round: wall time (``closed_at -
 opened_at``), the aggregator process's CPU seconds and peak RSS (``/proc``), the database's size
 after the round, and the long-poll delivery latency (a site's task in hand minus the round's
@@ -392,9 +394,11 @@ def report(results: list[RunResult], command: str) -> str:
         "",
         "One `python -m aggregator serve` process with its defaults (1 s orchestrator tick, 8 concurrent "
         "uploads, SQLite `synchronous=FULL` or PostgreSQL 15 from Debian with fsync on). The sites are "
-        "coroutines in one client process on the same 2 cores: each long-polls, downloads the global "
-        "model, uploads a fake update (the tiny U-Net `(4, 8)` at 32x32, 3 KB, moved by seeded noise) "
-        "and retries on 429. Every site is sampled every round (FedAvg, `min_sites` = all).",
+        "coroutines in one client process on the same 2 cores, each on its own keep-alive HTTP/1.1 "
+        "connection (`benchmarks/light_http.py`): each long-polls, downloads the global model, "
+        "uploads a fake update (the tiny U-Net `(4, 8)` at 16x16, 3 KB: the global model plus a "
+        "fixed seeded step per site) and retries on 429 after the site agent's backoff (0.5-1 s, "
+        "doubling). Every site is sampled every round (FedAvg, `min_sites` = all).",
         "",
         "Columns: wall = round `closed_at - opened_at` (with fake training this is all round overhead: "
         "delivery, downloads, uploads, checks, aggregation); close = last accepted report to "
