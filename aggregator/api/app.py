@@ -138,7 +138,8 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
     )
     app.include_router(health.router)
     api = APIRouter(prefix=API_PREFIX, responses=error_responses(*COMMON_ERRORS))
-    routers = (researchers, sites, experiments, tasks, secagg, events, invitations, fingerprints)
+    # tasks first: every site calls it each round, and a request is matched route by route.
+    routers = (tasks, researchers, sites, experiments, secagg, events, invitations, fingerprints)
     for module in (*routers, dashboard):
         api.include_router(module.router)
     app.include_router(api)
