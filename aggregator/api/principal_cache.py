@@ -9,9 +9,9 @@ What still holds:
 
 - **Revocation and rotation act at once.** ``aggregator.crud.principals`` marks the session
   that revokes or rotates a token (``principals.mark_changed``); when that session commits,
-  the cache is emptied (``watch``). A lookup that read the database before the commit cannot put its stale
-  answer back afterwards: every answer carries the cache's generation from before its read,
-  and ``put`` drops an answer whose generation is no longer current.
+  the cache is emptied (``watch``). A lookup that read the database before the commit cannot
+  put its stale answer back afterwards: every answer carries the cache's generation from
+  before its read, and ``put`` drops an answer whose generation is no longer current.
 - **Expiry** (``token_ttl_days``) is judged on every request from the cached issue time.
 - **last_seen_at** is written as before: a site's answer is used only until its
   ``last_seen_at`` is 30 s old (the interval at which ``touch_site`` writes); the next request
