@@ -6,11 +6,13 @@ guessing tokens at hundreds per second or flooding the blob store; a restart for
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from aggregator.errors import TooManyRequestsError
 
@@ -74,42 +76,101 @@ class RateLimiter:
 
 
 class UploadSlots:
-    """At most ``limit`` uploads streaming at once; the next one is refused with 429.
+    """At most ``limit`` uploads streaming at once; the next ones wait their turn, briefly.
+
+    An upload that finds every slot taken queues (first come, first served) for up to
+    ``wait_s`` seconds while its body waits unread in the socket, and is refused with 429 only
+    after that, or at once when ``max_waiting`` uploads already wait. A thousand sites
+    uploading in the same second used to get hundreds of 429s, each a full request again
+    after the agent's backoff; waiting costs no CPU.
 
     Args:
         limit: concurrent uploads. Example: ``8``.
+        wait_s: longest wait for a slot. Default 0: refuse at once.
+        max_waiting: uploads allowed to wait at once. Default 1024.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, wait_s: float = 0.0, max_waiting: int = 1024) -> None:
         self.limit = limit
+        self.wait_s = wait_s
+        self.max_waiting = max_waiting
         self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._lock = threading.Lock()
 
+    @property
+    def waiting(self) -> int:
+        """Uploads waiting for a slot now."""
+        return len(self._waiters)
+
     def check(self) -> None:
-        """Refuse early, before any other work, when every slot is taken (``hold`` decides).
+        """Refuse early, before any other work, when no slot will come (``take`` decides).
 
         Raises:
-            TooManyRequestsError: every slot is taken.
+            TooManyRequestsError: every slot is taken and no upload may wait for one.
         """
-        if self.active >= self.limit:
+        if self.active >= self.limit and (self.wait_s <= 0 or self.waiting >= self.max_waiting):
             raise self._full()
 
     @contextmanager
     def hold(self) -> Iterator[None]:
-        """Hold one slot while the body streams in.
+        """Hold one slot, without waiting.
 
         Raises:
             TooManyRequestsError: every slot is taken.
         """
         with self._lock:
-            if self.active >= self.limit:
+            if self.active >= self.limit or self._waiters:
                 raise self._full()
             self.active += 1
         try:
             yield
         finally:
-            with self._lock:
-                self.active -= 1
+            self._release()
+
+    @asynccontextmanager
+    async def take(self) -> AsyncIterator[None]:
+        """Hold one slot while the body streams in, waiting up to ``wait_s`` for it.
+
+        Raises:
+            TooManyRequestsError: no slot within ``wait_s``, or too many waiting already.
+        """
+        await self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self) -> None:
+        with self._lock:
+            if self.active < self.limit and not self._waiters:
+                self.active += 1
+                return
+            if self.wait_s <= 0 or len(self._waiters) >= self.max_waiting:
+                raise self._full()
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(turn)
+        try:
+            await asyncio.wait_for(turn, timeout=self.wait_s)  # _release hands its slot over
+        except TimeoutError:
+            with self._lock, contextlib.suppress(ValueError):
+                self._waiters.remove(turn)
+            raise self._full() from None
+        except BaseException:  # cancelled (the client left): give back a slot handed over
+            with self._lock, contextlib.suppress(ValueError):
+                self._waiters.remove(turn)
+            if turn.done() and not turn.cancelled():
+                self._release()
+            raise
+
+    def _release(self) -> None:
+        with self._lock:
+            while self._waiters:
+                turn = self._waiters.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # the slot passes to the longest waiting upload
+                    return
+            self.active -= 1
 
     def _full(self) -> TooManyRequestsError:
         return TooManyRequestsError(

@@ -45,7 +45,11 @@ class AggregatorSettings(BaseSettings):
             is parsed. Default 1 MiB.
         max_json_bytes: largest JSON request body. Default 1 MiB.
         body_timeout_s: longest wait for one chunk of a request body. Default 30.
-        max_concurrent_uploads: uploads streaming at once; more answer 429. Default 8.
+        max_concurrent_uploads: uploads streaming at once; more wait for a slot. Default 8.
+        upload_slot_wait_s: how long an upload waits for a slot before it is answered 429.
+            Default 10 (0: refuse at once).
+        max_waiting_uploads: uploads that may wait for a slot at once; more answer 429 at
+            once. Default 1024.
         auth_failures_per_minute: failed authentications allowed per address and per token
             (after a burst of ``auth_failure_burst``); more answer 429. Default 30.
         auth_failure_burst: failed authentications allowed at once. Default 10.
@@ -88,6 +92,8 @@ class AggregatorSettings(BaseSettings):
     max_json_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
     body_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
     max_concurrent_uploads: Annotated[int, Field(ge=1, le=10_000)] = 8
+    upload_slot_wait_s: Annotated[float, Field(ge=0.0, le=600.0)] = 10.0
+    max_waiting_uploads: Annotated[int, Field(ge=0, le=1_000_000)] = 1024
     auth_failures_per_minute: Annotated[float, Field(gt=0.0)] = 30.0
     auth_failure_burst: Annotated[int, Field(ge=1)] = 10
     uploads_per_minute: Annotated[float, Field(gt=0.0)] = 60.0

@@ -5,9 +5,11 @@
 
 One ``python -m aggregator serve`` process (the product's defaults: 1 s orchestrator tick, 8
 concurrent uploads) serves N simulated sites. The sites are light: coroutines in one client
-process, each the real HTTP protocol of an agent (long poll ``GET /tasks/next?wait=20``,
-download the global model, upload an update with its sha256 and sample count, retry on 429)
-with fake training (the downloaded tiny U-Net moved by seeded noise, no torch). A FedAvg
+process, each the real HTTP protocol of an agent on its own keep-alive HTTP/1.1 connection
+(``benchmarks.light_http``: long poll ``GET /tasks/next?wait=20``, download the global model,
+upload an update with its sha256 and sample count, retry on 429 after the agent's backoff)
+with fake training (the downloaded tiny U-Net, decoded once per round, plus a fixed seeded
+step per site; no torch). A FedAvg
 experiment samples every site in every round. Measured per round: wall time (``closed_at -
 opened_at``), the aggregator process's CPU seconds and peak RSS (``/proc``), the database's size
 after the round, and the long-poll delivery latency (a site's task in hand minus the round's
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import platform
+import random
 import resource
 import signal
 import statistics
@@ -32,14 +36,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
+from benchmarks.light_http import LightConnection, LightHTTPError, LightResponse
+from data_specs.constants import BundleKind
+from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 from tests.aggregator.e2e_helpers import free_port
 from tests.aggregator.helpers import (
     ADMIN_TOKEN,
     API,
     TINY_SPEC,
     bearer,
-    update_bundle,
+    plausible_weights,
     upload_headers,
 )
 from tests.aggregator.postgres import PostgresServer, database_name
@@ -150,48 +158,114 @@ async def enroll_sites(
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+class LightUpdates:
+    """Fake training for light sites: the global model plus a fixed, seeded step per site.
+
+    The global model is decoded once per round for all sites (by its sha256) and each site's
+    step is drawn once: a site's round costs one ``encode_bundle``, not a decode, a dozen
+    seeded generators and an encode (what ``tests.aggregator.helpers.update_bundle`` does).
+    """
+
+    def __init__(self, scale: float = 0.01) -> None:
+        self.scale = scale
+        self._theta: dict[str, dict[str, np.ndarray]] = {}
+        self._steps: dict[str, dict[str, np.ndarray]] = {}
+
+    def body(self, site: str, task: dict[str, Any], model: bytes, num_samples: int) -> bytes:
+        theta = self._theta.get(task["model_sha256"])
+        if theta is None:
+            decoded = decode_bundle(model).tensors
+            theta = {
+                k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in decoded.items()
+            }
+            self._theta = {task["model_sha256"]: theta}  # one round at a time
+        step = self._steps.get(site)
+        if step is None:
+            step = plausible_weights(
+                {k: np.zeros_like(v) for k, v in theta.items()},
+                site=site,
+                round_number=0,
+                scale=self.scale,
+            )
+            self._steps[site] = step
+        weights = {k: np.asarray(v + step[k], dtype=v.dtype) for k, v in theta.items()}
+        meta = BundleMeta(
+            spec_hash=task["spec_hash"],
+            round=task["round"],
+            kind=BundleKind.FULL,
+            num_samples=num_samples,
+        )
+        return encode_bundle(weights, meta)
+
+
+def agent_backoff(attempt: int, *, initial: float = 1.0, maximum: float = 60.0) -> float:
+    """The site agent's pause before retry ``attempt + 1`` (``site_agent.federation.retry.Backoff``
+    with its defaults): half the capped exponential step fixed, the other half random."""
+    step = min(maximum / 2, initial / 2 * 2**attempt)
+    return step + random.uniform(0, step)
+
+
+async def light_call(conn: LightConnection, method: str, url: str, **kwargs: Any) -> LightResponse:
+    """One request on a site's own connection, sent again after a transport error."""
+    for attempt in range(8):
+        try:
+            return await conn.request(method, url, **kwargs)
+        except (OSError, LightHTTPError, asyncio.IncompleteReadError, TimeoutError):
+            if attempt == 7:
+                raise
+            RECONNECTS["n"] += 1
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 async def light_site(
-    client: httpx.AsyncClient,
+    base: str,
     name: str,
     token: str,
     stop: asyncio.Event,
     received: dict[tuple[str, int], float],
     counters: dict[str, int],
+    updates: LightUpdates,
 ) -> None:
-    """One site's protocol with fake training, until ``stop``."""
+    """One site's protocol with fake training, until ``stop``: its own keep-alive connection."""
     headers = bearer(token)
-    while not stop.is_set():
-        try:
-            r = await client.get(f"{API}/tasks/next", params={"wait": 20}, headers=headers)
-        except httpx.TransportError:
-            await asyncio.sleep(0.5)
-            continue
-        if r.status_code != 200:
-            continue
-        task = r.json()
-        received[(name, task["round"])] = time.time()
-        model = await call(client, "GET", f"{API}/tasks/{task['task_id']}/model", headers=headers)
-        model.raise_for_status()
-        body = update_bundle(
-            model.content,
-            site=name,
-            round_number=task["round"],
-            num_samples=10,
-            spec_hash=task["spec_hash"],
-        )
-        while True:
-            up = await call(
-                client,
-                "PUT",
-                f"{API}/tasks/{task['task_id']}/update",
-                content=body,
-                headers=upload_headers(token, body, 10),
+    conn = LightConnection(base)
+    try:
+        while not stop.is_set():
+            try:
+                r = await conn.request(
+                    "GET", f"{API}/tasks/next", params={"wait": 20}, headers=headers
+                )
+            except (OSError, LightHTTPError, asyncio.IncompleteReadError, TimeoutError):
+                RECONNECTS["n"] += 1
+                await asyncio.sleep(0.5)
+                continue
+            if r.status_code != 200:
+                continue
+            task = r.json()
+            received[(name, task["round"])] = time.time()
+            model = await light_call(
+                conn, "GET", f"{API}/tasks/{task['task_id']}/model", headers=headers
             )
-            if up.status_code not in (429, 503):
-                up.raise_for_status()
-                break
-            counters["429"] += 1
-            await asyncio.sleep(0.05 + 0.2 * (hash((name, counters["429"])) % 10) / 10)
+            model.raise_for_status()
+            body = updates.body(name, task, model.content, 10)
+            up_headers = upload_headers(token, body, 10)
+            for attempt in itertools.count():
+                up = await light_call(
+                    conn,
+                    "PUT",
+                    f"{API}/tasks/{task['task_id']}/update",
+                    content=body,
+                    headers=up_headers,
+                )
+                if up.status_code not in (429, 503):
+                    up.raise_for_status()
+                    break
+                counters["429"] += 1
+                await asyncio.sleep(agent_backoff(attempt))
+        RECONNECTS["n"] += conn.reconnects
+    finally:
+        conn.close()
 
 
 def database_size(data_dir: Path, pg: PostgresServer | None, url: str | None) -> int:
@@ -246,8 +320,11 @@ async def run_one(
             stop = asyncio.Event()
             received: dict[tuple[str, int], float] = {}
             counters = {"429": 0}
+            updates = LightUpdates()
             workers = [
-                asyncio.create_task(light_site(client, name, tok, stop, received, counters))
+                asyncio.create_task(
+                    light_site(agg.base, name, tok, stop, received, counters, updates)
+                )
                 for name, _, tok in sites
             ]
             sizes: dict[int, int] = {}
@@ -317,9 +394,11 @@ def report(results: list[RunResult], command: str) -> str:
         "",
         "One `python -m aggregator serve` process with its defaults (1 s orchestrator tick, 8 concurrent "
         "uploads, SQLite `synchronous=FULL` or PostgreSQL 15 from Debian with fsync on). The sites are "
-        "coroutines in one client process on the same 2 cores: each long-polls, downloads the global "
-        "model, uploads a fake update (the tiny U-Net `(4, 8)` at 32x32, 3 KB, moved by seeded noise) "
-        "and retries on 429. Every site is sampled every round (FedAvg, `min_sites` = all).",
+        "coroutines in one client process on the same 2 cores, each on its own keep-alive HTTP/1.1 "
+        "connection (`benchmarks/light_http.py`): each long-polls, downloads the global model, "
+        "uploads a fake update (the tiny U-Net `(4, 8)` at 16x16, 3 KB: the global model plus a "
+        "fixed seeded step per site) and retries on 429 after the site agent's backoff (0.5-1 s, "
+        "doubling). Every site is sampled every round (FedAvg, `min_sites` = all).",
         "",
         "Columns: wall = round `closed_at - opened_at` (with fake training this is all round overhead: "
         "delivery, downloads, uploads, checks, aggregation); close = last accepted report to "

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from aggregator.api.deps import Services
 from aggregator.api.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from aggregator.api.guards import JsonBodyGuard
+from aggregator.api.principal_cache import PrincipalCache
 from aggregator.api.routes import (
     dashboard,
     events,
@@ -52,6 +53,10 @@ def build_services(settings: AggregatorSettings) -> Services:
     if removed:
         log_event(log, "blobs.staging_cleaned", files=removed)
     metrics = AggregatorMetrics()
+    # One process per SQLite database: its token answers can be cached (revocation empties
+    # the cache). Other processes sharing a PostgreSQL database could revoke unheard.
+    principal_cache = PrincipalCache(enabled=database.is_sqlite)
+    principal_cache.watch(database.session_factory)
     orchestrator = Orchestrator(
         database=database, blobs=blobs, metrics=metrics, interval_s=settings.orchestrator_interval_s
     )
@@ -69,8 +74,13 @@ def build_services(settings: AggregatorSettings) -> Services:
         upload_rate=RateLimiter(
             per_minute=settings.uploads_per_minute, burst=settings.upload_burst
         ),
-        upload_slots=UploadSlots(settings.max_concurrent_uploads),
+        upload_slots=UploadSlots(
+            settings.max_concurrent_uploads,
+            wait_s=settings.upload_slot_wait_s,
+            max_waiting=settings.max_waiting_uploads,
+        ),
         model_cache=BlobCache(blobs),
+        principals=principal_cache,
     )
 
 
@@ -128,7 +138,8 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
     )
     app.include_router(health.router)
     common = error_responses(*COMMON_ERRORS)
-    routers = (researchers, sites, experiments, tasks, secagg, events, invitations, fingerprints)
+    # tasks first: every site calls it each round, and a request is matched route by route.
+    routers = (tasks, researchers, sites, experiments, secagg, events, invitations, fingerprints)
     for module in (*routers, dashboard):
         # Straight into the app with the API prefix (the same paths and OpenAPI as an
         # ``/api/v1`` router in between): FastAPI then builds each route's request handling

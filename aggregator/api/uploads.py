@@ -37,6 +37,9 @@ from data_specs.weights.safetensors_header import (
 from data_specs.wire import SiteMetrics
 
 _PIPELINE_DEPTH = 16  # chunks (uvicorn hands over up to ~256 KiB each) queued for the writer
+# A body this small is hashed as it arrives and written by the route's own worker-thread call
+# (``StagedBlob.finish``): starting a writer thread per upload cost more than the writes.
+HOLD_BYTES = 256 * 1024
 
 BUNDLE_BODY = {
     "requestBody": {
@@ -128,11 +131,16 @@ async def receive_bundle(
     sha256: str,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     chunk_timeout_s: float = 30.0,
+    hold_bytes: int = 0,
 ) -> StagedBlob:
     """Stream the body into a staged blob and check its size and sha256.
 
     Hashing and writing run on a per-upload writer thread, pipelined with the event loop that
     keeps receiving (at most ``_PIPELINE_DEPTH`` chunks in flight, so memory stays bounded).
+    A body of at most ``hold_bytes`` is hashed as it arrives and held in memory instead: no
+    writer thread is started, and the caller's ``staged.finish()`` (on a worker thread, before
+    it reads ``staged.path``) writes and fsyncs it. A body that grows past ``hold_bytes``
+    continues through the writer thread as above.
 
     Args:
         request: the upload.
@@ -142,9 +150,10 @@ async def receive_bundle(
         max_header_bytes: the safetensors header cap, checked on the first 8 bytes (an
             oversized header is refused before the rest of the body is read). Default 1 MiB.
         chunk_timeout_s: longest wait for one chunk of the body. Default 30.
+        hold_bytes: hold a body up to this size in memory (see above). Default 0: never.
 
     Returns:
-        The staged, fsynced blob; the caller commits or discards it.
+        The staged blob, fsynced unless it was held; the caller commits or discards it.
 
     Raises:
         InvalidRequestError: body longer or shorter than declared, or a different sha256.
@@ -152,7 +161,7 @@ async def receive_bundle(
     """
     loop = asyncio.get_running_loop()
     staged = blobs.stage()
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-writer")
+    writer: ThreadPoolExecutor | None = None
     pending: deque[asyncio.Future[None]] = deque()
     received = 0
     prefix = b""
@@ -169,8 +178,14 @@ async def receive_bundle(
                         f"body is longer than its Content-Length of {length} bytes",
                         code="truncated",
                     )
-                if chunk:
-                    pending.append(loop.run_in_executor(writer, staged.write, chunk))
+                if not chunk:
+                    continue
+                if writer is None and received <= hold_bytes:
+                    staged.hold(chunk)
+                    continue
+                if writer is None:
+                    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-writer")
+                pending.append(loop.run_in_executor(writer, staged.write, chunk))
                 while len(pending) > _PIPELINE_DEPTH:
                     await pending.popleft()
         except ClientDisconnect as exc:
@@ -184,7 +199,10 @@ async def receive_bundle(
             raise InvalidRequestError(
                 f"body truncated: got {received} of {length} bytes", code="truncated"
             )
-        ref = await loop.run_in_executor(writer, staged.finish)
+        if writer is None:
+            ref = staged.digest()  # held: written and fsynced by the caller's finish()
+        else:
+            ref = await loop.run_in_executor(writer, staged.finish)
         if ref.sha256 != sha256:
             raise InvalidRequestError(
                 f"body sha256 is {ref.sha256}, {HEADER_SHA256} says {sha256}",
@@ -196,7 +214,8 @@ async def receive_bundle(
         staged.discard()
         raise
     finally:
-        writer.shutdown(wait=False)
+        if writer is not None:
+            writer.shutdown(wait=False)
     return staged
 
 
@@ -226,7 +245,13 @@ def _check_header_length(prefix: bytes, limit: int) -> None:
 
 
 async def receive_upload(
-    request: Request, *, services: Any, site_key: str | None, length: int, sha256: str
+    request: Request,
+    *,
+    services: Any,
+    site_key: str | None,
+    length: int,
+    sha256: str,
+    hold_bytes: int = 0,
 ) -> StagedBlob:
     """``receive_bundle`` under the app's limits: upload rate per caller, concurrent uploads.
 
@@ -236,16 +261,19 @@ async def receive_upload(
         site_key: the rate-limit key of the caller (its id), None for no per-caller limit.
         length: the declared ``Content-Length``.
         sha256: the declared ``X-Content-SHA256``.
+        hold_bytes: a body up to this size is held in memory until the caller's
+            ``staged.finish()`` (``receive_bundle``). Default 0: never.
 
     Raises:
-        TooManyRequestsError: the caller uploads too often, or too many uploads are in flight.
+        TooManyRequestsError: the caller uploads too often, or no upload slot came free in
+            time.
     """
     if site_key is not None and not services.upload_rate.hit(f"upload:{site_key}"):
         raise TooManyRequestsError(
             "too many uploads from this caller; retry shortly", retry_after_s=5.0
         )
     settings = services.settings
-    with services.upload_slots.hold():
+    async with services.upload_slots.take():
         return await receive_bundle(
             request,
             blobs=services.blobs,
@@ -253,4 +281,5 @@ async def receive_upload(
             sha256=sha256,
             max_header_bytes=settings.max_header_bytes,
             chunk_timeout_s=settings.body_timeout_s,
+            hold_bytes=hold_bytes,
         )

@@ -19,6 +19,15 @@ from aggregator.errors import (
 from aggregator.storage.db.models import Researcher, Site, SiteStatus, utcnow
 from data_specs.event_kinds import EventKind
 
+# Set in ``session.info`` by a change to who a token belongs to; the API's principal cache
+# empties itself when such a session commits (``aggregator.api.principal_cache``).
+TOKENS_CHANGED = "fedseg.tokens_changed"
+
+
+def mark_changed(session: Session) -> None:
+    """Note that this session revokes, rotates or issues a token."""
+    session.info[TOKENS_CHANGED] = True
+
 
 def create_researcher(
     session: Session, *, name: str, actor: str = "admin"
@@ -82,6 +91,7 @@ def rotate_researcher(session: Session, *, researcher: Researcher, actor: str) -
     token = new_token()
     researcher.token_hash = hash_token(token)
     researcher.token_issued_at = utcnow()
+    mark_changed(session)
     record_event(
         session,
         kind=EventKind.RESEARCHER_ROTATED,
@@ -94,6 +104,7 @@ def rotate_researcher(session: Session, *, researcher: Researcher, actor: str) -
 def revoke_researcher(session: Session, *, researcher: Researcher, actor: str) -> None:
     """Revoke a researcher's token for good (the admin may create a new researcher)."""
     if researcher.revoked_at is None:
+        mark_changed(session)
         researcher.revoked_at = utcnow()
         # An unusable hash: no token hashes to it, and the unique column stays unique.
         researcher.token_hash = hash_token(f"revoked:{researcher.id}:{new_token()}")
@@ -160,6 +171,7 @@ def enroll_site(
     if site is None or site.status == SiteStatus.REVOKED:
         raise AuthenticationError("enrollment token is unknown or was already used")
     token = new_token()
+    mark_changed(session)  # a re-enrolment after a rotation replaces the site's token
     site.token_hash = hash_token(token)
     site.enrollment_token_hash = None
     site.status = SiteStatus.ENROLLED
@@ -186,6 +198,7 @@ def rotate_site(session: Session, *, site_id: str, researcher_id: str) -> tuple[
             f"site {site_id!r} was revoked and revocation is final; register a new site instead"
         )
     token = new_token()
+    mark_changed(session)
     site.token_hash = None
     site.enrollment_token_hash = hash_token(token)
     site.status = SiteStatus.REGISTERED
@@ -206,6 +219,7 @@ def revoke_site(session: Session, *, site_id: str, researcher_id: str) -> Site:
         PermissionDeniedError: the site was registered by another researcher.
     """
     site = _owned_site(session, site_id=site_id, researcher_id=researcher_id)
+    mark_changed(session)
     site.token_hash = None
     site.enrollment_token_hash = None
     site.status = SiteStatus.REVOKED

@@ -5,15 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
-from aggregator.crud.experiments import config_of
+from aggregator.crud import site_requests
+from aggregator.crud.experiment_facts import ExperimentFacts, experiment_facts
 from aggregator.errors import ConflictError, NotFoundError, require_row
 from aggregator.storage.db.models import (
     OPEN_TASK_STATES,
-    Experiment,
-    ExperimentStatus,
     Round,
     RoundStatus,
     Task,
@@ -22,29 +20,24 @@ from aggregator.storage.db.models import (
 from data_specs.wire import TaskAssignment
 
 
-def next_task_for_site(session: Session, *, site_id: str) -> tuple[Task, Round, Experiment] | None:
-    """The oldest unreported task of a site in an open round of a running experiment."""
-    row = session.execute(
-        select(Task, Round, Experiment)
-        .join(Round, Round.id == Task.round_id)
-        .join(Experiment, Experiment.id == Task.experiment_id)
-        .where(
-            Task.site_id == site_id,
-            Task.status.in_(OPEN_TASK_STATES),
-            Round.status == RoundStatus.OPEN,
-            Experiment.status == ExperimentStatus.RUNNING,
-        )
-        .order_by(Task.created_at, Task.id)
-        .limit(1)
-    ).first()
-    return None if row is None else (row[0], row[1], row[2])
+def next_task_for_site(
+    session: Session, *, site_id: str
+) -> tuple[site_requests.OpenTask, ExperimentFacts] | None:
+    """The oldest unreported task of a site in an open round of a running experiment.
+
+    A plain row (no ORM objects; the round's O(sites) ``sampled`` list is not read) and the
+    experiment's cached facts: a poll's cost does not grow with the federation.
+    """
+    task = site_requests.next_task(session, site_id=site_id)
+    if task is None:
+        return None
+    facts = experiment_facts(session, experiment_id=task.experiment_id, started_at=task.started_at)
+    return task, facts
 
 
-def mark_delivered(session: Session, *, task: Task, now: datetime) -> None:
+def mark_delivered(session: Session, *, task: site_requests.OpenTask, now: datetime) -> None:
     """Note the first time a task was handed to its site."""
-    if task.status == TaskStatus.ASSIGNED:
-        task.status = TaskStatus.DELIVERED
-        task.delivered_at = now
+    site_requests.mark_delivered(session, task=task, now=now)
 
 
 def get_site_task(session: Session, *, task_id: str, site_id: str) -> Task:
@@ -59,23 +52,13 @@ def get_site_task(session: Session, *, task_id: str, site_id: str) -> Task:
     return task
 
 
-def add_bytes_down(session: Session, *, task_id: str, size: int) -> None:
-    """Count bytes served to a site for a task."""
-    session.execute(
-        update(Task)
-        .where(Task.id == task_id)
-        .values(bytes_down=Task.bytes_down + size)
-        .execution_options(synchronize_session=False)
-    )
-
-
 def ensure_open(session: Session, *, task: Task) -> Round:
     """The task's round if the task still takes a report.
 
     Raises:
         ConflictError: the task already reported, or its round is no longer open.
     """
-    rnd = session.get(Round, task.round_id)
+    rnd = session.get(Round, task.round_id, options=[defer(Round.sampled)])
     rnd = require_row(rnd, "round")
     if rnd.status != RoundStatus.OPEN:
         raise ConflictError(
@@ -99,18 +82,9 @@ def record_report(
     One UPDATE statement, so a round closing at the same moment either sees this report or
     makes it lose (returns False).
     """
-    open_rounds = select(Round.id).where(Round.status == RoundStatus.OPEN)
-    result = session.execute(
-        update(Task)
-        .where(
-            Task.id == task_id,
-            Task.status.in_(OPEN_TASK_STATES),
-            Task.round_id.in_(open_rounds),
-        )
-        .values(status=status, reported_at=now, **values)
-        .execution_options(synchronize_session=False)
+    return site_requests.record_report(
+        session, task_id=task_id, status=status, now=now, values=values
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def refresh_task(session: Session, *, task_id: str) -> Task:
@@ -121,32 +95,32 @@ def refresh_task(session: Session, *, task_id: str) -> Task:
     return task
 
 
-def to_assignment(*, task: Task, rnd: Round, experiment: Experiment) -> TaskAssignment:
+def to_assignment(
+    session: Session, *, task: site_requests.OpenTask, facts: ExperimentFacts
+) -> TaskAssignment:
     """The wire form of a task: spec, model to fetch, training config with the task's own seed."""
-    from sqlalchemy.orm import object_session
-
     from aggregator.privacy.adaptive_clipping import round_clip_norm
     from aggregator.privacy.secagg_protocol import task_setup
 
-    cfg = config_of(experiment)
-    session = object_session(experiment)
-    clip = cfg.privacy.dp.clip_norm if cfg.privacy and cfg.privacy.dp else None
-    if session is not None:  # adaptive clipping: this round's C
-        clip = round_clip_norm(
-            session, experiment_id=experiment.id, cfg=cfg, round_number=task.round_number
-        )
+    cfg = facts.cfg
+    # This round's C (adaptive clipping), else the fixed one, else None.
+    clip = round_clip_norm(session, experiment_id=facts.id, cfg=cfg, round_number=task.round_number)
+    secagg = None
+    if cfg.privacy is not None and cfg.privacy.secure_aggregation is not None:
+        rnd = require_row(session.get(Round, task.round_id), "round")
+        secagg = task_setup(cfg, rnd, require_row(session.get(Task, task.id), "task"))
     return TaskAssignment(
         task_id=task.id,
-        experiment_id=experiment.id,
+        experiment_id=facts.id,
         round=task.round_number,
         spec=cfg.spec,
-        spec_hash=experiment.spec_hash,
+        spec_hash=facts.spec_hash,
         model_sha256=task.model_sha256,
         model_size=task.model_size,
         train=cfg.train.model_copy(update={"seed": task.seed}),
-        local_keys=list(experiment.local_keys),
-        deadline=rnd.deadline_at,
+        local_keys=list(facts.local_keys),
+        deadline=task.deadline_at,
         total_rounds=cfg.rounds,
         clip_norm=clip,
-        secagg=task_setup(cfg, rnd, task),
+        secagg=secagg,
     )

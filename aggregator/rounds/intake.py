@@ -14,9 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.crud import experiments as exp_crud
-from aggregator.crud import rounds as round_crud
+from aggregator.crud import site_requests
 from aggregator.crud import tasks as task_crud
 from aggregator.crud.events import record_event
+from aggregator.crud.experiment_facts import experiment_facts
 from aggregator.crud.routing import share_personal_model
 from aggregator.errors import ConflictError
 from aggregator.logs import log_event
@@ -71,27 +72,25 @@ def prepare_update(
         NotFoundError: not this site's task.
         ConflictError: the task already reported otherwise, or its round is closed.
     """
-    task = task_crud.get_site_task(session, task_id=task_id, site_id=site_id)
-    if task.update_sha256 == sha256 and task.status in (TaskStatus.ACCEPTED, TaskStatus.REJECTED):
-        return _receipt(task.id, sha256, task.status, task.reject_reason, duplicate=True)
-    rnd = task_crud.ensure_open(session, task=task)
-    experiment = exp_crud.get_experiment(session, experiment_id=task.experiment_id)
-    cfg = exp_crud.config_of(experiment)
-    previous = round_crud.get_global_model(
-        session, experiment_id=experiment.id, round_number=rnd.number - 1
-    )
+    ctx = site_requests.upload_context(session, task_id=task_id, site_id=site_id)
+    if ctx.update_sha256 == sha256 and ctx.status in (TaskStatus.ACCEPTED, TaskStatus.REJECTED):
+        return _receipt(ctx.task_id, sha256, ctx.status, ctx.reject_reason, duplicate=True)
+    site_requests.require_open(ctx)
+    facts = experiment_facts(session, experiment_id=ctx.experiment_id, started_at=ctx.started_at)
+    previous = site_requests.previous_model(ctx)
+    cfg = facts.cfg
     policy = UpdatePolicy(
-        spec_hash=experiment.spec_hash,
-        round_number=rnd.number,
-        expected=exp_crud.expected_of(experiment),
-        local_keys=frozenset(experiment.local_keys),
+        spec_hash=facts.spec_hash,
+        round_number=ctx.round_number,
+        expected=facts.expected,
+        local_keys=frozenset(facts.local_keys),
         norm_bound=round_norm_bound(
-            session, experiment_id=experiment.id, cfg=cfg, round_number=rnd.number
+            session, experiment_id=facts.id, cfg=cfg, round_number=ctx.round_number
         ),
         codec=cfg.train.codec.name,
-        task_seed=task.seed,
+        task_seed=ctx.seed,
     )
-    return UpdateTarget(task.id, site_id, experiment.id, policy, blobs.require(previous.sha256))
+    return UpdateTarget(ctx.task_id, site_id, facts.id, policy, blobs.require(previous))
 
 
 def accept_update(
@@ -111,7 +110,11 @@ def accept_update(
     """
     ref = staged.finish()
     checked = check_update(
-        staged.path, num_samples=num_samples, policy=target.policy, global_path=target.global_path
+        staged.path,
+        num_samples=num_samples,
+        policy=target.policy,
+        global_path=target.global_path,
+        data=staged.body,  # a small upload's bytes, still in memory
     )
     stored: str | None = None
     if checked.accepted:
@@ -126,7 +129,7 @@ def accept_update(
         else:
             stored = staged.commit().sha256
     status = TaskStatus.ACCEPTED if checked.accepted else TaskStatus.REJECTED
-    won = task_crud.record_report(
+    won = site_requests.record_report(
         session,
         task_id=target.task_id,
         status=status,
@@ -149,7 +152,7 @@ def accept_update(
             )
         task_crud.ensure_open(session, task=task)  # raises the precise conflict
         raise ConflictError(f"task {target.task_id} changed while its update was checked; retry")
-    record_event(
+    site_requests.insert_event(
         session,
         kind=EventKind.UPDATE_ACCEPTED if checked.accepted else EventKind.UPDATE_REJECTED,
         actor=f"site:{target.site_id}",

@@ -17,6 +17,8 @@ stays flat whatever the model size.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +80,12 @@ class CheckedUpdate:
 
 
 def check_update(
-    path: Path, *, num_samples: int, policy: UpdatePolicy, global_path: Path
+    path: Path,
+    *,
+    num_samples: int,
+    policy: UpdatePolicy,
+    global_path: Path,
+    data: bytes | None = None,
 ) -> CheckedUpdate:
     """Check an uploaded update against its task.
 
@@ -87,22 +94,50 @@ def check_update(
         num_samples: the ``X-Num-Samples`` header.
         policy: what the task needs.
         global_path: the float32 global model the site started from (θ).
+        data: the upload's bytes when they are in memory already (the same as ``path``'s).
 
     Raises:
         InvalidRequestError: the bundle breaks the contract (see the module docstring).
     """
     try:
-        views = BundleViews(path)
+        views = BundleViews(path, data=data)
         meta = views.meta
         _check_meta(meta, num_samples=num_samples, policy=policy)
         if meta.codec != "none":
             return _check_coded(views, policy=policy, global_path=global_path)
         _check_layout(views, policy.expected)
-        theta = BundleViews(global_path) if policy.norm_bound is not None else None
+        theta = global_views(global_path) if policy.norm_bound is not None else None
         norm = _scan(views, theta, policy.local_keys)
     except BundleError as exc:
         raise _refusal(exc) from exc
     return _judge_norm(meta, norm, policy)
+
+
+_GLOBAL_VIEWS_KEPT = 4
+_global_views: OrderedDict[tuple[str, int, int], BundleViews] = OrderedDict()
+_global_views_lock = threading.Lock()
+
+
+def global_views(path: Path) -> BundleViews:
+    """Memory-mapped views of a stored global model, parsed once for all of a round's uploads.
+
+    Blobs are content-addressed and never rewritten in place, so the parsed header stays
+    right for the file; the key also holds the file's inode and size, so a blob removed and
+    stored again is mapped afresh. The last few models are kept (a round's uploads share one).
+    """
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size)
+    with _global_views_lock:
+        views = _global_views.get(key)
+        if views is not None:
+            _global_views.move_to_end(key)
+            return views
+    views = BundleViews(path)
+    with _global_views_lock:
+        _global_views[key] = views
+        while len(_global_views) > _GLOBAL_VIEWS_KEPT:
+            _global_views.popitem(last=False)
+    return views
 
 
 def check_model(path: Path, *, spec_hash: str, expected: Expected) -> BundleMeta:

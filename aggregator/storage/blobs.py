@@ -50,18 +50,54 @@ class StagedBlob:
         self.path = Path(tmp)
         self._fh = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
+        self._held: list[bytes] = []
+        self._written = 0
+        self.body: bytes | None = None  # the whole body, when it was held and then written
         self.size = 0
         self._sha: str | None = None
 
     def write(self, chunk: bytes) -> None:
         """Append a chunk, hashing it on the way."""
+        self.write_held()
+        self.body = None  # more than what was held
         self._hash.update(chunk)
         self._fh.write(chunk)
+        self._written += len(chunk)
         self.size += len(chunk)
 
+    def hold(self, chunk: bytes) -> None:
+        """Hash a chunk now and keep it in memory; ``write_held`` or ``finish`` writes it.
+
+        For small bodies: their bytes reach the file in the same worker-thread call that
+        fsyncs it, instead of one hand-over per chunk.
+        """
+        self._hash.update(chunk)
+        self._held.append(chunk)
+        self.size += len(chunk)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes hashed but not yet written to the file."""
+        return sum(len(c) for c in self._held)
+
+    def write_held(self) -> None:
+        """Write the chunks ``hold`` kept in memory (in order)."""
+        if self._held and self._written == 0:  # all of the body so far: keep it for readers
+            self.body = b"".join(self._held)
+            self._held = [self.body]
+        while self._held:
+            chunk = self._held.pop(0)
+            self._fh.write(chunk)
+            self._written += len(chunk)
+
+    def digest(self) -> BlobRef:
+        """sha256 and size of everything written or held so far (the file may lag behind)."""
+        return BlobRef(self._sha or self._hash.hexdigest(), self.size)
+
     def finish(self) -> BlobRef:
-        """Flush and fsync the staged file; returns its sha256 and size."""
+        """Write what is held, flush and fsync the staged file; returns its sha256 and size."""
         if self._sha is None:
+            self.write_held()
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
@@ -76,6 +112,8 @@ class StagedBlob:
 
     def discard(self) -> None:
         """Drop the staged file if it is still there (safe to call twice)."""
+        self._held.clear()
+        self.body = None
         if not self._fh.closed:
             self._fh.close()
         with contextlib.suppress(FileNotFoundError):

@@ -36,34 +36,52 @@ class BundleViews(Mapping[str, np.ndarray]):
 
     Args:
         path: a safetensors file. Example: ``store.path(sha)``.
+        max_header_bytes: the header size cap, checked before parsing. Default 1 MiB.
+        data: the file's bytes when the caller holds them already (a small upload): views
+            are made on them instead of a memory map of ``path``.
 
     Raises:
         BundleError: not safetensors, truncated or padded, an unsupported dtype, or an entry
             whose byte range does not match its shape.
     """
 
-    def __init__(self, path: Path, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            length = header_length(fh.read(8), max_bytes=max_header_bytes)
-            if length > size - 8:
-                raise BundleError(
-                    f"not safetensors or truncated: header of {length} bytes in a {size}-byte body"
-                )
-            self._base = 8 + length
-            header = parse_header(fh.read(length), data_size=size - self._base)
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        data: bytes | None = None,
+    ) -> None:
+        if data is not None:  # the file's bytes, already in memory: no re-read, no mapping
+            size = len(data)
+            length = header_length(data[:8], max_bytes=max_header_bytes)
+            raw_header = data[8 : 8 + length]
+        else:
+            size = path.stat().st_size
+            with path.open("rb") as fh:
+                length = header_length(fh.read(8), max_bytes=max_header_bytes)
+                raw_header = fh.read(length) if length <= size - 8 else b""
+        if length > size - 8:
+            raise BundleError(
+                f"not safetensors or truncated: header of {length} bytes in a {size}-byte body"
+            )
+        self._base = 8 + length
+        header = parse_header(raw_header, data_size=size - self._base)
         self.meta = BundleMeta.from_header(header.metadata)
         self._entries = {
             name: _Entry(np.dtype(DTYPES[e.dtype]), e.shape, e.start, e.end)
             for name, e in header.tensors.items()
         }
-        # A plain ndarray over the mapping (it keeps the memmap alive): slicing a memmap makes
-        # a memmap per slice, whose Python-level finalizer costs more than the slice itself.
-        self._map = (
-            np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
-            if size > self._base
-            else None
-        )
+        self._map: np.ndarray | None = None
+        if size > self._base:
+            # On a file: a plain ndarray over the mapping (it keeps the memmap alive); slicing
+            # a memmap makes a memmap per slice, whose Python-level finalizer costs more than
+            # the slice itself.
+            self._map = (
+                np.frombuffer(data, dtype=np.uint8)
+                if data is not None
+                else np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
+            )
 
     def dtype_name(self, name: str) -> str:
         """numpy dtype name of a tensor, without reading it."""

@@ -32,10 +32,10 @@ def _nested_reference(settings: AggregatorSettings) -> FastAPI:
     app.include_router(m.health.router)
     api = APIRouter(prefix=m.API_PREFIX, responses=m.error_responses(*m.COMMON_ERRORS))
     for module in (
+        m.tasks,
         m.researchers,
         m.sites,
         m.experiments,
-        m.tasks,
         m.secagg,
         m.events,
         m.invitations,

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 from aggregator.api.deps import CurrentSite, ServicesDep, SessionDep
 from aggregator.api.uploads import (
     BUNDLE_BODY,
+    HOLD_BYTES,
     UPLOAD_RESPONSES,
     content_length,
     metrics_header,
@@ -23,6 +24,7 @@ from aggregator.api.uploads import (
     receive_upload,
     sha256_header,
 )
+from aggregator.crud import site_requests
 from aggregator.crud import tasks as task_crud
 from aggregator.errors import ConflictError, InvalidRequestError
 from aggregator.rounds import intake
@@ -59,18 +61,18 @@ async def next_task(
             found = task_crud.next_task_for_site(session, site_id=site.id)
             if found is None:
                 return None
-            task, rnd, experiment = found
+            task, facts = found
             relax_next_commit(session)  # a lost delivery record only means a re-delivery
             task_crud.mark_delivered(session, task=task, now=utcnow())
-            assignment = task_crud.to_assignment(task=task, rnd=rnd, experiment=experiment)
+            assignment = task_crud.to_assignment(session, task=task, facts=facts)
             session.commit()
             return assignment
 
     while True:
         wake = services.board.waiter(site.id)  # taken before the check: no lost wake-up
         assignment = await run_in_threadpool(deliver)
-        if assignment is not None:
-            return assignment
+        if assignment is not None:  # serialised here: FastAPI's generic encoder costs more
+            return Response(assignment.model_dump_json(), media_type="application/json")
         remaining = give_up - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -90,13 +92,13 @@ async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> 
 
     def find() -> tuple[bytes | None, Path | None, str, int]:  # one worker-thread call
         with services.database.session() as session:
-            task = task_crud.get_site_task(session, task_id=task_id, site_id=site.id)
-            body = services.model_cache.get(task.model_sha256, task.model_size)
-            path = None if body is not None else services.blobs.require(task.model_sha256)
+            sha, size = site_requests.task_model(session, task_id=task_id, site_id=site.id)
+            body = services.model_cache.get(sha, size)
+            path = None if body is not None else services.blobs.require(sha)
             relax_next_commit(session)  # a byte counter: not worth an fsync on the round's path
-            task_crud.add_bytes_down(session, task_id=task.id, size=task.model_size)
+            site_requests.add_bytes_down(session, task_id=task_id, size=size)
             session.commit()
-            return body, path, task.model_sha256, task.model_size
+            return body, path, sha, size
 
     body, path, sha256, size = await run_in_threadpool(find)
     services.metrics.bytes_out.labels(kind="task_model").inc(size)
@@ -107,10 +109,15 @@ async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> 
     return Response(body, media_type="application/octet-stream", headers=headers)
 
 
-@router.put("/{task_id}/update", openapi_extra=BUNDLE_BODY, responses=UPLOAD_RESPONSES)
+@router.put(
+    "/{task_id}/update",
+    openapi_extra=BUNDLE_BODY,
+    responses=UPLOAD_RESPONSES,
+    response_model=UpdateReceipt,
+)
 async def upload_update(
     task_id: str, request: Request, services: ServicesDep, site: CurrentSite
-) -> UpdateReceipt:
+) -> Response:
     """Upload the task's update (headers ``X-Content-SHA256``, ``X-Num-Samples``, ``X-Metrics``).
 
     The same body twice is recorded once (``duplicate: true``); a closed round answers 409.
@@ -132,9 +139,14 @@ async def upload_update(
         target = await run_in_threadpool(prepare)
         if isinstance(target, UpdateReceipt):
             metrics.updates.labels(outcome="duplicate").inc()
-            return target
+            return _json(target)
         staged = await receive_upload(
-            request, services=services, site_key=site.id, length=length, sha256=sha
+            request,
+            services=services,
+            site_key=site.id,
+            length=length,
+            sha256=sha,
+            hold_bytes=HOLD_BYTES,  # accept_update's staged.finish() writes a small body
         )
 
         def accept() -> intake.UpdateOutcome:
@@ -169,7 +181,12 @@ async def upload_update(
         metrics.updates.labels(outcome="rejected").inc()
         metrics.rejects.labels(reason=outcome.reject_code or "policy").inc()
     services.orchestrator.wake()
-    return receipt
+    return _json(receipt)
+
+
+def _json(receipt: UpdateReceipt) -> Response:
+    """The receipt as JSON, serialised once (returned as a ``Response``, FastAPI skips its own)."""
+    return Response(receipt.model_dump_json(), media_type="application/json")
 
 
 @router.post("/{task_id}/failure")
@@ -196,7 +213,12 @@ async def share_personal(
 
     target = await run_in_threadpool(prepare)
     staged = await receive_upload(
-        request, services=services, site_key=site.id, length=length, sha256=sha
+        request,
+        services=services,
+        site_key=site.id,
+        length=length,
+        sha256=sha,
+        hold_bytes=HOLD_BYTES,  # accept_personal's staged.finish() writes a small body
     )
 
     def accept() -> UpdateReceipt:

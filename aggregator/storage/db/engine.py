@@ -45,6 +45,11 @@ class Database:
             _install_sqlite_pragmas(self.engine, synchronous)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
+    @property
+    def session_factory(self) -> sessionmaker[Session]:
+        """The factory behind ``session`` (for session event listeners)."""
+        return self._factory
+
     def upgrade(self) -> str:
         """Migrate the schema to this release's head revision (alembic); returns the revision.
 

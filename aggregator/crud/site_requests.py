@@ -1,0 +1,281 @@
+"""The database work of a site's requests each round, as statements built once per process.
+
+A thousand sites make about four requests each per round, and each request's statements were
+built, keyed for SQLAlchemy's compiled cache and turned into ORM objects anew. The statements
+here are module constants with bound parameters (their cache key is computed once), read plain
+rows where no ORM object is needed, and write with single Core ``UPDATE``/``INSERT`` statements;
+they raise the same errors, in the same order, as the ORM code they replace
+(``tasks.get_site_task``, ``tasks.ensure_open``, ``rounds.get_global_model``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from aggregator.errors import ConflictError, NotFoundError
+from aggregator.storage.db.models import (
+    OPEN_TASK_STATES,
+    Event,
+    Experiment,
+    ExperimentStatus,
+    GlobalModel,
+    Round,
+    RoundStatus,
+    Task,
+    TaskStatus,
+    utcnow,
+)
+
+_tasks = cast(Table, Task.__table__)
+_rounds = cast(Table, Round.__table__)
+_experiments = cast(Table, Experiment.__table__)
+_globals = cast(Table, GlobalModel.__table__)
+_events = cast(Table, Event.__table__)
+
+_task_is_open = or_(*(_tasks.c.status == state for state in OPEN_TASK_STATES))
+
+_NEXT_TASK = (
+    select(
+        _tasks.c.id,
+        _tasks.c.round_id,
+        _tasks.c.round_number,
+        _tasks.c.status,
+        _tasks.c.seed,
+        _tasks.c.model_sha256,
+        _tasks.c.model_size,
+        _tasks.c.experiment_id,
+        _rounds.c.deadline_at,
+        _experiments.c.started_at,
+    )
+    .select_from(
+        _tasks.join(_rounds, _rounds.c.id == _tasks.c.round_id).join(
+            _experiments, _experiments.c.id == _tasks.c.experiment_id
+        )
+    )
+    .where(
+        _tasks.c.site_id == bindparam("site_id"),
+        _task_is_open,
+        _rounds.c.status == RoundStatus.OPEN,
+        _experiments.c.status == ExperimentStatus.RUNNING,
+    )
+    .order_by(_tasks.c.created_at, _tasks.c.id)
+    .limit(1)
+)
+
+
+@dataclass(frozen=True)
+class OpenTask:
+    """A site's open task as a poll hands it out (a plain row, no ORM object)."""
+
+    id: str
+    round_id: str
+    round_number: int
+    status: str
+    seed: int
+    model_sha256: str
+    model_size: int
+    experiment_id: str
+    deadline_at: datetime
+    started_at: datetime | None
+
+
+def next_task(session: Session, *, site_id: str) -> OpenTask | None:
+    """The oldest unreported task of a site in an open round of a running experiment."""
+    row = session.connection().execute(_NEXT_TASK, {"site_id": site_id}).first()
+    return None if row is None else OpenTask(**row._mapping)
+
+
+_MARK_DELIVERED = (
+    update(_tasks)
+    .where(_tasks.c.id == bindparam("task_id"), _tasks.c.status == TaskStatus.ASSIGNED)
+    .values(status=TaskStatus.DELIVERED, delivered_at=bindparam("now"))
+)
+
+_MODEL_OF = select(_tasks.c.site_id, _tasks.c.model_sha256, _tasks.c.model_size).where(
+    _tasks.c.id == bindparam("task_id")
+)
+
+_ADD_BYTES_DOWN = (
+    update(_tasks)
+    .where(_tasks.c.id == bindparam("task_id"))
+    .values(bytes_down=_tasks.c.bytes_down + bindparam("size"))
+)
+
+_UPLOAD_CONTEXT = (
+    select(
+        _tasks.c.id,
+        _tasks.c.site_id,
+        _tasks.c.status,
+        _tasks.c.update_sha256,
+        _tasks.c.reject_reason,
+        _tasks.c.seed,
+        _tasks.c.experiment_id,
+        _rounds.c.number.label("round_number"),
+        _rounds.c.attempt.label("round_attempt"),
+        _rounds.c.status.label("round_status"),
+        _experiments.c.started_at,
+        _globals.c.sha256.label("previous_sha256"),
+    )
+    .select_from(
+        _tasks.join(_rounds, _rounds.c.id == _tasks.c.round_id)
+        .join(_experiments, _experiments.c.id == _tasks.c.experiment_id)
+        .outerjoin(
+            _globals,
+            and_(
+                _globals.c.experiment_id == _tasks.c.experiment_id,
+                _globals.c.round == _rounds.c.number - 1,
+            ),
+        )
+    )
+    .where(_tasks.c.id == bindparam("task_id"))
+)
+
+_INSERT_EVENT = insert(_events)
+
+_reports: dict[tuple[str, ...], Any] = {}
+
+
+def mark_delivered(session: Session, *, task: OpenTask, now: datetime) -> None:
+    """Note the first time a task was handed to its site (one ``UPDATE``)."""
+    if task.status == TaskStatus.ASSIGNED:
+        session.connection().execute(_MARK_DELIVERED, {"task_id": task.id, "now": now})
+
+
+def task_model(session: Session, *, task_id: str, site_id: str) -> tuple[str, int]:
+    """The sha256 and size of the global model a task of this site trains from.
+
+    Raises:
+        NotFoundError: no such task, or it belongs to another site (not told apart on purpose).
+    """
+    row = session.connection().execute(_MODEL_OF, {"task_id": task_id}).first()
+    if row is None or row.site_id != site_id:
+        raise NotFoundError(f"task {task_id!r} not found for this site")
+    return str(row.model_sha256), int(row.model_size)
+
+
+def add_bytes_down(session: Session, *, task_id: str, size: int) -> None:
+    """Count bytes served to a site for a task."""
+    session.connection().execute(_ADD_BYTES_DOWN, {"task_id": task_id, "size": size})
+
+
+@dataclass(frozen=True)
+class UploadContext:
+    """What an upload's checks need from its task, round and experiment (one query)."""
+
+    task_id: str
+    status: str
+    update_sha256: str | None
+    reject_reason: str | None
+    seed: int
+    experiment_id: str
+    round_number: int
+    round_attempt: int
+    round_status: str
+    started_at: datetime | None
+    previous_sha256: str | None
+
+
+def upload_context(session: Session, *, task_id: str, site_id: str) -> UploadContext:
+    """The task of this site with its round's state and the global model it started from.
+
+    Raises:
+        NotFoundError: no such task, or it belongs to another site.
+    """
+    row = session.connection().execute(_UPLOAD_CONTEXT, {"task_id": task_id}).first()
+    if row is None or row.site_id != site_id:
+        raise NotFoundError(f"task {task_id!r} not found for this site")
+    return UploadContext(
+        task_id=row.id,
+        status=row.status,
+        update_sha256=row.update_sha256,
+        reject_reason=row.reject_reason,
+        seed=row.seed,
+        experiment_id=row.experiment_id,
+        round_number=row.round_number,
+        round_attempt=row.round_attempt,
+        round_status=row.round_status,
+        started_at=row.started_at,
+        previous_sha256=row.previous_sha256,
+    )
+
+
+def require_open(ctx: UploadContext) -> None:
+    """``tasks.ensure_open`` on an ``UploadContext``.
+
+    Raises:
+        ConflictError: the task already reported, or its round is no longer open.
+    """
+    if ctx.round_status != RoundStatus.OPEN:
+        raise ConflictError(
+            f"round {ctx.round_number} (attempt {ctx.round_attempt}) is {ctx.round_status}: "
+            "uploads for it are closed"
+        )
+    if ctx.status not in OPEN_TASK_STATES:
+        raise ConflictError(f"task {ctx.task_id} is {ctx.status}: it takes no further report")
+
+
+def previous_model(ctx: UploadContext) -> str:
+    """The sha256 of the global model the task's round started from.
+
+    Raises:
+        NotFoundError: that round has not produced a model (``rounds.get_global_model``).
+    """
+    if ctx.previous_sha256 is None:
+        raise NotFoundError(
+            f"experiment {ctx.experiment_id} has no global model for round {ctx.round_number - 1}"
+        )
+    return ctx.previous_sha256
+
+
+def record_report(
+    session: Session, *, task_id: str, status: TaskStatus, now: datetime, values: dict[str, Any]
+) -> bool:
+    """``tasks.record_report`` with its statement built once per set of columns written."""
+    keys = tuple(sorted(values))
+    statement = _reports.get(keys)
+    if statement is None:
+        open_rounds = select(_rounds.c.id).where(_rounds.c.status == RoundStatus.OPEN)
+        statement = (
+            update(_tasks)
+            .where(
+                _tasks.c.id == bindparam("task_id"),
+                _task_is_open,
+                _tasks.c.round_id.in_(open_rounds),
+            )
+            .values(
+                status=bindparam("new_status"),
+                reported_at=bindparam("now"),
+                **{key: bindparam(f"v_{key}") for key in keys},
+            )
+        )
+        _reports[keys] = statement
+    params = {"task_id": task_id, "new_status": status, "now": now}
+    params |= {f"v_{key}": value for key, value in values.items()}
+    result = session.connection().execute(statement, params)
+    return bool(result.rowcount)
+
+
+def insert_event(
+    session: Session,
+    *,
+    kind: str,
+    actor: str,
+    experiment_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """``events.record_event`` as one prepared Core ``INSERT`` sent now (no ORM object)."""
+    session.connection().execute(
+        _INSERT_EVENT,
+        {
+            "at": utcnow(),
+            "kind": kind,
+            "actor": actor,
+            "experiment_id": experiment_id,
+            "detail": detail or {},
+        },
+    )

@@ -1,0 +1,109 @@
+"""A site's requests each round send few SQL statements, and none that grows with the federation.
+
+Counted with SQLAlchemy's ``before_cursor_execute`` on the app's engine, for a site whose token
+is already known (``principal_cache``) in a started experiment (``experiment_facts``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event
+
+from aggregator.api.deps import Services
+from tests.aggregator.conftest import ON_POSTGRES
+from tests.aggregator.helpers import API, Federation, update_bundle
+
+sqlite_only = pytest.mark.skipif(
+    ON_POSTGRES, reason="counts SQLite's statements (PostgreSQL also looks tokens up)"
+)
+
+
+@contextmanager
+def statements(services: Services) -> Iterator[list[str]]:
+    """The SQL statements the app sends while the block runs, as ``VERB table[+joined]``."""
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        verb = sql.split()[0].upper()
+        if verb == "PRAGMA":
+            return
+        if verb == "SELECT":
+            tables = re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", sql)
+            seen.append(f"SELECT {'+'.join(dict.fromkeys(tables))}")
+        else:
+            target = re.search(r"(?:UPDATE|INTO)\s+(\w+)", sql)
+            seen.append(f"{verb} {target.group(1) if target else '?'}")
+
+    engine = services.database.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _tables(sqls: list[str]) -> str:
+    return " | ".join(sqls)
+
+
+@sqlite_only
+def test_a_round_of_one_site_sends_a_handful_of_statements(
+    fed: Federation, services: Services
+) -> None:
+    exp = fed.create_experiment(rounds=1, min_sites=3)
+    fed.start(exp)
+    services.orchestrator.step()
+    assert fed.next_task("site-b") is not None  # the experiment's facts are read once here
+    assert fed.next_task("site-a", wait=0) is not None  # site-a's token is looked up once
+    # site-a again: its task is delivered, so it is found again (a re-delivery)
+    with statements(services) as polled:
+        task = fed.next_task("site-a")
+    assert task is not None
+    with statements(services) as fetched:
+        r = fed.client.get(f"{API}/tasks/{task['task_id']}/model", headers=fed.sh("site-a"))
+        assert r.status_code == 200
+    body = update_bundle(
+        r.content, site="site-a", round_number=1, num_samples=10, spec_hash=task["spec_hash"]
+    )
+    with statements(services) as uploaded:
+        assert fed.upload("site-a", task["task_id"], body, 10).status_code == 200
+
+    # The next task (one SELECT); no site, experiment or round re-read on their own.
+    assert polled == ["SELECT tasks+rounds+experiments"], _tables(polled)
+    # The task's model, the byte counter.
+    assert fetched == ["SELECT tasks", "UPDATE tasks"], _tables(fetched)
+    # Before the body: one SELECT for task, round, experiment and previous model. After it:
+    # the report's compare-and-set and its audit event.
+    assert uploaded == [
+        "SELECT tasks+rounds+experiments+global_models",
+        "UPDATE tasks",
+        "INSERT events",
+    ], _tables(uploaded)
+
+
+def test_a_started_experiments_config_is_validated_once_not_per_request(
+    fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from data_specs.researcher.experiments import ExperimentCreate
+
+    exp = fed.create_experiment(rounds=1, min_sites=3)
+    fed.start(exp)
+    services.orchestrator.step()
+    assert fed.next_task("site-c") is not None  # read and validated once here (or before)
+    validated: list[int] = []
+    real = ExperimentCreate.model_validate
+
+    def counted(*args: object, **kwargs: object) -> ExperimentCreate:
+        validated.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ExperimentCreate, "model_validate", counted)
+    for name in ("site-a", "site-b"):
+        task = fed.next_task(name)
+        assert task is not None
+        assert fed.train_and_upload(name, task).status_code == 200
+    assert validated == []  # each of these requests decoded the O(sites) config before
