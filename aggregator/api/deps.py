@@ -127,6 +127,11 @@ def _token_of(credentials: HTTPAuthorizationCredentials | None) -> str:
 TokenDep = Annotated[str, Depends(bearer_token)]
 
 
+async def bearer_credentials(request: Request) -> HTTPAuthorizationCredentials | None:
+    """What ``BearerDep`` gives a route, for code that calls a route without FastAPI."""
+    return await _bearer(request)
+
+
 def client_address(request: Request) -> str:
     """The peer's address (the key of per-address limits)."""
     return request.client.host if request.client else "unknown"
