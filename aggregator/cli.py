@@ -84,7 +84,10 @@ def serve(
             f"fedseg aggregator: cannot open the database: {database_problem(exc)}", err=True
         )
         raise typer.Exit(1) from None
-    config = uvicorn_config(api, settings, loop="uvloop")
+    # Waiting long polls answer 204 as soon as the server starts to stop.
+    config = uvicorn_config(
+        api, settings, loop="uvloop", on_shutdown=api.state.services.board.close
+    )
     server = uvicorn.Server(config)
     server.run()
     if not server.started:  # as uvicorn.run: a port in use or unreadable TLS files

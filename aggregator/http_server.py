@@ -7,6 +7,10 @@ httptools protocol, without touching anything else of it:
 
 - a connection whose request line and headers are not complete ``header_timeout_s`` after the
   connection opened (or after the first byte of a following keep-alive request) is closed;
+- when the server starts to stop, ``on_shutdown`` runs (once per connection) before uvicorn's
+  own handling: ``fedseg aggregator serve`` passes ``TaskBoard.close``, so a thousand waiting
+  long polls answer 204 at once instead of being cancelled after the graceful-shutdown timeout
+  (which logged one traceback per poll);
 - each request's ASGI scope carries the ASGI TLS extension (``scope["extensions"]["tls"]``) with
   the verified client certificate, when one was presented (``client_cert_chain``,
   ``client_cert_name`` as RFC 4514, e.g. ``"CN=hospital-a"``).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -33,6 +38,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header read timeout and the ASGI TLS extension."""
 
     header_timeout_s: float = 10.0
+    on_shutdown: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
@@ -43,6 +49,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        super().shutdown()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -69,12 +80,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def protocol_class(header_timeout_s: float) -> type[GuardedHttpToolsProtocol]:
+def protocol_class(
+    header_timeout_s: float, on_shutdown: Callable[[], None] | None = None
+) -> type[GuardedHttpToolsProtocol]:
     """A ``GuardedHttpToolsProtocol`` subclass with this header timeout (uvicorn's ``http=``)."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"header_timeout_s": float(header_timeout_s)},
+        {
+            "header_timeout_s": float(header_timeout_s),
+            "on_shutdown": staticmethod(on_shutdown) if on_shutdown else None,
+        },
     )
 
 
@@ -105,7 +121,13 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     }
 
 
-def uvicorn_config(app: Any, settings: AggregatorSettings, **overrides: Any) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any,
+    settings: AggregatorSettings,
+    *,
+    on_shutdown: Callable[[], None] | None = None,
+    **overrides: Any,
+) -> uvicorn.Config:
     """The ``uvicorn.Config`` serving ``app`` as ``settings`` say (TLS, mTLS, timeouts).
 
     Args:
@@ -113,13 +135,15 @@ def uvicorn_config(app: Any, settings: AggregatorSettings, **overrides: Any) -> 
         settings: host, port, TLS files, ``site_ca_certs`` (client certificates requested and
             verified, ``CERT_OPTIONAL``: researchers and browsers connect without one),
             ``header_timeout_s`` and ``keep_alive_s``.
+        on_shutdown: called on the event loop when the server starts to stop, once per open
+            connection (so it must be idempotent). Example: ``services.board.close``.
         **overrides: further ``uvicorn.Config`` arguments, e.g. ``log_level="warning"``.
     """
     mutual = settings.ssl_certfile is not None and settings.site_ca_certs is not None
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "http": protocol_class(settings.header_timeout_s),
+        "http": protocol_class(settings.header_timeout_s, on_shutdown),
         "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
         "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         "ssl_ca_certs": str(settings.site_ca_certs) if mutual else None,

@@ -80,6 +80,8 @@ async def next_task(
             await asyncio.wait_for(wake.wait(), timeout=remaining)
         except TimeoutError:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
+        if services.board.closed:  # the server is stopping: the site polls again later
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{task_id}/model", response_class=FileResponse)
