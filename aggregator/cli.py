@@ -45,12 +45,11 @@ def serve(
     env_file: Annotated[Path | None, typer.Option(help="file of FEDSEG_AGG_* settings")] = None,
 ) -> None:
     """Serve the aggregator API with uvicorn (httptools + uvloop)."""
-    import uvicorn
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
     from aggregator.api.app import create_app
-    from aggregator.http_server import uvicorn_config
+    from aggregator.http_server import Server, uvicorn_config
     from aggregator.logs import configure_logging
     from aggregator.open_files import raise_open_files_limit
     from aggregator.settings import AggregatorSettings
@@ -84,11 +83,9 @@ def serve(
             f"fedseg aggregator: cannot open the database: {database_problem(exc)}", err=True
         )
         raise typer.Exit(1) from None
+    config = uvicorn_config(api, settings, loop="uvloop")
     # Waiting long polls answer 204 as soon as the server starts to stop.
-    config = uvicorn_config(
-        api, settings, loop="uvloop", on_shutdown=api.state.services.board.close
-    )
-    server = uvicorn.Server(config)
+    server = Server(config, on_shutdown=api.state.services.board.close)
     server.run()
     if not server.started:  # as uvicorn.run: a port in use or unreadable TLS files
         raise typer.Exit(3)

@@ -7,21 +7,24 @@ httptools protocol, without touching anything else of it:
 
 - a connection whose request line and headers are not complete ``header_timeout_s`` after the
   connection opened (or after the first byte of a following keep-alive request) is closed;
-- when the server starts to stop, ``on_shutdown`` runs (once per connection) before uvicorn's
-  own handling: ``fedseg aggregator serve`` passes ``TaskBoard.close``, so a thousand waiting
-  long polls answer 204 at once instead of being cancelled after the graceful-shutdown timeout
-  (which logged one traceback per poll);
 - each request's ASGI scope carries the ASGI TLS extension (``scope["extensions"]["tls"]``) with
   the verified client certificate, when one was presented (``client_cert_chain``,
   ``client_cert_name`` as RFC 4514, e.g. ``"CN=hospital-a"``).
 
 Request bodies are bounded elsewhere: per-chunk read timeouts in the upload and JSON guards.
 ``uvicorn_config`` builds the ``uvicorn.Config`` that ``fedseg aggregator serve`` and the tests use.
+
+``Server`` is ``uvicorn.Server`` with an ``on_shutdown`` hook run as soon as the server starts to
+stop, before it waits for open requests: ``fedseg aggregator serve`` passes ``TaskBoard.close``,
+so a thousand waiting long polls answer 204 at once. Before, uvicorn waited out its
+graceful-shutdown timeout, then cancelled each poll, and each logged a full traceback; polls
+whose client had already gone were never woken by anything but that cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +41,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header read timeout and the ASGI TLS extension."""
 
     header_timeout_s: float = 10.0
-    on_shutdown: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
@@ -49,11 +51,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)
-
-    def shutdown(self) -> None:
-        if self.on_shutdown is not None:
-            self.on_shutdown()
-        super().shutdown()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -80,17 +77,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def protocol_class(
-    header_timeout_s: float, on_shutdown: Callable[[], None] | None = None
-) -> type[GuardedHttpToolsProtocol]:
+def protocol_class(header_timeout_s: float) -> type[GuardedHttpToolsProtocol]:
     """A ``GuardedHttpToolsProtocol`` subclass with this header timeout (uvicorn's ``http=``)."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {
-            "header_timeout_s": float(header_timeout_s),
-            "on_shutdown": staticmethod(on_shutdown) if on_shutdown else None,
-        },
+        {"header_timeout_s": float(header_timeout_s)},
     )
 
 
@@ -121,13 +113,7 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     }
 
 
-def uvicorn_config(
-    app: Any,
-    settings: AggregatorSettings,
-    *,
-    on_shutdown: Callable[[], None] | None = None,
-    **overrides: Any,
-) -> uvicorn.Config:
+def uvicorn_config(app: Any, settings: AggregatorSettings, **overrides: Any) -> uvicorn.Config:
     """The ``uvicorn.Config`` serving ``app`` as ``settings`` say (TLS, mTLS, timeouts).
 
     Args:
@@ -135,15 +121,13 @@ def uvicorn_config(
         settings: host, port, TLS files, ``site_ca_certs`` (client certificates requested and
             verified, ``CERT_OPTIONAL``: researchers and browsers connect without one),
             ``header_timeout_s`` and ``keep_alive_s``.
-        on_shutdown: called on the event loop when the server starts to stop, once per open
-            connection (so it must be idempotent). Example: ``services.board.close``.
         **overrides: further ``uvicorn.Config`` arguments, e.g. ``log_level="warning"``.
     """
     mutual = settings.ssl_certfile is not None and settings.site_ca_certs is not None
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "http": protocol_class(settings.header_timeout_s, on_shutdown),
+        "http": protocol_class(settings.header_timeout_s),
         "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
         "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         "ssl_ca_certs": str(settings.site_ca_certs) if mutual else None,
@@ -154,3 +138,24 @@ def uvicorn_config(
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
+
+
+class Server(uvicorn.Server):
+    """``uvicorn.Server`` calling ``on_shutdown`` (on the event loop) when it starts to stop.
+
+    Args:
+        config: what to serve (``uvicorn_config``).
+        on_shutdown: run once, before uvicorn closes idle connections and waits for the open
+            requests. Example: ``services.board.close``.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, *, on_shutdown: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        await super().shutdown(sockets)
