@@ -30,9 +30,9 @@ class TaskBoard:
         Once the board is closed, an event already set.
         """
         if self.closed:
-            event = asyncio.Event()
-            event.set()
-            return event
+            done = asyncio.Event()
+            done.set()
+            return done
         event = self._events.get(site_id)
         if event is None:
             event = self._events[site_id] = asyncio.Event()
