@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from aggregator.api import db_threads
 from aggregator.api.client_certs import require_site_certificate
 from aggregator.api.principal_cache import CachedPrincipal, PrincipalCache
 from aggregator.auth import hash_token, tokens_match
@@ -242,7 +243,7 @@ async def current_site(
     settings = services.settings
     cached = _cached(services.principals, token, "site", settings)
     if cached is None:
-        return await run_in_threadpool(_site_of, request, services, settings, token)
+        return await db_threads.run(_site_of, request, services, settings, token)
     try:
         require_site_certificate(request, settings, site_name=cached.name)
     except (AuthenticationError, PermissionDeniedError):
