@@ -48,12 +48,11 @@ def serve(
     from data_specs import startup_gc
 
     startup_gc.pause()  # until the app is built: a tenth of the start-up's CPU otherwise
-    import uvicorn
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
     from aggregator.api.app import create_app
-    from aggregator.http_server import uvicorn_config
+    from aggregator.http_server import Server, uvicorn_config
     from aggregator.logs import configure_logging
     from aggregator.open_files import raise_open_files_limit
     from aggregator.settings import AggregatorSettings
@@ -89,7 +88,8 @@ def serve(
         raise typer.Exit(1) from None
     startup_gc.resume()  # and freezes the start-up's objects: later collections skip them
     config = uvicorn_config(api, settings, loop="uvloop")
-    server = uvicorn.Server(config)
+    # Waiting long polls answer 204 as soon as the server starts to stop.
+    server = Server(config, on_shutdown=api.state.services.board.close)
     server.run()
     if not server.started:  # as uvicorn.run: a port in use or unreadable TLS files
         raise typer.Exit(3)

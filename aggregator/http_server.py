@@ -13,12 +13,20 @@ httptools protocol, without touching anything else of it:
 
 Request bodies are bounded elsewhere: per-chunk read timeouts in the upload and JSON guards.
 ``uvicorn_config`` builds the ``uvicorn.Config`` that ``fedseg aggregator serve`` and the tests use.
+
+``Server`` is ``uvicorn.Server`` with an ``on_shutdown`` hook run as soon as the server starts to
+stop, before it waits for open requests: ``fedseg aggregator serve`` passes ``TaskBoard.close``,
+so a thousand waiting long polls answer 204 at once. Before, uvicorn waited out its
+graceful-shutdown timeout, then cancelled each poll, and each logged a full traceback; polls
+whose client had already gone were never woken by anything but that cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -131,3 +139,24 @@ def uvicorn_config(app: Any, settings: AggregatorSettings, **overrides: Any) -> 
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
+
+
+class Server(uvicorn.Server):
+    """``uvicorn.Server`` calling ``on_shutdown`` (on the event loop) when it starts to stop.
+
+    Args:
+        config: what to serve (``uvicorn_config``).
+        on_shutdown: run once, before uvicorn closes idle connections and waits for the open
+            requests. Example: ``services.board.close``.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, *, on_shutdown: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        await super().shutdown(sockets)

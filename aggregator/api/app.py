@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from aggregator.api.deps import Services
 from aggregator.api.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from aggregator.api.guards import JsonBodyGuard
+from aggregator.api.hot_routes import HotRoutes
 from aggregator.api.principal_cache import PrincipalCache
 from aggregator.api.routes import (
     dashboard,
@@ -136,6 +137,7 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
         max_json_bytes=settings.max_json_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
+    app.add_middleware(HotRoutes)  # a site's three requests per round skip the router
     app.include_router(health.router)
     common = error_responses(*COMMON_ERRORS)
     # tasks first: every site calls it each round, and a request is matched route by route.

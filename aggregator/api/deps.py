@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from aggregator.api import db_threads
 from aggregator.api.client_certs import require_site_certificate
 from aggregator.api.principal_cache import CachedPrincipal, PrincipalCache
 from aggregator.auth import hash_token, tokens_match
@@ -125,6 +126,11 @@ def _token_of(credentials: HTTPAuthorizationCredentials | None) -> str:
 
 
 TokenDep = Annotated[str, Depends(bearer_token)]
+
+
+async def bearer_credentials(request: Request) -> HTTPAuthorizationCredentials | None:
+    """What ``BearerDep`` gives a route, for code that calls a route without FastAPI."""
+    return await _bearer(request)
 
 
 def client_address(request: Request) -> str:
@@ -237,7 +243,7 @@ async def current_site(
     settings = services.settings
     cached = _cached(services.principals, token, "site", settings)
     if cached is None:
-        return await run_in_threadpool(_site_of, request, services, settings, token)
+        return await db_threads.run(_site_of, request, services, settings, token)
     try:
         require_site_certificate(request, settings, site_name=cached.name)
     except (AuthenticationError, PermissionDeniedError):

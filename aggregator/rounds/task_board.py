@@ -2,6 +2,8 @@
 
 Each site has at most one pending ``asyncio.Event``; ``notify`` sets and forgets it, so a poller
 that took the event before checking the database cannot miss a task created after its check.
+``close`` (the server is stopping) wakes every poller, so each answers 204 at once instead of
+being cancelled at the end of uvicorn's graceful-shutdown timeout.
 """
 
 from __future__ import annotations
@@ -16,13 +18,21 @@ class TaskBoard:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False  # the server is stopping: pollers answer at once
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Remember the event loop the events belong to (called at start-up)."""
         self._loop = loop
 
     def waiter(self, site_id: str) -> asyncio.Event:
-        """The event a poller of ``site_id`` waits on; take it *before* looking for a task."""
+        """The event a poller of ``site_id`` waits on; take it *before* looking for a task.
+
+        Once the board is closed, an event already set.
+        """
+        if self.closed:
+            done = asyncio.Event()
+            done.set()
+            return done
         event = self._events.get(site_id)
         if event is None:
             event = self._events[site_id] = asyncio.Event()
@@ -38,6 +48,19 @@ class TaskBoard:
             event = self._events.pop(site_id, None)
             if event is not None:
                 event.set()
+
+    def close(self) -> None:
+        """The server is stopping: wake every poller now, and any later one at once.
+
+        Called on the event loop (uvicorn calls ``shutdown`` of each connection there); the
+        second and later calls do nothing.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
 
     def notify_threadsafe(self, site_ids: Iterable[str]) -> None:
         """``notify`` from a worker thread."""

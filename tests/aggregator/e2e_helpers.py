@@ -19,9 +19,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(config: uvicorn.Config) -> Iterator[uvicorn.Server]:
-    """Run a ``uvicorn.Config`` in a daemon thread until the block ends."""
-    server = uvicorn.Server(config)
+def serve_in_thread(
+    config: uvicorn.Config, server: uvicorn.Server | None = None
+) -> Iterator[uvicorn.Server]:
+    """Run a ``uvicorn.Config`` (or ``server``, built on it) in a daemon thread until the block ends."""
+    server = server or uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

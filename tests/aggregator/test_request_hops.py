@@ -15,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 
+from aggregator.api import db_threads
 from aggregator.api.deps import Services
 from tests.aggregator.helpers import API, Federation, update_bundle
 
@@ -32,8 +33,15 @@ def counting_hand_overs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         calls.append(getattr(inner, "__qualname__", repr(inner)))
         return await real(func, *args, **kwargs)
 
+    real_db = db_threads.run
+
+    async def counted_db(func: Callable[..., Any], *args: Any) -> Any:
+        calls.append(getattr(func, "__qualname__", repr(func)))
+        return await real_db(func, *args)
+
     with monkeypatch.context() as patch:
         patch.setattr(anyio.to_thread, "run_sync", counted)
+        patch.setattr(db_threads, "run", counted_db)  # a site's database calls (own pool)
         yield calls
 
 

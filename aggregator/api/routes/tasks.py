@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
+from aggregator.api import db_threads
 from aggregator.api.deps import CurrentSite, ServicesDep, SessionDep
 from aggregator.api.uploads import (
     BUNDLE_BODY,
@@ -70,7 +71,7 @@ async def next_task(
 
     while True:
         wake = services.board.waiter(site.id)  # taken before the check: no lost wake-up
-        assignment = await run_in_threadpool(deliver)
+        assignment = await db_threads.run(deliver)
         if assignment is not None:  # serialised here: FastAPI's generic encoder costs more
             return Response(assignment.model_dump_json(), media_type="application/json")
         remaining = give_up - loop.time()
@@ -79,6 +80,8 @@ async def next_task(
         try:
             await asyncio.wait_for(wake.wait(), timeout=remaining)
         except TimeoutError:
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        if services.board.closed:  # the server is stopping: the site polls again later
             return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -100,7 +103,7 @@ async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> 
             session.commit()
             return body, path, sha, size
 
-    body, path, sha256, size = await run_in_threadpool(find)
+    body, path, sha256, size = await db_threads.run(find)
     services.metrics.bytes_out.labels(kind="task_model").inc(size)
     services.metrics.site_bytes_down.labels(site=site.name).inc(size)
     headers = {HEADER_SHA256: sha256}
@@ -136,7 +139,7 @@ async def upload_update(
                     session, blobs=services.blobs, task_id=task_id, site_id=site.id, sha256=sha
                 )
 
-        target = await run_in_threadpool(prepare)
+        target = await db_threads.run(prepare)
         if isinstance(target, UpdateReceipt):
             metrics.updates.labels(outcome="duplicate").inc()
             return _json(target)
@@ -161,7 +164,7 @@ async def upload_update(
                 )
 
         try:
-            outcome = await run_in_threadpool(accept)
+            outcome = await db_threads.run(accept)
         finally:
             staged.discard()
     except InvalidRequestError as exc:
