@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from aggregator.errors import ConflictError, NotFoundError
@@ -279,3 +279,23 @@ def insert_event(
             "detail": detail or {},
         },
     )
+
+
+_OPEN_IN_ROUND_OF = (
+    select(func.count())
+    .select_from(_tasks)
+    .where(
+        _tasks.c.round_id
+        == select(_tasks.c.round_id).where(_tasks.c.id == bindparam("task_id")).scalar_subquery(),
+        _task_is_open,
+    )
+)
+
+
+def open_tasks_in_round_of(session: Session, *, task_id: str) -> int:
+    """How many tasks of the task's round attempt have not reported yet (0: it can close).
+
+    Asked after an upload has committed, so that of two last uploads committing together at
+    least the later one counts zero.
+    """
+    return int(session.execute(_OPEN_IN_ROUND_OF, {"task_id": task_id}).scalar_one())

@@ -71,8 +71,6 @@ class Orchestrator:
         metrics: where round outcomes and aggregation times go.
         interval_s: how often ``run`` steps without being woken. Default 1.
         clock: current time (tests pass a fake one). Default ``utcnow``.
-        wake_settle_s: a woken ``run`` waits this long before its step, so that the wake-ups
-            of a burst (every upload wakes it) cost one step, not one each. Default 0.05.
     """
 
     def __init__(
@@ -83,13 +81,11 @@ class Orchestrator:
         metrics: AggregatorMetrics,
         interval_s: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
-        wake_settle_s: float = 0.05,
     ) -> None:
         self._db = database
         self._blobs = blobs
         self._metrics = metrics
         self._interval_s = interval_s
-        self._settle_s = wake_settle_s
         self.clock = clock
         self._lock = threading.Lock()  # one step at a time, background or by hand
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,8 +101,6 @@ class Orchestrator:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
-            if self._wake.is_set() and self._settle_s > 0:
-                await asyncio.sleep(self._settle_s)  # later wake-ups join this step
             self._wake.clear()
             try:
                 touched = await anyio.to_thread.run_sync(self.step)

@@ -1,59 +1,46 @@
-"""A burst of wake-ups (one per upload) costs the orchestrator one step, not one each."""
+"""Only the upload that leaves no sampled site open wakes the orchestrator.
+
+Every upload used to wake it, and each wake-up cost a step (~2 ms of CPU) that found the round
+still open: a thousand per 1,000-site round. A round must still close as soon as its last
+report is durable (issue 19: the round's overhead), so the last upload wakes it at once.
+"""
 
 from __future__ import annotations
-
-import asyncio
-import contextlib
 
 import pytest
 
 from aggregator.api.deps import Services
-from aggregator.rounds.orchestrator import Orchestrator
-from aggregator.rounds.task_board import TaskBoard
+from tests.aggregator.helpers import API, Federation, update_bundle
 
 
-def steps_for_spaced_wakes(services: Services, *, settle_s: float, wakes: int) -> int:
-    """Steps ``run`` makes for ``wakes`` wake-ups 20 ms apart, then for one more 1 s later."""
-    orchestrator = Orchestrator(
-        database=services.database,
-        blobs=services.blobs,
-        metrics=services.metrics,
-        interval_s=3600.0,  # no timer steps during the test
-        wake_settle_s=settle_s,
+def _upload(fed: Federation, site: str, task: dict[str, object]) -> None:
+    r = fed.client.get(f"{API}/tasks/{task['task_id']}/model", headers=fed.sh(site))
+    assert r.status_code == 200
+    body = update_bundle(
+        r.content,
+        site=site,
+        round_number=int(str(task["round"])),
+        num_samples=10,
+        spec_hash=str(task["spec_hash"]),
     )
-    steps: list[int] = []
-
-    def step() -> set[str]:
-        steps.append(1)
-        return set()
-
-    orchestrator.step = step  # type: ignore[method-assign]
-
-    async def drive() -> int:
-        loop_task = asyncio.create_task(orchestrator.run(TaskBoard()))
-        await asyncio.sleep(0.05)  # run() is waiting
-        for _ in range(wakes):
-            orchestrator.wake()
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(1.0)
-        burst = len(steps)
-        orchestrator.wake()  # a later wake-up still gets its own step
-        await asyncio.sleep(1.0)
-        assert len(steps) == burst + 1
-        loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop_task
-        return burst
-
-    return asyncio.run(drive())
+    assert fed.upload(site, str(task["task_id"]), body, 10).status_code == 200
 
 
-@pytest.mark.slow  # real sleeps, about 2 s
-def test_wake_ups_within_the_settle_time_share_one_step(services: Services) -> None:
-    assert steps_for_spaced_wakes(services, settle_s=0.5, wakes=6) == 1
-
-
-@pytest.mark.slow
-def test_without_settling_each_spaced_wake_up_is_a_step(services: Services) -> None:
-    # What every upload cost before (issue 20: ~2 ms of CPU per upload in sequence).
-    assert steps_for_spaced_wakes(services, settle_s=0.0, wakes=8) >= 4
+def test_only_the_last_upload_of_a_round_wakes_the_orchestrator(
+    fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = fed.create_experiment(rounds=2, min_sites=3)
+    fed.start(exp)
+    services.orchestrator.step()
+    tasks = {site: fed.next_task(site) for site in ("site-a", "site-b", "site-c")}
+    wakes: list[int] = []
+    monkeypatch.setattr(services.orchestrator, "wake", lambda: wakes.append(1))
+    _upload(fed, "site-a", tasks["site-a"])  # type: ignore[arg-type]
+    _upload(fed, "site-b", tasks["site-b"])  # type: ignore[arg-type]
+    assert wakes == []  # site-c is still open: only the deadline could close the round
+    _upload(fed, "site-a", tasks["site-a"])  # type: ignore[arg-type]  # a duplicate changes nothing
+    assert wakes == []
+    _upload(fed, "site-c", tasks["site-c"])  # type: ignore[arg-type]
+    assert wakes == [1]
+    services.orchestrator.step()  # what the wake-up does: round 1 closes, round 2 opens
+    assert fed.rounds(exp)[0]["status"] == "closed"

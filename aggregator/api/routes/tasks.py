@@ -152,19 +152,24 @@ async def upload_update(
             hold_bytes=HOLD_BYTES,  # accept_update's staged.finish() writes a small body
         )
 
-        def accept() -> intake.UpdateOutcome:
+        def accept() -> tuple[intake.UpdateOutcome, bool]:
             with services.database.session() as session:
-                return intake.accept_update(
+                done = intake.accept_update(
                     session,
                     blobs=services.blobs,
                     target=target,
                     staged=staged,
                     num_samples=num_samples,
                     metrics=site_metrics,
-                )
+                )  # committed: durable before the site hears of it
+                if done.receipt.duplicate:
+                    return done, False
+                left = site_requests.open_tasks_in_round_of(session, task_id=task_id)
+                session.rollback()
+                return done, left == 0
 
         try:
-            outcome = await db_threads.run(accept)
+            outcome, round_complete = await db_threads.run(accept)
         finally:
             staged.discard()
     except InvalidRequestError as exc:
@@ -183,7 +188,8 @@ async def upload_update(
     else:
         metrics.updates.labels(outcome="rejected").inc()
         metrics.rejects.labels(reason=outcome.reject_code or "policy").inc()
-    services.orchestrator.wake()
+    if round_complete:  # the round can close now; before that only its deadline matters
+        services.orchestrator.wake()
     return _json(receipt)
 
 
