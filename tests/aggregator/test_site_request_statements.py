@@ -77,11 +77,13 @@ def test_a_round_of_one_site_sends_a_handful_of_statements(
     # The task's model, the byte counter.
     assert fetched == ["SELECT tasks", "UPDATE tasks"], _tables(fetched)
     # Before the body: one SELECT for task, round, experiment and previous model. After it:
-    # the report's compare-and-set and its audit event.
+    # the report's compare-and-set and its audit event; after the commit, the round's open tasks
+    # (the orchestrator is woken only when none are left).
     assert uploaded == [
         "SELECT tasks+rounds+experiments+global_models",
         "UPDATE tasks",
         "INSERT events",
+        "SELECT tasks",
     ], _tables(uploaded)
 
 
