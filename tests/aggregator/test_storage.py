@@ -135,3 +135,27 @@ def test_bundle_views_are_zero_copy_and_checked(tmp_path: Path) -> None:
         BundleViews(rewrite(header, data[8 + length :]))
     with pytest.raises(BundleError, match="truncated or padded"):
         BundleViews(rewrite(json.loads(data[8 : 8 + length]), data[8 + length :] + b"\0" * 8))
+
+
+def test_verify_reads_only_blobs_not_hashed_by_this_process_or_changed_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    written = store.put_bytes(b"written here")
+    staged = store.stage()
+    staged.write(b"received here")
+    received = staged.commit()
+    hashed: list[int] = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashed.append(1) or real_sha256(*a))
+    store.verify_many([written.sha256, received.sha256])
+    assert hashed == []  # both were hashed as they were stored, and their files are unchanged
+    fresh = BlobStore(tmp_path / "blobs")  # a restarted aggregator hashes everything once
+    fresh.verify_many([written.sha256, received.sha256])
+    assert len(hashed) == 2
+    fresh.verify(written.sha256)
+    assert len(hashed) == 2
+    path = store.path(received.sha256)
+    path.write_bytes(b"received herX")  # same size, new modification time
+    with pytest.raises(StorageError, match="corrupt"):
+        store.verify(received.sha256)
