@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-from fastapi.testclient import TestClient
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 
-from aggregator.api.deps import Services
 from aggregator.storage.db import Database
-from aggregator.storage.db.models import Researcher, Task
+from aggregator.storage.db.models import Researcher
 from aggregator.storage.db.relaxed import relax_next_commit
-from tests.aggregator.helpers import Federation
 
 FULL, NORMAL = 2, 1  # PRAGMA synchronous answers
 
@@ -49,30 +44,3 @@ def test_a_session_that_already_wrote_keeps_its_full_commit(tmp_path: Path) -> N
         assert _level(session) == FULL
         session.commit()
     db.dispose()
-
-
-@pytest.mark.skipif(
-    os.environ.get("FEDSEG_TEST_DATABASE") == "postgresql",
-    reason="relaxed commits are a SQLite pragma",
-)
-def test_delivery_and_model_download_commit_relaxed(
-    client: TestClient, fed: Federation, services: Services
-) -> None:
-    exp = fed.create_experiment(rounds=1)
-    fed.start(exp)
-    services.orchestrator.step()
-    pragmas: list[str] = []
-
-    @event.listens_for(services.database.engine, "before_cursor_execute")
-    def _spy(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("PRAGMA synchronous="):
-            pragmas.append(statement)
-
-    task = fed.next_task("site-a")
-    assert task is not None
-    fed.model("site-a", task["task_id"])
-    event.remove(services.database.engine, "before_cursor_execute", _spy)
-    assert pragmas == ["PRAGMA synchronous=NORMAL"] * 2
-    with services.database.session() as session:
-        row = session.get(Task, task["task_id"])
-        assert row is not None and row.delivered_at is not None and row.bytes_down > 0
