@@ -9,7 +9,7 @@ process, each the real HTTP protocol of an agent on its own keep-alive HTTP/1.1 
 (``benchmarks.light_http``: long poll ``GET /tasks/next?wait=20``, download the global model,
 upload an update with its sha256 and sample count, retry on 429 after the agent's backoff)
 with fake training (the downloaded tiny U-Net, decoded once per round, plus a fixed seeded
-step per site; no torch). A FedAvg
+step per site; no torch; each site's sample count, 5-100, fixed per site). A FedAvg
 experiment samples every site in every round. Measured per round: wall time (``closed_at -
 opened_at``), the aggregator process's CPU seconds and peak RSS (``/proc``), the database's size
 after the round, and the long-poll delivery latency (a site's task in hand minus the round's
@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -229,6 +230,7 @@ async def light_site(
 ) -> None:
     """One site's protocol with fake training, until ``stop``: its own keep-alive connection."""
     headers = bearer(token)
+    samples = 5 + zlib.crc32(name.encode()) % 96  # sites differ, as hospitals do
     conn = LightConnection(base)
     try:
         while not stop.is_set():
@@ -248,8 +250,8 @@ async def light_site(
                 conn, "GET", f"{API}/tasks/{task['task_id']}/model", headers=headers
             )
             model.raise_for_status()
-            body = updates.body(name, task, model.content, 10)
-            up_headers = upload_headers(token, body, 10)
+            body = updates.body(name, task, model.content, samples)
+            up_headers = upload_headers(token, body, samples)
             for attempt in itertools.count():
                 up = await light_call(
                     conn,
@@ -397,7 +399,7 @@ def report(results: list[RunResult], command: str) -> str:
         "coroutines in one client process on the same 2 cores, each on its own keep-alive HTTP/1.1 "
         "connection (`benchmarks/light_http.py`): each long-polls, downloads the global model, "
         "uploads a fake update (the tiny U-Net `(4, 8)` at 16x16, 3 KB: the global model plus a "
-        "fixed seeded step per site) and retries on 429 after the site agent's backoff (0.5-1 s, "
+        "fixed seeded step per site, with a sample count of 5-100 fixed per site) and retries on 429 after the site agent's backoff (0.5-1 s, "
         "doubling). Every site is sampled every round (FedAvg, `min_sites` = all).",
         "",
         "Columns: wall = round `closed_at - opened_at` (with fake training this is all round overhead: "

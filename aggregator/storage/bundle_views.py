@@ -9,6 +9,8 @@ before parsing, strict schema, offsets tiling the data region) before a view is 
 from __future__ import annotations
 
 import functools
+import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -21,6 +23,8 @@ from data_specs.weights.bundle import BundleMeta
 from data_specs.weights.safetensors_header import (
     DEFAULT_MAX_HEADER_BYTES,
     DTYPES,
+    MAX_TENSORS,
+    TensorEntry,
     header_length,
     parse_header,
 )
@@ -36,21 +40,62 @@ class _Entry(NamedTuple):
     end: int
 
 
-@functools.lru_cache(maxsize=4096)
-def _layout(raw_header: bytes, data_size: int) -> tuple[BundleMeta, Mapping[str, _Entry]]:
-    """The checked header's metadata and tensor entries, parsed once per distinct header.
+# A header our encoder wrote starts with its metadata, a flat object of plain strings; the rest
+# (the tensor entries) is the same for every update of a model, whatever its sample count.
+_METADATA_FIRST = re.compile(
+    rb'\{"__metadata__":(\{(?:"[^"\\]*":"[^"\\]*"(?:,"[^"\\]*":"[^"\\]*")*)?\}),(?=")'
+)
 
-    A round reads each update's header twice (intake, then aggregation), and a layout repeats
-    across rounds: keyed by the header's exact bytes and the data size it must tile, a repeat
-    costs a dictionary look-up. A header that fails its checks raises every time (errors are not
-    cached). The returned mapping is shared: read-only.
+
+def _layout(raw_header: bytes, data_size: int) -> tuple[BundleMeta, Mapping[str, _Entry]]:
+    """The checked header's metadata and tensor entries, each parsed once per distinct text.
+
+    A round reads each update's header twice (intake, then aggregation), and every update of a
+    model lists the same tensors: the tensor entries are keyed by their exact bytes (and the data
+    size they must tile), the metadata by its own, so a repeat costs a dictionary look-up. A
+    header of another shape (metadata not first, escapes, whitespace) is parsed whole, once per
+    distinct header. A header that fails its checks raises every time (errors are not cached).
+    The returned mapping is shared: read-only.
     """
+    match = _METADATA_FIRST.match(raw_header)
+    if match is not None:
+        entries = _tensor_entries(raw_header[match.end() :], data_size)
+        if entries is not None:
+            return _metadata(match.group(1)), entries
+    return _whole(raw_header, data_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole(raw_header: bytes, data_size: int) -> tuple[BundleMeta, Mapping[str, _Entry]]:
     header = parse_header(raw_header, data_size=data_size)
-    entries = {
-        name: _Entry(np.dtype(DTYPES[e.dtype]), e.shape, e.start, e.end)
-        for name, e in header.tensors.items()
-    }
-    return BundleMeta.from_header(header.metadata), MappingProxyType(entries)
+    return BundleMeta.from_header(header.metadata), _entries_of(header.tensors)
+
+
+@functools.lru_cache(maxsize=256)
+def _tensor_entries(rest: bytes, data_size: int) -> Mapping[str, _Entry] | None:
+    """The entries after a leading metadata object, or None when the rest holds metadata too."""
+    header = parse_header(b"{" + rest, data_size=data_size)
+    if header.metadata is not None:  # a second (escaped) metadata key: parse the whole header
+        return None
+    if len(header.tensors) > MAX_TENSORS:
+        raise BundleError(
+            f"header lists {len(header.tensors) + 1} entries, at most {MAX_TENSORS} allowed"
+        )
+    return _entries_of(header.tensors)
+
+
+@functools.lru_cache(maxsize=4096)
+def _metadata(text: bytes) -> BundleMeta:
+    return BundleMeta.from_header(json.loads(text))
+
+
+def _entries_of(tensors: Mapping[str, TensorEntry]) -> Mapping[str, _Entry]:
+    return MappingProxyType(
+        {
+            name: _Entry(np.dtype(DTYPES[e.dtype]), e.shape, e.start, e.end)
+            for name, e in tensors.items()
+        }
+    )
 
 
 class BundleViews(Mapping[str, np.ndarray]):

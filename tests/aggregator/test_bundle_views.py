@@ -30,7 +30,8 @@ def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(bundle_views, "parse_header", counted)
-    bundle_views._layout.cache_clear()
+    for cached in (bundle_views._whole, bundle_views._tensor_entries, bundle_views._metadata):
+        cached.cache_clear()
     return calls
 
 
@@ -49,8 +50,8 @@ def test_a_header_seen_before_is_not_parsed_again(
     other = tmp_path / "v"
     other.write_bytes(_bundle(2.0))  # the same header, other tensor values
     assert float(BundleViews(other)["w"][0, 0]) == 2.0 and len(calls) == 1
-    BundleViews(tmp_path / "u", data=_bundle(1.0, num_samples=4))  # another header
-    assert len(calls) == 2
+    BundleViews(tmp_path / "u", data=_bundle(1.0, num_samples=4))  # other metadata only
+    assert len(calls) == 1
 
 
 def test_a_bad_header_fails_every_time(tmp_path: Path) -> None:
@@ -81,3 +82,42 @@ def test_small_files_are_read_and_large_ones_mapped(
     monkeypatch.setattr(bundle_views, "READ_WHOLE_BYTES", 16)
     assert float(BundleViews(path)["b"][0]) == 1.0
     assert mapped == [path]
+
+
+def test_updates_that_differ_only_in_metadata_share_one_parse_of_their_tensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_parses(monkeypatch)
+    views = [BundleViews(tmp_path / "x", data=_bundle(float(n), num_samples=n)) for n in (1, 2, 3)]
+    assert [v.meta.num_samples for v in views] == [1, 2, 3]
+    assert [float(v["w"][0, 0]) for v in views] == [1.0, 2.0, 3.0]
+    assert len(calls) == 1  # the tensor entries, once; each metadata read on its own
+
+
+def _with_header(body: bytes, header: bytes) -> bytes:
+    length = int.from_bytes(body[:8], "little")
+    return len(header).to_bytes(8, "little") + header + body[8 + length :]
+
+
+def test_headers_of_other_shapes_get_the_full_parse(tmp_path: Path) -> None:
+    body = _bundle(1.0)
+    length = int.from_bytes(body[:8], "little")
+    header = body[8 : 8 + length]
+    assert header.startswith(b'{"__metadata__":{')
+    found = bundle_views._METADATA_FIRST.match(header)
+    assert found is not None
+    meta_end = found.end()  # just after the comma that ends the metadata
+    # a trailing comma before the tensors is not JSON: refused as before
+    with pytest.raises(BundleError):
+        BundleViews(
+            tmp_path / "x", data=_with_header(body, header[:meta_end] + b"," + header[meta_end:])
+        )
+    # the metadata key written a second time (escaped) among the tensors: the last one counts
+    escaped = header[:meta_end] + b'"\\u005f_metadata__":{"x":"y"},' + header[meta_end:]
+    with pytest.raises(BundleError, match="not a fedseg weights bundle"):
+        BundleViews(tmp_path / "x", data=_with_header(body, escaped))
+    # metadata after the tensors, with spaces: read whole, same answer
+    tensors = header.rstrip()[meta_end:-1]  # the header is padded with spaces
+    moved = b"{ " + tensors + b', "__metadata__": ' + header[16 : meta_end - 1] + b"}"
+    views = BundleViews(tmp_path / "x", data=_with_header(body, moved))
+    assert views.meta.num_samples == 3 and float(views["w"][1, 1]) == 1.0
