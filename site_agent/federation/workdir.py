@@ -14,7 +14,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from data_specs.files import atomic_write_bytes, atomic_writer, fsync_dir
+from data_specs.files import atomic_write_bytes, atomic_writer, fsync_dir, fsync_file
 from data_specs.wire import SiteMetrics, TaskAssignment
 from site_agent.errors import WorkDirError
 
@@ -173,14 +173,29 @@ class WorkDir:
             raise WorkDirError(_describe_os_error(exc, path)) from exc
 
     @contextmanager
-    def open_atomic(self, path: Path, *, mode: int = 0o600) -> Iterator[IO[bytes]]:
+    def open_atomic(
+        self, path: Path, *, mode: int = 0o600, durable: bool = True
+    ) -> Iterator[IO[bytes]]:
         """``atomic_writer`` with the work dir's error messages (for streamed downloads)."""
         self.ensure(path.parent)
         try:
-            with atomic_writer(path, mode=mode) as fh:
+            with atomic_writer(path, mode=mode, durable=durable) as fh:
                 yield fh
         except OSError as exc:
             raise WorkDirError(_describe_os_error(exc, path)) from exc
+
+    def make_durable(self, path: Path, *, folder: bool = True) -> None:
+        """fsync a file written with ``durable=False`` and, by default, its folder.
+
+        Raises:
+            WorkDirError: the file is gone or the fsync failed (e.g. disk full).
+        """
+        try:
+            fsync_file(path)
+        except OSError as exc:
+            raise WorkDirError(_describe_os_error(exc, path)) from exc
+        if folder:
+            fsync_dir(path.parent)
 
     def link_file(self, source: Path, path: Path) -> None:
         """Make ``path`` another name of the finished file ``source`` (atomic, no data copied).
