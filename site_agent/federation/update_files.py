@@ -226,8 +226,13 @@ class RoundFiles:
         return body
 
     def save_receipt(self, receipt: UpdateReceipt) -> None:
-        """Keep the aggregator's receipt of the upload (read by ``read_receipt`` after a restart)."""
-        self.workdir.write_json(self.receipt_path, receipt.model_dump(mode="json"))
+        """Keep the aggregator's receipt of the upload (read by ``read_receipt`` after a restart).
+
+        fsynced only under secure aggregation, like the ``uploaded`` state
+        (``WorkDir.save_state``): a plain receipt lost in a power cut is asked for again.
+        """
+        durable = self.task.secagg is not None
+        self.workdir.write_json(self.receipt_path, receipt.model_dump(mode="json"), durable=durable)
 
     def read_receipt(self) -> UpdateReceipt | None:
         """The aggregator's receipt saved after the upload, if any."""

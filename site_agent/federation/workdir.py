@@ -36,8 +36,9 @@ class TaskState(BaseModel):
 
     Args:
         task: the assignment as received.
-        phase: ``assigned`` → ``downloaded`` (global model verified on disk) → ``trained``
-            (update, personal model and codec state on disk) → ``uploaded`` (receipt on disk).
+        phase: ``assigned`` → ``downloaded`` (global model verified on disk, not fsynced: a
+            restart hashes it again) → ``trained`` (update, personal model and codec state
+            on disk, fsynced) → ``uploaded`` (receipt on disk).
         update_sha256: sha256 of ``update.safetensors`` once trained. Default None.
         num_samples: training samples behind the update. Default 0.
         metrics: aggregate metrics sent with the update. Default None.
@@ -272,14 +273,18 @@ class WorkDir:
             ) from None
 
     def save_state(self, state: TaskState) -> None:
-        """Record the task and its phase atomically; durably from ``trained`` on.
+        """Record the task and its phase atomically; durably where a restart relies on it.
 
         ``assigned`` and ``downloaded`` are not fsynced: lost in a power cut, they only make
         the agent poll again (the aggregator hands out the same unreported task) and download
         again. The update's sha256 (``trained``) must survive one, so that a restart uploads
-        the very same bytes.
+        the very same bytes. ``uploaded`` is fsynced only for secure aggregation: a plain
+        upload lost with it is sent again, and the aggregator answers identical bytes with
+        the first receipt (``duplicate``), even after its round closed.
         """
-        durable = state.phase not in (TaskPhase.ASSIGNED, TaskPhase.DOWNLOADED)
+        durable = state.phase == TaskPhase.TRAINED or (
+            state.phase == TaskPhase.UPLOADED and state.task.secagg is not None
+        )
         self.write_bytes(self.state_path, state.model_dump_json(indent=2).encode(), durable=durable)
 
     def clear_state(self) -> None:
@@ -289,9 +294,11 @@ class WorkDir:
         except OSError as exc:
             raise WorkDirError(_describe_os_error(exc, self.state_path)) from exc
 
-    def write_json(self, path: Path, payload: object) -> None:
-        """Write JSON atomically (receipts)."""
-        self.write_bytes(path, json.dumps(payload, indent=2, sort_keys=True).encode())
+    def write_json(self, path: Path, payload: object, *, durable: bool = True) -> None:
+        """Write JSON atomically (receipts); ``durable`` as ``write_bytes``."""
+        self.write_bytes(
+            path, json.dumps(payload, indent=2, sort_keys=True).encode(), durable=durable
+        )
 
 
 def _describe_os_error(exc: OSError, path: Path) -> str:
