@@ -54,6 +54,7 @@ from aggregator.storage.db import (
     TaskStatus,
 )
 from aggregator.storage.db.models import OPEN_TASK_STATES, utcnow
+from aggregator.storage.db.relaxed import relax_next_commit
 from aggregator.telemetry import AggregatorMetrics
 from data_specs.event_kinds import EventKind
 from data_specs.researcher.experiments import ExperimentCreate
@@ -208,6 +209,14 @@ class Orchestrator:
         pending = round_crud.count_tasks(session, round_id=rnd.id, statuses=OPEN_TASK_STATES)
         if pending and now < rnd.deadline_at:
             return RoundDecision.WAIT, set()
+        if (
+            round_crud.count_tasks(session, round_id=rnd.id, statuses=[TaskStatus.ACCEPTED])
+            >= cfg.min_sites
+        ):
+            # It will aggregate (uploads only add accepted tasks): its claim needs no fsync of
+            # its own. Lost in a power cut, the round is open again and the next step claims
+            # it again; the close's full commit makes the claim durable with it.
+            relax_next_commit(session)
         # Claim first: from here no upload can land, so the count below is final.
         if not round_crud.claim_round(
             session,
