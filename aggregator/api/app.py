@@ -27,6 +27,7 @@ from aggregator.api.routes import (
     tasks,
     ui,
 )
+from aggregator.crud.task_bookkeeping import TaskBookkeeping
 from aggregator.leadership import Leadership, lead_rounds
 from aggregator.logs import log_event
 from aggregator.rate_limits import RateLimiter, UploadSlots
@@ -81,6 +82,7 @@ def build_services(settings: AggregatorSettings) -> Services:
             max_waiting=settings.max_waiting_uploads,
         ),
         model_cache=BlobCache(blobs),
+        bookkeeping=TaskBookkeeping(database),
         principals=principal_cache,
     )
 
@@ -110,6 +112,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
+        services.bookkeeping.close()
         services.database.dispose()
         log_event(log, "aggregator.stopped")
 

@@ -42,3 +42,17 @@ async def run(func: Callable[..., T], *args: Any) -> T:
         # As anyio: the thread's work ends before the cancellation propagates.
         await asyncio.wait([future])
         raise
+
+
+async def read(func: Callable[..., T], *args: Any, inline: bool) -> T:
+    """A short read-only call: on the event loop when ``inline``, on the pool otherwise.
+
+    A site's poll, model lookup and upload check read a few indexed rows. On SQLite in WAL mode
+    a reader never waits for a writer, and those rows cost less CPU than the two hand-overs
+    (to a worker thread and back) that ``run`` makes: at a thousand sites the hand-overs were a
+    fifth of the aggregator's CPU. PostgreSQL answers over a socket, so there the call stays on
+    the pool (``inline=False``). Nothing that writes or fsyncs belongs here.
+    """
+    if inline:
+        return func(*args)
+    return await run(func, *args)

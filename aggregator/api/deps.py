@@ -28,6 +28,7 @@ from aggregator.api.client_certs import require_site_certificate
 from aggregator.api.principal_cache import CachedPrincipal, PrincipalCache
 from aggregator.auth import hash_token, tokens_match
 from aggregator.crud import principals
+from aggregator.crud.task_bookkeeping import TaskBookkeeping
 from aggregator.errors import AuthenticationError, PermissionDeniedError, require_row
 from aggregator.rate_limits import RateLimiter, UploadSlots
 from aggregator.rounds.orchestrator import Orchestrator
@@ -58,6 +59,7 @@ class Services:
     upload_rate: RateLimiter
     upload_slots: UploadSlots
     model_cache: BlobCache
+    bookkeeping: TaskBookkeeping
     principals: PrincipalCache = field(default_factory=PrincipalCache)
 
 
@@ -97,6 +99,8 @@ async def get_settings(services: ServicesDep) -> AggregatorSettings:
 
 
 def get_session(services: ServicesDep) -> Iterator[Session]:
+    if services.bookkeeping.pending:  # what this process served, visible to what it reports
+        services.bookkeeping.flush()
     with services.database.session() as session:
         yield session
 

@@ -90,20 +90,8 @@ def next_task(session: Session, *, site_id: str) -> OpenTask | None:
     return None if row is None else OpenTask(**row._mapping)
 
 
-_MARK_DELIVERED = (
-    update(_tasks)
-    .where(_tasks.c.id == bindparam("task_id"), _tasks.c.status == TaskStatus.ASSIGNED)
-    .values(status=TaskStatus.DELIVERED, delivered_at=bindparam("now"))
-)
-
 _MODEL_OF = select(_tasks.c.site_id, _tasks.c.model_sha256, _tasks.c.model_size).where(
     _tasks.c.id == bindparam("task_id")
-)
-
-_ADD_BYTES_DOWN = (
-    update(_tasks)
-    .where(_tasks.c.id == bindparam("task_id"))
-    .values(bytes_down=_tasks.c.bytes_down + bindparam("size"))
 )
 
 _UPLOAD_CONTEXT = (
@@ -140,12 +128,6 @@ _INSERT_EVENT = insert(_events)
 _reports: dict[tuple[str, ...], Any] = {}
 
 
-def mark_delivered(session: Session, *, task: OpenTask, now: datetime) -> None:
-    """Note the first time a task was handed to its site (one ``UPDATE``)."""
-    if task.status == TaskStatus.ASSIGNED:
-        session.connection().execute(_MARK_DELIVERED, {"task_id": task.id, "now": now})
-
-
 def task_model(session: Session, *, task_id: str, site_id: str) -> tuple[str, int]:
     """The sha256 and size of the global model a task of this site trains from.
 
@@ -156,11 +138,6 @@ def task_model(session: Session, *, task_id: str, site_id: str) -> tuple[str, in
     if row is None or row.site_id != site_id:
         raise NotFoundError(f"task {task_id!r} not found for this site")
     return str(row.model_sha256), int(row.model_size)
-
-
-def add_bytes_down(session: Session, *, task_id: str, size: int) -> None:
-    """Count bytes served to a site for a task."""
-    session.connection().execute(_ADD_BYTES_DOWN, {"task_id": task_id, "size": size})
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,6 @@ def next_task_for_site(
     return task, facts
 
 
-def mark_delivered(session: Session, *, task: site_requests.OpenTask, now: datetime) -> None:
-    """Note the first time a task was handed to its site."""
-    site_requests.mark_delivered(session, task=task, now=now)
-
-
 def get_site_task(session: Session, *, task_id: str, site_id: str) -> Task:
     """A task of this site.
 

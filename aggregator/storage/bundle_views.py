@@ -8,8 +8,10 @@ before parsing, strict schema, offsets tiling the data region) before a view is 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,12 +25,32 @@ from data_specs.weights.safetensors_header import (
     parse_header,
 )
 
+READ_WHOLE_BYTES = 1 << 20
+"""Files up to this size are read whole; larger ones are memory-mapped."""
+
 
 class _Entry(NamedTuple):
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     start: int
     end: int
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout(raw_header: bytes, data_size: int) -> tuple[BundleMeta, Mapping[str, _Entry]]:
+    """The checked header's metadata and tensor entries, parsed once per distinct header.
+
+    A round reads each update's header twice (intake, then aggregation), and a layout repeats
+    across rounds: keyed by the header's exact bytes and the data size it must tile, a repeat
+    costs a dictionary look-up. A header that fails its checks raises every time (errors are not
+    cached). The returned mapping is shared: read-only.
+    """
+    header = parse_header(raw_header, data_size=data_size)
+    entries = {
+        name: _Entry(np.dtype(DTYPES[e.dtype]), e.shape, e.start, e.end)
+        for name, e in header.tensors.items()
+    }
+    return BundleMeta.from_header(header.metadata), MappingProxyType(entries)
 
 
 class BundleViews(Mapping[str, np.ndarray]):
@@ -52,12 +74,13 @@ class BundleViews(Mapping[str, np.ndarray]):
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         data: bytes | None = None,
     ) -> None:
-        if data is not None:  # the file's bytes, already in memory: no re-read, no mapping
+        if data is None and (size := path.stat().st_size) <= READ_WHOLE_BYTES:
+            data = path.read_bytes()  # one read: cheaper than a memory map for a small file
+        if data is not None:  # the file's bytes, in memory: no re-read, no mapping
             size = len(data)
             length = header_length(data[:8], max_bytes=max_header_bytes)
             raw_header = data[8 : 8 + length]
         else:
-            size = path.stat().st_size
             with path.open("rb") as fh:
                 length = header_length(fh.read(8), max_bytes=max_header_bytes)
                 raw_header = fh.read(length) if length <= size - 8 else b""
@@ -66,12 +89,7 @@ class BundleViews(Mapping[str, np.ndarray]):
                 f"not safetensors or truncated: header of {length} bytes in a {size}-byte body"
             )
         self._base = 8 + length
-        header = parse_header(raw_header, data_size=size - self._base)
-        self.meta = BundleMeta.from_header(header.metadata)
-        self._entries = {
-            name: _Entry(np.dtype(DTYPES[e.dtype]), e.shape, e.start, e.end)
-            for name, e in header.tensors.items()
-        }
+        self.meta, self._entries = _layout(bytes(raw_header), size - self._base)
         self._map: np.ndarray | None = None
         if size > self._base:
             # On a file: a plain ndarray over the mapping (it keeps the memmap alive); slicing

@@ -42,3 +42,18 @@ def test_a_cancelled_caller_waits_for_the_call_to_end() -> None:
     # A plain run_in_executor would report the cancellation first, with the call still running
     # (an upload's ``finally: staged.discard()`` would then race its own acceptance).
     assert events == ["call ended", "caller cancelled"]
+
+
+def test_a_read_runs_inline_only_when_asked() -> None:
+    def where() -> str:
+        return threading.current_thread().name
+
+    async def main() -> tuple[str, str]:
+        return (
+            await db_threads.read(where, inline=True),
+            await db_threads.read(where, inline=False),
+        )
+
+    inline, pooled = asyncio.run(main())
+    assert inline == threading.current_thread().name  # the event loop's own thread
+    assert pooled.startswith("fedseg-db")

@@ -24,6 +24,7 @@ import numpy as np
 from aggregator.rounds.aggregation import UpdateInput, aggregate_updates
 from aggregator.storage.blobs import BlobStore
 from aggregator.open_files import raise_open_files_limit
+from aggregator.storage import bundle_views
 from data_specs.weights.bundle import BundleMeta, encode_bundle
 from data_specs.constants import BundleKind
 
@@ -31,6 +32,7 @@ hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, ({SOFT}, hard))
 if sys.argv[1] == "raise":
     print("limits", *raise_open_files_limit())
+bundle_views.READ_WHOLE_BYTES = 0  # map every update, as rounds of large models do
 blobs = BlobStore(Path(tempfile.mkdtemp()))
 meta = BundleMeta(spec_hash="x", round=1, kind=BundleKind.FULL, num_samples=1)
 theta = blobs.put_bytes(encode_bundle({{"w": np.zeros((8, 8), np.float32)}}, meta))

@@ -40,6 +40,7 @@ def running(fed: Federation, services: Services) -> dict[str, Any]:
     body = update_bundle(
         model, site="site-a", round_number=1, num_samples=12, spec_hash=task["spec_hash"]
     )
+    services.bookkeeping.flush()  # the delivery note written now, not during a snapshot
     return {"exp": exp, "task": task, "model": model, "body": body}
 
 

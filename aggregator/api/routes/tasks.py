@@ -29,8 +29,7 @@ from aggregator.crud import site_requests
 from aggregator.crud import tasks as task_crud
 from aggregator.errors import ConflictError, InvalidRequestError
 from aggregator.rounds import intake
-from aggregator.storage.db.models import utcnow
-from aggregator.storage.db.relaxed import relax_next_commit
+from aggregator.storage.db.models import TaskStatus, utcnow
 from data_specs.constants import HEADER_SHA256
 from data_specs.researcher import TaskStatusPublic
 from data_specs.wire import FailureReport, TaskAssignment, UpdateReceipt
@@ -63,15 +62,13 @@ async def next_task(
             if found is None:
                 return None
             task, facts = found
-            relax_next_commit(session)  # a lost delivery record only means a re-delivery
-            task_crud.mark_delivered(session, task=task, now=utcnow())
-            assignment = task_crud.to_assignment(session, task=task, facts=facts)
-            session.commit()
-            return assignment
+            if task.status == TaskStatus.ASSIGNED:  # written with others, off this request
+                services.bookkeeping.delivered(task.id, utcnow())
+            return task_crud.to_assignment(session, task=task, facts=facts)
 
     while True:
         wake = services.board.waiter(site.id)  # taken before the check: no lost wake-up
-        assignment = await db_threads.run(deliver)
+        assignment = await db_threads.read(deliver, inline=services.database.is_sqlite)
         if assignment is not None:  # serialised here: FastAPI's generic encoder costs more
             return Response(assignment.model_dump_json(), media_type="application/json")
         remaining = give_up - loop.time()
@@ -93,17 +90,15 @@ async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> 
     very large one streamed from disk.
     """
 
-    def find() -> tuple[bytes | None, Path | None, str, int]:  # one worker-thread call
+    def find() -> tuple[bytes | None, Path | None, str, int]:  # reads only
         with services.database.session() as session:
             sha, size = site_requests.task_model(session, task_id=task_id, site_id=site.id)
             body = services.model_cache.get(sha, size)
             path = None if body is not None else services.blobs.require(sha)
-            relax_next_commit(session)  # a byte counter: not worth an fsync on the round's path
-            site_requests.add_bytes_down(session, task_id=task_id, size=size)
-            session.commit()
+            services.bookkeeping.served(task_id, size)  # written with others, off this request
             return body, path, sha, size
 
-    body, path, sha256, size = await db_threads.run(find)
+    body, path, sha256, size = await db_threads.read(find, inline=services.database.is_sqlite)
     services.metrics.bytes_out.labels(kind="task_model").inc(size)
     services.metrics.site_bytes_down.labels(site=site.name).inc(size)
     headers = {HEADER_SHA256: sha256}
@@ -139,7 +134,7 @@ async def upload_update(
                     session, blobs=services.blobs, task_id=task_id, site_id=site.id, sha256=sha
                 )
 
-        target = await db_threads.run(prepare)
+        target = await db_threads.read(prepare, inline=services.database.is_sqlite)
         if isinstance(target, UpdateReceipt):
             metrics.updates.labels(outcome="duplicate").inc()
             return _json(target)

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.storage.db.relaxed import install_reset
+from aggregator.storage.db.sqlite_writer import connection_class
 
 
 class Database:
@@ -31,11 +32,11 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # Long polls and uploads release their connection early, but many sites may sit in
             # request handlers at once: a roomy pool rather than the default 5 + 10.
-            kwargs.update(
-                connect_args={"check_same_thread": False, "timeout": 30},
-                pool_size=16,
-                max_overflow=48,
-            )
+            connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": 30}
+            if parsed.database and parsed.database != ":memory:":
+                # one writer at a time inside the process, woken at once (sqlite_writer)
+                connect_args["factory"] = connection_class(parsed.database, timeout_s=30)
+            kwargs.update(connect_args=connect_args, pool_size=16, max_overflow=48)
         else:
             # As many connections as anyio's 40 worker threads can use at once; pre-ping drops
             # connections a database restart (or failover) closed instead of failing a request.

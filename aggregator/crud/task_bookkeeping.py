@@ -1,0 +1,153 @@
+"""A task's first delivery and the bytes served for it, written in batches off the site's request.
+
+A thousand sites poll for their task and fetch the global model at the start of every round.
+Each of those requests used to commit a one-row bookkeeping ``UPDATE`` (``delivered_at``, the
+``assigned → delivered`` status, ``bytes_down``): two thousand write transactions per round,
+one after the other on SQLite's single writer lock, which the uploads then queued behind. None
+of it is something a site is promised: a lost delivery record only means the task is handed
+out again, and ``bytes_down`` is a counter for the researcher's tables.
+
+``TaskBookkeeping`` keeps these notes in memory and writes them, about every ``interval_s``,
+in one transaction of two ``executemany`` statements (a relaxed commit on SQLite, as before).
+A request that reads them back (a researcher's round tables) calls ``flush`` first, so what a
+process served is visible to what the same process reports. A killed process loses at most
+the last interval's notes; the tasks themselves, and every report a site sent, are untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Table, bindparam, case, func, update
+
+from aggregator.storage.db import Database
+from aggregator.storage.db.models import Task, TaskStatus
+from aggregator.storage.db.relaxed import relax_next_commit
+
+log = logging.getLogger("aggregator.crud.task_bookkeeping")
+
+_tasks = cast(Table, Task.__table__)
+
+_DELIVERED = (
+    update(_tasks)
+    .where(_tasks.c.id == bindparam("task_id"))
+    .values(
+        delivered_at=func.coalesce(_tasks.c.delivered_at, bindparam("at")),
+        status=case(
+            (_tasks.c.status == TaskStatus.ASSIGNED, TaskStatus.DELIVERED),
+            else_=_tasks.c.status,
+        ),
+    )
+)
+
+_SERVED = (
+    update(_tasks)
+    .where(_tasks.c.id == bindparam("task_id"))
+    .values(bytes_down=_tasks.c.bytes_down + bindparam("size"))
+)
+
+
+class TaskBookkeeping:
+    """Delivery times and bytes served per task, batched into one write every ``interval_s``.
+
+    Args:
+        database: where the tasks live.
+        interval_s: how long notes gather before they are written. Default 0.1 s.
+    """
+
+    def __init__(self, database: Database, *, interval_s: float = 0.1) -> None:
+        self._database = database
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._delivered: dict[str, datetime] = {}
+        self._served: dict[str, int] = {}
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._flushing = threading.Lock()  # one writer of notes at a time
+
+    def delivered(self, task_id: str, at: datetime) -> None:
+        """Note that a task was handed to its site (the first time counts)."""
+        with self._lock:
+            self._delivered.setdefault(task_id, at)
+        self._kick()
+
+    def served(self, task_id: str, size: int) -> None:
+        """Note ``size`` bytes of the task's global model sent to its site."""
+        with self._lock:
+            self._served[task_id] = self._served.get(task_id, 0) + size
+        self._kick()
+
+    @property
+    def pending(self) -> int:
+        """Notes not yet written."""
+        return len(self._delivered) + len(self._served)
+
+    def flush(self) -> int:
+        """Write every note taken so far (in the caller's thread); returns how many were written.
+
+        On a database error the notes are kept for the next flush and the error is raised.
+        """
+        with self._flushing:
+            with self._lock:
+                delivered, self._delivered = self._delivered, {}
+                served, self._served = self._served, {}
+            if not delivered and not served:
+                return 0
+            try:
+                with self._database.session() as session:
+                    relax_next_commit(session)  # bookkeeping: not worth an fsync
+                    if delivered:
+                        session.execute(
+                            _DELIVERED, [{"task_id": t, "at": at} for t, at in delivered.items()]
+                        )
+                    if served:
+                        session.execute(
+                            _SERVED, [{"task_id": t, "size": n} for t, n in served.items()]
+                        )
+                    session.commit()
+            except BaseException:
+                with self._lock:  # keep them: the earliest delivery and the sum of bytes
+                    for task_id, at in delivered.items():
+                        self._delivered[task_id] = min(at, self._delivered.get(task_id, at))
+                    for task_id, size in served.items():
+                        self._served[task_id] = self._served.get(task_id, 0) + size
+                raise
+            return len(delivered) + len(served)
+
+    def close(self) -> None:
+        """Stop the background writer and write what is left."""
+        self._closed = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+        self.flush()
+
+    def _kick(self) -> None:
+        if self._thread is None and not self._closed:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="fedseg-bookkeeping", daemon=True
+                    )
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            if self._closed:
+                return
+            self._wake.clear()
+            time.sleep(self._interval_s)  # let the round's notes gather
+            try:
+                self.flush()
+            except Exception as exc:  # the database is away: the notes wait for the next try
+                log.warning("task bookkeeping not written yet: %s", type(exc).__name__)
+                self._wake.set()
+                time.sleep(1.0)
