@@ -58,6 +58,19 @@ def atomic_write_text(path: str | Path, text: str, *, mode: int = 0o644) -> None
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
+def fsync_file(path: str | Path) -> None:
+    """Make a finished file's bytes durable (one written with ``durable=False``).
+
+    Raises:
+        OSError: the file cannot be opened or the fsync failed (e.g. ``ENOSPC``, ``EIO``).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(folder: str | Path) -> None:
     """Make a rename into ``folder`` durable (kill -9 or power loss right after ``os.replace``).
 

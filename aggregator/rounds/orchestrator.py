@@ -54,6 +54,7 @@ from aggregator.storage.db import (
     TaskStatus,
 )
 from aggregator.storage.db.models import OPEN_TASK_STATES, utcnow
+from aggregator.storage.db.relaxed import relax_next_commit
 from aggregator.telemetry import AggregatorMetrics
 from data_specs.event_kinds import EventKind
 from data_specs.researcher.experiments import ExperimentCreate
@@ -90,24 +91,31 @@ class Orchestrator:
         self._lock = threading.Lock()  # one step at a time, background or by hand
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._board: TaskBoard | None = None  # set by run: sites are woken mid-step
         self._failures = StepFailures(database, lambda: self.clock())
 
     # -- asyncio side -----------------------------------------------------------------------
 
     async def run(self, board: TaskBoard) -> None:
-        """Step forever: every ``interval_s`` or as soon as ``wake`` is called."""
+        """Step forever: every ``interval_s`` or as soon as ``wake`` is called.
+
+        The long polls of sites given a task are woken as soon as its round is committed
+        (``_advance``), not when the step has finished with every experiment.
+        """
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
-            self._wake.clear()
-            try:
-                touched = await anyio.to_thread.run_sync(self.step)
-            except Exception:  # a bug must not stop the rounds of every other experiment
-                log.exception("orchestrator.step_failed")
-                continue
-            board.notify(touched)
+        self._board = board
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
+                self._wake.clear()
+                try:
+                    await anyio.to_thread.run_sync(self.step)
+                except Exception:  # a bug must not stop the rounds of every other experiment
+                    log.exception("orchestrator.step_failed")
+        finally:
+            self._board = None
 
     def wake(self) -> None:
         """Ask for a step soon (callable from any thread)."""
@@ -120,7 +128,8 @@ class Orchestrator:
         """Advance every running experiment as far as it can go now.
 
         Returns:
-            Ids of sites that got a new task (their long polls are woken).
+            Ids of sites that got a new task. Under ``run`` their long polls were woken as
+            each round was committed; a caller stepping by hand wakes them itself.
         """
         with self._lock:
             with self._db.session() as session:
@@ -141,9 +150,16 @@ class Orchestrator:
         for _ in range(_MAX_TRANSITIONS):
             changed, sites = self._advance_once(experiment_id)
             touched |= sites
+            self._notify(sites)
             if not changed:
                 break
         return touched
+
+    def _notify(self, sites: set[str]) -> None:
+        """Wake the long polls of ``sites`` now (under ``run``; their tasks are committed)."""
+        board, loop = self._board, self._loop
+        if sites and board is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(board.notify, list(sites))
 
     def _advance_once(self, experiment_id: str) -> tuple[bool, set[str]]:
         now = self.clock()
@@ -193,6 +209,14 @@ class Orchestrator:
         pending = round_crud.count_tasks(session, round_id=rnd.id, statuses=OPEN_TASK_STATES)
         if pending and now < rnd.deadline_at:
             return RoundDecision.WAIT, set()
+        if (
+            round_crud.count_tasks(session, round_id=rnd.id, statuses=[TaskStatus.ACCEPTED])
+            >= cfg.min_sites
+        ):
+            # It will aggregate (uploads only add accepted tasks): its claim needs no fsync of
+            # its own. Lost in a power cut, the round is open again and the next step claims
+            # it again; the close's full commit makes the claim durable with it.
+            relax_next_commit(session)
         # Claim first: from here no upload can land, so the count below is final.
         if not round_crud.claim_round(
             session,

@@ -45,6 +45,7 @@ from site_agent.errors import (
     TLSVerificationError,
     TokenRevokedError,
 )
+from site_agent.federation.held_body import HeldTail
 from site_agent.federation.privacy import FailureReason, OutboundGuard
 from site_agent.federation.retry import Backoff
 from site_agent.federation.workdir import WorkDir, safe_id
@@ -187,11 +188,20 @@ class AggregatorClient:
             return None
         return _parse(TaskAssignment, resp, "task assignment")
 
-    def download_model(self, task: TaskAssignment, dest: Path, workdir: WorkDir) -> str:
+    def download_model(
+        self, task: TaskAssignment, dest: Path, workdir: WorkDir, *, durable: bool = True
+    ) -> str:
         """Stream the task's global model to ``dest`` (atomically) and verify its sha256.
 
         The digest must equal both the ``X-Content-SHA256`` header and the assignment's
         ``model_sha256``; otherwise nothing is left at ``dest``.
+
+        Args:
+            task: the task whose model is fetched.
+            dest: the file to write.
+            workdir: the work dir (error messages, folder creation).
+            durable: fsync the file and its folder. Default True. False for a file whose
+                reader re-checks it against ``task.model_sha256`` after a restart.
 
         Returns:
             The verified sha256 (hex).
@@ -206,7 +216,7 @@ class AggregatorClient:
             with self._stream("GET", path) as resp:
                 announced = resp.headers.get(HEADER_SHA256, "").lower()
                 digest = hashlib.sha256()
-                with workdir.open_atomic(dest) as fh:
+                with workdir.open_atomic(dest, durable=durable) as fh:
                     try:
                         for chunk in resp.iter_bytes(_CHUNK):
                             digest.update(chunk)
@@ -225,9 +235,26 @@ class AggregatorClient:
         return self._retry(attempt, "download")
 
     def upload_update(
-        self, task_id: str, body: bytes, *, sha256: str, num_samples: int, metrics: SiteMetrics
+        self,
+        task_id: str,
+        body: bytes,
+        *,
+        sha256: str,
+        num_samples: int,
+        metrics: SiteMetrics,
+        ready: Callable[[], None] | None = None,
     ) -> UpdateReceipt:
         """Upload the update bundle; the same bytes twice are accepted once by the server.
+
+        Args:
+            task_id: the task.
+            body: the update bundle.
+            sha256: its sha256 (hex).
+            num_samples: training samples behind it.
+            metrics: aggregate metrics sent with it.
+            ready: called before the body's last bytes are sent, which wait for it to return
+                (``held_body.HeldTail``): the server cannot hold the update before it does. An
+                exception from it aborts the request and is raised here. Default None.
 
         Raises:
             RoundClosedError: 409, the round closed.
@@ -240,7 +267,12 @@ class AggregatorClient:
             "Content-Type": _BUNDLE,
         }
         resp = self._call(
-            "PUT", f"/tasks/{safe_id(task_id)}/update", "upload", content=body, headers=headers
+            "PUT",
+            f"/tasks/{safe_id(task_id)}/update",
+            "upload",
+            content=body,
+            headers=headers,
+            hold_tail=ready,
         )
         return _parse(UpdateReceipt, resp, "update receipt")
 
@@ -284,13 +316,30 @@ class AggregatorClient:
         return {"Authorization": f"Bearer {self._token.get_secret_value()}"}
 
     def _call(
-        self, method: str, path: str, what: str, *, auth: bool = True, **kwargs: object
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        auth: bool = True,
+        hold_tail: Callable[[], None] | None = None,
+        **kwargs: object,
     ) -> httpx.Response:
         headers = {**self._headers(auth), **kwargs.pop("headers", {})}  # type: ignore[dict-item]
 
         def attempt() -> httpx.Response:
             try:
-                resp = self.http.request(method, API_PREFIX + path, headers=headers, **kwargs)  # type: ignore[arg-type]
+                if hold_tail is None:
+                    resp = self.http.request(method, API_PREFIX + path, headers=headers, **kwargs)  # type: ignore[arg-type]
+                else:  # the same request; hooks (the privacy guard) still read its whole body
+                    request = self.http.build_request(
+                        method,
+                        API_PREFIX + path,
+                        headers=headers,
+                        **kwargs,  # type: ignore[arg-type]
+                    )
+                    request.stream = HeldTail(request.content, hold_tail)
+                    resp = self.http.send(request)
             except httpx.TransportError as exc:
                 raise _transport_failure(exc, what) from exc
             _raise_for_status(resp, what)

@@ -3,6 +3,10 @@
 Each phase ends by writing its files atomically and then ``state.json``; a restart resumes at
 the recorded phase. Once an update is on disk (``trained``), the very same bytes are uploaded,
 however often the agent restarts, so the aggregator never sees two different updates of a task.
+The ``trained`` phase is made durable on a thread while the upload starts; the upload's last
+bytes wait for it (``held_body.HeldTail``), so the aggregator never holds an update that a
+restart could replace. The downloaded global model is not fsynced: a restart re-checks its
+sha256 (``RoundFiles.ensure_global``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -98,9 +102,15 @@ class TaskRunner:
                 self._timeline.download_s = time.monotonic() - started
                 state = self._advance(state, TaskPhase.DOWNLOADED)
             if state.phase == TaskPhase.DOWNLOADED:
+                files.ensure_global(self.client)  # after a restart: the unsynced download
                 taken, prefetch = prefetch, None  # _train closes the trainer it takes
-                state = self._train(state, files, taken)
-            if state.phase == TaskPhase.TRAINED:
+                trained, body = self._train(state, files, taken)
+                persisting = self._persist(trained, files)
+                try:
+                    state = self._upload(trained, files, body=body, persisting=persisting)
+                finally:  # never leave the task with its trained phase still being written
+                    wait([persisting])
+            elif state.phase == TaskPhase.TRAINED:
                 state = self._upload(state, files)
             outcome = self._finish(state, files)
             self._end_task()
@@ -159,7 +169,9 @@ class TaskRunner:
         state: TaskState,
         files: RoundFiles,
         prefetch: Future[tuple[SiteTrainer, float]] | None = None,
-    ) -> TaskState:
+    ) -> tuple[TaskState, bytes]:
+        """Train, write the update (not yet fsynced: ``_persist``) and return the ``trained``
+        state (not yet recorded) with the update's bytes."""
         task = state.task
         timeline = self._timeline
         if prefetch is None:  # resumed after a restart: load now
@@ -193,7 +205,7 @@ class TaskRunner:
         timeline.train_s = train_s
         timeline.validate_s = total - train_s if validates else None
         started = time.monotonic()
-        sha = files.write_update(result, global_state)
+        body, sha = files.write_update(result, global_state)
         files.keep_statistics(result.state)
         files.save_personal(result.personal_state)
         timeline.encode_s = time.monotonic() - started
@@ -206,13 +218,46 @@ class TaskRunner:
             }
         )
         state = state.model_copy(
-            update={"update_sha256": sha, "num_samples": result.num_samples, "metrics": metrics}
+            update={
+                "phase": TaskPhase.TRAINED,
+                "update_sha256": sha,
+                "num_samples": result.num_samples,
+                "metrics": metrics,
+            }
         )
-        return self._advance(state, TaskPhase.TRAINED)
+        return state, body
 
-    def _upload(self, state: TaskState, files: RoundFiles) -> TaskState:
+    def _persist(self, trained: TaskState, files: RoundFiles) -> Future[None]:
+        """On a second thread: fsync the update, then record ``trained`` (fsynced)."""
+        future: Future[None] = Future()
+        future.set_running_or_notify_cancel()
+
+        def write() -> None:
+            try:
+                files.persist_update()
+                self.workdir.save_state(trained)
+            except BaseException as exc:  # raised by the upload's gate and by _upload
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+        threading.Thread(target=write, name="fedseg-persist", daemon=True).start()
+        return future
+
+    def _upload(
+        self,
+        state: TaskState,
+        files: RoundFiles,
+        *,
+        body: bytes | None = None,
+        persisting: Future[None] | None = None,
+    ) -> TaskState:
+        """Upload the update: ``body`` while ``persisting`` records the trained phase, or
+        (resumed) the file recorded by it."""
         task = state.task
-        body = files.read_update(state.update_sha256)
+        if body is None or persisting is None:
+            body = files.read_update(state.update_sha256)
+            persisting = _done()
         metrics = state.metrics or SiteMetrics()
         if metrics.timeline is not None:  # resumed uploads keep what was measured before
             stamped = metrics.timeline.model_copy(update={"upload_at": time.time()})
@@ -224,15 +269,19 @@ class TaskRunner:
         if (
             task.secagg is not None
         ):  # only a masked ring vector leaves (site_agent.federation.uploads.secagg_upload)
+            persisting.result()  # the masked protocol's first step waits for the record
+            files.ensure_global(self.client)
             receipt = self._upload_masked(task, files, body, state)
         else:
             receipt = self.client.upload_update(
                 task.task_id,
                 body,
-                sha256=state.update_sha256 or sha256_hex(body),  # read_update checked it
+                sha256=state.update_sha256 or sha256_hex(body),  # hashed as it was written
                 num_samples=state.num_samples,
                 metrics=metrics,
+                ready=persisting.result,  # the last bytes wait for the durable record
             )
+        persisting.result()  # a transport that read the body whole never called ready
         files.save_receipt(receipt)
         return self._advance(state, TaskPhase.UPLOADED)
 
@@ -303,6 +352,12 @@ class TaskRunner:
                 f"task {task.task_id} names spec hash {task.spec_hash} but its spec hashes to "
                 f"{task.spec.spec_hash()}"
             )
+
+
+def _done() -> Future[None]:
+    future: Future[None] = Future()
+    future.set_result(None)
+    return future
 
 
 def _close_prefetched(future: Future[tuple[SiteTrainer, float]]) -> None:

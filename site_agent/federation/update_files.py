@@ -47,25 +47,58 @@ class RoundFiles:
         self.codec_state_path = self.folder / "codec_state.safetensors"
         self.store = PersonalModelStore(workdir.root / "personal")
         self._global: dict[str, np.ndarray] | None = None
+        self._verified = False  # the global file on disk hashed to the task's model_sha256
         self.unclipped: bool | None = None  # DP: adaptive clipping's bit of the last update
 
     # -- global model -----------------------------------------------------------------------
     def download(self, client: AggregatorClient) -> None:
-        """Download and verify the global model, then keep a copy as the experiment's latest.
+        """Download and verify the global model (not fsynced: see ``ensure_global``).
 
         Raises:
             IntegrityError: sha256 mismatch. ModelMismatchError: another task spec.
         """
-        client.download_model(self.task, self.global_path, self.workdir)
+        client.download_model(self.task, self.global_path, self.workdir, durable=False)
+        self._verified = True  # hashed while it was written, by this process
         self.read_global()  # refuse another spec before anything trains on it
+
+    def global_intact(self) -> bool:
+        """Whether the global model on disk is the task's (its sha256 is ``model_sha256``).
+
+        The download is not fsynced; a power cut may leave the file missing, short or zeroed.
+        A file verified by this process counts as intact without hashing it again.
+        """
+        if not self._verified:
+            try:
+                data = self.global_path.read_bytes()
+            except OSError:
+                return False
+            self._verified = sha256_hex(data) == self.task.model_sha256.lower()
+        return self._verified
+
+    def ensure_global(self, client: AggregatorClient) -> None:
+        """After a restart: download the global model again unless the one on disk is intact.
+
+        Raises:
+            IntegrityError, ModelMismatchError: as ``download``.
+        """
+        if not self.global_intact():
+            log.info(
+                "task %s: the global model on disk is not intact; downloading it again",
+                self.task.task_id,
+            )
+            self.download(client)
 
     def keep_global(self) -> None:
         """Keep the task's global model as the experiment's latest (``global/<id>``).
 
-        Called after the upload, off the round's critical path; a task resumed without its
-        global file keeps the previous round's copy.
+        Called after the upload, off the round's critical path. The download is checked
+        (after a restart) and fsynced first, since the kept copy is its very inode; a task
+        resumed without an intact global file keeps the previous round's copy.
         """
+        if not self.global_intact():
+            return
         with contextlib.suppress(FileNotFoundError):
+            self.workdir.make_durable(self.global_path, folder=False)  # link_file syncs global/
             save_global(
                 self.workdir,
                 self.task.experiment_id,
@@ -103,11 +136,17 @@ class RoundFiles:
         return bundle.tensors
 
     # -- update -----------------------------------------------------------------------------
-    def write_update(self, result: TrainResult, global_state: dict[str, np.ndarray]) -> str:
+    def write_update(
+        self, result: TrainResult, global_state: dict[str, np.ndarray]
+    ) -> tuple[bytes, str]:
         """Encode the update (full or diff, optionally compressed) and write it atomically.
 
+        The file is not fsynced yet: ``persist_update`` does that, before the ``trained``
+        phase is recorded (and so before the aggregator may hold the update).
+
         Returns:
-            The sha256 of the bytes written; the same bytes are uploaded after any restart.
+            The bytes written and their sha256; once ``trained`` is recorded, the same bytes
+            are uploaded after any restart.
         """
         train = self.task.train
         trained = {k: v.numpy() for k, v in result.state.items()}
@@ -137,8 +176,21 @@ class RoundFiles:
             body = encode_bundle(tensors, meta)
         except DataSpecError as exc:
             raise TrainingError(f"the trained model cannot be sent: {exc}") from exc
-        self.workdir.write_bytes(self.update_path, body)
-        return sha256_hex(body)
+        self.workdir.write_bytes(self.update_path, body, durable=False)
+        return body, sha256_hex(body)
+
+    def persist_update(self) -> None:
+        """fsync the update ``write_update`` wrote, and the task folder.
+
+        Raises:
+            WorkDirError: the fsync failed (e.g. disk full); the update file is removed.
+        """
+        try:
+            self.workdir.make_durable(self.update_path)
+        except WorkDirError:
+            with contextlib.suppress(OSError):
+                self.update_path.unlink()
+            raise
 
     def _compress(
         self, tensors: dict[str, np.ndarray], global_state: dict[str, np.ndarray], kind: BundleKind
@@ -174,8 +226,13 @@ class RoundFiles:
         return body
 
     def save_receipt(self, receipt: UpdateReceipt) -> None:
-        """Keep the aggregator's receipt of the upload (read by ``read_receipt`` after a restart)."""
-        self.workdir.write_json(self.receipt_path, receipt.model_dump(mode="json"))
+        """Keep the aggregator's receipt of the upload (read by ``read_receipt`` after a restart).
+
+        fsynced only under secure aggregation, like the ``uploaded`` state
+        (``WorkDir.save_state``): a plain receipt lost in a power cut is asked for again.
+        """
+        durable = self.task.secagg is not None
+        self.workdir.write_json(self.receipt_path, receipt.model_dump(mode="json"), durable=durable)
 
     def read_receipt(self) -> UpdateReceipt | None:
         """The aggregator's receipt saved after the upload, if any."""

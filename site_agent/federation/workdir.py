@@ -14,7 +14,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from data_specs.files import atomic_write_bytes, atomic_writer, fsync_dir
+from data_specs.files import atomic_write_bytes, atomic_writer, fsync_dir, fsync_file
 from data_specs.wire import SiteMetrics, TaskAssignment
 from site_agent.errors import WorkDirError
 
@@ -36,8 +36,9 @@ class TaskState(BaseModel):
 
     Args:
         task: the assignment as received.
-        phase: ``assigned`` → ``downloaded`` (global model verified on disk) → ``trained``
-            (update, personal model and codec state on disk) → ``uploaded`` (receipt on disk).
+        phase: ``assigned`` → ``downloaded`` (global model verified on disk, not fsynced: a
+            restart hashes it again) → ``trained`` (update, personal model and codec state
+            on disk, fsynced) → ``uploaded`` (receipt on disk).
         update_sha256: sha256 of ``update.safetensors`` once trained. Default None.
         num_samples: training samples behind the update. Default 0.
         metrics: aggregate metrics sent with the update. Default None.
@@ -173,14 +174,29 @@ class WorkDir:
             raise WorkDirError(_describe_os_error(exc, path)) from exc
 
     @contextmanager
-    def open_atomic(self, path: Path, *, mode: int = 0o600) -> Iterator[IO[bytes]]:
+    def open_atomic(
+        self, path: Path, *, mode: int = 0o600, durable: bool = True
+    ) -> Iterator[IO[bytes]]:
         """``atomic_writer`` with the work dir's error messages (for streamed downloads)."""
         self.ensure(path.parent)
         try:
-            with atomic_writer(path, mode=mode) as fh:
+            with atomic_writer(path, mode=mode, durable=durable) as fh:
                 yield fh
         except OSError as exc:
             raise WorkDirError(_describe_os_error(exc, path)) from exc
+
+    def make_durable(self, path: Path, *, folder: bool = True) -> None:
+        """fsync a file written with ``durable=False`` and, by default, its folder.
+
+        Raises:
+            WorkDirError: the file is gone or the fsync failed (e.g. disk full).
+        """
+        try:
+            fsync_file(path)
+        except OSError as exc:
+            raise WorkDirError(_describe_os_error(exc, path)) from exc
+        if folder:
+            fsync_dir(path.parent)
 
     def link_file(self, source: Path, path: Path) -> None:
         """Make ``path`` another name of the finished file ``source`` (atomic, no data copied).
@@ -257,14 +273,18 @@ class WorkDir:
             ) from None
 
     def save_state(self, state: TaskState) -> None:
-        """Record the task and its phase atomically; durably from ``trained`` on.
+        """Record the task and its phase atomically; durably where a restart relies on it.
 
         ``assigned`` and ``downloaded`` are not fsynced: lost in a power cut, they only make
         the agent poll again (the aggregator hands out the same unreported task) and download
         again. The update's sha256 (``trained``) must survive one, so that a restart uploads
-        the very same bytes.
+        the very same bytes. ``uploaded`` is fsynced only for secure aggregation: a plain
+        upload lost with it is sent again, and the aggregator answers identical bytes with
+        the first receipt (``duplicate``), even after its round closed.
         """
-        durable = state.phase not in (TaskPhase.ASSIGNED, TaskPhase.DOWNLOADED)
+        durable = state.phase == TaskPhase.TRAINED or (
+            state.phase == TaskPhase.UPLOADED and state.task.secagg is not None
+        )
         self.write_bytes(self.state_path, state.model_dump_json(indent=2).encode(), durable=durable)
 
     def clear_state(self) -> None:
@@ -274,9 +294,11 @@ class WorkDir:
         except OSError as exc:
             raise WorkDirError(_describe_os_error(exc, self.state_path)) from exc
 
-    def write_json(self, path: Path, payload: object) -> None:
-        """Write JSON atomically (receipts)."""
-        self.write_bytes(path, json.dumps(payload, indent=2, sort_keys=True).encode())
+    def write_json(self, path: Path, payload: object, *, durable: bool = True) -> None:
+        """Write JSON atomically (receipts); ``durable`` as ``write_bytes``."""
+        self.write_bytes(
+            path, json.dumps(payload, indent=2, sort_keys=True).encode(), durable=durable
+        )
 
 
 def _describe_os_error(exc: OSError, path: Path) -> str:

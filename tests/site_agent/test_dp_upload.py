@@ -64,7 +64,7 @@ def test_upload_is_the_clipped_difference(tmp_path: Path, clip_norm: float) -> N
     float_keys = [k for k, v in theta.items() if v.dtype.kind == "f"]
     local = [k for k in float_keys if k.endswith(".bias")][:1]
     files = RoundFiles(WorkDir(tmp_path), _task(clip_norm, local))
-    sha = files.write_update(TrainResult(trained, 10, SiteMetrics()), theta)
+    _, sha = files.write_update(TrainResult(trained, 10, SiteMetrics()), theta)
     bundle = decode_bundle(files.read_update(sha))
     assert bundle.meta.kind == BundleKind.DIFF
     shared = [k for k in float_keys if k not in local]
@@ -79,7 +79,7 @@ def test_upload_is_the_clipped_difference(tmp_path: Path, clip_norm: float) -> N
 def test_without_clip_norm_the_full_weights_travel(tmp_path: Path) -> None:
     theta, trained = _states()
     files = RoundFiles(WorkDir(tmp_path), _task(None, []))
-    sha = files.write_update(TrainResult(trained, 10, SiteMetrics()), theta)
+    _, sha = files.write_update(TrainResult(trained, 10, SiteMetrics()), theta)
     assert decode_bundle(files.read_update(sha)).meta.kind == BundleKind.FULL
 
 

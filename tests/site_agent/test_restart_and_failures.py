@@ -149,26 +149,30 @@ def test_revoked_token_stops_the_agent(tmp_path) -> None:
             agent.run(once=True)
 
 
-def test_full_disk_while_saving_the_update_uploads_nothing(tmp_path, monkeypatch) -> None:
+def test_full_disk_while_saving_the_update_completes_no_upload(tmp_path, monkeypatch) -> None:
     with one_site(tmp_path) as site:
         real_fsync = os.fsync
 
         def fsync(fd: int) -> None:
-            if (
-                os.readlink(f"/proc/self/fd/{fd}")
-                .rsplit("/", 1)[-1]
-                .startswith(".update.safetensors")
-            ):
+            name = os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1]
+            if name.startswith((".update.safetensors", "update.safetensors")):
                 raise OSError(errno.ENOSPC, "No space left on device")
             real_fsync(fd)
 
         monkeypatch.setattr(os, "fsync", fsync)
         with pytest.raises(WorkDirError, match="disk full"), site.agent() as agent:
             agent.run(once=True)
-        assert site.sent("PUT", "/update") == []
+        # The upload starts while the update is made durable; its last bytes wait for that,
+        # so the aborted request never reached the aggregator whole.
+        assert len(site.sent("PUT", "/update")) <= 1
         assert len(site.sent("POST", "/failure")) == 1
+        (rnd,) = site.agg.rounds(site.experiment_id)[:1]
+        assert rnd["sites"][0]["update_sha256"] is None
+        assert rnd["sites"][0]["failure_reason"] == FailureReason.STORAGE.value
         work = site.root / "work"
         assert not list(work.rglob("update.safetensors")) and not list(work.rglob("*.tmp"))
+        state = WorkDir(work).load_state()
+        assert state is not None and state.phase == TaskPhase.DOWNLOADED  # trained never recorded
 
 
 def test_compressed_updates_keep_their_error_feedback_memory(tmp_path) -> None:
