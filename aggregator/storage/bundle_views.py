@@ -146,6 +146,11 @@ class BundleViews(Mapping[str, np.ndarray]):
                 else np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
             )
 
+    @property
+    def layout(self) -> Mapping[str, _Entry]:
+        """The tensor entries, one shared read-only object per distinct layout text."""
+        return self._entries
+
     def dtype_name(self, name: str) -> str:
         """numpy dtype name of a tensor, without reading it."""
         return str(self._entries[name].dtype)
