@@ -30,6 +30,16 @@ def _writes(services: Services) -> tuple[list[tuple[str, str]], Any]:
     return seen, record
 
 
+def _round_open_and_writes_watched(
+    fed: Federation, services: Services
+) -> tuple[list[tuple[str, str]], Any]:
+    """A started one-round experiment with its tasks out, nothing pending, writes recorded."""
+    fed.start(fed.create_experiment(rounds=1))
+    services.orchestrator.step()
+    services.bookkeeping.flush()
+    return _writes(services)
+
+
 def _task(services: Services, task_id: str) -> Task:
     with services.database.session() as session:
         row = session.get(Task, task_id)
@@ -40,11 +50,7 @@ def _task(services: Services, task_id: str) -> Task:
 def test_a_poll_and_a_model_download_write_nothing_on_the_request(
     fed: Federation, services: Services
 ) -> None:
-    exp = fed.create_experiment(rounds=1)
-    fed.start(exp)
-    services.orchestrator.step()
-    services.bookkeeping.flush()
-    seen, record = _writes(services)
+    seen, record = _round_open_and_writes_watched(fed, services)
     try:
         task = fed.next_task("site-a")
         assert task is not None
@@ -62,11 +68,7 @@ def test_a_poll_and_a_model_download_write_nothing_on_the_request(
 def test_the_background_writer_writes_the_notes_in_one_batch_soon(
     fed: Federation, services: Services
 ) -> None:
-    exp = fed.create_experiment(rounds=1)
-    fed.start(exp)
-    services.orchestrator.step()
-    services.bookkeeping.flush()
-    seen, record = _writes(services)
+    seen, record = _round_open_and_writes_watched(fed, services)
     try:
         tasks = {name: fed.next_task(name) for name in ("site-a", "site-b", "site-c")}
         for name, task in tasks.items():
