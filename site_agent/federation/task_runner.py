@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import expected_tensors
@@ -37,6 +38,8 @@ from site_agent.federation.update_files import RoundFiles
 from site_agent.federation.workdir import TaskPhase, TaskState, WorkDir
 from site_agent.settings import SiteSettings
 from site_agent.training.trainer import SiteTrainer
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -147,22 +150,14 @@ class TaskRunner:
     # -- phases -----------------------------------------------------------------------------
     def _prefetch(self, task: TaskAssignment) -> Future[tuple[SiteTrainer, float]]:
         """Build the task's trainer (datasets and model) on a second thread."""
-        future: Future[tuple[SiteTrainer, float]] = Future()
         self._timeline.load_at = time.time()
 
-        def build() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
+        def build() -> tuple[SiteTrainer, float]:
             started = time.monotonic()
-            try:
-                trainer = self.trainer_factory(task)
-            except BaseException as exc:  # re-raised where the trainer is taken
-                future.set_exception(exc)
-            else:
-                future.set_result((trainer, time.monotonic() - started))
+            trainer = self.trainer_factory(task)  # an error is re-raised where it is taken
+            return trainer, time.monotonic() - started
 
-        threading.Thread(target=build, name="fedseg-load", daemon=True).start()
-        return future
+        return _on_thread(build, "fedseg-load")
 
     def _train(
         self,
@@ -229,20 +224,12 @@ class TaskRunner:
 
     def _persist(self, trained: TaskState, files: RoundFiles) -> Future[None]:
         """On a second thread: fsync the update, then record ``trained`` (fsynced)."""
-        future: Future[None] = Future()
-        future.set_running_or_notify_cancel()
 
-        def write() -> None:
-            try:
-                files.persist_update()
-                self.workdir.save_state(trained)
-            except BaseException as exc:  # raised by the upload's gate and by _upload
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
+        def write() -> None:  # an error is raised by the upload's gate and by _upload
+            files.persist_update()
+            self.workdir.save_state(trained)
 
-        threading.Thread(target=write, name="fedseg-persist", daemon=True).start()
-        return future
+        return _on_thread(write, "fedseg-persist")
 
     def _upload(
         self,
@@ -363,3 +350,20 @@ def _done() -> Future[None]:
 def _close_prefetched(future: Future[tuple[SiteTrainer, float]]) -> None:
     if not future.cancelled() and future.exception() is None:
         future.result()[0].close()
+
+
+def _on_thread(work: Callable[[], T], name: str) -> Future[T]:
+    """``work()`` on a daemon thread of its own; its result or exception in the future."""
+    future: Future[T] = Future()
+    future.set_running_or_notify_cancel()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to whoever takes the result
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
