@@ -138,7 +138,7 @@ def bench_throughput(store: dict[str, Any], repeats: int) -> str:
         return time.perf_counter() - start
 
     def readers_open() -> float:
-        readers = open_readers(blobs, ordered, theta_arrays)
+        readers, _ = open_readers(blobs, ordered, theta_arrays)
         start = time.perf_counter()
         aggregate_streaming(strategy, theta_arrays, readers, {}, frozenset())
         return time.perf_counter() - start

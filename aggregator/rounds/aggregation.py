@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aggregator.errors import AggregationError
+from aggregator.rounds import diff_matrix
+from aggregator.rounds.diff_matrix import DiffMatrix
 from aggregator.rounds.guards.safeguards import GuardReport, guard_readers, require_finite
 from aggregator.storage.blobs import BlobRef, BlobStore
 from aggregator.storage.bundle_views import BundleViews
@@ -78,8 +80,21 @@ class BundleUpdateReader:
         self._full = views.meta.kind == BundleKind.FULL
         self._theta = theta
         self._remembered: dict[str, np.ndarray] | None = {} if remember else None
+        self._matrix: DiffMatrix | None = None
+        self._row = 0
+
+    @property
+    def views(self) -> BundleViews:
+        """The update file's tensors."""
+        return self._views
+
+    def use_matrix(self, matrix: DiffMatrix, row: int) -> None:
+        """Read the matrix's columns from ``matrix.rows[row]`` (computed once, read-only views)."""
+        self._matrix, self._row = matrix, row
 
     def get(self, key: str) -> np.ndarray:
+        if self._matrix is not None and key in self._matrix.columns:
+            return self._matrix.view(self._row, key)
         if self._remembered is None:
             return self._difference(key)
         # The safeguards' passes and the strategy read each key up to three times: with
@@ -92,6 +107,11 @@ class BundleUpdateReader:
     def _difference(self, key: str) -> np.ndarray:
         ref = self._theta[key]
         value = self._views[key]  # KeyError for a missing key, as the protocol asks
+        if value.shape != ref.shape:  # intake checks layouts: only a store changed under us
+            raise BundleError(
+                f"update of site {self.site_id!r}: {key!r} has shape {value.shape}, "
+                f"expected {ref.shape} like the global model"
+            )
         if value.dtype != ref.dtype:
             value = value.astype(ref.dtype)  # float16 on the wire
         if self._full:
@@ -104,18 +124,23 @@ REMEMBER_BYTES = 256 << 20
 
 
 def open_readers(
-    blobs: BlobStore, updates: Sequence[UpdateInput], theta: Mapping[str, np.ndarray]
-) -> list[BundleUpdateReader]:
-    """One lazy reader per stored update (maps the file and parses its header; reads no tensor).
+    blobs: BlobStore,
+    updates: Sequence[UpdateInput],
+    theta: Mapping[str, np.ndarray],
+    keys: Sequence[str] = (),
+) -> tuple[list[BundleUpdateReader], DiffMatrix | None]:
+    """One reader per stored update, and the round's difference matrix where it applies.
 
-    When all the round's differences fit in ``REMEMBER_BYTES``, each reader keeps the
-    differences it computed for the later passes; larger rounds stream as before.
+    When all the round's differences fit in ``REMEMBER_BYTES``, the averaged float32 keys
+    (``keys``) are computed at once into a ``DiffMatrix`` (``aggregator.rounds.diff_matrix``)
+    and each reader keeps any other difference it computes for the later passes; larger rounds
+    stream key by key, reading no tensor here.
 
     Raises:
         BundleError: a stored update is not a well-formed bundle.
     """
     remember = len(updates) * sum(v.nbytes for v in theta.values()) <= REMEMBER_BYTES
-    return [
+    readers = [
         BundleUpdateReader(
             u.site_id,
             u.num_samples,
@@ -125,6 +150,11 @@ def open_readers(
         )
         for u in updates
     ]
+    matrix = diff_matrix.build([r.views for r in readers], theta, keys) if remember else None
+    if matrix is not None:
+        for row, reader in enumerate(readers):
+            reader.use_matrix(matrix, row)
+    return readers, matrix
 
 
 def aggregate_updates(
@@ -183,13 +213,14 @@ def aggregate_updates(
             strategy = build_strategy(strategy_name, dict(strategy_params))
         else:
             strategy = dp_strategy(strategy_name, dict(strategy_params), noise)
-        readers = open_readers(blobs, ordered, theta)
         keys = [k for k in theta if k not in local_keys]
+        readers, matrix = open_readers(blobs, ordered, theta, keys)
         guarded, guard = guard_readers(
             readers,
             keys,
             robust_norm_multiple=robust_norm_multiple,
             min_update_cosine=min_update_cosine if noise is None else None,
+            matrix=matrix,
         )
         if report is not None:
             report.append(guard)

@@ -134,6 +134,7 @@ class BundleViews(Mapping[str, np.ndarray]):
                 f"not safetensors or truncated: header of {length} bytes in a {size}-byte body"
             )
         self._base = 8 + length
+        self._data_size = size - self._base
         self.meta, self._entries = _layout(bytes(raw_header), size - self._base)
         self._map: np.ndarray | None = None
         if size > self._base:
@@ -166,6 +167,19 @@ class BundleViews(Mapping[str, np.ndarray]):
         else:
             flat = self._map[self._base + entry.start : self._base + entry.end]
             view = np.ndarray(entry.shape, dtype=entry.dtype, buffer=flat)
+        view.flags.writeable = False
+        return view
+
+    def span(self, start: int, end: int, dtype: np.dtype[Any]) -> np.ndarray:
+        """The data bytes ``[start, end)`` (offsets as in ``layout``) as a read-only 1-D array.
+
+        Several tensors that lie end to end are one span (``aggregator.rounds.diff_matrix``).
+        """
+        if not 0 <= start <= end <= self._data_size:
+            raise ValueError(f"span [{start}, {end}) is outside the data of this bundle")
+        if start == end or self._map is None:
+            return np.zeros(0, dtype)
+        view = self._map[self._base + start : self._base + end].view(dtype)
         view.flags.writeable = False
         return view
 

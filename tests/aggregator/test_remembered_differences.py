@@ -1,4 +1,9 @@
-"""A round small enough computes each update's difference once, with the same bits as streaming."""
+"""A round small enough computes each update's difference once, with the same bits as streaming.
+
+Three paths: the difference matrix (``aggregator.rounds.diff_matrix``: every float32 key of an
+update in one row), differences remembered key by key (float64 models, an update that differs),
+and streaming (a round too big for memory). All three give the same global model, bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.rounds import aggregation
+from aggregator.rounds import aggregation, diff_matrix
 from aggregator.rounds.aggregation import BundleUpdateReader, UpdateInput, aggregate_updates
 from aggregator.storage.blobs import BlobStore
 from data_specs.constants import BundleKind
@@ -61,8 +66,21 @@ def test_remembered_and_streamed_differences_give_the_same_bits_once_each(
         return real(self, key)
 
     monkeypatch.setattr(BundleUpdateReader, "_difference", counting)
+    built: list[object] = []
+    real_build = diff_matrix.build
+
+    def recording(*args: object, **kwargs: object) -> object:
+        built.append(real_build(*args, **kwargs))  # type: ignore[arg-type]
+        return built[-1]
+
+    monkeypatch.setattr(diff_matrix, "build", recording)
+    in_matrix = _aggregate(blobs, global_sha, updates)
+    assert built and built[0] is not None and computed == []  # one subtraction per update
+
+    monkeypatch.setattr(diff_matrix, "build", lambda *args, **kwargs: None)
     remembered = _aggregate(blobs, global_sha, updates)
     assert len(computed) == len(set(computed)) == 5 * 3  # every difference exactly once
+    assert remembered == in_matrix
 
     computed.clear()
     monkeypatch.setattr(aggregation, "REMEMBER_BYTES", 0)  # a round too big to remember

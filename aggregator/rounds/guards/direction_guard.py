@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 MIN_UPDATES = 3
 _CHUNK = 16384  # coordinates per block: K x 16384 float64 values
+_BLOCK_VALUES = 1 << 18  # values per block of the matrix pass (1 MiB of float32)
 _NETWORK_MAX = 16  # up to this many updates the median comes from a sorting network
 
 
@@ -74,6 +75,38 @@ def median_cosines(readers: Sequence[DiffReader], keys: Sequence[str]) -> dict[s
     for i, reader in enumerate(readers):
         denominator = math.sqrt(float(squares[i]) * median_square)
         out[reader.site_id] = float(dots[i]) / denominator if denominator > 0 else math.nan
+    return out
+
+
+def row_median_cosines(rows: np.ndarray, squares: Sequence[float]) -> list[float]:
+    """``median_cosines`` over a difference matrix (one float32 row per update).
+
+    The same quantity as the per-key pass, without its per-key work: the median runs over
+    blocks of columns sized to stay in cache, in float32 (each median value is one of the
+    rows' values, or the mean of two), and each block's dot products are summed in float64.
+
+    Args:
+        rows: K x N float32, one update per row (``aggregator.rounds.diff_matrix``).
+        squares: each row's squared L2 norm (the safeguards computed it already).
+
+    Returns:
+        Each row's cosine with the median row; NaN for a row (or a median) of norm 0.
+    """
+    k, n = rows.shape
+    chunk = max(256, min(_CHUNK, _BLOCK_VALUES // max(k, 1)))
+    dots = np.zeros(k, dtype=np.float64)
+    median_square = 0.0
+    work = np.empty((k, chunk), dtype=rows.dtype)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        block = rows[:, start:stop]
+        median = column_median(block, work[:, : stop - start])
+        dots += block @ median
+        median_square += float(median @ median)
+    out = []
+    for i in range(k):
+        denominator = math.sqrt(float(squares[i]) * median_square)
+        out.append(float(dots[i]) / denominator if denominator > 0 else math.nan)
     return out
 
 

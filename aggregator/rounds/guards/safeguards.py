@@ -28,7 +28,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.errors import AggregationError
-from aggregator.rounds.guards.direction_guard import median_cosines, opposing_updates
+from aggregator.rounds.diff_matrix import DiffMatrix
+from aggregator.rounds.guards.direction_guard import (
+    median_cosines,
+    opposing_updates,
+    row_median_cosines,
+)
 from aggregator.storage.db import Site
 from aggregator.storage.db.fingerprints import SiteFingerprint
 
@@ -131,6 +136,7 @@ def guard_readers(
     *,
     robust_norm_multiple: float | None,
     min_update_cosine: float | None = None,
+    matrix: DiffMatrix | None = None,
 ) -> tuple[list[DiffReader], GuardReport]:
     """Drop non-finite and opposing updates, clip outsized ones.
 
@@ -143,6 +149,9 @@ def guard_readers(
         robust_norm_multiple: clip at this multiple of the median norm; None: no clipping.
         min_update_cosine: leave out updates whose cosine with the coordinate-wise median
             update is below this (at most a minority); None: no direction check. Default None.
+        matrix: the readers' differences over the float keys of ``keys``, row ``i`` for
+            ``readers[i]`` (``aggregator.rounds.diff_matrix``): the norms and the direction
+            check then work on its rows, with no per-key work. Default None (key by key).
 
     Returns:
         The readers to average and a report.
@@ -150,9 +159,11 @@ def guard_readers(
     Raises:
         AggregationError: no update is left.
     """
+    if matrix is not None and len(matrix.rows) != len(readers):
+        raise ValueError("the difference matrix needs one row per reader")
     norms: dict[str, float] = {}
-    for reader in readers:
-        norms[reader.site_id] = _norm(reader, keys)
+    for i, reader in enumerate(readers):
+        norms[reader.site_id] = _norm(reader, keys) if matrix is None else _row_norm(matrix, i)
     dropped = tuple(site for site, n in norms.items() if not math.isfinite(n))
     kept = [r for r in readers if r.site_id not in dropped]
     if not kept:
@@ -162,7 +173,17 @@ def guard_readers(
         )
     opposed: dict[str, float] = {}
     if min_update_cosine is not None:
-        opposed = opposing_updates(median_cosines(kept, keys), min_cosine=min_update_cosine)
+        if matrix is None:
+            cosines = median_cosines(kept, keys)
+        else:
+            rows = [i for i, r in enumerate(readers) if r.site_id not in dropped]
+            block = matrix.rows if len(rows) == len(readers) else matrix.rows[rows]
+            squares = [norms[readers[i].site_id] ** 2 for i in rows]
+            cosines = {
+                readers[i].site_id: c
+                for i, c in zip(rows, row_median_cosines(block, squares), strict=True)
+            }
+        opposed = opposing_updates(cosines, min_cosine=min_update_cosine)
         kept = [r for r in kept if r.site_id not in opposed]
     finite = sorted(norms[r.site_id] for r in kept)
     median = float(np.median(finite))
@@ -190,6 +211,16 @@ def require_finite(weights: Mapping[str, np.ndarray]) -> None:
         raise AggregationError(
             f"the aggregate is not finite (overflow) in tensors {bad[:10]}; nothing was stored"
         )
+
+
+def _row_norm(matrix: DiffMatrix, row: int) -> float:
+    """L2 norm of one matrix row: one float32 dot, float64 when that overflows."""
+    values = matrix.rows[row]
+    squares = float(np.dot(values, values))
+    if not math.isfinite(squares):  # float32 overflow of the sum, or a non-finite entry
+        wide = values.astype(np.float64)
+        squares = float(np.dot(wide, wide))
+    return math.sqrt(squares) if math.isfinite(squares) else math.inf
 
 
 def _norm(reader: DiffReader, keys: Sequence[str]) -> float:
