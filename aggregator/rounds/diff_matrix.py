@@ -109,7 +109,9 @@ def build(
             if source.dtype != np.float32:  # cast first, as the per-key reader does
                 source = source.astype(np.float32)
             if full:
-                np.subtract(source, theta_row[span.start : span.end], out=row[span.start : span.end])
+                np.subtract(
+                    source, theta_row[span.start : span.end], out=row[span.start : span.end]
+                )
             else:
                 row[span.start : span.end] = source
     rows.flags.writeable = False

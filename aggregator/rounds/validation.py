@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from aggregator.errors import InvalidRequestError
-from aggregator.storage.bundle_views import BundleViews
+from aggregator.storage.bundle_views import BundleViews, float_runs
 from aggregator.storage.global_models import load_weights
 from data_specs.constants import BundleKind
 from data_specs.errors import BundleError, CodecError, SpecMismatchError
@@ -229,6 +229,12 @@ def _scan(
     views: BundleViews, theta: BundleViews | None, local_keys: frozenset[str]
 ) -> float | None:
     """Refuse NaN/Inf; with ``theta``, also return the L2 norm of the update outside local keys."""
+    if theta is None:  # one dot per run of float tensors that lie end to end
+        for run in float_runs(views.layout):
+            values = views.span(run.start, run.end, run.dtype)
+            if not math.isfinite(float(np.dot(values, values))):
+                check_finite({key: views[key] for key in run.names})  # names the tensor
+        return None
     diff_kind = views.meta.kind == BundleKind.DIFF
     total = 0.0
     for key in views:

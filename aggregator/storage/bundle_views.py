@@ -98,6 +98,44 @@ def _entries_of(tensors: Mapping[str, TensorEntry]) -> Mapping[str, _Entry]:
     )
 
 
+class FloatRun(NamedTuple):
+    """Float tensors of one dtype that lie end to end: data bytes ``[start, end)``."""
+
+    start: int
+    end: int
+    dtype: np.dtype[Any]
+    names: tuple[str, ...]
+
+
+_RUNS_KEPT = 64
+_runs_of: dict[int, tuple[Mapping[str, _Entry], tuple[FloatRun, ...]]] = {}
+
+
+def float_runs(layout: Mapping[str, _Entry]) -> tuple[FloatRun, ...]:
+    """The layout's float tensors merged into runs of neighbours of one dtype, in data order.
+
+    Computed once per layout object (``_layout`` shares one per distinct header), so a round's
+    uploads pay for it once. A canonical bundle of float32 tensors is one run.
+    """
+    known = _runs_of.get(id(layout))
+    if known is not None and known[0] is layout:
+        return known[1]
+    runs: list[FloatRun] = []
+    for name, entry in sorted(layout.items(), key=lambda item: (item[1].start, item[0])):
+        if entry.dtype.kind != "f" or entry.end == entry.start:
+            continue
+        last = runs[-1] if runs else None
+        if last is not None and last.dtype == entry.dtype and last.end == entry.start:
+            runs[-1] = last._replace(end=entry.end, names=(*last.names, name))
+        else:
+            runs.append(FloatRun(entry.start, entry.end, entry.dtype, (name,)))
+    if len(_runs_of) >= _RUNS_KEPT:
+        _runs_of.clear()
+    found = tuple(runs)
+    _runs_of[id(layout)] = (layout, found)  # the layout is kept: its id is not reused
+    return found
+
+
 class BundleViews(Mapping[str, np.ndarray]):
     """A bundle file as a read-only mapping ``{name: np.ndarray view}`` plus its ``meta``.
 

@@ -121,3 +121,35 @@ def test_headers_of_other_shapes_get_the_full_parse(tmp_path: Path) -> None:
     moved = b"{ " + tensors + b', "__metadata__": ' + header[16 : meta_end - 1] + b"}"
     views = BundleViews(tmp_path / "x", data=_with_header(body, moved))
     assert views.meta.num_samples == 3 and float(views["w"][1, 1]) == 1.0
+
+
+def test_float_runs_merge_neighbours_of_one_dtype_and_the_scan_names_the_bad_tensor(
+    tmp_path: Path,
+) -> None:
+    """One run per stretch of same-dtype float tensors; a NaN inside a run is still named."""
+    from aggregator.rounds.validation import _scan
+    from aggregator.storage.bundle_views import float_runs
+
+    meta = BundleMeta(spec_hash="s", round=1, kind=BundleKind.FULL, num_samples=1)
+    tensors: dict[str, np.ndarray] = {
+        "a": np.ones(5, np.float32),
+        "b": np.ones((2, 3), np.float32),
+        "c": np.ones(4, np.float32),
+        "half": np.ones(3, np.float16),
+        "steps": np.array(2, np.int64),
+    }
+    path = tmp_path / "u.safetensors"
+    path.write_bytes(encode_bundle(tensors, meta))
+    views = BundleViews(path)
+    runs = float_runs(views.layout)
+    assert sorted(r.names for r in runs) == [("a", "b", "c"), ("half",)]
+    assert float_runs(views.layout) is runs  # once per layout
+    assert _scan(views, None, frozenset()) is None  # all finite
+
+    raw = bytearray(path.read_bytes())
+    entry = views.layout["b"]
+    start = 8 + int.from_bytes(raw[:8], "little") + entry.start + 4 * 4  # b[1, 1]
+    raw[start : start + 4] = np.array([np.nan], np.float32).tobytes()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"non-finite.*\['b'\]"):
+        _scan(BundleViews(path), None, frozenset())

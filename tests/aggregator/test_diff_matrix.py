@@ -82,7 +82,12 @@ def test_the_matrix_gives_the_per_key_paths_model_and_guard_decisions(
     blobs, global_sha, updates = _store(tmp_path, kind=kind, half=half)
     built: list[diff_matrix.DiffMatrix | None] = []
     real = diff_matrix.build
-    monkeypatch.setattr(diff_matrix, "build", lambda *a: built.append(real(*a)) or built[-1])
+
+    def recording(*args: object) -> diff_matrix.DiffMatrix | None:
+        built.append(real(*args))  # type: ignore[arg-type]
+        return built[-1]
+
+    monkeypatch.setattr(diff_matrix, "build", recording)
     fast, fast_report = _aggregate(blobs, global_sha, updates)
     assert built and built[0] is not None
 
@@ -144,7 +149,7 @@ def test_an_update_of_another_shape_leaves_the_round_to_the_per_key_message(
     meta = BundleMeta(spec_hash="x", round=1, kind=BundleKind.FULL, num_samples=1)
     sha = blobs.put_bytes(encode_bundle(odd, meta)).sha256
     updates.append(UpdateInput("zz-odd", 5, sha))
-    readers, matrix = open_readers(blobs, updates, theta, list(theta))
+    _, matrix = open_readers(blobs, updates, theta, list(theta))
     assert matrix is None
     with pytest.raises(AggregationError, match=r"'zz-odd'.*'head' has shape"):
         _aggregate(blobs, global_sha, updates)
