@@ -38,8 +38,10 @@ from data_specs.wire import SiteMetrics
 
 _PIPELINE_DEPTH = 16  # chunks (uvicorn hands over up to ~256 KiB each) queued for the writer
 # A body this small is hashed as it arrives and written by the route's own worker-thread call
-# (``StagedBlob.finish``): starting a writer thread per upload cost more than the writes.
-HOLD_BYTES = 256 * 1024
+# (``StagedBlob.finish``): starting a writer thread per upload, and one hand-over per chunk,
+# cost more than the writes. 4 MiB holds a 2D U-Net's update (1.6 MB); memory is bounded by
+# ``max_concurrent_uploads`` (default 8) x 4 MiB.
+HOLD_BYTES = 4 << 20
 
 BUNDLE_BODY = {
     "requestBody": {
