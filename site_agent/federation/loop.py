@@ -138,21 +138,30 @@ class SiteAgent:
         summary = RunSummary()
         runner: TaskRunner | None = None
         state = self.workdir.load_state()
-        if state is not None:
-            log.info("resuming task %s at phase %s", state.task.task_id, state.phase)
-            runner = self._new_runner()
-            summary.outcomes.append(runner.resume(state))
-        else:  # torch and MONAI load while the agent waits for its first task
-            start_prewarm()
-        while not self.stop_event.is_set() and (limit is None or summary.tasks < limit):
-            task = self._poll()
-            if task is None:
-                continue
-            log.info(
-                "task %s: experiment %s round %d", task.task_id, task.experiment_id, task.round
-            )
-            runner = runner or self._new_runner()
-            summary.outcomes.append(runner.start(task))
+        if removed := self.workdir.remove_finished_task_files(state):
+            log.info("removed the large files of %d finished task(s)", removed)
+        try:
+            if state is not None:
+                log.info("resuming task %s at phase %s", state.task.task_id, state.phase)
+                runner = self._new_runner()
+                summary.outcomes.append(runner.resume(state))
+            else:  # torch and MONAI load while the agent waits for its first task
+                start_prewarm()
+            while not self.stop_event.is_set() and (limit is None or summary.tasks < limit):
+                task = self._poll()
+                if task is None:
+                    continue
+                log.info(
+                    "task %s: experiment %s round %d",
+                    task.task_id,
+                    task.experiment_id,
+                    task.round,
+                )
+                runner = runner or self._new_runner()
+                summary.outcomes.append(runner.start(task))
+        finally:
+            if runner is not None:  # the last task's global model is kept before returning
+                runner.flush_kept()
         return summary
 
     def _new_runner(self) -> TaskRunner:
@@ -187,9 +196,13 @@ class SiteAgent:
         return self.client.next_task(self.settings.poll_wait_s)
 
     def close(self) -> None:
-        """Close the HTTP client if the agent made it."""
-        if self._own_http:
-            self.http.close()
+        """Keep the last task's global model (``step``), close the HTTP client if the agent made it."""
+        try:
+            if self._runner is not None:
+                self._runner.flush_kept()
+        finally:
+            if self._own_http:
+                self.http.close()
 
     def __enter__(self) -> SiteAgent:
         return self

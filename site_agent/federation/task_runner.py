@@ -72,6 +72,7 @@ class TaskRunner:
     trainer_factory: TrainerFactory
     _timeline: SiteTimeline = field(default_factory=SiteTimeline, init=False, repr=False)
     _last_end: float | None = field(default=None, init=False, repr=False)
+    _kept_later: RoundFiles | None = field(default=None, init=False, repr=False)
 
     def start(self, task: TaskAssignment) -> TaskOutcome:
         """Record a new task and run it."""
@@ -181,17 +182,22 @@ class TaskRunner:
             global_state = files.read_global()
             start = files.training_start(global_state)
             personal = files.previous_personal()
+            keeping = self._keep_in_background()  # the last task's fsync, while this one trains
             timeline.train_at = time.time()
             started = time.monotonic()
-            result = trainer.train_round(
-                start,
-                task.train,
-                local_keys=task.local_keys,
-                personal_state=personal,
-                tag=task.experiment_id,
-                round_=task.round,
-                total_rounds=task.total_rounds,
-            )
+            try:
+                result = trainer.train_round(
+                    start,
+                    task.train,
+                    local_keys=task.local_keys,
+                    personal_state=personal,
+                    tag=task.experiment_id,
+                    round_=task.round,
+                    total_rounds=task.total_rounds,
+                )
+            finally:
+                wait([keeping])
+            keeping.result()  # a full disk stops the agent as it did when kept in _finish
         finally:
             trainer.close()
         # train_round validates after training: its train_seconds split the call in two.
@@ -299,10 +305,38 @@ class TaskRunner:
         else:
             reason = receipt.reason if receipt is not None else "no receipt"
             log.warning("task %s: update rejected by the aggregator: %s", task.task_id, reason)
-        files.keep_global()
-        files.clean_up()
         self.workdir.clear_state()
+        self.keep_later(files)
         return TaskOutcome.ACCEPTED if accepted else TaskOutcome.REJECTED
+
+    def keep_later(self, files: RoundFiles) -> None:
+        """Keep ``files``' global model and remove its large files, but not now.
+
+        ``keep_global`` fsyncs the global model (1.6 MB for a 2D U-Net) before linking it; done
+        between the upload and the next poll, that write competed with the aggregator's
+        aggregation and commit for the disk. It runs instead on a thread while the next task
+        trains (``_train``), or at ``flush_kept`` (the agent stops, a simulation ends). Lost in
+        a crash, the experiment keeps the previous round's global model, and the next start
+        removes the task's large files (``WorkDir.remove_finished_task_files``).
+        """
+        self.flush_kept()  # at most one waits
+        self._kept_later = files
+
+    def flush_kept(self) -> None:
+        """Do the keeping ``keep_later`` left, now (no-op when none waits).
+
+        Raises:
+            WorkDirError: the fsync or the link failed (e.g. disk full).
+        """
+        files, self._kept_later = self._kept_later, None
+        if files is not None:
+            files.keep_global()
+            files.clean_up()
+
+    def _keep_in_background(self) -> Future[None]:
+        if self._kept_later is None:
+            return _done()
+        return _on_thread(self.flush_kept, "fedseg-keep")
 
     def _share_personal(self, task: TaskAssignment, files: RoundFiles) -> None:
         body = files.personal_bundle()

@@ -236,6 +236,28 @@ class WorkDir:
                 removed += 1
         return removed
 
+    def remove_finished_task_files(self, current: TaskState | None) -> int:
+        """Delete the weights files (``*.safetensors``) of every task but ``current``'s.
+
+        A finished task's large files are removed after its global model is kept, off the
+        round's critical path (``TaskRunner.keep_later``); a crash in between leaves them. Its
+        receipt stays as a record.
+
+        Returns:
+            How many task folders had files removed.
+        """
+        tasks = self.root / "tasks"
+        keep = None if current is None else self.task_dir(current.task.task_id).name
+        cleaned = 0
+        for folder in sorted(tasks.iterdir()) if tasks.is_dir() else ():
+            if not folder.is_dir() or folder.name == keep:
+                continue
+            found = [f for f in folder.glob("*.safetensors") if f.is_file()]
+            for file in found:
+                file.unlink(missing_ok=True)
+            cleaned += bool(found)
+        return cleaned
+
     # -- site token -----------------------------------------------------------------------
     def read_token(self) -> SecretStr | None:
         """The site token saved at enrollment, or None before the first enrollment."""
