@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -73,10 +74,18 @@ def create_round(
     return rnd
 
 
-def tasks_of_round(session: Session, *, round_id: str) -> list[Task]:
-    """Tasks of a round attempt, sorted by site id (the aggregation order)."""
+def accepted_updates(session: Session, *, round_id: str) -> list[Any]:
+    """The accepted tasks of a round attempt, sorted by site id: only what aggregation reads.
+
+    Rows with ``id``, ``site_id``, ``num_samples``, ``update_blob_sha256`` and ``metrics``; at
+    1,000 sites, loading whole ``Task`` objects cost the close about 0.1 s of CPU.
+    """
     return list(
-        session.scalars(select(Task).where(Task.round_id == round_id).order_by(Task.site_id))
+        session.execute(
+            select(Task.id, Task.site_id, Task.num_samples, Task.update_blob_sha256, Task.metrics)
+            .where(Task.round_id == round_id, Task.status == TaskStatus.ACCEPTED)
+            .order_by(Task.site_id)
+        )
     )
 
 

@@ -306,11 +306,7 @@ class Orchestrator:
             previous = round_crud.get_global_model(
                 session, experiment_id=experiment_id, round_number=rnd.number - 1
             )
-            accepted = [
-                t
-                for t in round_crud.tasks_of_round(session, round_id=round_id)
-                if t.status == TaskStatus.ACCEPTED
-            ]
+            accepted = round_crud.accepted_updates(session, round_id=round_id)
             # Keyed (and so ordered) by site name: the sum's order, hence its bits, does not
             # depend on the random site ids of one deployment.
             names = site_names(session, [t.site_id for t in accepted])

@@ -147,7 +147,7 @@ async def upload_update(
             hold_bytes=HOLD_BYTES,  # accept_update's staged.finish() writes a small body
         )
 
-        def accept() -> tuple[intake.UpdateOutcome, bool]:
+        def accept() -> intake.UpdateOutcome:
             with services.database.session() as session:
                 done = intake.accept_update(
                     session,
@@ -158,13 +158,15 @@ async def upload_update(
                     metrics=site_metrics,
                 )  # committed: durable before the site hears of it
                 if done.receipt.duplicate:
-                    return done, False
+                    return done
                 left = site_requests.open_tasks_in_round_of(session, task_id=task_id)
                 session.rollback()
-                return done, left == 0
+            if left == 0:  # the round can close now (before, only its deadline matters): wake
+                services.orchestrator.wake()  # the orchestrator from here, one hop sooner
+            return done
 
         try:
-            outcome, round_complete = await db_threads.run(accept)
+            outcome = await db_threads.run(accept)
         finally:
             staged.discard()
     except InvalidRequestError as exc:
@@ -183,8 +185,6 @@ async def upload_update(
     else:
         metrics.updates.labels(outcome="rejected").inc()
         metrics.rejects.labels(reason=outcome.reject_code or "policy").inc()
-    if round_complete:  # the round can close now; before that only its deadline matters
-        services.orchestrator.wake()
     return _json(receipt)
 
 
