@@ -12,6 +12,7 @@ sha256 (``RoundFiles.ensure_global``).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -387,11 +388,18 @@ def _close_prefetched(future: Future[tuple[SiteTrainer, float]]) -> None:
 
 
 def _on_thread(work: Callable[[], T], name: str) -> Future[T]:
-    """``work()`` on a daemon thread of its own; its result or exception in the future."""
+    """``work()`` on a daemon thread; its result or exception in the future.
+
+    The thread is an idle one from an earlier call when there is one: ``Thread.start`` waits
+    until the new thread runs, which on a busy host cost the round's path a few ms per call
+    (three per task). A call that finds no idle thread starts one, so a hung call (a trainer
+    factory stuck on a network share) never holds up the next.
+    """
     future: Future[T] = Future()
     future.set_running_or_notify_cancel()
 
     def run() -> None:
+        threading.current_thread().name = name
         try:
             result = work()
         except BaseException as exc:  # handed to whoever takes the result
@@ -399,5 +407,34 @@ def _on_thread(work: Callable[[], T], name: str) -> Future[T]:
         else:
             future.set_result(result)
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    _WORKERS.submit(run)
     return future
+
+
+class _DaemonThreads:
+    """Daemon threads that wait for the next piece of work when done with one."""
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, work: Callable[[], None]) -> None:
+        """Hand ``work`` (which raises nothing) to an idle thread, or to a new one."""
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1  # that thread's next get() takes this work (or another's)
+        self._work.put(work)
+        if start:
+            threading.Thread(target=self._serve, name="fedseg-worker", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self._work.get()()
+            threading.current_thread().name = "fedseg-worker"
+            with self._lock:
+                self._idle += 1
+
+
+_WORKERS = _DaemonThreads()
