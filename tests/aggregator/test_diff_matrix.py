@@ -53,9 +53,15 @@ def _store(
     return blobs, global_sha, updates
 
 
-def _aggregate(
-    blobs: BlobStore, global_sha: str, updates: list[UpdateInput]
+def aggregate_fedavg(
+    blobs: BlobStore,
+    global_sha: str,
+    updates: list[UpdateInput],
+    *,
+    local_keys: frozenset[str] = frozenset(),
+    robust_norm_multiple: float = 3.0,
 ) -> tuple[dict[str, bytes], GuardReport]:
+    """FedAvg with both guards on: the new global model's bytes per key, and the guard report."""
     report: list[GuardReport] = []
     new, _ = aggregate_updates(
         blobs,
@@ -64,12 +70,18 @@ def _aggregate(
         global_sha256=global_sha,
         state_sha256=None,
         updates=updates,
-        local_keys=frozenset({"norm.weight"}),
-        robust_norm_multiple=3.0,
+        local_keys=local_keys,
+        robust_norm_multiple=robust_norm_multiple,
         min_update_cosine=0.0,
         report=report,
     )
     return {k: v.tobytes() for k, v in new.items()}, report[0]
+
+
+def _aggregate(
+    blobs: BlobStore, global_sha: str, updates: list[UpdateInput]
+) -> tuple[dict[str, bytes], GuardReport]:
+    return aggregate_fedavg(blobs, global_sha, updates, local_keys=frozenset({"norm.weight"}))
 
 
 @pytest.mark.parametrize(

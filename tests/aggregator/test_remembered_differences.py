@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from aggregator.rounds import aggregation, diff_matrix
-from aggregator.rounds.aggregation import BundleUpdateReader, UpdateInput, aggregate_updates
+from aggregator.rounds.aggregation import BundleUpdateReader, UpdateInput
 from aggregator.storage.blobs import BlobStore
 from data_specs.constants import BundleKind
 from data_specs.weights.bundle import BundleMeta, encode_bundle
+from tests.aggregator.test_diff_matrix import aggregate_fedavg
 
 
 def _round(tmp_path: Path) -> tuple[BlobStore, str, list[UpdateInput]]:
@@ -37,21 +38,9 @@ def _round(tmp_path: Path) -> tuple[BlobStore, str, list[UpdateInput]]:
 
 
 def _aggregate(blobs: BlobStore, global_sha: str, updates: list[UpdateInput]) -> dict[str, bytes]:
-    report: list[object] = []
-    new, _ = aggregate_updates(
-        blobs,
-        strategy_name="fedavg",
-        strategy_params={},
-        global_sha256=global_sha,
-        state_sha256=None,
-        updates=updates,
-        local_keys=frozenset(),
-        robust_norm_multiple=1.5,
-        min_update_cosine=0.0,
-        report=report,  # type: ignore[arg-type]
-    )
-    assert report and report[0].opposed  # type: ignore[attr-defined]
-    return {k: v.tobytes() for k, v in new.items()}
+    new, report = aggregate_fedavg(blobs, global_sha, updates, robust_norm_multiple=1.5)
+    assert report.opposed
+    return new
 
 
 def test_remembered_and_streamed_differences_give_the_same_bits_once_each(
