@@ -18,7 +18,12 @@ from tests.aggregator.helpers import API, Federation, sha256, update_bundle
 
 
 def snapshot(services: Services) -> tuple[Any, ...]:
-    """Everything an upload could change: task rows, the audit log, the blob store."""
+    """Everything an upload could change: task rows, the audit log, the blob store.
+
+    The batched bookkeeping (a task's first delivery, written about 0.1 s after the poll) is
+    flushed first, so that a snapshot never races it.
+    """
+    services.bookkeeping.flush()
     with services.database.session() as session:
         tasks = sorted(
             (t.id, t.status, t.update_sha256, t.bytes_up, t.num_samples)
