@@ -24,6 +24,7 @@ from aggregator.crud import experiments as exp_crud
 from aggregator.crud.events import record_event
 from aggregator.errors import ConflictError, NotFoundError
 from aggregator.storage.db import Consent, Experiment, ExperimentStatus, Researcher, Site
+from aggregator.storage.db.id_lists import in_ids
 from aggregator.storage.db.models import utcnow
 from data_specs.event_kinds import EventKind
 from data_specs.researcher.consent import InvitationPublic
@@ -49,7 +50,9 @@ def approved_sites(
     owner = session.get(Researcher, experiment.owner_id)
     owner_name = owner.name if owner is not None else ""
     policies = _pairs(
-        session.execute(select(Site.id, Site.accept_policy).where(Site.id.in_(candidates))).tuples()
+        session.execute(
+            select(Site.id, Site.accept_policy).where(in_ids(session, Site.id, candidates))
+        ).tuples()
     )
     out = []
     for site_id in candidates:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.crud.events import record_event
 from aggregator.errors import ConflictError, NotFoundError, UnprocessableError
+from aggregator.storage.db.id_lists import in_ids
 from aggregator.storage.db.models import (
     OPEN_TASK_STATES,
     Experiment,
@@ -50,7 +51,8 @@ def create_experiment(
     """
     if body.sites is not None:
         known = {
-            s.id: s.status for s in session.scalars(select(Site).where(Site.id.in_(body.sites)))
+            s.id: s.status
+            for s in session.scalars(select(Site).where(in_ids(session, Site.id, body.sites)))
         }
         bad = [s for s in body.sites if known.get(s, SiteStatus.REVOKED) == SiteStatus.REVOKED]
         if bad:

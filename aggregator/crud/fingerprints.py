@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.storage.db.fingerprints import ExperimentPlanRow, SiteFingerprint
+from aggregator.storage.db.id_lists import in_ids
 from aggregator.storage.db.models import utcnow
 from data_specs.manifests.fingerprint import DatasetFingerprint
 from data_specs.plan import ExperimentPlan
@@ -52,7 +53,9 @@ def get_site_fingerprint(session: Session, *, site_id: str) -> DatasetFingerprin
 def fingerprints_of(session: Session, *, site_ids: Iterable[str]) -> dict[str, DatasetFingerprint]:
     """The fingerprints the given sites sent (sites without one are absent)."""
     ids = list(site_ids)
-    rows = session.scalars(select(SiteFingerprint).where(SiteFingerprint.site_id.in_(ids)))
+    rows = session.scalars(
+        select(SiteFingerprint).where(in_ids(session, SiteFingerprint.site_id, ids))
+    )
     return {r.site_id: DatasetFingerprint.model_validate(r.fingerprint) for r in rows}
 
 

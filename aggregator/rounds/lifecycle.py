@@ -15,6 +15,7 @@ from aggregator.errors import ConflictError, UnprocessableError
 from aggregator.logs import log_event
 from aggregator.rounds.planning import apply_auto_plan, spec_layout
 from aggregator.storage.blobs import BlobRef, BlobStore
+from aggregator.storage.db.id_lists import in_ids
 from aggregator.storage.db.models import Experiment, ExperimentStatus, Site, SiteStatus, utcnow
 from aggregator.storage.global_models import build_initial_weights, load_weights, store_global
 from data_specs.event_kinds import EventKind
@@ -185,7 +186,9 @@ def abort_experiment(session: Session, *, experiment: Experiment, actor: str) ->
 
 def _participants(session: Session, cfg: ExperimentCreate) -> list[str]:
     if cfg.sites is not None:
-        query = select(Site.id).where(Site.id.in_(cfg.sites), Site.status != SiteStatus.REVOKED)
+        query = select(Site.id).where(
+            in_ids(session, Site.id, cfg.sites), Site.status != SiteStatus.REVOKED
+        )
     else:
         query = select(Site.id).where(Site.status == SiteStatus.ENROLLED)
     return sorted(session.scalars(query))

@@ -13,6 +13,7 @@ from aggregator.crud import fingerprints as fp_crud
 from aggregator.crud.events import record_event
 from aggregator.errors import ConflictError
 from aggregator.logs import log_event
+from aggregator.storage.db.id_lists import in_ids
 from aggregator.storage.db.models import Experiment, Site
 from data_specs.event_kinds import EventKind
 from data_specs.plan import ExperimentPlan, PlanError, combined_class_frequencies, make_plan
@@ -56,7 +57,7 @@ def apply_auto_plan(
     found = fp_crud.fingerprints_of(session, site_ids=participants)
     missing = [s for s in participants if s not in found]
     if missing:
-        names = sorted(session.scalars(select(Site.name).where(Site.id.in_(missing))))
+        names = sorted(session.scalars(select(Site.name).where(in_ids(session, Site.id, missing))))
         raise ConflictError(
             f"cannot plan experiment {experiment.id}: no dataset fingerprint yet from site(s) "
             f"{names[:10]}; start their agents (they send one at start-up) and try again"

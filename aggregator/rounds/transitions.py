@@ -15,6 +15,7 @@ from aggregator.logs import log_event
 from aggregator.rounds.sampling import derive_seed, sample_sites
 from aggregator.storage.blobs import BlobStore
 from aggregator.storage.db import Experiment, ExperimentStatus, Site, SiteStatus
+from aggregator.storage.db.id_lists import in_ids
 from aggregator.storage.global_models import store_float16_copy
 from data_specs.event_kinds import EventKind
 from data_specs.researcher.experiments import ExperimentCreate
@@ -25,7 +26,7 @@ _SYSTEM = "system"
 
 def site_names(session: Session, site_ids: Sequence[str]) -> dict[str, str]:
     """``{site id: site name}`` of the given sites."""
-    rows = session.execute(select(Site.id, Site.name).where(Site.id.in_(list(site_ids))))
+    rows = session.execute(select(Site.id, Site.name).where(in_ids(session, Site.id, site_ids)))
     return {site_id: name for site_id, name in rows}
 
 
@@ -49,7 +50,9 @@ def open_round(
     participants = experiment.participants or []
     revoked = set(
         session.scalars(
-            select(Site.id).where(Site.id.in_(participants), Site.status == SiteStatus.REVOKED)
+            select(Site.id).where(
+                in_ids(session, Site.id, participants), Site.status == SiteStatus.REVOKED
+            )
         )
     )
     available = [p for p in participants if p not in revoked]

@@ -36,6 +36,7 @@ from aggregator.rounds.guards.direction_guard import (
 )
 from aggregator.storage.db import Site
 from aggregator.storage.db.fingerprints import SiteFingerprint
+from aggregator.storage.db.id_lists import in_ids
 
 SAMPLE_CAP_MULTIPLE = 10
 
@@ -105,10 +106,12 @@ def cap_samples(
         ``{key: capped count}``, every count at least 1.
     """
     ids = set(site_ids.values())
-    declared = _pairs(session.execute(select(Site.id, Site.max_samples).where(Site.id.in_(ids))))
+    declared = _pairs(
+        session.execute(select(Site.id, Site.max_samples).where(in_ids(session, Site.id, ids)))
+    )
     fingerprints = session.execute(
         select(SiteFingerprint.site_id, SiteFingerprint.fingerprint).where(
-            SiteFingerprint.site_id.in_(ids)
+            in_ids(session, SiteFingerprint.site_id, ids)
         )
     )
     for site_id, fingerprint in fingerprints:

@@ -1,0 +1,115 @@
+"""No SQL statement of a round grows with the number of sites (issue 20: RSS flat in sites).
+
+Python's ``sqlite3`` keeps each pooled connection's prepared statements. When a round of N
+sites sent ``IN`` lists of N placeholders and one N-row task insert, every connection in turn
+cached its own copy of statements whose size grew with N (2.2 MiB for the insert at 1,000
+sites), and the aggregator's memory grew round after round.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, select
+
+from aggregator.crud.rounds import create_round
+from aggregator.rounds.transitions import site_names
+from aggregator.storage.db import Database, Experiment, Researcher, Site, Task
+from aggregator.storage.db.engine import INSERT_PAGE_ROWS
+from aggregator.storage.db.id_lists import SHORT_LIST, in_ids
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'agg.db'}")
+    db.upgrade()
+    yield db
+    db.dispose()
+
+
+def _federation(db: Database, sites: int) -> list[str]:
+    ids = [f"{i:032x}" for i in range(sites)]
+    with db.session() as session:
+        session.add(Researcher(id="r" * 32, name="alice", token_hash="a" * 64))
+        session.flush()  # no relationship orders the owner before its rows
+        session.add_all(
+            Site(id=site_id, name=f"hospital-{i}", registered_by="r" * 32)
+            for i, site_id in enumerate(ids)
+        )
+        session.add(
+            Experiment(
+                id="e" * 32,
+                name="scale",
+                owner_id="r" * 32,
+                config={},
+                spec_hash="0" * 64,
+                expected={},
+                local_keys=[],
+            )
+        )
+        session.commit()
+    return ids
+
+
+class Recorder:
+    """The SQL text and parameter count of every statement the engine sends."""
+
+    def __init__(self, db: Database) -> None:
+        self.sent: list[tuple[str, int]] = []
+        event.listen(db.engine, "before_cursor_execute", self._record)
+
+    def _record(self, _c: object, _cur: object, sql: str, params: object, *_: object) -> None:
+        self.sent.append((sql, len(params) if isinstance(params, tuple | list) else 0))
+
+
+def test_a_long_id_list_is_one_parameter_whatever_its_length(database: Database) -> None:
+    ids = _federation(database, 400)
+    recorder = Recorder(database)
+    with database.session() as session:
+        names = {n: site_names(session, ids[:n]) for n in (SHORT_LIST + 1, 150, 400)}
+        plain = {
+            n: dict(session.execute(select(Site.id, Site.name).where(Site.id.in_(ids[:n]))).all())
+            for n in (SHORT_LIST + 1, 150, 400)
+        }
+        short = site_names(session, ids[:3])
+    assert names == plain  # the same rows as a plain IN
+    assert len(names[400]) == 400 and short == {i: plain[150][i] for i in ids[:3]}
+    sent = [sql for sql, _ in recorder.sent if "json_each" in sql]
+    assert len(sent) == 3 and len(set(sent)) == 1, "one statement for every long list"
+    assert all(count <= SHORT_LIST for sql, count in recorder.sent if "json_each" in sql)
+    # A short list stays a plain IN with one placeholder per id.
+    assert any(re.search(r"IN \(\?, \?, \?\)", sql) for sql, _ in recorder.sent)
+
+
+def test_a_sites_round_inserts_its_tasks_in_pages_of_bounded_size(database: Database) -> None:
+    ids = _federation(database, 2 * INSERT_PAGE_ROWS + 30)
+    recorder = Recorder(database)
+    now = datetime.now(UTC)
+    with database.session() as session:
+        create_round(
+            session,
+            experiment_id="e" * 32,
+            number=1,
+            attempt=1,
+            sampled=ids,
+            opened_at=now,
+            deadline_at=now + timedelta(minutes=5),
+            seeds={site_id: i for i, site_id in enumerate(ids)},
+            model_sha256="f" * 64,
+            model_size=10,
+        )
+        session.commit()
+        assert session.query(Task).count() == len(ids)
+    inserts = [(sql, n) for sql, n in recorder.sent if sql.startswith("INSERT INTO tasks")]
+    columns = len(Task.__table__.columns)
+    assert max(n for _, n in inserts) <= INSERT_PAGE_ROWS * columns
+    assert len(inserts) >= 3  # two full pages and the rest
+    # The rounds' own id-list queries, through in_ids, stay one short statement as well.
+    with database.session() as session:
+        query = select(Site.id).where(in_ids(session, Site.id, ids))
+        assert len(session.scalars(query).all()) == len(ids)
+    assert recorder.sent[-1][1] <= SHORT_LIST
