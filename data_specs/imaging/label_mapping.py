@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class LabelMapping:
         Args:
             array: integer label values as read. Example: ``np.array([0, 255])``.
         """
+        import numpy as np
+
         values = np.asarray(array)
         out = values.astype(np.int32, copy=True)
         for stored, target in self.label_map:
@@ -78,6 +81,8 @@ class LabelMapping:
 
     def __call__(self, data: Any) -> Any:
         """Apply to a label array or MONAI ``MetaTensor`` in place of its values (a transform)."""
+        import numpy as np
+
         if hasattr(data, "as_tensor"):  # MetaTensor: keep its metadata and trace
             import torch
 
@@ -94,6 +99,8 @@ def value_histogram(array: np.ndarray, *, limit: int = 8) -> dict[int, int]:
         array: a label array. Example: ``read_image(p, label=True).array``.
         limit: how many values to keep. Default 8.
     """
+    import numpy as np
+
     values, counts = np.unique(np.asarray(array), return_counts=True)
     keep = np.argsort(counts)[::-1][:limit]
     return {int(values[i]): int(counts[i]) for i in sorted(keep, key=lambda i: values[i])}

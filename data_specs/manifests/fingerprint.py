@@ -19,14 +19,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+    from data_specs.imaging.imageio import ImageData
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from data_specs.constants import SplitName
 from data_specs.errors import DataSpecError
-from data_specs.imaging.imageio import ImageData, read_image
 from data_specs.manifests.manifest import DatasetManifest
 
 FINGERPRINT_VERSION: Literal[1] = 1
@@ -180,6 +182,8 @@ def window_percentiles(values: Sequence[float], levels: Iterable[float]) -> list
         values: one value per case. Example: ``[1.0, 1.2, 1.5]``.
         levels: percentile levels in [0, 100]. Example: ``(10, 50, 90)``.
     """
+    import numpy as np
+
     x = np.sort(np.asarray(values, dtype=np.float64))
     n = len(x)
     if n == 0:
@@ -195,6 +199,8 @@ def window_percentiles(values: Sequence[float], levels: Iterable[float]) -> list
 
 def _scan_axes(affine: np.ndarray, ndim: int, spatial_dims: int) -> list[int]:
     """Array axes in the order training sees them: RAS for 3D tasks, as stored otherwise."""
+    import numpy as np
+
     if spatial_dims != 3:
         return list(range(ndim))
     world = [int(np.argmax(np.abs(affine[:3, a]))) for a in range(ndim)]
@@ -217,6 +223,10 @@ def compute_fingerprint(
             manifest or each other, no labelled voxel.
         ImageReadError: a scan does not load (the message names the file; it stays local).
     """
+    import numpy as np
+
+    from data_specs.imaging.imageio import read_image
+
     cases = list(manifest.iter_cases(SplitName.TRAINING))
     if len(cases) < MIN_CASES:
         raise FingerprintError(
@@ -242,6 +252,8 @@ class _Pool:
     beyond its spacing and shape, which only leave as window means."""
 
     def __init__(self, manifest: DatasetManifest, samples: int, rng: np.random.Generator) -> None:
+        import numpy as np
+
         self.manifest, self.samples, self.rng = manifest, samples, rng
         self.n_ch, self.n_cls = manifest.num_channels, manifest.num_classes
         self.spacings: list[tuple[float, ...]] = []
@@ -252,6 +264,8 @@ class _Pool:
         self.counts = np.zeros(self.n_cls, dtype=np.int64)
 
     def add(self, image: ImageData, label: np.ndarray) -> None:
+        import numpy as np
+
         if image.num_channels != self.n_ch or image.spatial_shape != label.shape:
             raise FingerprintError(
                 f"expected {self.n_ch} channel(s) and a label of the image's shape in every "
@@ -281,6 +295,8 @@ class _Pool:
             self.voxels[c].append(voxels[pick])
 
     def finish(self) -> DatasetFingerprint:
+        import numpy as np
+
         if self.foreground == 0:
             raise FingerprintError(
                 "expected labelled (non-background) voxels in the training cases"

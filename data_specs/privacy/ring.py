@@ -21,8 +21,10 @@ site, so codes of two sites do not add up. Its idea (unbiased dithered rounding)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from data_specs.errors import PrivacyError
 
@@ -30,6 +32,8 @@ RING_BITS = (32, 64)
 
 
 def _dtype(bits: int) -> type[np.unsignedinteger]:
+    import numpy as np
+
     if bits not in RING_BITS:
         raise PrivacyError(f"ring bits must be one of {RING_BITS}, got {bits}")
     return np.uint32 if bits == 32 else np.uint64
@@ -52,6 +56,8 @@ class RingScale:
     max_sites: int = 1000
 
     def __post_init__(self) -> None:
+        import numpy as np
+
         _dtype(self.bits)
         if not (self.bound > 0 and np.isfinite(self.bound)):
             raise PrivacyError(f"ring bound must be a positive number, got {self.bound!r}")
@@ -80,11 +86,15 @@ class RingScale:
 
 def to_ring(values: np.ndarray, bits: int) -> np.ndarray:
     """Signed integers (int64) to their residues modulo ``2^bits`` (two's complement)."""
+    import numpy as np
+
     return values.astype(np.int64).view(np.uint64).astype(_dtype(bits))
 
 
 def from_ring(values: np.ndarray, bits: int) -> np.ndarray:
     """Residues modulo ``2^bits`` to signed integers in ``[−2^(bits−1), 2^(bits−1))`` (int64)."""
+    import numpy as np
+
     dtype = _dtype(bits)
     arr = np.asarray(values, dtype=dtype)
     signed = arr.view(np.int32 if bits == 32 else np.int64)
@@ -118,6 +128,8 @@ def encode_weighted(
     Raises:
         PrivacyError: a non-finite value, or a count outside ``[1, max_total_samples]``.
     """
+    import numpy as np
+
     if not 1 <= num_samples <= scale.max_total_samples:
         raise PrivacyError(
             f"num_samples must be in [1, {scale.max_total_samples}] for this ring, got {num_samples}"
@@ -134,6 +146,8 @@ def encode_weighted(
 
 def ring_sum(vectors: list[np.ndarray], bits: int) -> np.ndarray:
     """The sum modulo ``2^bits`` of equally long ring vectors (wrap-around is the point)."""
+    import numpy as np
+
     if not vectors:
         raise PrivacyError("no vectors to sum")
     total = np.zeros_like(np.asarray(vectors[0], dtype=_dtype(bits)))
@@ -150,6 +164,8 @@ def decode_mean(total: np.ndarray, scale: RingScale) -> tuple[np.ndarray, int]:
     Raises:
         PrivacyError: the sample total is not positive (the sum is not a valid one).
     """
+    import numpy as np
+
     signed = from_ring(total, scale.bits)
     count = int(signed[-1])
     if count <= 0:

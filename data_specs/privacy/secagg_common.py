@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    pass
 
 from data_specs.errors import PrivacyError
 from data_specs.privacy.ring import RingScale
@@ -89,6 +91,8 @@ def neighbour_graph(
 
     Example: ``neighbour_graph([1, 2, 3], None, b"") == {1: {2, 3}, 2: {1, 3}, 3: {1, 2}}``.
     """
+    import numpy as np
+
     ordered = sorted(set(indices))
     n = len(ordered)
     if size is None or size >= n - 1:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_specs.errors import PrivacyError
@@ -138,6 +139,8 @@ def flat_size(expected: TensorLayout, local_keys: frozenset[str]) -> int:
 
 
 def flatten(tensors: Mapping[str, np.ndarray], keys: list[str]) -> np.ndarray:
+    import numpy as np
+
     return np.concatenate([np.asarray(tensors[k], dtype=np.float64).reshape(-1) for k in keys])
 
 

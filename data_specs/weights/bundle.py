@@ -12,12 +12,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from data_specs.class_names import META_CLASS_NAMES, decode_class_names, encode_class_names
 from data_specs.constants import (
@@ -158,6 +157,9 @@ def encode_bundle(tensors: Mapping[str, np.ndarray], meta: BundleMeta) -> bytes:
     Returns:
         safetensors bytes; send ``sha256_hex`` of them beside.
     """
+    import numpy as np
+    from safetensors.numpy import save as st_save
+
     arrays = {k: np.asarray(v) for k, v in tensors.items()}
     check_finite(arrays)
     # np.ascontiguousarray would turn 0-d tensors (num_batches_tracked) into 1-d ones.
@@ -249,6 +251,9 @@ def decode_bundle(
         BundleError: not safetensors, truncated, malformed metadata, or non-finite values.
         SpecMismatchError: keys, shapes, dtypes or spec hash differ from what was expected.
     """
+    import numpy as np
+    from safetensors.numpy import load as st_load
+
     header = read_header(data)
     meta = BundleMeta.from_header(header.get("__metadata__"))
     if spec_hash is not None and meta.spec_hash != spec_hash:
@@ -297,6 +302,8 @@ def check_tensors(tensors: Mapping[str, np.ndarray], expected: TensorLayout) -> 
 
 def check_finite(tensors: Mapping[str, np.ndarray]) -> None:
     """Refuse NaN or Inf in any floating tensor (MONAI: refuse at the source)."""
+    import numpy as np
+
     bad = [
         k
         for k, v in tensors.items()

@@ -23,9 +23,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    pass
 
 from data_specs.errors import BundleError
 
@@ -53,7 +54,11 @@ DTYPES: dict[str, str] = {
     "U8": "u1",
     "BOOL": "?",
 }
-_ITEMSIZE = {code: np.dtype(name).itemsize for code, name in DTYPES.items()}
+_ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+"""Bytes per element of each dtype code (numpy's ``itemsize``; numpy is imported on use)."""
 # A JSON string, unrolled ("normal* (escape normal*)*"): one regex step per run of plain
 # characters instead of one alternation per character (a 31-tensor header: 67 -> ~10 us).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -138,6 +143,8 @@ def loads_shallow(text: bytes | str, *, max_depth: int, what: str = "header") ->
     Raises:
         BundleError: nested deeper than ``max_depth``, not JSON, or holding a non-finite number.
     """
+    import numpy as np
+
     raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
     if brackets:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from data_specs.constants import NormKind
 
@@ -307,6 +308,8 @@ def initial_weights(spec: TaskSpec, seed: int) -> dict[str, np.ndarray]:
     Returns:
         ``{name: array}`` in state-dict order (float32; ``num_batches_tracked`` int64).
     """
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for slot in unet_slots(spec):

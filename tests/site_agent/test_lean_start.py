@@ -112,3 +112,23 @@ def test_the_agents_loop_switches_the_paused_collector_back_on_after_enrolling(
         gc.unfreeze()
         if not was_enabled:
             gc.disable()
+
+
+_UP_TO_ENROLMENT = """
+import json, sys
+import benchmarks.sleep_site  # the benchmark agent's module, as ``python -m`` loads it
+from site_agent.federation.loop import SiteAgent
+from site_agent.federation.enrollment import enroll
+from site_agent.settings import SiteSettings
+from site_agent.training.threads import apply_site_threads
+print(json.dumps([m for m in ("numpy", "torch", "monai") if m in sys.modules]))
+"""
+
+
+def test_an_agent_enrols_without_importing_numpy_or_torch() -> None:
+    """Five agents starting beside the aggregator each paid about 0.12 CPU s for numpy
+    before enrolling (issue 19's start-up); the weights and privacy modules import it on use."""
+    out = subprocess.run(
+        [sys.executable, "-c", _UP_TO_ENROLMENT], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == []
