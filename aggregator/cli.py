@@ -54,6 +54,7 @@ def serve(
     from aggregator.api.app import create_app
     from aggregator.http_server import Server, uvicorn_config
     from aggregator.logs import configure_logging
+    from aggregator.malloc_arenas import limit_malloc_arenas
     from aggregator.open_files import raise_open_files_limit
     from aggregator.settings import AggregatorSettings
     from aggregator.storage.db.engine import database_problem
@@ -79,6 +80,7 @@ def serve(
         raise typer.Exit(2) from None
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     raise_open_files_limit()  # a descriptor per waiting site and per update aggregated
+    limit_malloc_arenas(settings.malloc_arenas)  # before any thread: fewer fragments kept
     try:
         api = create_app(settings)
     except (SQLAlchemyError, ValueError) as exc:

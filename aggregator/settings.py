@@ -46,6 +46,9 @@ class AggregatorSettings(BaseSettings):
         max_json_bytes: largest JSON request body. Default 1 MiB.
         body_timeout_s: longest wait for one chunk of a request body. Default 30.
         max_concurrent_uploads: uploads streaming at once; more wait for a slot. Default 8.
+        malloc_arenas: glibc malloc arenas ``serve`` allows the process (less memory held in
+            fragments by its threads); 0 keeps glibc's default, as does ``MALLOC_ARENA_MAX``
+            in the environment. Default 2.
         upload_slot_wait_s: how long an upload waits for a slot before it is answered 429.
             Default 10 (0: refuse at once).
         max_waiting_uploads: uploads that may wait for a slot at once; more answer 429 at
@@ -92,6 +95,7 @@ class AggregatorSettings(BaseSettings):
     max_json_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
     body_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
     max_concurrent_uploads: Annotated[int, Field(ge=1, le=10_000)] = 8
+    malloc_arenas: Annotated[int, Field(ge=0, le=1024)] = 2
     upload_slot_wait_s: Annotated[float, Field(ge=0.0, le=600.0)] = 10.0
     max_waiting_uploads: Annotated[int, Field(ge=0, le=1_000_000)] = 1024
     auth_failures_per_minute: Annotated[float, Field(gt=0.0)] = 30.0
