@@ -391,7 +391,7 @@ def report(results: list[RunResult], command: str) -> str:
         "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {platform.machine()} Linux, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
-        "shared with other work (the lead's benchmarks ran at the same time; everything here ran under `nice -n 19`)",
+        f"this benchmark's processes at nice {os.nice(0)} (the load average below shows what else ran)",
         f"- Command: `{command}`",
         "",
         "One `python -m aggregator serve` process with its defaults (1 s orchestrator tick, 8 concurrent "
