@@ -15,7 +15,7 @@ from aggregator.storage.db.relaxed import install_reset
 from aggregator.storage.db.sqlite_writer import connection_class
 
 INSERT_PAGE_ROWS = 100
-"""Rows per multi-row INSERT statement on SQLite (SQLAlchemy's default is 1,000)."""
+"""Rows per multi-row INSERT statement (SQLAlchemy's default is 1,000)."""
 
 
 class Database:
@@ -40,13 +40,14 @@ class Database:
                 # one writer at a time inside the process, woken at once (sqlite_writer)
                 connect_args["factory"] = connection_class(parsed.database, timeout_s=30)
             kwargs.update(connect_args=connect_args, pool_size=16, max_overflow=48)
-            # sqlite3 keeps each connection's prepared statements: a round's tasks go in pages of
-            # 100 rows (a 230 KiB statement), not one 1,000-row insert of 2.2 MiB (id_lists).
-            kwargs.update(insertmanyvalues_page_size=INSERT_PAGE_ROWS)
         else:
             # As many connections as anyio's 40 worker threads can use at once; pre-ping drops
             # connections a database restart (or failover) closed instead of failing a request.
             kwargs.update(pool_size=10, max_overflow=30, pool_pre_ping=True)
+        # Drivers keep prepared statements per connection (sqlite3 up to 128, psycopg those run
+        # five times): a round's tasks go in pages of 100 rows (on SQLite a 230 KiB statement),
+        # not one 1,000-row insert of 2.2 MiB whose size grows with the sites (id_lists).
+        kwargs.update(insertmanyvalues_page_size=INSERT_PAGE_ROWS)
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _install_sqlite_pragmas(self.engine, synchronous)
