@@ -86,7 +86,7 @@ def plot_gantt(
             ax.set_xlim(lo, hi)
             ax.set_title(f"zoom: end of round {zoom} and start of round {zoom + 1}", fontsize=9)
         else:
-            ax.set_title(title, fontsize=10)
+            ax.set_title(title, fontsize=10, pad=14)  # above the round labels
     handles = [Patch(color=c, label=n) for n, c in COLORS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(COLORS), fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))

@@ -1,7 +1,8 @@
 """Rounds at the speed of the work: fedseg and Flower side by side, and a timeline of every round.
 
-``python -m benchmarks.round_timeline_bench [--quick] [--flower-venv DIR | --no-flower]``
-writes ``benchmarks/results/round_timeline.md`` and ``round_timeline_gantt.png``: the Flower
+``python -m benchmarks.round_timeline_bench [--quick] [--flower-venv DIR | --no-flower]
+[--clients N]`` writes ``benchmarks/results/round_timeline.md`` and ``round_timeline_gantt.png``
+(``round_timeline_<N>sites.*`` for N other than 5): the Flower
 peer harness's workload (N = 5 clients, a fixed 2 s "training" of noise + sleep, the weights
 of the 2D MONAI U-Net, 1.6 MB, 10 rounds) on fedseg (``fedseg aggregator serve`` and five
 ``benchmarks.sleep_site`` agents: the real agent loop with the sleep as its trainer) and, in
@@ -92,6 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     pre.add_argument("--no-flower", action="store_true")
     pre.add_argument("--flower-venv", type=Path, default=os.environ.get("FLWR_VENV"))
     pre.add_argument("--flower-timeout", type=float, default=2400.0)
+    pre.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help="sites (and Flower clients) on this host; other than 5 writes round_timeline_<N>sites.md",
+    )
     extra, rest = pre.parse_known_args(argv)
     args = parse_args(NAME, __doc__, rest)
     if extra.acdc:
@@ -100,6 +107,15 @@ def main(argv: list[str] | None = None) -> None:
         run_acdc(args, command_line(NAME, argv))
         return
     setting = QUICK if args.quick else FULL
+    if extra.clients is not None:
+        if extra.clients < 1:
+            raise SystemExit("--clients must be at least 1")
+        setting = Setting(clients=extra.clients, rounds=setting.rounds)
+    stem = (
+        "round_timeline"
+        if setting.clients == FULL.clients
+        else f"round_timeline_{setting.clients}sites"
+    )
     started = time.monotonic()
     work = fresh_dir(args.work_dir)
     with LoadSampler() as fed_load:
@@ -114,16 +130,18 @@ def main(argv: list[str] | None = None) -> None:
     loads = (fed_load.summary(), flower_load.summary())
     from benchmarks.round_gantt import plot_gantt
 
-    gantt = RESULTS / "round_timeline_gantt.png"
-    plot_gantt(figures, gantt, t0=run.t_launch, title="fedseg, 5 sites, 2 s sleep as training")
+    gantt = RESULTS / f"{stem}_gantt.png"
+    sites = "1 site" if setting.clients == 1 else f"{setting.clients} sites"
+    title = f"fedseg, {sites}, 2 s sleep as training"
+    plot_gantt(figures, gantt, t0=run.t_launch, title=title)
     (work / "rounds.json").write_text(
         json.dumps([r.model_dump(mode="json") for r in run.rounds], indent=1)
     )
     from deploy.launcher.report import write_report
 
     report = _report(run, figures, flower, setting, time.monotonic() - started, gantt, loads)
-    write_report(RESULTS / "round_timeline.md", report.replace("{cmd}", command_line(NAME, argv)))
-    print(f"report written to {RESULTS / 'round_timeline.md'} and {gantt}")
+    write_report(RESULTS / f"{stem}.md", report.replace("{cmd}", command_line(NAME, argv)))
+    print(f"report written to {RESULTS / f'{stem}.md'} and {gantt}")
 
 
 def _fedseg_sleep(work: Path, setting: Setting, seed: int) -> FederationRun:
