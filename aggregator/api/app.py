@@ -27,6 +27,7 @@ from aggregator.api.routes import (
     tasks,
     ui,
 )
+from aggregator.api.token_changes import TokenChangeListener
 from aggregator.crud.task_bookkeeping import TaskBookkeeping
 from aggregator.leadership import Leadership, lead_rounds
 from aggregator.logs import log_event
@@ -55,10 +56,12 @@ def build_services(settings: AggregatorSettings) -> Services:
     if removed:
         log_event(log, "blobs.staging_cleaned", files=removed)
     metrics = AggregatorMetrics()
-    # One process per SQLite database: its token answers can be cached (revocation empties
-    # the cache). Other processes sharing a PostgreSQL database could revoke unheard.
+    # Token answers from memory; a token change committed here empties the cache (watch). On
+    # PostgreSQL other processes may change tokens too: the cache is on only while the
+    # listener hears their notifications (started with the app, aggregator.api.token_changes).
     principal_cache = PrincipalCache(enabled=database.is_sqlite)
     principal_cache.watch(database.session_factory)
+    token_changes = None if database.is_sqlite else TokenChangeListener(principal_cache, database)
     orchestrator = Orchestrator(
         database=database, blobs=blobs, metrics=metrics, interval_s=settings.orchestrator_interval_s
     )
@@ -84,6 +87,7 @@ def build_services(settings: AggregatorSettings) -> Services:
         model_cache=BlobCache(blobs),
         bookkeeping=TaskBookkeeping(database),
         principals=principal_cache,
+        token_changes=token_changes,
     )
 
 
@@ -93,6 +97,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
     settings = services.settings
     services.board.bind(asyncio.get_running_loop())
+    if services.token_changes is not None:
+        services.token_changes.start()
     loop_task = None
     if settings.orchestrator_enabled:
         loop_task = asyncio.create_task(
@@ -112,6 +118,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
+        if services.token_changes is not None:
+            services.token_changes.stop()
         services.bookkeeping.close()
         services.database.dispose()
         log_event(log, "aggregator.stopped")

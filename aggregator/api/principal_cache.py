@@ -17,9 +17,11 @@ What still holds:
   ``last_seen_at`` is 30 s old (the interval at which ``touch_site`` writes); the next request
   takes the database path again, which re-checks the token and records the visit. A
   researcher's answer is used for ``refresh_s`` (30 s).
-- Only one process may use it: another aggregator process sharing a PostgreSQL database could
-  revoke a token this process would not hear of. ``create_app`` enables it for SQLite (one
-  process by design) and leaves it off on PostgreSQL.
+- Other processes' changes: on SQLite there are none (one process by design), and
+  ``create_app`` enables the cache. On PostgreSQL another aggregator process sharing the
+  database may revoke a token: there the cache is on only while
+  ``aggregator.api.token_changes`` listens for the changes every process announces, and it is
+  emptied on each one.
 
 Failed lookups are never cached: every refusal goes to the database and counts against the
 caller's address and token (``guard_auth``).

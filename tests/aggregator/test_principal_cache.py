@@ -12,20 +12,14 @@ from aggregator.api.deps import Services
 from aggregator.api.principal_cache import CachedPrincipal, PrincipalCache
 from aggregator.auth import hash_token
 from aggregator.storage.db.models import Site, utcnow
-from tests.aggregator.conftest import ON_POSTGRES
 from tests.aggregator.helpers import API, Federation, bearer
 from tests.aggregator.test_request_hops import counting_hand_overs
-
-needs_cache = pytest.mark.skipif(
-    ON_POSTGRES, reason="the cache is off on PostgreSQL (other processes may revoke)"
-)
 
 
 def _poll(fed: Federation, name: str) -> int:
     return fed.client.get(f"{API}/tasks/next", headers=fed.sh(name)).status_code
 
 
-@needs_cache
 def test_a_known_token_is_answered_without_a_lookup(
     fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -46,7 +40,7 @@ def test_revoking_or_rotating_a_site_refuses_its_cached_token_at_once(
     fed: Federation, services: Services, action: str
 ) -> None:
     assert _poll(fed, "site-a") == 204
-    assert _poll(fed, "site-a") == 204  # answered from memory (SQLite)
+    assert _poll(fed, "site-a") == 204  # answered from memory
     site_id = fed.sites["site-a"][0]
     r = fed.client.post(f"{API}/sites/{site_id}/{action}", headers=fed.rh)
     assert r.status_code == 200, r.text
@@ -69,7 +63,6 @@ def test_revoking_or_rotating_a_researcher_refuses_its_cached_token_at_once(
         )
 
 
-@needs_cache
 def test_an_expired_token_is_refused_even_when_cached(
     fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -81,7 +74,6 @@ def test_an_expired_token_is_refused_even_when_cached(
     assert _poll(fed, "site-a") == 401
 
 
-@needs_cache
 def test_last_seen_is_still_written_every_30_s(
     fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,5 +120,7 @@ def test_the_cache_is_bounded_and_can_be_off() -> None:
     assert off.get("h", "site") is None
 
 
-def test_the_cache_is_on_for_sqlite_only(services: Services) -> None:
-    assert services.principals.enabled is services.database.is_sqlite
+def test_the_cache_is_on_while_token_changes_are_heard(services: Services) -> None:
+    """SQLite: always (one process). PostgreSQL: while the listener listens (test_token_changes)."""
+    assert services.principals.enabled
+    assert (services.token_changes is None) is services.database.is_sqlite

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from aggregator.storage.db import idle_ping
 from aggregator.storage.db.relaxed import install_reset
 from aggregator.storage.db.sqlite_writer import connection_class
 
@@ -41,9 +42,11 @@ class Database:
                 connect_args["factory"] = connection_class(parsed.database, timeout_s=30)
             kwargs.update(connect_args=connect_args, pool_size=16, max_overflow=48)
         else:
-            # As many connections as anyio's 40 worker threads can use at once; pre-ping drops
-            # connections a database restart (or failover) closed instead of failing a request.
-            kwargs.update(pool_size=10, max_overflow=30, pool_pre_ping=True)
+            # As many connections as anyio's 40 worker threads can use at once, the most recent
+            # first (a busy pool reuses a few warm ones). A connection back from a quiet spell
+            # is pinged first (idle_ping), so that one a database restart or failover closed is
+            # replaced instead of failing a request.
+            kwargs.update(pool_size=10, max_overflow=30, pool_use_lifo=True)
         # Drivers keep prepared statements per connection (sqlite3 up to 128, psycopg those run
         # five times): a round's tasks go in pages of 100 rows (on SQLite a 230 KiB statement),
         # not one 1,000-row insert of 2.2 MiB whose size grows with the sites (id_lists).
@@ -51,6 +54,8 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _install_sqlite_pragmas(self.engine, synchronous)
+        else:
+            idle_ping.install(self.engine)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

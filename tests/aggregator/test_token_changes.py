@@ -1,0 +1,177 @@
+"""Two aggregator apps on one PostgreSQL database: a token revoked through one is refused by the
+other at once, although both answer tokens from memory; the memory is off whenever the
+notifications cannot be heard. And pooled connections are pinged only after being idle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from aggregator.api.app import create_app
+from aggregator.api.deps import Services
+from aggregator.api.principal_cache import CachedPrincipal
+from aggregator.settings import AggregatorSettings
+from aggregator.storage.db import Database
+from aggregator.storage.db import idle_ping as idle_ping_module
+from tests.aggregator.helpers import ADMIN_TOKEN, API, Federation
+from tests.aggregator.postgres import PostgresServer, database_name
+
+
+def wait_for(check: Any, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def _settings(data_dir: Path, url: str) -> AggregatorSettings:
+    return AggregatorSettings(
+        data_dir=data_dir, database_url=url, admin_token=ADMIN_TOKEN, orchestrator_enabled=False
+    )
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.database_url()
+
+
+@pytest.fixture
+def two_apps(tmp_path: Path, pg_url: str) -> Iterator[tuple[TestClient, TestClient]]:
+    """Two aggregator apps (as two processes would be) sharing one PostgreSQL database."""
+    with (
+        TestClient(create_app(_settings(tmp_path / "a", pg_url))) as a,
+        TestClient(create_app(_settings(tmp_path / "b", pg_url))) as b,
+    ):
+        for client in (a, b):
+            listener = _services(client).token_changes
+            assert listener is not None
+            wait_for(listener.listening.is_set, "the listener never started listening")
+        yield a, b
+
+
+def _services(client: TestClient) -> Services:
+    return client.app.state.services  # type: ignore[attr-defined,no-any-return]
+
+
+def _poll(client: TestClient, fed: Federation, name: str) -> int:
+    return client.get(f"{API}/tasks/next", headers=fed.sh(name)).status_code
+
+
+@pytest.mark.parametrize("action", ["revoke", "rotate"])
+def test_a_token_revoked_through_one_process_is_refused_by_the_other_at_once(
+    two_apps: tuple[TestClient, TestClient], action: str
+) -> None:
+    a, b = two_apps
+    fed = Federation.create(a, ["site-a", "site-b"])
+    cache_b = _services(b).principals
+    assert _poll(b, fed, "site-a") == 204  # looked up in the database, then remembered
+    hits = cache_b.hits
+    assert _poll(b, fed, "site-a") == 204
+    assert cache_b.hits == hits + 1, "b did not answer the token from memory"
+
+    site_id = fed.sites["site-a"][0]
+    r = a.post(f"{API}/sites/{site_id}/{action}", headers=fed.rh)
+    assert r.status_code == 200, r.text
+    listener_b = _services(b).token_changes
+    assert listener_b is not None
+    wait_for(lambda: listener_b.notifications > 0, "b never heard of the change")
+    assert _poll(b, fed, "site-a") == 401
+    assert _poll(b, fed, "site-b") == 204  # the others keep working
+
+
+def test_a_rolled_back_change_is_not_announced(
+    two_apps: tuple[TestClient, TestClient],
+) -> None:
+    a, b = two_apps
+    fed = Federation.create(a, ["site-a"])
+    listener_b = _services(b).token_changes
+    assert listener_b is not None
+    heard = listener_b.notifications
+    from aggregator.crud.principals import mark_changed
+
+    with _services(a).database.session() as session:
+        mark_changed(session)
+        session.rollback()
+    with _services(a).database.session() as session:
+        mark_changed(session)
+        session.commit()
+    wait_for(lambda: listener_b.notifications > heard, "the committed change was not heard")
+    time.sleep(0.2)
+    assert listener_b.notifications == heard + 1  # the rolled-back one never came
+    assert _poll(b, fed, "site-a") == 204
+
+
+def test_the_cache_is_off_while_the_listener_cannot_hear(
+    two_apps: tuple[TestClient, TestClient], postgres_server: PostgresServer, pg_url: str
+) -> None:
+    _, b = two_apps
+    services = _services(b)
+    listener = services.token_changes
+    assert listener is not None and services.principals.enabled
+    entry = CachedPrincipal("site", "s1", "site-x", None, time.monotonic() + 30)
+    services.principals.put("h", entry, generation=services.principals.generation)
+    assert services.principals.get("h", "site") == entry
+
+    # The listening connection is cut (a restart, a failover, a network cut)...
+    listening_since = listener.connected
+    postgres_server.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{database_name(pg_url)}' AND query LIKE 'LISTEN%'"
+    )
+    # ...the cache is emptied and off until it listens on a new connection.
+    wait_for(lambda: listener.connected > listening_since, "the listener did not reconnect")
+    wait_for(listener.listening.is_set, "the listener did not listen again")
+    assert services.principals.enabled
+    assert services.principals.get("h", "site") is None
+    assert listener.failures >= 1
+
+
+def test_stopping_the_listener_switches_the_cache_off(pg_url: str, tmp_path: Path) -> None:
+    app = create_app(_settings(tmp_path / "c", pg_url))
+    services: Services = app.state.services
+    assert not services.principals.enabled  # off until the listener listens
+    with TestClient(app):
+        listener = services.token_changes
+        assert listener is not None
+        wait_for(listener.listening.is_set, "the listener never started listening")
+        assert services.principals.enabled
+    assert not services.principals.enabled
+
+
+def test_pooled_connections_are_pinged_only_after_being_idle(
+    pg_url: str, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = Database(pg_url)
+    pings: list[float] = []
+    real_ping = database.engine.dialect.do_ping
+
+    def counting_ping(dbapi_connection: Any) -> bool:
+        pings.append(time.monotonic())
+        return bool(real_ping(dbapi_connection))
+
+    monkeypatch.setattr(database.engine.dialect, "do_ping", counting_ping)
+    try:
+        for _ in range(20):  # busy: back in the pool a moment ago, never pinged
+            with database.session() as session:
+                assert session.execute(text("SELECT 1")).scalar() == 1
+        assert pings == []
+
+        # Idle past the threshold, and meanwhile the server dropped every connection: the
+        # first checkout pings, finds it dead, and gets a fresh connection instead of an error.
+        postgres_server.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{database_name(pg_url)}'"
+        )
+        monkeypatch.setattr(idle_ping_module, "IDLE_PING_S", 0.05)
+        time.sleep(0.1)
+        with database.session() as session:
+            assert session.execute(text("SELECT 1")).scalar() == 1
+        assert len(pings) >= 1
+    finally:
+        database.dispose()
