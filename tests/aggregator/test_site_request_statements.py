@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -104,3 +105,45 @@ def test_a_started_experiments_config_is_validated_once_not_per_request(
         assert task is not None
         assert fed.train_and_upload(name, task).status_code == 200
     assert validated == []  # each of these requests decoded the O(sites) config before
+
+
+@contextmanager
+def autocommitted(services: Services) -> Iterator[list[tuple[str, bool]]]:
+    """Each statement's verb, and whether it ran outside a transaction (the driver's autocommit)."""
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn: Any, _cursor: object, sql: str, *_: object) -> None:
+        if threading.current_thread().name != "fedseg-bookkeeping":
+            driver = conn.connection.driver_connection
+            seen.append((sql.split()[0].upper(), bool(driver.autocommit)))
+
+    engine = services.database.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_sites_reads_on_postgresql_run_outside_a_transaction(
+    fed: Federation, services: Services
+) -> None:
+    """No BEGIN and COMMIT round trips around a site's look-ups; its report's writes stay atomic."""
+    if services.database.is_sqlite:
+        pytest.skip("PostgreSQL only (make test-postgres): SQLite sessions cost no round trips")
+    exp = fed.create_experiment(rounds=1, min_sites=3)
+    fed.start(exp)
+    services.orchestrator.step()
+    assert fed.next_task("site-a", wait=0) is not None  # site-a's token is looked up once
+    with autocommitted(services) as seen:
+        task = fed.next_task("site-a")
+        assert task is not None
+        assert fed.train_and_upload("site-a", task).status_code == 200
+    assert seen == [
+        ("SELECT", True),  # the poll
+        ("SELECT", True),  # the model
+        ("SELECT", True),  # the upload's checks before the body
+        ("UPDATE", False),  # the report and its event, in one transaction
+        ("INSERT", False),
+        ("SELECT", True),  # the round's open tasks, after the commit
+    ], seen

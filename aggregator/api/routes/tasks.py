@@ -57,7 +57,7 @@ async def next_task(
     give_up = loop.time() + min(wait, services.settings.max_long_poll_s)
 
     def deliver() -> TaskAssignment | None:
-        with services.database.session() as session:
+        with services.database.read_session() as session:
             found = task_crud.next_task_for_site(session, site_id=site.id)
             if found is None:
                 return None
@@ -91,7 +91,7 @@ async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> 
     """
 
     def find() -> tuple[bytes | None, Path | None, str, int]:  # reads only
-        with services.database.session() as session:
+        with services.database.read_session() as session:
             sha, size = site_requests.task_model(session, task_id=task_id, site_id=site.id)
             body = services.model_cache.get(sha, size)
             path = None if body is not None else services.blobs.require(sha)
@@ -129,7 +129,7 @@ async def upload_update(
         services.upload_slots.check()  # a full house answers 429 before any database work
 
         def prepare() -> intake.UpdateTarget | UpdateReceipt:
-            with services.database.session() as session:
+            with services.database.read_session() as session:
                 return intake.prepare_update(
                     session, blobs=services.blobs, task_id=task_id, site_id=site.id, sha256=sha
                 )
@@ -157,10 +157,10 @@ async def upload_update(
                     num_samples=num_samples,
                     metrics=site_metrics,
                 )  # committed: durable before the site hears of it
-                if done.receipt.duplicate:
-                    return done
+            if done.receipt.duplicate:
+                return done
+            with services.database.read_session() as session:
                 left = site_requests.open_tasks_in_round_of(session, task_id=task_id)
-                session.rollback()
             if left == 0:  # the round can close now (before, only its deadline matters): wake
                 services.orchestrator.wake()  # the orchestrator from here, one hop sooner
             return done
