@@ -8,8 +8,11 @@ to try takes it and carries on from the database, as a restarted single process 
 orchestrator keeps all round state in the database, and its transitions are conditional
 updates, so a round is never aggregated into two different models).
 
-Followers cannot hear the leader's in-process wake-ups, so every ``interval_s`` they wake their
-long-polling sites, which then look for a task in the database again.
+Followers cannot hear the leader's in-process wake-ups. They hear its announcement of new tasks
+instead (``aggregator.api.announcements``) and wake their long-polling sites then. While that
+announcement cannot be heard (no listening connection), they wake them every ``interval_s`` to
+look for a task in the database again, as they always did; while it can, only every
+``FOLLOWER_SAFETY_TICKS`` ticks, in case a task ever appears without one.
 
 SQLite has one process by design: there the process always leads and this module stays out of
 the way.
@@ -35,6 +38,8 @@ from aggregator.storage.db import Database
 log = logging.getLogger("aggregator.leadership")
 # pg_advisory_lock key of the round leader ("fedseg" + "lead" as bytes, within int64).
 LEADER_LOCK_KEY = 0x666564736C6561
+# A follower that hears new tasks announced still wakes its waiting sites every this many ticks.
+FOLLOWER_SAFETY_TICKS = 10
 
 
 class Leadership:
@@ -104,6 +109,7 @@ async def lead_rounds(
     run_rounds: Callable[[], Coroutine[Any, Any, None]],
     *,
     interval_s: float,
+    tasks_heard: Callable[[], bool] = lambda: False,
 ) -> None:
     """Run ``run_rounds`` (the orchestrator loop) while this process leads; forever.
 
@@ -112,13 +118,17 @@ async def lead_rounds(
         board: the long-poll board, woken every ``interval_s`` while following.
         run_rounds: starts the orchestrator loop. Example: ``lambda: orchestrator.run(board)``.
         interval_s: how often the lock is checked or tried.
+        tasks_heard: whether new tasks announced by the leader are heard now (then a follower
+            wakes its waiting sites only every ``FOLLOWER_SAFETY_TICKS`` ticks). Default: never.
     """
     if not leadership.contested:
         await run_rounds()
         return
     rounds: asyncio.Task[None] | None = None
+    ticks = 0
     try:
         while True:
+            ticks += 1
             leading = await anyio.to_thread.run_sync(leadership.hold)
             if leading and rounds is None:
                 log_event(log, "leader.acquired")
@@ -128,7 +138,8 @@ async def lead_rounds(
                     log_event(log, "leader.lost")
                     await _cancel(rounds)
                     rounds = None
-                board.notify(board.waiting_sites())
+                if not tasks_heard() or ticks % FOLLOWER_SAFETY_TICKS == 0:
+                    board.notify(board.waiting_sites())
             await asyncio.sleep(interval_s)
     finally:
         if rounds is not None:

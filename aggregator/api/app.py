@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from aggregator.api.announcements import AnnouncementListener
 from aggregator.api.deps import Services
 from aggregator.api.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from aggregator.api.guards import JsonBodyGuard
@@ -27,7 +28,6 @@ from aggregator.api.routes import (
     tasks,
     ui,
 )
-from aggregator.api.token_changes import TokenChangeListener
 from aggregator.crud.task_bookkeeping import TaskBookkeeping
 from aggregator.leadership import Leadership, lead_rounds
 from aggregator.logs import log_event
@@ -58,10 +58,15 @@ def build_services(settings: AggregatorSettings) -> Services:
     metrics = AggregatorMetrics()
     # Token answers from memory; a token change committed here empties the cache (watch). On
     # PostgreSQL other processes may change tokens too: the cache is on only while the
-    # listener hears their notifications (started with the app, aggregator.api.token_changes).
+    # listener hears their announcements (started with the app, aggregator.api.announcements).
     principal_cache = PrincipalCache(enabled=database.is_sqlite)
     principal_cache.watch(database.session_factory)
-    token_changes = None if database.is_sqlite else TokenChangeListener(principal_cache, database)
+    board = TaskBoard()
+    announcements = (
+        None
+        if database.is_sqlite
+        else AnnouncementListener(principal_cache, database, on_tasks=board.wake_all_threadsafe)
+    )
     orchestrator = Orchestrator(
         database=database, blobs=blobs, metrics=metrics, interval_s=settings.orchestrator_interval_s
     )
@@ -71,7 +76,7 @@ def build_services(settings: AggregatorSettings) -> Services:
         blobs=blobs,
         metrics=metrics,
         orchestrator=orchestrator,
-        board=TaskBoard(),
+        board=board,
         routing=RoutingBundles(blobs),
         auth_failures=RateLimiter(
             per_minute=settings.auth_failures_per_minute, burst=settings.auth_failure_burst
@@ -87,7 +92,7 @@ def build_services(settings: AggregatorSettings) -> Services:
         model_cache=BlobCache(blobs),
         bookkeeping=TaskBookkeeping(database),
         principals=principal_cache,
-        token_changes=token_changes,
+        announcements=announcements,
     )
 
 
@@ -97,8 +102,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
     settings = services.settings
     services.board.bind(asyncio.get_running_loop())
-    if services.token_changes is not None:
-        services.token_changes.start()
+    if services.announcements is not None:
+        services.announcements.start()
     loop_task = None
     if settings.orchestrator_enabled:
         loop_task = asyncio.create_task(
@@ -107,6 +112,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 services.board,
                 lambda: services.orchestrator.run(services.board),
                 interval_s=settings.orchestrator_interval_s,
+                tasks_heard=(
+                    services.announcements.listening.is_set
+                    if services.announcements is not None
+                    else lambda: False
+                ),
             ),
             name="leadership",
         )
@@ -118,8 +128,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
-        if services.token_changes is not None:
-            services.token_changes.stop()
+        if services.announcements is not None:
+            services.announcements.stop()
         services.bookkeeping.close()
         services.database.dispose()
         log_event(log, "aggregator.stopped")

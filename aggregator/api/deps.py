@@ -24,9 +24,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from aggregator.api import db_threads
+from aggregator.api.announcements import AnnouncementListener
 from aggregator.api.client_certs import require_site_certificate
 from aggregator.api.principal_cache import CachedPrincipal, PrincipalCache
-from aggregator.api.token_changes import TokenChangeListener
 from aggregator.auth import hash_token, tokens_match
 from aggregator.crud import principals
 from aggregator.crud.task_bookkeeping import TaskBookkeeping
@@ -62,7 +62,7 @@ class Services:
     model_cache: BlobCache
     bookkeeping: TaskBookkeeping
     principals: PrincipalCache = field(default_factory=PrincipalCache)
-    token_changes: TokenChangeListener | None = None  # PostgreSQL: keeps ``principals`` right
+    announcements: AnnouncementListener | None = None  # PostgreSQL: other processes' changes
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ What still holds:
 - Other processes' changes: on SQLite there are none (one process by design), and
   ``create_app`` enables the cache. On PostgreSQL another aggregator process sharing the
   database may revoke a token: there the cache is on only while
-  ``aggregator.api.token_changes`` listens for the changes every process announces, and it is
+  ``aggregator.api.announcements`` listens for the changes every process announces, and it is
   emptied on each one.
 
 Failed lookups are never cached: every refusal goes to the database and counts against the

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aggregator.auth import hash_token, new_token
+from aggregator.crud.announcements import TOKENS_CHANNEL, announce
 from aggregator.crud.events import record_event
 from aggregator.errors import (
     AuthenticationError,
@@ -22,21 +23,16 @@ from data_specs.event_kinds import EventKind
 # Set in ``session.info`` by a change to who a token belongs to; the API's principal cache
 # empties itself when such a session commits (``aggregator.api.principal_cache``).
 TOKENS_CHANGED = "fedseg.tokens_changed"
-# On PostgreSQL the change is also announced on this channel when its transaction commits, so
-# that every aggregator process sharing the database empties its cache
-# (``aggregator.api.token_changes``).
-TOKENS_CHANNEL = "fedseg_tokens"
 
 
 def mark_changed(session: Session) -> None:
     """Note that this session revokes, rotates or issues a token.
 
-    On PostgreSQL this queues a ``NOTIFY`` in the session's transaction: delivered to the other
-    processes when it commits, never if it rolls back.
+    Other processes sharing a PostgreSQL database hear of it when the session commits
+    (``aggregator.crud.announcements``).
     """
     session.info[TOKENS_CHANGED] = True
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_notify(TOKENS_CHANNEL, "")))
+    announce(session, TOKENS_CHANNEL)
 
 
 def create_researcher(

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
+from aggregator.crud.announcements import TASKS_CHANNEL, announce
 from aggregator.errors import NotFoundError
 from aggregator.storage.db.models import (
     OPEN_TASK_STATES,
@@ -85,6 +86,7 @@ def create_round(
                 for site_id in sampled
             ],
         )
+        announce(session, TASKS_CHANNEL)  # other processes' waiting sites look again
     return rnd
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.consent import approved_sites
 from aggregator.crud import experiments as exp_crud
+from aggregator.crud.announcements import TASKS_CHANNEL, announce
 from aggregator.crud.events import record_event
 from aggregator.errors import ConflictError, UnprocessableError
 from aggregator.logs import log_event
@@ -111,6 +112,7 @@ def start_experiment(
     now = utcnow()
     if experiment.status == ExperimentStatus.PAUSED:
         exp_crud.set_paused(session, experiment=experiment, paused=False, now=now, actor=actor)
+        announce(session, TASKS_CHANNEL)  # the open round's tasks are visible again
         session.commit()
         return list(experiment.participants or [])
     exp_crud.require_status(experiment, ExperimentStatus.CREATED, action="start")

@@ -67,3 +67,8 @@ class TaskBoard:
         ids = list(site_ids)
         if ids and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.notify, ids)
+
+    def wake_all_threadsafe(self) -> None:
+        """Wake every waiting poller, from any thread (tasks were announced by another process)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(lambda: self.notify(self.waiting_sites()))

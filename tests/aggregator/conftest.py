@@ -120,9 +120,9 @@ def client(
         app = _apps[key]
         app.state.services = build_services(settings)
     with TestClient(app) as test_client:
-        listener = app.state.services.token_changes
+        listener = app.state.services.announcements
         if listener is not None:  # PostgreSQL: tokens are cached once changes can be heard
-            assert listener.listening.wait(10), "the token change listener did not start"
+            assert listener.listening.wait(10), "the announcement listener did not start"
         yield test_client
 
 

@@ -121,6 +121,6 @@ def test_the_cache_is_bounded_and_can_be_off() -> None:
 
 
 def test_the_cache_is_on_while_token_changes_are_heard(services: Services) -> None:
-    """SQLite: always (one process). PostgreSQL: while the listener listens (test_token_changes)."""
+    """SQLite: always (one process). PostgreSQL: while the listener listens (test_announcements)."""
     assert services.principals.enabled
-    assert (services.token_changes is None) is services.database.is_sqlite
+    assert (services.announcements is None) is services.database.is_sqlite

@@ -66,7 +66,7 @@ def test_a_round_of_one_site_makes_one_hand_over_per_blocking_step(
         assert fed.upload("site-a", task["task_id"], body, 10).status_code == 200
 
     # The first request looks the token up; later ones find it in memory (the principal
-    # cache; on PostgreSQL while token changes are heard, test_token_changes). The read-only steps (the poll,
+    # cache; on PostgreSQL while token changes are heard, test_announcements). The read-only steps (the poll,
     # the model's row, the upload's policy) run on the event loop on SQLite, where a reader
     # never waits (``db_threads.read``); on PostgreSQL each is a hand-over.
     assert services.principals.enabled

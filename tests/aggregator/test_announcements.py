@@ -1,9 +1,11 @@
-"""Two aggregator apps on one PostgreSQL database: a token revoked through one is refused by the
-other at once, although both answer tokens from memory; the memory is off whenever the
-notifications cannot be heard. And pooled connections are pinged only after being idle."""
+"""Two aggregator apps on one PostgreSQL database, as two processes would be: a token revoked
+through one is refused by the other at once, although both answer tokens from memory (off
+whenever the announcements cannot be heard); a round opened through one reaches the other's
+waiting sites at once. And pooled connections are pinged only after being idle."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from sqlalchemy import text
 from aggregator.api.app import create_app
 from aggregator.api.deps import Services
 from aggregator.api.principal_cache import CachedPrincipal
+from aggregator.crud.announcements import TASKS_CHANNEL, TOKENS_CHANNEL
 from aggregator.settings import AggregatorSettings
 from aggregator.storage.db import Database
 from aggregator.storage.db import idle_ping as idle_ping_module
@@ -49,7 +52,7 @@ def two_apps(tmp_path: Path, pg_url: str) -> Iterator[tuple[TestClient, TestClie
         TestClient(create_app(_settings(tmp_path / "b", pg_url))) as b,
     ):
         for client in (a, b):
-            listener = _services(client).token_changes
+            listener = _services(client).announcements
             assert listener is not None
             wait_for(listener.listening.is_set, "the listener never started listening")
         yield a, b
@@ -78,9 +81,9 @@ def test_a_token_revoked_through_one_process_is_refused_by_the_other_at_once(
     site_id = fed.sites["site-a"][0]
     r = a.post(f"{API}/sites/{site_id}/{action}", headers=fed.rh)
     assert r.status_code == 200, r.text
-    listener_b = _services(b).token_changes
+    listener_b = _services(b).announcements
     assert listener_b is not None
-    wait_for(lambda: listener_b.notifications > 0, "b never heard of the change")
+    wait_for(lambda: listener_b.heard[TOKENS_CHANNEL] > 0, "b never heard of the change")
     assert _poll(b, fed, "site-a") == 401
     assert _poll(b, fed, "site-b") == 204  # the others keep working
 
@@ -90,9 +93,9 @@ def test_a_rolled_back_change_is_not_announced(
 ) -> None:
     a, b = two_apps
     fed = Federation.create(a, ["site-a"])
-    listener_b = _services(b).token_changes
+    listener_b = _services(b).announcements
     assert listener_b is not None
-    heard = listener_b.notifications
+    heard = listener_b.heard[TOKENS_CHANNEL]
     from aggregator.crud.principals import mark_changed
 
     with _services(a).database.session() as session:
@@ -101,10 +104,38 @@ def test_a_rolled_back_change_is_not_announced(
     with _services(a).database.session() as session:
         mark_changed(session)
         session.commit()
-    wait_for(lambda: listener_b.notifications > heard, "the committed change was not heard")
+    wait_for(lambda: listener_b.heard[TOKENS_CHANNEL] > heard, "the committed change was not heard")
     time.sleep(0.2)
-    assert listener_b.notifications == heard + 1  # the rolled-back one never came
+    assert listener_b.heard[TOKENS_CHANNEL] == heard + 1  # the rolled-back one never came
     assert _poll(b, fed, "site-a") == 204
+
+
+def test_a_round_opened_through_one_process_reaches_the_others_waiting_sites_at_once(
+    two_apps: tuple[TestClient, TestClient],
+) -> None:
+    a, b = two_apps
+    fed = Federation.create(a, ["site-a", "site-b"])
+    exp = fed.create_experiment(rounds=1, min_sites=2)
+    fed.start(exp)
+    answer: dict[str, Any] = {}
+
+    def wait_on_b() -> None:  # a long poll of 10 s to the other process
+        started = time.monotonic()
+        r = b.get(f"{API}/tasks/next", params={"wait": 10}, headers=fed.sh("site-a"))
+        answer.update(status=r.status_code, seconds=time.monotonic() - started)
+
+    poller = threading.Thread(target=wait_on_b)
+    poller.start()
+    site_a = fed.sites["site-a"][0]
+    wait_for(lambda: site_a in _services(b).board.waiting_sites(), "b's site never waited")
+    listener_b = _services(b).announcements
+    assert listener_b is not None
+    heard = listener_b.heard[TASKS_CHANNEL]
+    _services(a).orchestrator.step()  # a opens round 1 (b runs no rounds: no tick wakes it)
+    poller.join(timeout=15)
+    assert answer.get("status") == 200, answer
+    assert answer["seconds"] < 5, answer  # woken by the announcement, not the poll's end
+    assert listener_b.heard[TASKS_CHANNEL] > heard
 
 
 def test_the_cache_is_off_while_the_listener_cannot_hear(
@@ -112,7 +143,7 @@ def test_the_cache_is_off_while_the_listener_cannot_hear(
 ) -> None:
     _, b = two_apps
     services = _services(b)
-    listener = services.token_changes
+    listener = services.announcements
     assert listener is not None and services.principals.enabled
     entry = CachedPrincipal("site", "s1", "site-x", None, time.monotonic() + 30)
     services.principals.put("h", entry, generation=services.principals.generation)
@@ -137,7 +168,7 @@ def test_stopping_the_listener_switches_the_cache_off(pg_url: str, tmp_path: Pat
     services: Services = app.state.services
     assert not services.principals.enabled  # off until the listener listens
     with TestClient(app):
-        listener = services.token_changes
+        listener = services.announcements
         assert listener is not None
         wait_for(listener.listening.is_set, "the listener never started listening")
         assert services.principals.enabled
