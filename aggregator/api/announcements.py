@@ -18,8 +18,12 @@ again (``aggregator.crud.announcements`` queues the ``NOTIFY`` in the committing
 a thread. The cache is used, and the followers' per-tick wake-ups are skipped, only while that
 connection is known to hear:
 
-- the cache is switched on once ``LISTEN`` has succeeded (and emptied then: nothing read before
-  can be trusted);
+- the cache is switched on once ``LISTEN`` has succeeded and a probe sent through another
+  connection (``fedseg_probe``, a random payload) came back on this one within ``probe_s``
+  (and emptied then: nothing read before can be trusted). A proxy that accepts ``LISTEN``
+  without delivering (PgBouncer in transaction pooling mode) fails the probe: the cache stays
+  off, and the process logs ``announcements.lost`` and tries again, less and less often (up to
+  once a minute);
 - it is switched off, and emptied, the moment the connection fails (a database restart, a
   failover, a network cut), and stays off until a new connection listens; waiting sites are
   woken then too, in case tasks were announced meanwhile;
@@ -37,10 +41,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy import select as sql_select
 
 from aggregator.api.principal_cache import PrincipalCache
 from aggregator.crud.announcements import TASKS_CHANNEL, TOKENS_CHANNEL
@@ -48,6 +57,15 @@ from aggregator.logs import log_event
 from aggregator.storage.db import Database
 
 log = logging.getLogger("aggregator.announcements")
+
+PROBE_CHANNEL = "fedseg_probe"
+"""Each process checks, on its own channel traffic, that announcements really reach it."""
+
+MAX_RETRY_S = 60.0
+
+
+class AnnouncementsNotDelivered(RuntimeError):
+    """``LISTEN`` was accepted, but a notification sent through another connection never came."""
 
 
 class AnnouncementListener:
@@ -60,7 +78,9 @@ class AnnouncementListener:
         on_tasks: called (from the listener's thread) when tasks were announced, and when the
             connection was lost. Example: ``board.wake_all_threadsafe``.
         check_s: seconds between liveness checks of the listening connection. Default 5.0.
-        retry_s: seconds between attempts to listen again after a failure. Default 1.0.
+        retry_s: seconds before listening again after a failure; doubled after each failure
+            in a row, up to 60. Default 1.0.
+        probe_s: how long the delivery probe may take. Default 5.0.
     """
 
     def __init__(
@@ -71,12 +91,14 @@ class AnnouncementListener:
         on_tasks: Callable[[], None] = lambda: None,
         check_s: float = 5.0,
         retry_s: float = 1.0,
+        probe_s: float = 5.0,
     ) -> None:
         self._cache = cache
         self._db = database
         self._on_tasks = on_tasks
         self._check_s = check_s
         self._retry_s = retry_s
+        self._probe_s = probe_s
         self._stop = threading.Event()
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
@@ -108,7 +130,9 @@ class AnnouncementListener:
         self._wake_r = self._wake_w = -1
 
     def _run(self) -> None:
+        in_a_row = 0
         while not self._stop.is_set():
+            connected = self.connected
             try:
                 self._listen()
             except Exception as exc:  # the database's or the driver's: listen again shortly
@@ -116,15 +140,17 @@ class AnnouncementListener:
                     break
                 self._switch_off()
                 self.failures += 1
+                in_a_row = 0 if self.connected > connected else in_a_row + 1
+                retry_s = min(MAX_RETRY_S, self._retry_s * 2 ** max(0, in_a_row - 1))
                 log_event(
                     log,
                     "announcements.lost",
                     level=logging.WARNING,
                     error=type(exc).__name__,
-                    retry_s=self._retry_s,
+                    retry_s=retry_s,
                 )
                 self._on_tasks()  # anything announced meanwhile is unheard: look again
-                self._stop.wait(self._retry_s)
+                self._stop.wait(retry_s)
 
     def _listen(self) -> None:
         raw = self._db.engine.raw_connection()
@@ -132,8 +158,9 @@ class AnnouncementListener:
         raw.detach()  # closed for real at the end, never back into the pool while listening
         try:
             conn.autocommit = True
-            conn.execute(f"LISTEN {TOKENS_CHANNEL}")
-            conn.execute(f"LISTEN {TASKS_CHANNEL}")
+            for channel in (TOKENS_CHANNEL, TASKS_CHANNEL, PROBE_CHANNEL):
+                conn.execute(f"LISTEN {channel}")
+            self._probe(conn)
             self._cache.clear()  # anything read before now may predate a change
             self._cache.enabled = True
             self.connected += 1
@@ -151,6 +178,34 @@ class AnnouncementListener:
             self._switch_off()
             with contextlib.suppress(Exception):
                 raw.close()
+
+    def _probe(self, conn: Any) -> None:
+        """Send a random payload through a pooled connection; wait for it on ``conn``.
+
+        Raises:
+            AnnouncementsNotDelivered: it did not come within ``probe_s``.
+        """
+        payload = secrets.token_hex(8)
+        self._send_probe(payload)
+        give_up = time.monotonic() + self._probe_s
+        heard: set[str] = set()
+        while (left := give_up - time.monotonic()) > 0:
+            for note in conn.notifies(timeout=min(left, 0.5)):
+                if note.channel == PROBE_CHANNEL and note.payload == payload:
+                    self._dispatch(heard)
+                    return
+                heard.add(note.channel)
+            if self._stop.is_set():
+                break
+        self._dispatch(heard)
+        raise AnnouncementsNotDelivered(
+            f"a probe sent through another connection did not arrive within {self._probe_s} s"
+        )
+
+    def _send_probe(self, payload: str) -> None:
+        with self._db.engine.connect() as sender:
+            sender.execute(sql_select(func.pg_notify(PROBE_CHANNEL, payload)))
+            sender.commit()
 
     def _dispatch(self, channels: set[str]) -> None:
         for channel in channels:

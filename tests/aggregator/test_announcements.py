@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from aggregator.api.app import create_app
 from aggregator.api.deps import Services
-from aggregator.api.principal_cache import CachedPrincipal
+from aggregator.api.principal_cache import CachedPrincipal, PrincipalCache
 from aggregator.crud.announcements import TASKS_CHANNEL, TOKENS_CHANNEL
 from aggregator.settings import AggregatorSettings
 from aggregator.storage.db import Database
@@ -205,4 +205,25 @@ def test_pooled_connections_are_pinged_only_after_being_idle(
             assert session.execute(text("SELECT 1")).scalar() == 1
         assert len(pings) >= 1
     finally:
+        database.dispose()
+
+
+def test_a_listener_that_hears_nothing_keeps_the_cache_off(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy that accepts LISTEN but delivers nothing (PgBouncer in transaction pooling mode)
+    fails the delivery probe: the token cache stays off and the listener tries again."""
+    from aggregator.api import announcements
+
+    monkeypatch.setattr(announcements.AnnouncementListener, "_send_probe", lambda *_: None)
+    database = Database(pg_url)
+    cache = PrincipalCache()
+    listener = announcements.AnnouncementListener(cache, database, probe_s=0.2, retry_s=0.05)
+    listener.start()
+    try:
+        wait_for(lambda: listener.failures >= 2, "the probe never failed")
+        assert not cache.enabled and not listener.listening.is_set()
+        assert listener.connected == 0
+    finally:
+        listener.stop()
         database.dispose()
