@@ -21,51 +21,35 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aggregator.crud.rounds import create_round
-from aggregator.storage.db import Database, Experiment, Researcher, Round, Site, Task
+from aggregator.storage.db import Database, Round, Task
 from aggregator.storage.db.models import utcnow
+from tests.aggregator.db_rows import EXPERIMENT_ID, seed_federation
 from tests.aggregator.postgres import PostgresServer, PostgresUnavailable
 
-EXPERIMENT = "e" * 32
 RESULTS = Path(__file__).parent / "results"
 
 
-def _federation(db: Database, sites: int) -> list[str]:
-    ids = [f"{i:032x}" for i in range(sites)]
-    with db.session() as session:
-        session.add(Researcher(id="r" * 32, name="bench", token_hash="a" * 64))
-        session.flush()
-        session.add_all(
-            Site(id=site_id, name=f"site-{i}", registered_by="r" * 32)
-            for i, site_id in enumerate(ids)
-        )
-        session.add(
-            Experiment(
-                id=EXPERIMENT,
-                name="open",
-                owner_id="r" * 32,
-                config={},
-                spec_hash="0" * 64,
-                expected={},
-                local_keys=[],
-            )
-        )
-        session.commit()
-    return ids
+def _round(ids: list[str], number: int) -> dict[str, Any]:
+    """The round's own fields, the same for both ways."""
+    now = utcnow()
+    return {
+        "experiment_id": EXPERIMENT_ID,
+        "number": number,
+        "attempt": 0,
+        "sampled": ids,
+        "opened_at": now,
+        "deadline_at": now + timedelta(minutes=5),
+    }
 
 
 def _rows(db: Database, ids: list[str], number: int) -> None:
-    now = utcnow()
     with db.session() as session:
         create_round(
             session,
-            experiment_id=EXPERIMENT,
-            number=number,
-            attempt=0,
-            sampled=ids,
-            opened_at=now,
-            deadline_at=now + timedelta(minutes=5),
+            **_round(ids, number),
             seeds=dict.fromkeys(ids, 1),
             model_sha256="f" * 64,
             model_size=10,
@@ -74,29 +58,21 @@ def _rows(db: Database, ids: list[str], number: int) -> None:
 
 
 def _orm_objects(db: Database, ids: list[str], number: int) -> None:
-    now = utcnow()
     with db.session() as session:
-        rnd = Round(
-            experiment_id=EXPERIMENT,
-            number=number,
-            attempt=0,
-            sampled=ids,
-            opened_at=now,
-            deadline_at=now + timedelta(minutes=5),
-        )
+        rnd = Round(**_round(ids, number))
         session.add(rnd)
         session.flush()
         for site_id in ids:
             session.add(
                 Task(
                     round_id=rnd.id,
-                    experiment_id=EXPERIMENT,
+                    experiment_id=EXPERIMENT_ID,
                     site_id=site_id,
                     round_number=number,
                     seed=1,
                     model_sha256="f" * 64,
                     model_size=10,
-                    created_at=now,
+                    created_at=rnd.opened_at,
                 )
             )
         session.commit()
@@ -105,7 +81,7 @@ def _orm_objects(db: Database, ids: list[str], number: int) -> None:
 def bench(url: str, label: str, sites: int, repeats: int) -> list[str]:
     db = Database(url)
     db.upgrade()
-    ids = _federation(db, sites)
+    ids = seed_federation(db, sites)
     ways: list[tuple[str, Callable[[Database, list[str], int], None]]] = [
         ("rows", _rows),
         ("orm objects", _orm_objects),

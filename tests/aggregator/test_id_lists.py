@@ -18,9 +18,10 @@ from sqlalchemy import event, select
 
 from aggregator.crud.rounds import create_round
 from aggregator.rounds.transitions import site_names
-from aggregator.storage.db import Database, Experiment, Researcher, Site, Task
+from aggregator.storage.db import Database, Site, Task
 from aggregator.storage.db.engine import INSERT_PAGE_ROWS
 from aggregator.storage.db.id_lists import SHORT_LIST, in_ids
+from tests.aggregator.db_rows import EXPERIMENT_ID, seed_federation
 
 
 @pytest.fixture
@@ -30,30 +31,6 @@ def database(tmp_path: Path, database_url: str | None) -> Iterator[Database]:
     db.upgrade()
     yield db
     db.dispose()
-
-
-def _federation(db: Database, sites: int) -> list[str]:
-    ids = [f"{i:032x}" for i in range(sites)]
-    with db.session() as session:
-        session.add(Researcher(id="r" * 32, name="alice", token_hash="a" * 64))
-        session.flush()  # no relationship orders the owner before its rows
-        session.add_all(
-            Site(id=site_id, name=f"hospital-{i}", registered_by="r" * 32)
-            for i, site_id in enumerate(ids)
-        )
-        session.add(
-            Experiment(
-                id="e" * 32,
-                name="scale",
-                owner_id="r" * 32,
-                config={},
-                spec_hash="0" * 64,
-                expected={},
-                local_keys=[],
-            )
-        )
-        session.commit()
-    return ids
 
 
 LONG_LIST = r"json_each\(|= ANY \("
@@ -76,7 +53,7 @@ class Recorder:
 
 
 def test_a_long_id_list_is_one_parameter_whatever_its_length(database: Database) -> None:
-    ids = _federation(database, 400)
+    ids = seed_federation(database, 400)
     recorder = Recorder(database)
     with database.session() as session:
         names = {n: site_names(session, ids[:n]) for n in (SHORT_LIST + 1, 150, 400)}
@@ -95,13 +72,13 @@ def test_a_long_id_list_is_one_parameter_whatever_its_length(database: Database)
 
 
 def test_a_sites_round_inserts_its_tasks_in_pages_of_bounded_size(database: Database) -> None:
-    ids = _federation(database, 2 * INSERT_PAGE_ROWS + 30)
+    ids = seed_federation(database, 2 * INSERT_PAGE_ROWS + 30)
     recorder = Recorder(database)
     now = datetime.now(UTC)
     with database.session() as session:
         create_round(
             session,
-            experiment_id="e" * 32,
+            experiment_id=EXPERIMENT_ID,
             number=1,
             attempt=1,
             sampled=ids,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,14 +20,30 @@ from tests.aggregator.helpers import API, Federation, update_bundle
 
 
 @contextmanager
+def _cursor_executes(services: Services, record: Callable[..., None]) -> Iterator[None]:
+    """Call ``record`` for every statement the app's engine sends while the block runs."""
+    engine = services.database.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _on_request_thread() -> bool:
+    """Not the batched bookkeeping writes on their own thread: the request's own statements."""
+    return threading.current_thread().name != "fedseg-bookkeeping"
+
+
+@contextmanager
 def statements(services: Services) -> Iterator[list[str]]:
     """The SQL statements the app sends while the block runs, as ``VERB table[+joined]``."""
     seen: list[str] = []
 
     def record(_conn: object, _cursor: object, sql: str, *_: object) -> None:
         verb = sql.split()[0].upper()
-        if verb == "PRAGMA" or threading.current_thread().name == "fedseg-bookkeeping":
-            return  # the batched bookkeeping writes on their own thread, not the request's
+        if verb == "PRAGMA" or not _on_request_thread():
+            return
         if verb == "SELECT":
             tables = re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", sql)
             seen.append(f"SELECT {'+'.join(dict.fromkeys(tables))}")
@@ -35,12 +51,8 @@ def statements(services: Services) -> Iterator[list[str]]:
             target = re.search(r"(?:UPDATE|INTO)\s+(\w+)", sql)
             seen.append(f"{verb} {target.group(1) if target else '?'}")
 
-    engine = services.database.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with _cursor_executes(services, record):
         yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def _tables(sqls: list[str]) -> str:
@@ -113,16 +125,12 @@ def autocommitted(services: Services) -> Iterator[list[tuple[str, bool]]]:
     seen: list[tuple[str, bool]] = []
 
     def record(conn: Any, _cursor: object, sql: str, *_: object) -> None:
-        if threading.current_thread().name != "fedseg-bookkeeping":
+        if _on_request_thread():
             driver = conn.connection.driver_connection
             seen.append((sql.split()[0].upper(), bool(driver.autocommit)))
 
-    engine = services.database.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with _cursor_executes(services, record):
         yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def test_a_sites_reads_on_postgresql_run_outside_a_transaction(
