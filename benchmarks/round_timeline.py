@@ -361,7 +361,8 @@ def cpu_lines(run: FederationRun, rounds: int) -> str:
         f"{cpu['started']['aggregator']:.2f} when round 1 was started; each agent (mean) "
         f"{agent_mean('enrolled'):.2f} when all had enrolled, {agent_mean('started'):.2f} when "
         f"round 1 was started (including the background torch import after enrolling). Per "
-        f"round (mean over the {rounds} rounds, agents' first torch import included): "
+        f"round (mean over the {rounds} rounds, agents' first torch import and, in round 1, "
+        "this benchmark's status reads every 50 ms included): "
         f"aggregator {agg_round:.3f}, each agent {agent_round:.3f} (training included; a "
         "sleep costs none)." + steady
     )

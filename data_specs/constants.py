@@ -108,6 +108,13 @@ META_DTYPE = "wire_dtype"
 HEADER_SHA256 = "X-Content-SHA256"
 HEADER_NUM_SAMPLES = "X-Num-Samples"
 HEADER_METRICS = "X-Metrics"
+# A long poll that asks for the model with its task (``GET /tasks/next?model=1``) gets both in
+# one body: the assignment's JSON (``HEADER_TASK_BYTES`` bytes), then the model's bundle
+# (sha256 in ``HEADER_SHA256``). Models over ``INLINE_MODEL_MAX_BYTES`` come as plain JSON; the
+# site then downloads the model as before.
+HEADER_TASK_BYTES = "X-Task-Bytes"
+MEDIA_TASK_AND_MODEL = "application/vnd.fedseg.task-and-model"
+INLINE_MODEL_MAX_BYTES = 16 * 1024 * 1024
 
 API_PREFIX = "/api/v1"
 

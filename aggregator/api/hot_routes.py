@@ -5,7 +5,7 @@ route table walked route by route through nested routers, FastAPI's dependency s
 more ASGI layers per request (issue 20's profiles: about a quarter of the process). ``HotRoutes``
 is an ASGI middleware that recognises, by method and path alone,
 
-- ``GET  {API}/tasks/next`` (query empty or just ``wait=<seconds>``),
+- ``GET  {API}/tasks/next`` (query empty, ``wait=<seconds>``, or that and ``&model=1``),
 - ``GET  {API}/tasks/{task_id}/model``,
 - ``PUT  {API}/tasks/{task_id}/update``,
 
@@ -31,7 +31,7 @@ from aggregator.api.deps import Services, bearer_credentials, current_site
 from aggregator.api.routes import tasks
 from data_specs.constants import API_PREFIX
 
-_WAIT = re.compile(r"wait=(\d{1,4}(?:\.\d{1,6})?)")
+_WAIT = re.compile(r"wait=(\d{1,4}(?:\.\d{1,6})?)(&model=1)?")
 _MAX_WAIT_S = 3600.0  # the route's Query(le=3600)
 _TASKS = f"{API_PREFIX}/tasks/"
 
@@ -87,8 +87,8 @@ def match(scope: Scope) -> Handler | None:
     if rest == "next":
         if method != "GET":
             return None
-        wait = _wait_of(scope.get("query_string", b""))
-        return None if wait is None else _poll(wait)
+        query = _poll_query(scope.get("query_string", b""))
+        return None if query is None else _poll(*query)
     task_id, _, action = rest.partition("/")
     if not task_id or "/" in action or scope.get("query_string"):
         return None
@@ -99,21 +99,21 @@ def match(scope: Scope) -> Handler | None:
     return None
 
 
-def _wait_of(query: bytes) -> float | None:
-    """``wait`` from a query string that holds nothing else (None: let FastAPI parse it)."""
+def _poll_query(query: bytes) -> tuple[float, bool] | None:
+    """``wait`` and ``model`` from a poll's query string (None: let FastAPI parse it)."""
     if not query:
-        return 0.0
+        return 0.0, False
     found = _WAIT.fullmatch(query.decode("latin-1"))
     if found is None:
         return None
     wait = float(found.group(1))
-    return wait if wait <= _MAX_WAIT_S else None
+    return (wait, found.group(2) is not None) if wait <= _MAX_WAIT_S else None
 
 
-def _poll(wait: float) -> Handler:
+def _poll(wait: float, model: bool) -> Handler:
     async def handle(request: Request, services: Services) -> Response:
         site = await _site(request, services)
-        answer = await tasks.next_task(services, site, wait)
+        answer = await tasks.next_task(services, site, wait, model)
         assert isinstance(answer, Response)  # next_task serialises its assignment itself
         return answer
 

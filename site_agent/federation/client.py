@@ -23,7 +23,14 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from data_specs.constants import API_PREFIX, HEADER_METRICS, HEADER_NUM_SAMPLES, HEADER_SHA256
+from data_specs.constants import (
+    API_PREFIX,
+    HEADER_METRICS,
+    HEADER_NUM_SAMPLES,
+    HEADER_SHA256,
+    HEADER_TASK_BYTES,
+    MEDIA_TASK_AND_MODEL,
+)
 from data_specs.manifests.fingerprint import DatasetFingerprint
 from data_specs.wire import (
     ConsentPolicy,
@@ -129,10 +136,19 @@ class AggregatorClient:
         self.guard.install(http)
         self._token = token
         self._margin = long_poll_margin_s
+        # (task id, announced sha256, bytes) of the model sent with the last task polled
+        self._prefetched: tuple[str, str, memoryview] | None = None
 
     def set_token(self, token: SecretStr) -> None:
         """Use ``token`` for every later request."""
         self._token = token
+
+    def _take_prefetched(self, task: TaskAssignment) -> memoryview | None:
+        """The model bytes sent with ``task``'s assignment, once (None if there were none)."""
+        held, self._prefetched = self._prefetched, None
+        if held is None or held[0] != task.task_id or held[1] != task.model_sha256.lower():
+            return None
+        return held[2]
 
     # -- routes ---------------------------------------------------------------------------
     def enroll(
@@ -181,12 +197,32 @@ class AggregatorClient:
         return dict(resp.json())
 
     def next_task(self, wait_s: int) -> TaskAssignment | None:
-        """Long-poll for work: a task, or None when none came within ``wait_s`` seconds."""
+        """Long-poll for work: a task, or None when none came within ``wait_s`` seconds.
+
+        The aggregator is asked to send the task's global model in the same answer; when it
+        does, ``download_model`` writes those bytes instead of fetching them again. An
+        aggregator that answers with the assignment alone (a large model, an older release)
+        is served as before.
+        """
         timeout = httpx.Timeout(wait_s + self._margin, connect=15.0)
-        resp = self._call("GET", "/tasks/next", "poll", params={"wait": wait_s}, timeout=timeout)
+        params = {"wait": wait_s, "model": 1}
+        resp = self._call("GET", "/tasks/next", "poll", params=params, timeout=timeout)
+        self._prefetched = None
         if resp.status_code == 204:
             return None
-        return _parse(TaskAssignment, resp, "task assignment")
+        if not resp.headers.get("content-type", "").startswith(MEDIA_TASK_AND_MODEL):
+            return _parse(TaskAssignment, resp, "task assignment")
+        body = resp.content
+        try:
+            split = int(resp.headers.get(HEADER_TASK_BYTES, ""))
+        except ValueError:
+            split = -1
+        if not 0 < split <= len(body):
+            raise AggregatorError(f"the aggregator's task and model: a bad {HEADER_TASK_BYTES}")
+        task = _parse_bytes(TaskAssignment, body[:split], "task assignment")
+        announced = resp.headers.get(HEADER_SHA256, "").lower()
+        self._prefetched = (task.task_id, announced, memoryview(body)[split:])
+        return task
 
     def download_model(
         self, task: TaskAssignment, dest: Path, workdir: WorkDir, *, durable: bool = True
@@ -210,6 +246,17 @@ class AggregatorClient:
             IntegrityError: a digest mismatch (after the retries).
             WorkDirError: the disk is full.
         """
+        sent = self._take_prefetched(task)
+        if sent is not None:
+            got = hashlib.sha256(sent).hexdigest()
+            if got == task.model_sha256.lower():
+                with workdir.open_atomic(dest, durable=durable) as fh:
+                    fh.write(sent)
+                return got
+            log.warning(
+                "task %s: the model sent with the task does not match its sha256; downloading it",
+                task.task_id,
+            )
         path = f"/tasks/{safe_id(task.task_id)}/model"
 
         def attempt() -> str:
@@ -437,8 +484,12 @@ def _detail(resp: httpx.Response) -> str:
 
 
 def _parse(model: type[T], resp: httpx.Response, what: str) -> T:
+    return _parse_bytes(model, resp.content, what)
+
+
+def _parse_bytes(model: type[T], data: bytes, what: str) -> T:
     try:
-        return model.model_validate_json(resp.content)  # type: ignore[attr-defined, no-any-return]
+        return model.model_validate_json(data)  # type: ignore[attr-defined, no-any-return]
     except ValidationError as exc:
         raise AggregatorError(
             f"the aggregator's {what} is malformed ({exc.error_count()} problems)"

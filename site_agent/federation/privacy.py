@@ -3,7 +3,8 @@
 Only weights and aggregate metrics may leave. The guard is an httpx request hook, so it sees
 what actually goes on the wire (method, path, query, headers, body) and refuses anything else:
 
-- routes: only the site routes of docs/architecture.md, with ``wait`` as the only query;
+- routes: only the site routes of docs/architecture.md, with ``wait`` (a number) and
+  ``model=1`` as the only query, on the poll;
 - headers: httpx's own, ``Authorization``, ``Content-Type`` and the three fedseg headers;
   ``X-Metrics`` must parse as ``SiteMetrics`` (aggregates only, extra fields forbidden);
 - JSON bodies: exactly an ``EnrollRequest``, a ``ConsentPolicy`` (consent), a
@@ -56,6 +57,7 @@ class FailureReason(StrEnum):
     REJECTED = "update was refused by the site's checks"
 
 
+_POLL_WAIT = re.compile(r"\d{1,4}(?:\.\d{1,6})?")
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 _P = re.escape(API_PREFIX)
 _ROUTES: dict[tuple[str, str], re.Pattern[str]] = {
@@ -146,8 +148,13 @@ class OutboundGuard:
         )
         if extra := headers - allowed:
             raise OutboundRefusedError(f"refusing to send headers {sorted(extra)} on {route}")
-        if set(request.url.params) - ({"wait"} if route == "next" else set()):
+        params = request.url.params
+        if set(params) - ({"wait", "model"} if route == "next" else set()):
             raise OutboundRefusedError(f"refusing query parameters on {route}")
+        if route == "next" and not (
+            _POLL_WAIT.fullmatch(params.get("wait", "0")) and params.get("model", "1") == "1"
+        ):
+            raise OutboundRefusedError("refusing query values on next: a number and model=1 only")
         body = request.content
         if route in ("next", "model", "routing", "secagg-poll", "invitations", "decide"):
             if body:

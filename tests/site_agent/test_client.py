@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from data_specs.constants import HEADER_TASK_BYTES, MEDIA_TASK_AND_MODEL
 from data_specs.task_spec import expected_tensors
 from data_specs.weights.bundle import BundleMeta, encode_bundle
 from data_specs.wire import SiteMetrics, TaskAssignment, TrainConfig
 from site_agent.errors import (
+    AggregatorError,
     AggregatorUnavailableError,
     IntegrityError,
     OutboundRefusedError,
@@ -236,3 +238,80 @@ def test_consent_calls_pass_the_guard_and_carry_only_the_policy() -> None:
     with pytest.raises(OutboundRefusedError, match="body"):
         client.http.post("/api/v1/invitations/e1/approve", content=b"patient data")
     assert len(sent) == 3
+
+
+def _task_and_model(task: TaskAssignment, model: bytes, split: str | None = None) -> httpx.Response:
+    text = task.model_dump_json().encode()
+    return httpx.Response(
+        200,
+        content=text + model,
+        headers={
+            "content-type": MEDIA_TASK_AND_MODEL,
+            HEADER_TASK_BYTES: split if split is not None else str(len(text)),
+            "X-Content-SHA256": task.model_sha256,
+        },
+    )
+
+
+def test_a_model_sent_with_its_task_is_written_without_a_download(tmp_path) -> None:
+    model = b"the global model"
+    task = make_task(hashlib.sha256(model).hexdigest())
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if request.url.path.endswith("/tasks/next"):
+            return _task_and_model(task, model)
+        return httpx.Response(200, content=model, headers={"X-Content-SHA256": task.model_sha256})
+
+    client = client_for(handler, [])
+    got = client.next_task(wait_s=1)
+    assert got == task
+    assert calls[0].url.params["model"] == "1"
+    dest = tmp_path / "tasks" / "t1" / "global.safetensors"
+    assert client.download_model(task, dest, WorkDir(tmp_path)) == task.model_sha256
+    assert dest.read_bytes() == model and len(calls) == 1  # no GET of the model
+    dest.unlink()
+    client.download_model(task, dest, WorkDir(tmp_path))  # used once: then downloaded
+    assert len(calls) == 2 and calls[1].url.path.endswith("/tasks/t1/model")
+
+
+def test_a_damaged_model_sent_with_its_task_is_downloaded_instead(tmp_path, caplog) -> None:
+    model = b"the global model"
+    task = make_task(hashlib.sha256(model).hexdigest())
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if request.url.path.endswith("/tasks/next"):
+            return _task_and_model(task, b"the global modeX")
+        return httpx.Response(200, content=model, headers={"X-Content-SHA256": task.model_sha256})
+
+    client = client_for(handler, [])
+    assert client.next_task(wait_s=1) == task
+    dest = tmp_path / "tasks" / "t1" / "global.safetensors"
+    assert client.download_model(task, dest, WorkDir(tmp_path)) == task.model_sha256
+    assert dest.read_bytes() == model and len(calls) == 2
+    assert "does not match its sha256" in caplog.text
+
+
+@pytest.mark.parametrize("split", ["", "0", "-3", "999999", "x"])
+def test_a_malformed_task_and_model_answer_is_refused(split: str) -> None:
+    model = b"the global model"
+    task = make_task(hashlib.sha256(model).hexdigest())
+    client = client_for(lambda r: _task_and_model(task, model, split=split), [])
+    with pytest.raises(AggregatorError, match=HEADER_TASK_BYTES):
+        client.next_task(wait_s=1)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"wait": "30", "model": "2"}, {"wait": "case_007"}, {"wait": "30", "site": "x"}],
+)
+def test_the_guard_lets_a_poll_carry_a_number_and_model_1_only(params: dict[str, str]) -> None:
+    sent: list[httpx.Request] = []
+    client = client_for(lambda r: sent.append(r) or httpx.Response(204), [])
+    assert client.next_task(wait_s=30) is None  # the agent's own poll passes
+    with pytest.raises(OutboundRefusedError, match="query"):
+        client.http.get("/api/v1/tasks/next", params=params)
+    assert len(sent) == 1

@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from aggregator.api import db_threads
-from aggregator.api.deps import CurrentSite, ServicesDep, SessionDep
+from aggregator.api.deps import CurrentSite, Services, ServicesDep, SessionDep
 from aggregator.api.uploads import (
     BUNDLE_BODY,
     HOLD_BYTES,
@@ -30,7 +30,12 @@ from aggregator.crud import tasks as task_crud
 from aggregator.errors import ConflictError, InvalidRequestError
 from aggregator.rounds import intake
 from aggregator.storage.db.models import TaskStatus, utcnow
-from data_specs.constants import HEADER_SHA256
+from data_specs.constants import (
+    HEADER_SHA256,
+    HEADER_TASK_BYTES,
+    INLINE_MODEL_MAX_BYTES,
+    MEDIA_TASK_AND_MODEL,
+)
 from data_specs.researcher import TaskStatusPublic
 from data_specs.wire import FailureReport, TaskAssignment, UpdateReceipt
 
@@ -51,12 +56,24 @@ async def next_task(
     wait: Annotated[
         float, Query(ge=0.0, le=3600.0, description="long-poll seconds (capped)")
     ] = 0.0,
+    model: Annotated[
+        bool,
+        Query(
+            description="send the task's global model in the same body "
+            f"(`{MEDIA_TASK_AND_MODEL}`: the assignment's JSON, `{HEADER_TASK_BYTES}` bytes, "
+            f"then the model; over {INLINE_MODEL_MAX_BYTES} bytes, JSON alone)"
+        ),
+    ] = False,
 ) -> TaskAssignment | Response:
-    """The site's next task, waiting up to ``wait`` seconds (capped by ``max_long_poll_s``)."""
+    """The site's next task, waiting up to ``wait`` seconds (capped by ``max_long_poll_s``).
+
+    With ``model``, the task's global model comes in the same answer: one request fewer per
+    site and round (``GET /tasks/{id}/model`` stays for large models and retries).
+    """
     loop = asyncio.get_running_loop()
     give_up = loop.time() + min(wait, services.settings.max_long_poll_s)
 
-    def deliver() -> TaskAssignment | None:
+    def deliver() -> tuple[TaskAssignment, bytes | None] | None:
         with services.database.read_session() as session:
             found = task_crud.next_task_for_site(session, site_id=site.id)
             if found is None:
@@ -64,13 +81,28 @@ async def next_task(
             task, facts = found
             if task.status == TaskStatus.ASSIGNED:  # written with others, off this request
                 services.bookkeeping.delivered(task.id, utcnow())
-            return task_crud.to_assignment(session, task=task, facts=facts)
+            assignment = task_crud.to_assignment(session, task=task, facts=facts)
+        body = None
+        if model and assignment.model_size <= INLINE_MODEL_MAX_BYTES:
+            body = services.model_cache.get(assignment.model_sha256, assignment.model_size)
+            if body is not None:
+                services.bookkeeping.served(assignment.task_id, len(body))
+        return assignment, body
 
     while True:
         wake = services.board.waiter(site.id)  # taken before the check: no lost wake-up
-        assignment = await db_threads.read(deliver, inline=services.database.is_sqlite)
-        if assignment is not None:  # serialised here: FastAPI's generic encoder costs more
-            return Response(assignment.model_dump_json(), media_type="application/json")
+        found = await db_threads.read(deliver, inline=services.database.is_sqlite)
+        if found is not None:  # serialised here: FastAPI's generic encoder costs more
+            assignment, body = found
+            text = assignment.model_dump_json().encode()
+            if body is None:
+                return Response(text, media_type="application/json")
+            _count_model_bytes(services, site.name, len(body))
+            return Response(
+                text + body,
+                media_type=MEDIA_TASK_AND_MODEL,
+                headers={HEADER_TASK_BYTES: str(len(text)), HEADER_SHA256: assignment.model_sha256},
+            )
         remaining = give_up - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -99,12 +131,16 @@ async def task_model(task_id: str, services: ServicesDep, site: CurrentSite) -> 
             return body, path, sha, size
 
     body, path, sha256, size = await db_threads.read(find, inline=services.database.is_sqlite)
-    services.metrics.bytes_out.labels(kind="task_model").inc(size)
-    services.metrics.site_bytes_down.labels(site=site.name).inc(size)
+    _count_model_bytes(services, site.name, size)
     headers = {HEADER_SHA256: sha256}
     if path is not None:
         return FileResponse(path, media_type="application/octet-stream", headers=headers)
     return Response(body, media_type="application/octet-stream", headers=headers)
+
+
+def _count_model_bytes(services: Services, site_name: str, size: int) -> None:
+    services.metrics.bytes_out.labels(kind="task_model").inc(size)
+    services.metrics.site_bytes_down.labels(site=site_name).inc(size)
 
 
 @router.put(
