@@ -6,7 +6,8 @@
 One ``python -m aggregator serve`` process (the product's defaults: 1 s orchestrator tick, 8
 concurrent uploads) serves N simulated sites. The sites are light: coroutines in one client
 process, each the real HTTP protocol of an agent on its own keep-alive HTTP/1.1 connection
-(``benchmarks.light_http``: long poll ``GET /tasks/next?wait=20``, download the global model,
+(``benchmarks.light_http``: long poll ``GET /tasks/next?wait=20&model=1``, which brings the
+global model with the task as the agent asks for it (else download it),
 upload an update with its sha256 and sample count, retry on 429 after the agent's backoff)
 with fake training (the downloaded tiny U-Net, decoded once per round, plus a fixed seeded
 step per site; no torch; each site's sample count, 5-100, fixed per site). A FedAvg
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import platform
 import random
@@ -40,7 +42,7 @@ import httpx
 import numpy as np
 
 from benchmarks.light_http import LightConnection, LightHTTPError, LightResponse
-from data_specs.constants import BundleKind
+from data_specs.constants import HEADER_TASK_BYTES, BundleKind
 from data_specs.weights.bundle import BundleMeta, decode_bundle, encode_bundle
 from tests.aggregator.e2e_helpers import free_port
 from tests.aggregator.helpers import (
@@ -236,7 +238,7 @@ async def light_site(
         while not stop.is_set():
             try:
                 r = await conn.request(
-                    "GET", f"{API}/tasks/next", params={"wait": 20}, headers=headers
+                    "GET", f"{API}/tasks/next", params={"wait": 20, "model": 1}, headers=headers
                 )
             except (OSError, LightHTTPError, asyncio.IncompleteReadError, TimeoutError):
                 RECONNECTS["n"] += 1
@@ -244,13 +246,20 @@ async def light_site(
                 continue
             if r.status_code != 200:
                 continue
-            task = r.json()
-            received[(name, task["round"])] = time.time()
-            model = await light_call(
-                conn, "GET", f"{API}/tasks/{task['task_id']}/model", headers=headers
-            )
-            model.raise_for_status()
-            body = updates.body(name, task, model.content, samples)
+            received_at = time.time()
+            split = r.headers.get(HEADER_TASK_BYTES.lower())
+            if split is not None:  # the model came with the task, as the agent asks
+                task = json.loads(r.content[: int(split)])
+                model_bytes = r.content[int(split) :]
+            else:
+                task = r.json()
+                model = await light_call(
+                    conn, "GET", f"{API}/tasks/{task['task_id']}/model", headers=headers
+                )
+                model.raise_for_status()
+                model_bytes = model.content
+            received[(name, task["round"])] = received_at
+            body = updates.body(name, task, model_bytes, samples)
             up_headers = upload_headers(token, body, samples)
             for attempt in itertools.count():
                 up = await light_call(
