@@ -158,7 +158,7 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
         max_json_bytes=settings.max_json_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
-    app.add_middleware(HotRoutes)  # a site's three requests per round skip the router
+    app.add_middleware(HotRoutes)  # a site's per-round requests skip the router
     app.include_router(health.router)
     common = error_responses(*COMMON_ERRORS)
     # tasks first: every site calls it each round, and a request is matched route by route.

@@ -1,4 +1,4 @@
-"""The three requests every site makes each round, dispatched without FastAPI's router.
+"""The requests every site makes each round, dispatched without FastAPI's router.
 
 At a thousand sites the aggregator's CPU per request was mostly the web stack, not fedseg: the
 route table walked route by route through nested routers, FastAPI's dependency solving, and four
