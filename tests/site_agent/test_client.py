@@ -253,18 +253,23 @@ def _task_and_model(task: TaskAssignment, model: bytes, split: str | None = None
     )
 
 
-def test_a_model_sent_with_its_task_is_written_without_a_download(tmp_path) -> None:
-    model = b"the global model"
-    task = make_task(hashlib.sha256(model).hexdigest())
-    calls: list[httpx.Request] = []
+def _serving(task: TaskAssignment, with_task: bytes, model: bytes, calls: list[httpx.Request]):
+    """An aggregator sending ``with_task`` with the task, and ``model`` on a download."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request)
         if request.url.path.endswith("/tasks/next"):
-            return _task_and_model(task, model)
+            return _task_and_model(task, with_task)
         return httpx.Response(200, content=model, headers={"X-Content-SHA256": task.model_sha256})
 
-    client = client_for(handler, [])
+    return handler
+
+
+def test_a_model_sent_with_its_task_is_written_without_a_download(tmp_path) -> None:
+    model = b"the global model"
+    task = make_task(hashlib.sha256(model).hexdigest())
+    calls: list[httpx.Request] = []
+    client = client_for(_serving(task, model, model, calls), [])
     got = client.next_task(wait_s=1)
     assert got == task
     assert calls[0].url.params["model"] == "1"
@@ -280,14 +285,7 @@ def test_a_damaged_model_sent_with_its_task_is_downloaded_instead(tmp_path, capl
     model = b"the global model"
     task = make_task(hashlib.sha256(model).hexdigest())
     calls: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request)
-        if request.url.path.endswith("/tasks/next"):
-            return _task_and_model(task, b"the global modeX")
-        return httpx.Response(200, content=model, headers={"X-Content-SHA256": task.model_sha256})
-
-    client = client_for(handler, [])
+    client = client_for(_serving(task, b"the global modeX", model, calls), [])
     assert client.next_task(wait_s=1) == task
     dest = tmp_path / "tasks" / "t1" / "global.safetensors"
     assert client.download_model(task, dest, WorkDir(tmp_path)) == task.model_sha256
