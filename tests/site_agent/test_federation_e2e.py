@@ -177,7 +177,8 @@ def check_only_weights_left(recorders: list[Recorder], roots: list[Path]) -> Non
                 assert set(header) - {"__metadata__"} == state_keys
                 assert set(st_load(body)) == state_keys
     assert ("PUT", "update") in routes and ("PUT", "personal") in routes
-    assert ("POST", "enroll") in routes and ("GET", "model") in routes
+    assert ("POST", "enroll") in routes and ("GET", "next") in routes
+    assert ("GET", "model") not in routes  # every global model came with its task
     assert ("PUT", "fingerprint") in routes
 
 
