@@ -31,8 +31,8 @@ connection is known to hear:
   so a connection that died silently is noticed within that time.
 
 What is left: a change committed in the last ``check_s`` before a silent connection loss is
-noticed may be missed by this process until then; a site's token answer is used at most until
-its ``last_seen_at`` is 30 s old anyway (then the database is asked again), and followers still
+noticed may be missed by this process until then; a token's answer is used at most 30 s anyway
+(``PrincipalCache.refresh_s``; then the database is asked again), and followers still
 wake their waiting sites every ``FOLLOWER_SAFETY_TICKS`` ticks (``aggregator.leadership``).
 """
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from aggregator.api.announcements import AnnouncementListener
 from aggregator.api.deps import Services
@@ -41,6 +42,18 @@ from aggregator.storage.db import Database
 from aggregator.storage.routing_bundle import RoutingBundles
 from aggregator.telemetry import AggregatorMetrics
 from data_specs.constants import API_PREFIX
+
+# FastAPI's own OpenTelemetry (0.142+) stays off. fedseg has its metrics (``/metrics``) and
+# its JSON logs, which never carry a request's body; FastAPI's would export exception messages
+# and stack traces, and asks the OpenTelemetry providers on every request (a site's poll and
+# upload pay for it a thousand times a round).
+TELEMETRY_OFF: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 log = logging.getLogger("aggregator")
 
@@ -150,6 +163,7 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
         version="1",
         summary="Federated rounds for medical image segmentation: researchers drive, sites pull.",
         lifespan=_lifespan,
+        telemetry=TELEMETRY_OFF,
     )
     app.state.services = build_services(settings)
     install_error_handlers(app)

@@ -38,11 +38,8 @@ from aggregator.settings import AggregatorSettings
 from aggregator.storage.blob_cache import BlobCache
 from aggregator.storage.blobs import BlobStore
 from aggregator.storage.db import Database
-from aggregator.storage.db.models import utcnow
 from aggregator.storage.routing_bundle import RoutingBundles
 from aggregator.telemetry import AggregatorMetrics
-
-_TOUCH_EVERY_S = 30.0  # a site's last_seen_at is written at most this often
 
 
 @dataclass
@@ -249,26 +246,33 @@ async def current_site(
     settings = services.settings
     cached = _cached(services.principals, token, "site", settings)
     if cached is None:
-        return await db_threads.run(_site_of, request, services, settings, token)
-    try:
-        require_site_certificate(request, settings, site_name=cached.name)
-    except (AuthenticationError, PermissionDeniedError):
-        record_auth_failure(request, services)
-        raise
-    return SitePrincipal(cached.id, cached.name)
+        principal = await db_threads.run(_site_of, request, services, settings, token)
+    else:
+        try:
+            require_site_certificate(request, settings, site_name=cached.name)
+        except (AuthenticationError, PermissionDeniedError):
+            record_auth_failure(request, services)
+            raise
+        principal = SitePrincipal(cached.id, cached.name)
+    services.bookkeeping.seen(principal.id)  # last_seen_at, written with others every 30 s
+    return principal
 
 
 def _site_of(
     request: Request, services: Services, settings: AggregatorSettings, token: str
 ) -> SitePrincipal:
     generation = services.principals.generation  # before the read: see PrincipalCache.put
-    with services.database.session() as session:
-        principal, issued_at, last_seen = _site_in(session, request, services, settings, token)
-    # Answer from memory until last_seen_at is due to be written again (touch_site's 30 s).
-    due_in = _TOUCH_EVERY_S - (utcnow() - last_seen).total_seconds() if last_seen else 0.0
+    with services.database.read_session() as session:  # reads only: no transaction on PostgreSQL
+        principal, issued_at = _site_in(session, request, services, settings, token)
     services.principals.put(
         hash_token(token),
-        CachedPrincipal("site", principal.id, principal.name, issued_at, time.monotonic() + due_in),
+        CachedPrincipal(
+            "site",
+            principal.id,
+            principal.name,
+            issued_at,
+            time.monotonic() + services.principals.refresh_s,
+        ),
         generation=generation,
     )
     return principal
@@ -276,7 +280,7 @@ def _site_of(
 
 def _site_in(
     session: Session, request: Request, services: Services, settings: AggregatorSettings, token: str
-) -> tuple[SitePrincipal, datetime | None, datetime | None]:
+) -> tuple[SitePrincipal, datetime | None]:
     site = principals.site_by_token(session, token=token)
     if (
         site is None
@@ -295,11 +299,7 @@ def _site_in(
         record_auth_failure(request, services)
         session.commit()
         raise
-    principal = SitePrincipal(site.id, site.name)
-    principals.touch_site(session, site=site, now=utcnow(), every_s=_TOUCH_EVERY_S)
-    issued_at, last_seen = site.token_issued_at or site.enrolled_at, site.last_seen_at
-    session.commit()
-    return principal, issued_at, last_seen
+    return SitePrincipal(site.id, site.name), site.token_issued_at or site.enrolled_at
 
 
 def _refuse(session: Session, settings: AggregatorSettings, token: str, *, wanted: str) -> None:

@@ -13,10 +13,10 @@ What still holds:
   put its stale answer back afterwards: every answer carries the cache's generation from
   before its read, and ``put`` drops an answer whose generation is no longer current.
 - **Expiry** (``token_ttl_days``) is judged on every request from the cached issue time.
-- **last_seen_at** is written as before: a site's answer is used only until its
-  ``last_seen_at`` is 30 s old (the interval at which ``touch_site`` writes); the next request
-  takes the database path again, which re-checks the token and records the visit. A
-  researcher's answer is used for ``refresh_s`` (30 s).
+- **last_seen_at** does not depend on the cache: every site request notes the visit with the
+  task bookkeeping (``TaskBookkeeping.seen``), written in batches, at most every 30 s per site.
+- An answer is used for ``refresh_s`` (30 s); the next request reads the token again (a read,
+  no write).
 - Other processes' changes: on SQLite there are none (one process by design), and
   ``create_app`` enables the cache. On PostgreSQL another aggregator process sharing the
   database may revoke a token: there the cache is on only while
@@ -66,7 +66,7 @@ class PrincipalCache:
     Args:
         enabled: False: ``get`` always misses and ``put`` keeps nothing.
         refresh_s: how long an answer is used unless ``fresh_until`` says otherwise. Default
-            30 (``touch_site``'s interval).
+            30.
         max_entries: the oldest answers are dropped beyond this. Default 100,000.
     """
 

@@ -245,14 +245,6 @@ def site_by_token(session: Session, *, token: str) -> Site | None:
     )
 
 
-def touch_site(session: Session, *, site: Site, now: datetime, every_s: float = 30.0) -> bool:
-    """Update ``last_seen_at`` at most every ``every_s`` seconds; returns whether it wrote."""
-    if site.last_seen_at is not None and (now - site.last_seen_at).total_seconds() < every_s:
-        return False
-    site.last_seen_at = now
-    return True
-
-
 def _owned_site(session: Session, *, site_id: str, researcher_id: str) -> Site:
     site = get_site(session, site_id=site_id)
     if site.registered_by != researcher_id:

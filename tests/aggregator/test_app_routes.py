@@ -73,3 +73,16 @@ def test_create_app_builds_no_api_routes_request_handling(
     monkeypatch.setattr(fastapi.routing, "_populate_api_route_state", counting)
     app_module.create_app(_settings(tmp_path))
     assert [p for p in built if p.startswith("/api/")] == []
+
+
+def test_fastapis_own_telemetry_stays_off_even_with_opentelemetry_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI (0.142+) would trace every request and export exception messages once an
+    OpenTelemetry provider is set up; fedseg keeps its own metrics and logs instead."""
+    import fastapi.telemetry._asgi as native
+
+    monkeypatch.setattr(native, "_unconfigured", lambda provider: False)  # providers set up
+    assert FastAPI()._native_telemetry.enabled()  # the default would turn on here
+    app = app_module.create_app(_settings(tmp_path))
+    assert not app._native_telemetry.enabled()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from aggregator.api.deps import Services
 from aggregator.api.principal_cache import CachedPrincipal, PrincipalCache
@@ -74,27 +75,66 @@ def test_an_expired_token_is_refused_even_when_cached(
     assert _poll(fed, "site-a") == 401
 
 
-def test_last_seen_is_still_written_every_30_s(
-    fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    site_id = fed.sites["site-a"][0]
+def _last_seen(services: Services, site_id: str) -> datetime | None:
+    services.bookkeeping.flush()
+    with services.database.session() as session:
+        return session.get(Site, site_id).last_seen_at  # type: ignore[union-attr]
+
+
+def _age_last_seen(services: Services, site_id: str) -> datetime:
+    old = utcnow() - timedelta(seconds=3600)
     with services.database.session() as session:
         site = session.get(Site, site_id)
         assert site is not None
-        site.last_seen_at = utcnow() - timedelta(seconds=3600)
+        site.last_seen_at = old
         session.commit()
-    assert _poll(fed, "site-a") == 204  # due: looked up and touched
-    with services.database.session() as session:
-        seen = session.get(Site, site_id).last_seen_at  # type: ignore[union-attr]
+    return old
+
+
+def test_last_seen_is_written_every_30_s_in_a_batch_not_by_the_request(
+    fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site_id = fed.sites["site-a"][0]
+    _age_last_seen(services, site_id)
+    assert _poll(fed, "site-a") == 204  # the first visit this process sees is noted
+    seen = _last_seen(services, site_id)
     assert seen is not None and (utcnow() - seen).total_seconds() < 10
+    old = _age_last_seen(services, site_id)
     with counting_hand_overs(monkeypatch) as calls:
         assert _poll(fed, "site-a") == 204
     assert "_site_of" not in calls  # fresh: from memory
+    assert _last_seen(services, site_id) == old  # noted 30 s at most
     real = time.monotonic
     monkeypatch.setattr("aggregator.api.principal_cache.time.monotonic", lambda: real() + 31)
     with counting_hand_overs(monkeypatch) as calls:
         assert _poll(fed, "site-a") == 204
-    assert "_site_of" in calls  # 30 s on: the database again
+    assert "_site_of" in calls  # 30 s on: the token is read again
+    seen = _last_seen(services, site_id)
+    assert seen is not None and (utcnow() - seen).total_seconds() < 10  # and the visit noted
+
+
+def test_a_token_lookup_writes_nothing(
+    fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup is a read (on PostgreSQL outside a transaction); the visit goes to the
+    bookkeeping writer."""
+    writes: list[str] = []
+
+    def record(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        if sql.split()[0].upper() in {"UPDATE", "INSERT", "DELETE"}:
+            writes.append(sql.split()[0].upper())
+
+    services.principals.clear()
+    event.listen(services.database.engine, "before_cursor_execute", record)
+    try:
+        with counting_hand_overs(monkeypatch) as calls:
+            assert _poll(fed, "site-b") == 204
+    finally:
+        event.remove(services.database.engine, "before_cursor_execute", record)
+    assert "_site_of" in calls  # looked up
+    assert writes == []
+    seen = _last_seen(services, fed.sites["site-b"][0])
+    assert seen is not None and (utcnow() - seen).total_seconds() < 10
 
 
 def test_an_answer_read_before_a_revocation_is_not_kept() -> None:
