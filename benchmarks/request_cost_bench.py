@@ -1,11 +1,14 @@
 """The aggregator's CPU per request, by kind: what one site costs it per round.
 
-``python -m benchmarks.request_cost_bench [--sites 200]`` prints a table (markdown).
+``python -m benchmarks.request_cost_bench [--sites 200] [--database sqlite|postgresql]`` prints a
+table (markdown).
 
-One ``python -m aggregator serve`` process (SQLite, its defaults) and one client sending
-requests one after another: N sites enrolled, then N of each kind of request a site makes in a
-round (long poll answered at once with no task, long poll that gets a task, model download,
-update upload), plus ``/healthz`` (the HTTP stack alone) and the researcher's status read. The
+One ``python -m aggregator serve`` process (its defaults; SQLite in its data dir, or a throw-away
+PostgreSQL server started here with fsync on) and one client sending requests one after
+another: N sites enrolled, then N of each kind of request a site makes in a round (long poll
+answered at once with no task, long poll that gets a task with its model, as the agent asks,
+and the same without the model followed by the model download, update upload), plus
+``/healthz`` (the HTTP stack alone) and the researcher's status read. The
 figure is the aggregator process's CPU seconds (``/proc``) over the batch divided by N, so it
 does not depend on how busy the machine is (the orchestrator's idle 1 s tick is included; it is
 a few milliseconds per second).
@@ -23,6 +26,7 @@ from typing import Any
 import httpx
 
 from benchmarks.scale_bench import TICK, Aggregator
+from data_specs.constants import HEADER_TASK_BYTES
 from tests.aggregator.e2e_helpers import free_port
 from tests.aggregator.helpers import (
     ADMIN_TOKEN,
@@ -32,6 +36,7 @@ from tests.aggregator.helpers import (
     update_bundle,
     upload_headers,
 )
+from tests.aggregator.postgres import PostgresServer
 
 
 def proc_user_sys(pid: int) -> tuple[float, float]:
@@ -52,10 +57,10 @@ def measure(agg: Aggregator, label: str, one: Callable[[int], Any], n: int) -> s
     return f"| {label} | {n} | {user + system:.2f} | {user:.2f} | {system:.2f} |"
 
 
-def run(work: Path, n: int) -> list[str]:
+def run(work: Path, n: int, database_url: str | None = None) -> list[str]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    agg = Aggregator(work / "agg", free_port(), None)
+    agg = Aggregator(work / "agg", free_port(), database_url)
     rows = [
         "| request | n | aggregator CPU ms per request | of which user | of which system |",
         "|---|---|---|---|---|",
@@ -95,6 +100,13 @@ def run(work: Path, n: int) -> list[str]:
             tasks: dict[int, dict[str, Any]] = {}
             models: dict[int, bytes] = {}
 
+            def poll_with_model(i: int) -> None:
+                got = c.get(
+                    f"{API}/tasks/next", params={"wait": 5, "model": 1}, headers=bearer(tokens[i])
+                ).raise_for_status()
+                split = int(got.headers[HEADER_TASK_BYTES])
+                models[i] = got.content[split:]
+
             def poll(i: int) -> None:
                 got = c.get(f"{API}/tasks/next", params={"wait": 5}, headers=bearer(tokens[i]))
                 tasks[i] = got.raise_for_status().json()
@@ -103,7 +115,15 @@ def run(work: Path, n: int) -> list[str]:
                 url = f"{API}/tasks/{tasks[i]['task_id']}/model"
                 models[i] = c.get(url, headers=bearer(tokens[i])).raise_for_status().content
 
-            rows.append(measure(agg, "GET /tasks/next, a task", poll, n))
+            rows.append(
+                measure(
+                    agg,
+                    "GET /tasks/next?wait=5&model=1, a task and its model (the agent)",
+                    poll_with_model,
+                    n,
+                )
+            )
+            rows.append(measure(agg, "GET /tasks/next?wait=5, the task alone", poll, n))
             rows.append(measure(agg, "GET /tasks/{id}/model", model, n))
             bodies = {
                 i: update_bundle(
@@ -135,9 +155,15 @@ def run(work: Path, n: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sites", type=int, default=200)
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fedseg_request_cost"))
     args = parser.parse_args(argv)
-    print("\n".join(run(args.work_dir, args.sites)))
+    pg = PostgresServer(durable=True).start() if args.database == "postgresql" else None
+    try:
+        print("\n".join(run(args.work_dir, args.sites, pg.database_url() if pg else None)))
+    finally:
+        if pg is not None:
+            pg.stop()
     shutil.rmtree(args.work_dir, ignore_errors=True)
     return 0
 
