@@ -237,6 +237,94 @@ def record_report(
     return bool(result.rowcount)
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What ``record_report_at_once`` did: whether the report won, and how many of its round's
+    tasks were still open when the statement began (its own included)."""
+
+    won: bool
+    open_before: int
+
+
+_reports_at_once: dict[tuple[str, ...], Any] = {}
+
+
+def record_report_at_once(
+    session: Session,
+    *,
+    task_id: str,
+    status: TaskStatus,
+    now: datetime,
+    values: dict[str, Any],
+    event: dict[str, Any],
+) -> Recorded:
+    """``record_report`` and ``insert_event`` as one PostgreSQL statement that commits by itself.
+
+    For a session without a transaction (``Database.read_session`` on PostgreSQL): one socket
+    round trip instead of four (``BEGIN``, ``UPDATE``, ``INSERT``, ``COMMIT``). The event is
+    inserted only when the report wins, in the same statement, so both or neither are stored.
+
+    Args:
+        event: the event's ``kind``, ``actor``, ``experiment_id`` and ``detail``.
+    """
+    keys = tuple(sorted(values))
+    statement = _reports_at_once.get(keys)
+    if statement is None:
+        statement = _report_at_once_statement(keys)
+        _reports_at_once[keys] = statement
+    params = {"task_id": task_id, "new_status": status, "now": now}
+    params |= {f"v_{key}": value for key, value in values.items()}
+    params |= {
+        "e_at": utcnow(),
+        "e_kind": event["kind"],
+        "e_actor": event["actor"],
+        "e_experiment_id": event.get("experiment_id"),
+        "e_detail": event.get("detail") or {},
+    }
+    row = session.connection().execute(statement, params).one()
+    return Recorded(won=bool(row.won), open_before=int(row.open_before))
+
+
+def _report_at_once_statement(keys: tuple[str, ...]) -> Any:
+    open_rounds = select(_rounds.c.id).where(_rounds.c.status == RoundStatus.OPEN)
+    won = (
+        update(_tasks)
+        .where(
+            _tasks.c.id == bindparam("task_id"), _task_is_open, _tasks.c.round_id.in_(open_rounds)
+        )
+        .values(
+            status=bindparam("new_status"),
+            reported_at=bindparam("now"),
+            **{key: bindparam(f"v_{key}") for key in keys},
+        )
+        .returning(_tasks.c.round_id)
+        .cte("won")
+    )
+    columns = ("at", "kind", "actor", "experiment_id", "detail")
+    logged = (
+        insert(_events)
+        .from_select(
+            list(columns),
+            select(
+                *(bindparam(f"e_{name}", type_=_events.c[name].type) for name in columns)
+            ).select_from(won),
+        )
+        .cte("logged")
+    )
+    # The statement's snapshot: its own update is not visible to the count (PostgreSQL runs
+    # data-modifying WITH clauses on the snapshot the whole statement reads).
+    open_before = (
+        select(func.count())
+        .select_from(_tasks)
+        .where(_tasks.c.round_id == select(won.c.round_id).scalar_subquery(), _task_is_open)
+        .scalar_subquery()
+    )
+    return select(
+        select(func.count()).select_from(won).scalar_subquery().label("won"),
+        open_before.label("open_before"),
+    ).add_cte(logged)
+
+
 def insert_event(
     session: Session,
     *,

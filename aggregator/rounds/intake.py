@@ -45,10 +45,15 @@ class UpdateTarget:
 
 @dataclass(frozen=True)
 class UpdateOutcome:
-    """The receipt for the site, plus the reject label for metrics (None when accepted)."""
+    """The receipt for the site, plus the reject label for metrics (None when accepted).
+
+    ``open_before``: with ``at_once``, how many of the round's tasks were open when the report
+    was written, its own included (None: not known; ask after the commit).
+    """
 
     receipt: UpdateReceipt
     reject_code: str | None = None
+    open_before: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,12 @@ def accept_update(
     staged: StagedBlob,
     num_samples: int,
     metrics: SiteMetrics | None,
+    at_once: bool = False,
 ) -> UpdateOutcome:
     """Check a staged update and record it as accepted or rejected (durable on return).
+
+    With ``at_once`` (PostgreSQL, a session without a transaction) the report and its event
+    are one statement that commits by itself (``site_requests.record_report_at_once``).
 
     Raises:
         InvalidRequestError: the bundle breaks the contract (nothing is recorded).
@@ -129,20 +138,37 @@ def accept_update(
         else:
             stored = staged.commit().sha256
     status = TaskStatus.ACCEPTED if checked.accepted else TaskStatus.REJECTED
-    won = site_requests.record_report(
-        session,
-        task_id=target.task_id,
-        status=status,
-        now=utcnow(),
-        values={
-            "update_sha256": ref.sha256,
-            "update_blob_sha256": stored,
-            "bytes_up": ref.size,
+    values = {
+        "update_sha256": ref.sha256,
+        "update_blob_sha256": stored,
+        "bytes_up": ref.size,
+        "num_samples": num_samples,
+        "metrics": metrics.model_dump(exclude_none=True) if metrics else None,
+        "reject_reason": checked.reason,
+    }
+    event = {
+        "kind": EventKind.UPDATE_ACCEPTED if checked.accepted else EventKind.UPDATE_REJECTED,
+        "actor": f"site:{target.site_id}",
+        "experiment_id": target.experiment_id,
+        "detail": {
+            "task_id": target.task_id,
+            "round": target.policy.round_number,
+            "sha256": ref.sha256,
             "num_samples": num_samples,
-            "metrics": metrics.model_dump(exclude_none=True) if metrics else None,
-            "reject_reason": checked.reason,
+            "norm": None if checked.norm is None else round(checked.norm, 6),
+            "reason": checked.reason,
         },
-    )
+    }
+    open_before = None
+    if at_once:
+        recorded = site_requests.record_report_at_once(
+            session, task_id=target.task_id, status=status, now=utcnow(), values=values, event=event
+        )
+        won, open_before = recorded.won, recorded.open_before
+    else:
+        won = site_requests.record_report(
+            session, task_id=target.task_id, status=status, now=utcnow(), values=values
+        )
     if not won:
         session.rollback()
         task = task_crud.refresh_task(session, task_id=target.task_id)
@@ -152,21 +178,9 @@ def accept_update(
             )
         task_crud.ensure_open(session, task=task)  # raises the precise conflict
         raise ConflictError(f"task {target.task_id} changed while its update was checked; retry")
-    site_requests.insert_event(
-        session,
-        kind=EventKind.UPDATE_ACCEPTED if checked.accepted else EventKind.UPDATE_REJECTED,
-        actor=f"site:{target.site_id}",
-        experiment_id=target.experiment_id,
-        detail={
-            "task_id": target.task_id,
-            "round": target.policy.round_number,
-            "sha256": ref.sha256,
-            "num_samples": num_samples,
-            "norm": None if checked.norm is None else round(checked.norm, 6),
-            "reason": checked.reason,
-        },
-    )
-    session.commit()
+    if not at_once:
+        site_requests.insert_event(session, **event)
+        session.commit()
     log_event(
         log,
         EventKind.UPDATE_ACCEPTED if checked.accepted else EventKind.UPDATE_REJECTED,
@@ -178,7 +192,9 @@ def accept_update(
         reason=checked.reason,
     )
     return UpdateOutcome(
-        _receipt(target.task_id, ref.sha256, status, checked.reason, duplicate=False), checked.code
+        _receipt(target.task_id, ref.sha256, status, checked.reason, duplicate=False),
+        checked.code,
+        open_before,
     )
 
 

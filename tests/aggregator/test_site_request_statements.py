@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from aggregator.api.deps import Services
 from tests.aggregator.helpers import API, Federation, update_bundle
@@ -47,6 +47,9 @@ def statements(services: Services) -> Iterator[list[str]]:
         if verb == "SELECT":
             tables = re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", sql)
             seen.append(f"SELECT {'+'.join(dict.fromkeys(tables))}")
+        elif verb == "WITH":  # data-modifying WITH clauses: what they write
+            writes = re.findall(r"\b(UPDATE|INSERT INTO)\s+(\w+)", sql)
+            seen.append("WITH " + " + ".join(f"{w.split()[0]} {t}" for w, t in writes))
         else:
             target = re.search(r"(?:UPDATE|INTO)\s+(\w+)", sql)
             seen.append(f"{verb} {target.group(1) if target else '?'}")
@@ -85,12 +88,16 @@ def test_a_round_of_one_site_sends_a_handful_of_statements(
     # The task's model (its byte counter is written later, batched: task_bookkeeping).
     assert fetched == ["SELECT tasks"], _tables(fetched)
     # Before the body: one SELECT for task, round, experiment and previous model. After it:
-    # the report's compare-and-set and its audit event; after the commit, the round's open tasks
-    # (the orchestrator is woken only when none are left).
+    # the report's compare-and-set and its audit event (on PostgreSQL one statement); after the
+    # commit, the round's open tasks (the orchestrator is woken only when none are left).
+    report = (
+        ["UPDATE tasks", "INSERT events"]
+        if services.database.is_sqlite
+        else ["WITH UPDATE tasks + INSERT events"]
+    )
     assert uploaded == [
         "SELECT tasks+rounds+experiments+global_models",
-        "UPDATE tasks",
-        "INSERT events",
+        *report,
         "SELECT tasks",
     ], _tables(uploaded)
 
@@ -151,7 +158,76 @@ def test_a_sites_reads_on_postgresql_run_outside_a_transaction(
         ("SELECT", True),  # the poll
         ("SELECT", True),  # the model
         ("SELECT", True),  # the upload's checks before the body
-        ("UPDATE", False),  # the report and its event, in one transaction
-        ("INSERT", False),
+        ("WITH", True),  # the report and its event: one statement, atomic on its own
         ("SELECT", True),  # the round's open tasks, after the commit
     ], seen
+
+
+def _postgresql_only(services: Services) -> None:
+    if services.database.is_sqlite:
+        pytest.skip("PostgreSQL only (make test-postgres): one statement for the report")
+
+
+def test_the_report_and_its_event_are_stored_together_or_not_at_all(
+    fed: Federation, services: Services
+) -> None:
+    from aggregator.crud import site_requests
+    from aggregator.storage.db.models import Event, Task, TaskStatus, utcnow
+
+    _postgresql_only(services)
+    exp = fed.create_experiment(rounds=1, min_sites=3)
+    fed.start(exp)
+    services.orchestrator.step()
+    task = fed.next_task("site-a")
+    assert task is not None
+
+    def report(kind: str) -> site_requests.Recorded:
+        with services.database.read_session() as session:
+            return site_requests.record_report_at_once(
+                session,
+                task_id=task["task_id"],
+                status=TaskStatus.REJECTED,
+                now=utcnow(),
+                values={"reject_reason": kind},
+                event={"kind": kind, "actor": "site:x", "experiment_id": exp, "detail": {"n": 1}},
+            )
+
+    def events(kind: str) -> list[Event]:
+        with services.database.session() as session:
+            return list(session.scalars(select(Event).where(Event.kind == kind)))
+
+    first = report("test.first")
+    assert first == site_requests.Recorded(won=True, open_before=3)  # its own task included
+    [stored] = events("test.first")
+    assert stored.detail == {"n": 1} and stored.experiment_id == exp
+    with services.database.session() as session:
+        row = session.get(Task, task["task_id"])
+        assert row is not None and row.status == TaskStatus.REJECTED
+        assert row.reject_reason == "test.first" and row.reported_at is not None
+    again = report("test.again")  # the task is no longer open: nothing is written
+    assert again == site_requests.Recorded(won=False, open_before=0)
+    assert events("test.again") == []
+
+
+def test_an_upload_far_from_the_rounds_end_skips_the_open_task_count(
+    fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aggregator.api.routes import tasks as task_routes
+
+    _postgresql_only(services)
+    monkeypatch.setattr(task_routes, "NEAR_THE_END", 1)  # three sites: "far" from the end
+    exp = fed.create_experiment(rounds=1, min_sites=3)
+    fed.start(exp)
+    services.orchestrator.step()
+    woken: list[int] = []
+    real_wake = services.orchestrator.wake
+    monkeypatch.setattr(services.orchestrator, "wake", lambda: (woken.append(1), real_wake()))
+    for name, expected in (("site-a", 1), ("site-b", 1), ("site-c", 2)):
+        task = fed.next_task(name)
+        assert task is not None
+        with statements(services) as uploaded:
+            assert fed.train_and_upload(name, task).status_code == 200
+        after = uploaded[uploaded.index("WITH UPDATE tasks + INSERT events") + 1 :]
+        # 3 and 2 tasks open before the first two reports: no count; 1 before the last
+        assert after == ["SELECT tasks"] * (expected - 1), uploaded
+    assert woken == [1]  # the last upload found none left and woke the orchestrator

@@ -41,6 +41,13 @@ from data_specs.wire import FailureReport, TaskAssignment, UpdateReceipt
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
+# An upload written while more than this many of its round's tasks were open (its own
+# included) does not count the round's open tasks after its commit: the uploads still to
+# commit will. Only uploads in flight at the same moment are unseen by that figure, and no
+# process has more than a few (``db_threads.THREADS``); should more than this many overlap at
+# a round's very end, the orchestrator's next tick closes the round instead.
+NEAR_THE_END = 64
+
 
 @router.get(
     "/next",
@@ -184,7 +191,9 @@ async def upload_update(
         )
 
         def accept() -> intake.UpdateOutcome:
-            with services.database.session() as session:
+            database = services.database
+            at_once = not database.is_sqlite  # PostgreSQL: one statement, no transaction
+            with database.read_session() if at_once else database.session() as session:
                 done = intake.accept_update(
                     session,
                     blobs=services.blobs,
@@ -192,10 +201,13 @@ async def upload_update(
                     staged=staged,
                     num_samples=num_samples,
                     metrics=site_metrics,
+                    at_once=at_once,
                 )  # committed: durable before the site hears of it
             if done.receipt.duplicate:
                 return done
-            with services.database.read_session() as session:
+            if done.open_before is not None and done.open_before > NEAR_THE_END:
+                return done  # the round cannot have closed: see NEAR_THE_END
+            with database.read_session() as session:
                 left = site_requests.open_tasks_in_round_of(session, task_id=task_id)
             if left == 0:  # the round can close now (before, only its deadline matters): wake
                 services.orchestrator.wake()  # the orchestrator from here, one hop sooner
