@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -146,7 +147,7 @@ def accept_update(
         "metrics": metrics.model_dump(exclude_none=True) if metrics else None,
         "reject_reason": checked.reason,
     }
-    event = {
+    event: dict[str, Any] = {
         "kind": EventKind.UPDATE_ACCEPTED if checked.accepted else EventKind.UPDATE_REJECTED,
         "actor": f"site:{target.site_id}",
         "experiment_id": target.experiment_id,
