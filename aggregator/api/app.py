@@ -39,6 +39,7 @@ from aggregator.settings import AggregatorSettings
 from aggregator.storage.blob_cache import BlobCache
 from aggregator.storage.blobs import BlobStore
 from aggregator.storage.db import Database
+from aggregator.storage.db.async_reads import AsyncReads
 from aggregator.storage.routing_bundle import RoutingBundles
 from aggregator.telemetry import AggregatorMetrics
 from data_specs.constants import API_PREFIX
@@ -106,6 +107,11 @@ def build_services(settings: AggregatorSettings) -> Services:
         bookkeeping=TaskBookkeeping(database),
         principals=principal_cache,
         announcements=announcements,
+        async_reads=(
+            None
+            if database.is_sqlite
+            else AsyncReads(database.engine.url, dialect=database.engine.dialect)
+        ),
     )
 
 
@@ -143,6 +149,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await loop_task
         if services.announcements is not None:
             services.announcements.stop()
+        if services.async_reads is not None:
+            await services.async_reads.close()
         services.bookkeeping.close()
         services.database.dispose()
         log_event(log, "aggregator.stopped")

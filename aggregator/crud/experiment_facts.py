@@ -71,10 +71,9 @@ def experiment_facts(
         started_at = session.scalar(
             select(Experiment.started_at).where(Experiment.id == experiment_id)
         )
-    if started_at is not None:
-        found = _cache.get((experiment_id, started_at))
-        if found is not None:
-            return found
+    found = cached_facts(experiment_id=experiment_id, started_at=started_at)
+    if found is not None:
+        return found
     experiment = get_experiment(session, experiment_id=experiment_id)
     facts = ExperimentFacts(
         id=experiment.id,
@@ -89,6 +88,11 @@ def experiment_facts(
             while len(_cache) > _MAX_ENTRIES:
                 _cache.popitem(last=False)
     return facts
+
+
+def cached_facts(*, experiment_id: str, started_at: datetime | None) -> ExperimentFacts | None:
+    """A started experiment's facts if this process holds them (no database read), else None."""
+    return None if started_at is None else _cache.get((experiment_id, started_at))
 
 
 def forget_all() -> None:

@@ -10,6 +10,7 @@ they raise the same errors, in the same order, as the ORM code they replace
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -39,7 +40,7 @@ _events = cast(Table, Event.__table__)
 
 _task_is_open = or_(*(_tasks.c.status == state for state in OPEN_TASK_STATES))
 
-_NEXT_TASK = (
+NEXT_TASK = (
     select(
         _tasks.c.id,
         _tasks.c.round_id,
@@ -86,7 +87,7 @@ class OpenTask:
 
 def next_task(session: Session, *, site_id: str) -> OpenTask | None:
     """The oldest unreported task of a site in an open round of a running experiment."""
-    row = session.connection().execute(_NEXT_TASK, {"site_id": site_id}).first()
+    row = session.connection().execute(NEXT_TASK, {"site_id": site_id}).first()
     return None if row is None else OpenTask(**row._mapping)
 
 
@@ -94,7 +95,7 @@ _MODEL_OF = select(_tasks.c.site_id, _tasks.c.model_sha256, _tasks.c.model_size)
     _tasks.c.id == bindparam("task_id")
 )
 
-_UPLOAD_CONTEXT = (
+UPLOAD_CONTEXT = (
     select(
         _tasks.c.id,
         _tasks.c.site_id,
@@ -163,21 +164,34 @@ def upload_context(session: Session, *, task_id: str, site_id: str) -> UploadCon
     Raises:
         NotFoundError: no such task, or it belongs to another site.
     """
-    row = session.connection().execute(_UPLOAD_CONTEXT, {"task_id": task_id}).first()
-    if row is None or row.site_id != site_id:
+    row = session.connection().execute(UPLOAD_CONTEXT, {"task_id": task_id}).first()
+    return upload_context_of(
+        None if row is None else row._mapping, task_id=task_id, site_id=site_id
+    )
+
+
+def upload_context_of(
+    row: Mapping[Any, Any] | None, *, task_id: str, site_id: str
+) -> UploadContext:
+    """``UploadContext`` from a row of ``UPLOAD_CONTEXT``.
+
+    Raises:
+        NotFoundError: no such task, or it belongs to another site.
+    """
+    if row is None or row["site_id"] != site_id:
         raise NotFoundError(f"task {task_id!r} not found for this site")
     return UploadContext(
-        task_id=row.id,
-        status=row.status,
-        update_sha256=row.update_sha256,
-        reject_reason=row.reject_reason,
-        seed=row.seed,
-        experiment_id=row.experiment_id,
-        round_number=row.round_number,
-        round_attempt=row.round_attempt,
-        round_status=row.round_status,
-        started_at=row.started_at,
-        previous_sha256=row.previous_sha256,
+        task_id=row["id"],
+        status=row["status"],
+        update_sha256=row["update_sha256"],
+        reject_reason=row["reject_reason"],
+        seed=row["seed"],
+        experiment_id=row["experiment_id"],
+        round_number=row["round_number"],
+        round_attempt=row["round_attempt"],
+        round_status=row["round_status"],
+        started_at=row["started_at"],
+        previous_sha256=row["previous_sha256"],
     )
 
 

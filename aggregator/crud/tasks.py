@@ -91,19 +91,28 @@ def refresh_task(session: Session, *, task_id: str) -> Task:
 
 
 def to_assignment(
-    session: Session, *, task: site_requests.OpenTask, facts: ExperimentFacts
+    session: Session | None, *, task: site_requests.OpenTask, facts: ExperimentFacts
 ) -> TaskAssignment:
-    """The wire form of a task: spec, model to fetch, training config with the task's own seed."""
-    from aggregator.privacy.adaptive_clipping import round_clip_norm
-    from aggregator.privacy.secagg_protocol import task_setup
+    """The wire form of a task: spec, model to fetch, training config with the task's own seed.
 
+    ``session`` is read only for an experiment with privacy settings (the round's clipping
+    norm, secure aggregation's set-up); without them it may be None.
+    """
     cfg = facts.cfg
-    # This round's C (adaptive clipping), else the fixed one, else None.
-    clip = round_clip_norm(session, experiment_id=facts.id, cfg=cfg, round_number=task.round_number)
-    secagg = None
-    if cfg.privacy is not None and cfg.privacy.secure_aggregation is not None:
-        rnd = require_row(session.get(Round, task.round_id), "round")
-        secagg = task_setup(cfg, rnd, require_row(session.get(Task, task.id), "task"))
+    clip, secagg = None, None
+    if cfg.privacy is not None:
+        from aggregator.privacy.adaptive_clipping import round_clip_norm
+        from aggregator.privacy.secagg_protocol import task_setup
+
+        if session is None:
+            raise ValueError("the assignment of a private experiment's task reads its round")
+        # This round's C (adaptive clipping), else the fixed one, else None.
+        clip = round_clip_norm(
+            session, experiment_id=facts.id, cfg=cfg, round_number=task.round_number
+        )
+        if cfg.privacy.secure_aggregation is not None:
+            rnd = require_row(session.get(Round, task.round_id), "round")
+            secagg = task_setup(cfg, rnd, require_row(session.get(Task, task.id), "task"))
     return TaskAssignment(
         task_id=task.id,
         experiment_id=facts.id,

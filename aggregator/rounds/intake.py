@@ -18,7 +18,7 @@ from aggregator.crud import experiments as exp_crud
 from aggregator.crud import site_requests
 from aggregator.crud import tasks as task_crud
 from aggregator.crud.events import record_event
-from aggregator.crud.experiment_facts import experiment_facts
+from aggregator.crud.experiment_facts import ExperimentFacts, experiment_facts
 from aggregator.crud.routing import share_personal_model
 from aggregator.errors import ConflictError
 from aggregator.logs import log_event
@@ -79,21 +79,45 @@ def prepare_update(
         ConflictError: the task already reported otherwise, or its round is closed.
     """
     ctx = site_requests.upload_context(session, task_id=task_id, site_id=site_id)
-    if ctx.update_sha256 == sha256 and ctx.status in (TaskStatus.ACCEPTED, TaskStatus.REJECTED):
-        return _receipt(ctx.task_id, sha256, ctx.status, ctx.reject_reason, duplicate=True)
+    duplicate = duplicate_receipt(ctx, sha256)
+    if duplicate is not None:
+        return duplicate
     site_requests.require_open(ctx)
     facts = experiment_facts(session, experiment_id=ctx.experiment_id, started_at=ctx.started_at)
+    bound = round_norm_bound(
+        session, experiment_id=facts.id, cfg=facts.cfg, round_number=ctx.round_number
+    )
+    return update_target(ctx, site_id=site_id, facts=facts, norm_bound=bound, blobs=blobs)
+
+
+def duplicate_receipt(ctx: site_requests.UploadContext, sha256: str) -> UpdateReceipt | None:
+    """The receipt of an identical earlier upload of the task, if that is what this is."""
+    if ctx.update_sha256 == sha256 and ctx.status in (TaskStatus.ACCEPTED, TaskStatus.REJECTED):
+        return _receipt(ctx.task_id, sha256, ctx.status, ctx.reject_reason, duplicate=True)
+    return None
+
+
+def update_target(
+    ctx: site_requests.UploadContext,
+    *,
+    site_id: str,
+    facts: ExperimentFacts,
+    norm_bound: float | None,
+    blobs: BlobStore,
+) -> UpdateTarget:
+    """The checks an open task's update must pass (``prepare_update`` without its reads).
+
+    Raises:
+        NotFoundError: the round's starting model is missing.
+    """
     previous = site_requests.previous_model(ctx)
-    cfg = facts.cfg
     policy = UpdatePolicy(
         spec_hash=facts.spec_hash,
         round_number=ctx.round_number,
         expected=facts.expected,
         local_keys=frozenset(facts.local_keys),
-        norm_bound=round_norm_bound(
-            session, experiment_id=facts.id, cfg=cfg, round_number=ctx.round_number
-        ),
-        codec=cfg.train.codec.name,
+        norm_bound=norm_bound,
+        codec=facts.cfg.train.codec.name,
         task_seed=ctx.seed,
     )
     return UpdateTarget(ctx.task_id, site_id, facts.id, policy, blobs.require(previous))

@@ -46,6 +46,14 @@ class BlobCache:
         """Bytes held now."""
         return self._held
 
+    def held(self, sha256: str) -> bytes | None:
+        """The blob's bytes if they are in memory now (never reads the disk)."""
+        with self._lock:
+            body = self._items.get(sha256)
+            if body is not None:
+                self._items.move_to_end(sha256)
+            return body
+
     def get(self, sha256: str, size: int) -> bytes | None:
         """The blob's bytes, or None when ``size`` is over ``max_item_bytes`` (stream it instead).
 

@@ -3,7 +3,7 @@
 Each plain ``def`` dependency costs one hand-over to a worker thread and back (a generator
 dependency two). At a thousand sites those hand-overs were the aggregator's largest CPU cost
 (issue 20's profile); the routes a site calls every round now make one for its token lookup and
-one for their own database work that writes (on SQLite, reads stay on the event loop).
+one for their own database work that writes (reads stay on the event loop).
 """
 
 from __future__ import annotations
@@ -66,26 +66,26 @@ def test_a_round_of_one_site_makes_one_hand_over_per_blocking_step(
         assert fed.upload("site-a", task["task_id"], body, 10).status_code == 200
 
     # The first request looks the token up; later ones find it in memory (the principal
-    # cache; on PostgreSQL while token changes are heard, test_announcements). The read-only steps (the poll,
-    # the model's row, the upload's policy) run on the event loop on SQLite, where a reader
-    # never waits (``db_threads.read``); on PostgreSQL each is a hand-over.
+    # cache; on PostgreSQL while token changes are heard, test_announcements). The read-only
+    # steps run on the event loop: on SQLite, where a reader never waits, as plain calls
+    # (``db_threads.read``); on PostgreSQL the poll and the upload's checks through psycopg's
+    # asyncio connections (``AsyncReads``), the model's row (a request the agent no longer
+    # makes) as a hand-over.
     assert services.principals.enabled
     lookup: list[str] = []
 
     def read(name: str) -> list[str]:
         return [] if services.database.is_sqlite else [name]
 
-    assert idle == ["_site_of", *read("next_task.<locals>.deliver")], idle
+    assert idle == ["_site_of"], idle
+    # (PostgreSQL: the experiment's first task in this process reads the experiment itself,
+    # on a database thread; it is remembered from then on, as the upload below shows.)
     assert polled == [*lookup, *read("next_task.<locals>.deliver")], polled
     # The rest is Starlette's FileResponse reading the file (a model not held in memory).
     assert [c for c in fetched if c not in FILE_IO] == [*lookup, *read("task_model.<locals>.find")]
     # The checks after the body, which write and fsync (the body's writes go to the upload's
     # own writer thread).
-    assert uploaded == [
-        *lookup,
-        *read("upload_update.<locals>.prepare"),
-        "upload_update.<locals>.accept",
-    ]
+    assert uploaded == [*lookup, "upload_update.<locals>.accept"]
 
 
 def test_a_full_house_refuses_an_upload_before_any_database_work(

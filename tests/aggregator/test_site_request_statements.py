@@ -21,13 +21,25 @@ from tests.aggregator.helpers import API, Federation, update_bundle
 
 @contextmanager
 def _cursor_executes(services: Services, record: Callable[..., None]) -> Iterator[None]:
-    """Call ``record`` for every statement the app's engine sends while the block runs."""
+    """Call ``record`` for every statement the app's engine sends while the block runs, and
+    (PostgreSQL) for every look-up sent on the event loop (``AsyncReads``), with conn None."""
     engine = services.database.engine
     event.listen(engine, "before_cursor_execute", record)
+    reads = services.async_reads
+    if reads is not None:
+        real = reads.one
+
+        async def observed(statement: Any, params: dict[str, Any]) -> Any:
+            record(None, None, str(statement.compile(dialect=engine.dialect)))
+            return await real(statement, params)
+
+        reads.one = observed  # type: ignore[method-assign]
     try:
         yield
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        if reads is not None:
+            del reads.one  # the class's method again
 
 
 def _on_request_thread() -> bool:
@@ -132,7 +144,9 @@ def autocommitted(services: Services) -> Iterator[list[tuple[str, bool]]]:
     seen: list[tuple[str, bool]] = []
 
     def record(conn: Any, _cursor: object, sql: str, *_: object) -> None:
-        if _on_request_thread():
+        if conn is None:  # AsyncReads: its connections are autocommit
+            seen.append((sql.split()[0].upper(), True))
+        elif _on_request_thread():
             driver = conn.connection.driver_connection
             seen.append((sql.split()[0].upper(), bool(driver.autocommit)))
 

@@ -27,6 +27,7 @@ from aggregator.api.uploads import (
 )
 from aggregator.crud import site_requests
 from aggregator.crud import tasks as task_crud
+from aggregator.crud.experiment_facts import cached_facts
 from aggregator.errors import ConflictError, InvalidRequestError
 from aggregator.rounds import intake
 from aggregator.storage.db.models import TaskStatus, utcnow
@@ -80,25 +81,57 @@ async def next_task(
     loop = asyncio.get_running_loop()
     give_up = loop.time() + min(wait, services.settings.max_long_poll_s)
 
+    def hand_out(task: site_requests.OpenTask) -> None:
+        if task.status == TaskStatus.ASSIGNED:  # written with others, off this request
+            services.bookkeeping.delivered(task.id, utcnow())
+
+    def with_model(assignment: TaskAssignment, body: bytes) -> tuple[TaskAssignment, bytes]:
+        services.bookkeeping.served(assignment.task_id, len(body))
+        return assignment, body
+
+    def inline(assignment: TaskAssignment) -> bool:
+        return model and assignment.model_size <= INLINE_MODEL_MAX_BYTES
+
     def deliver() -> tuple[TaskAssignment, bytes | None] | None:
         with services.database.read_session() as session:
             found = task_crud.next_task_for_site(session, site_id=site.id)
             if found is None:
                 return None
             task, facts = found
-            if task.status == TaskStatus.ASSIGNED:  # written with others, off this request
-                services.bookkeeping.delivered(task.id, utcnow())
+            hand_out(task)
             assignment = task_crud.to_assignment(session, task=task, facts=facts)
-        body = None
-        if model and assignment.model_size <= INLINE_MODEL_MAX_BYTES:
+        if inline(assignment):
             body = services.model_cache.get(assignment.model_sha256, assignment.model_size)
             if body is not None:
-                services.bookkeeping.served(assignment.task_id, len(body))
-        return assignment, body
+                return with_model(assignment, body)
+        return assignment, None
+
+    async def find() -> tuple[TaskAssignment, bytes | None] | None:
+        reads = services.async_reads
+        if reads is None:
+            return await db_threads.read(deliver, inline=services.database.is_sqlite)
+        # PostgreSQL: the look-up on the event loop; the rest from memory, else as above.
+        row = await reads.one(site_requests.NEXT_TASK, {"site_id": site.id})
+        if row is None:
+            return None
+        task = site_requests.OpenTask(**row)
+        facts = cached_facts(experiment_id=task.experiment_id, started_at=task.started_at)
+        if facts is None or facts.cfg.privacy is not None:  # more to read: a database thread
+            return await db_threads.read(deliver, inline=False)
+        hand_out(task)
+        assignment = task_crud.to_assignment(None, task=task, facts=facts)
+        if inline(assignment):
+            body = services.model_cache.held(assignment.model_sha256)
+            if body is None:  # not in memory yet: read from disk off the event loop
+                sha, size = assignment.model_sha256, assignment.model_size
+                body = await db_threads.run(services.model_cache.get, sha, size)
+            if body is not None:
+                return with_model(assignment, body)
+        return assignment, None
 
     while True:
         wake = services.board.waiter(site.id)  # taken before the check: no lost wake-up
-        found = await db_threads.read(deliver, inline=services.database.is_sqlite)
+        found = await find()
         if found is not None:  # serialised here: FastAPI's generic encoder costs more
             assignment, body = found
             text = assignment.model_dump_json().encode()
@@ -177,7 +210,9 @@ async def upload_update(
                     session, blobs=services.blobs, task_id=task_id, site_id=site.id, sha256=sha
                 )
 
-        target = await db_threads.read(prepare, inline=services.database.is_sqlite)
+        target = await _prepare_on_loop(services, task_id=task_id, site_id=site.id, sha256=sha)
+        if target is None:
+            target = await db_threads.read(prepare, inline=services.database.is_sqlite)
         if isinstance(target, UpdateReceipt):
             metrics.updates.labels(outcome="duplicate").inc()
             return _json(target)
@@ -234,6 +269,38 @@ async def upload_update(
         metrics.updates.labels(outcome="rejected").inc()
         metrics.rejects.labels(reason=outcome.reject_code or "policy").inc()
     return _json(receipt)
+
+
+async def _prepare_on_loop(
+    services: Services, *, task_id: str, site_id: str, sha256: str
+) -> intake.UpdateTarget | UpdateReceipt | None:
+    """PostgreSQL: ``intake.prepare_update`` with its look-up on the event loop (``AsyncReads``)
+    when the rest is known in memory; None where it is not (SQLite; an experiment not cached
+    here, or with privacy settings, whose checks read more rows): then the caller asks a
+    database thread.
+
+    Raises:
+        NotFoundError, ConflictError: as ``prepare_update``.
+    """
+    reads = services.async_reads
+    if reads is None:
+        return None
+    row = await reads.one(site_requests.UPLOAD_CONTEXT, {"task_id": task_id})
+    ctx = site_requests.upload_context_of(row, task_id=task_id, site_id=site_id)
+    duplicate = intake.duplicate_receipt(ctx, sha256)
+    if duplicate is not None:
+        return duplicate
+    site_requests.require_open(ctx)
+    facts = cached_facts(experiment_id=ctx.experiment_id, started_at=ctx.started_at)
+    if facts is None or facts.cfg.privacy is not None:
+        return None
+    return intake.update_target(
+        ctx,
+        site_id=site_id,
+        facts=facts,
+        norm_bound=facts.cfg.update_norm_bound,  # round_norm_bound without DP
+        blobs=services.blobs,
+    )
 
 
 def _json(receipt: UpdateReceipt) -> Response:
