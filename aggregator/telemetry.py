@@ -25,6 +25,7 @@ class AggregatorMetrics:
         rejects: uploads refused or rejected, by reason code.
         aggregation_seconds: wall time of one round's aggregation.
         active_experiments: experiments currently running.
+        long_polls_waiting: ``GET /tasks/next`` requests waiting for a task now.
     """
 
     def __init__(self) -> None:
@@ -71,6 +72,11 @@ class AggregatorMetrics:
         )
         self.active_experiments = Gauge(
             "fedseg_active_experiments", "Experiments in status running", registry=self.registry
+        )
+        self.long_polls_waiting = Gauge(
+            "fedseg_long_polls_waiting",
+            "Sites' long polls (GET /tasks/next) waiting for a task now",
+            registry=self.registry,
         )
 
     def render(self, *, with_sites: bool = True) -> bytes:

@@ -113,7 +113,7 @@ def _poll_query(query: bytes) -> tuple[float, bool] | None:
 def _poll(wait: float, model: bool) -> Handler:
     async def handle(request: Request, services: Services) -> Response:
         site = await _site(request, services)
-        answer = await tasks.next_task(services, site, wait, model)
+        answer = await tasks.next_task(request, services, site, wait, model)
         assert isinstance(answer, Response)  # next_task serialises its assignment itself
         return answer
 

@@ -92,3 +92,53 @@ def test_stopping_answers_waiting_polls_at_once(
     assert finished - stopping < 2.5
     assert "Exception in ASGI application" not in caplog.text
     assert "timeout graceful shutdown exceeded" not in caplog.text
+
+
+def _waiting(metrics: object) -> float:
+    value = metrics.registry.get_sample_value("fedseg_long_polls_waiting")  # type: ignore[attr-defined]
+    return float(value or 0.0)
+
+
+@pytest.mark.slow  # a real server on loopback
+def test_a_long_poll_ends_when_its_site_leaves(tmp_path: Path) -> None:
+    """A restarted agent, or a proxy that cut the connection, leaves no poll waiting out its
+    60 s (one woken meanwhile would hand a task, and its model, to nobody)."""
+    settings = AggregatorSettings(
+        data_dir=tmp_path / "agg",
+        admin_token=ADMIN_TOKEN,
+        port=free_port(),
+        orchestrator_enabled=False,
+    )
+    app = create_app(settings)
+    config = uvicorn_config(app, settings, log_level="warning")
+    server = Server(config, on_shutdown=app.state.services.board.close)
+    metrics = app.state.services.metrics
+    base = f"http://127.0.0.1:{settings.port}"
+    with serve_in_thread(config, server), httpx.Client(base_url=base, timeout=30) as client:
+        fed = Federation.create(client, ["site-a", "site-b", "site-c"])
+        socks = []
+        for name in fed.sites:
+            sock = socket.create_connection(("127.0.0.1", settings.port), timeout=10)
+            sock.sendall(
+                f"GET {API}/tasks/next?wait=60&model=1 HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {fed.sh(name)['Authorization']}\r\n\r\n".encode()
+            )
+            socks.append(sock)
+        deadline = time.monotonic() + 20
+        while _waiting(metrics) < 3:
+            assert time.monotonic() < deadline, _waiting(metrics)
+            time.sleep(0.05)
+        socks.pop().close()  # one site leaves
+        deadline = time.monotonic() + 5
+        while _waiting(metrics) > 2:
+            assert time.monotonic() < deadline, "the poll of a closed connection still waits"
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert _waiting(metrics) == 2  # the others wait on
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + 5
+        while _waiting(metrics) > 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        server.should_exit = True

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from starlette.types import Receive
 
 from aggregator.api import db_threads
 from aggregator.api.deps import CurrentSite, Services, ServicesDep, SessionDep
@@ -59,6 +60,7 @@ NEAR_THE_END = 64
     response_model=None,
 )
 async def next_task(
+    request: Request,
     services: ServicesDep,
     site: CurrentSite,
     wait: Annotated[
@@ -146,12 +148,37 @@ async def next_task(
         remaining = give_up - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
+        gauge = services.metrics.long_polls_waiting
+        gauge.inc()
         try:
-            await asyncio.wait_for(wake.wait(), timeout=remaining)
-        except TimeoutError:
+            woken = await _woken(wake, remaining, request.receive)
+        finally:
+            gauge.dec()
+        if not woken:  # the wait is over, or the site has gone: nobody to hand a task to
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         if services.board.closed:  # the server is stopping: the site polls again later
             return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _woken(wake: asyncio.Event, timeout_s: float, receive: Receive) -> bool:
+    """Wait for ``wake``: True when it is set; False after ``timeout_s``, or as soon as the
+    site's connection closes (a long poll whose site left, a restarted agent or a proxy that
+    cut the connection, would otherwise wait out its time and could be handed a task, and its
+    model's bytes, that nobody receives)."""
+    woken = asyncio.ensure_future(wake.wait())
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((woken, gone), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        gone.cancel()
+    return woken.done() and not woken.cancelled() and not gone.done()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client's connection has closed (a GET's empty body is read past)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get("/{task_id}/model", response_class=FileResponse)
