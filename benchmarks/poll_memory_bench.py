@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 
 from benchmarks.light_http import LightConnection
-from benchmarks.scale_bench import Aggregator, call, enroll_sites, proc_cpu_rss
+from benchmarks.scale_bench import Aggregator, enroll_sites, new_researcher, proc_cpu_rss
 from tests.aggregator.e2e_helpers import free_port
-from tests.aggregator.helpers import ADMIN_TOKEN, API, bearer
+from tests.aggregator.helpers import API, bearer
 
 REPORT = Path(__file__).parent / "results" / "poll_memory.md"
 
@@ -40,14 +40,7 @@ async def measure(n: int, work: Path) -> list[float]:
     agg = Aggregator(work / "agg", free_port(), None)
     try:
         async with httpx.AsyncClient(base_url=agg.base, timeout=120) as client:
-            r = await call(
-                client,
-                "POST",
-                f"{API}/researchers",
-                json={"name": "b"},
-                headers=bearer(ADMIN_TOKEN),
-            )
-            sites = await enroll_sites(client, bearer(r.json()["token"]), n)
+            sites = await enroll_sites(client, await new_researcher(client, "b"), n)
         await asyncio.sleep(2)
         found = [proc_cpu_rss(agg.proc.pid)[1]]
         for _ in range(2):  # a second batch: memory reused, or more of it?

@@ -144,6 +144,14 @@ class Aggregator:
         self.log.close()
 
 
+async def new_researcher(client: httpx.AsyncClient, name: str) -> dict[str, str]:
+    """A researcher created with the admin token: the headers of its token."""
+    r = await call(
+        client, "POST", f"{API}/researchers", json={"name": name}, headers=bearer(ADMIN_TOKEN)
+    )
+    return bearer(r.json()["token"])
+
+
 async def enroll_sites(
     client: httpx.AsyncClient, rh: dict[str, str], n: int
 ) -> list[tuple[str, str, str]]:
@@ -303,14 +311,7 @@ async def run_one(
     try:
         t0 = time.monotonic()
         async with httpx.AsyncClient(base_url=agg.base, timeout=120, limits=limits) as client:
-            r = await call(
-                client,
-                "POST",
-                f"{API}/researchers",
-                json={"name": "bench"},
-                headers=bearer(ADMIN_TOKEN),
-            )
-            rh = bearer(r.json()["token"])
+            rh = await new_researcher(client, "bench")
             sites = await enroll_sites(client, rh, n)
             ids = [site_id for _, site_id, _ in sites]
             body = {

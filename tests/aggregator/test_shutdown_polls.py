@@ -13,6 +13,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +25,19 @@ from tests.aggregator.e2e_helpers import free_port, serve_in_thread
 from tests.aggregator.helpers import ADMIN_TOKEN, API, Federation
 
 POLLS = 24
+
+
+def _server(tmp_path: Path) -> tuple[AggregatorSettings, Any, Any, Server]:
+    """An app without rounds and the uvicorn server to run it (``serve_in_thread``)."""
+    settings = AggregatorSettings(
+        data_dir=tmp_path / "agg",
+        admin_token=ADMIN_TOKEN,
+        port=free_port(),
+        orchestrator_enabled=False,
+    )
+    app = create_app(settings)
+    config = uvicorn_config(app, settings, log_level="warning")
+    return settings, app, config, Server(config, on_shutdown=app.state.services.board.close)
 
 
 def wait_for_pollers(board: object, count: int) -> None:
@@ -38,15 +52,7 @@ def wait_for_pollers(board: object, count: int) -> None:
 def test_stopping_answers_waiting_polls_at_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, clients_leave_first: bool
 ) -> None:
-    settings = AggregatorSettings(
-        data_dir=tmp_path / "agg",
-        admin_token=ADMIN_TOKEN,
-        port=free_port(),
-        orchestrator_enabled=False,
-    )
-    app = create_app(settings)
-    config = uvicorn_config(app, settings, log_level="warning")
-    server = Server(config, on_shutdown=app.state.services.board.close)
+    settings, app, config, server = _server(tmp_path)
     base = f"http://127.0.0.1:{settings.port}"
     board = app.state.services.board
     caplog.set_level(logging.INFO)
@@ -103,15 +109,7 @@ def _waiting(metrics: object) -> float:
 def test_a_long_poll_ends_when_its_site_leaves(tmp_path: Path) -> None:
     """A restarted agent, or a proxy that cut the connection, leaves no poll waiting out its
     60 s (one woken meanwhile would hand a task, and its model, to nobody)."""
-    settings = AggregatorSettings(
-        data_dir=tmp_path / "agg",
-        admin_token=ADMIN_TOKEN,
-        port=free_port(),
-        orchestrator_enabled=False,
-    )
-    app = create_app(settings)
-    config = uvicorn_config(app, settings, log_level="warning")
-    server = Server(config, on_shutdown=app.state.services.board.close)
+    settings, app, config, server = _server(tmp_path)
     metrics = app.state.services.metrics
     base = f"http://127.0.0.1:{settings.port}"
     with serve_in_thread(config, server), httpx.Client(base_url=base, timeout=30) as client:
