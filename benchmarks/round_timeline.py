@@ -338,8 +338,12 @@ def startup_s(run: FederationRun, figures: list[RoundFigures]) -> float:
     return figures[0].opened - run.t_launch if figures else float("nan")
 
 
-def cpu_lines(run: FederationRun, rounds: int) -> str:
-    """CPU seconds of the start-up and per round: figures the machine's load does not inflate."""
+def cpu_lines(run: FederationRun, rounds: int, *, sleeping: bool = True) -> str:
+    """CPU seconds of the start-up and per round: figures the machine's load does not inflate.
+
+    ``sleeping``: the sites' training is a sleep, so the steady rounds' CPU is the floor of the
+    time between two trainings (with real training, most of it is the training).
+    """
     cpu = run.cpu_s
     if not cpu.get("started") or not cpu.get("finished"):
         return "CPU seconds: not measured (no /proc)."
@@ -359,9 +363,14 @@ def cpu_lines(run: FederationRun, rounds: int) -> str:
         steady = (
             f" Rounds 2–{rounds} alone (from round 2's opening): aggregator {agg_steady:.3f}, "
             f"each agent {agent_steady:.3f}, all {len(agents) + 1} processes together "
-            f"{together:.3f} CPU s per round: on {cores} cores at least {together / cores:.3f} s "
-            "of wall time, wherever in the round it falls (most of it between two trainings: "
-            "the uploads, the aggregation, the next round's delivery and download)."
+            f"{together:.3f} CPU s per round"
+        )
+        steady += (
+            f": on {cores} cores at least {together / cores:.3f} s of wall time, wherever in "
+            "the round it falls (most of it between two trainings: the uploads, the "
+            "aggregation, the next round's delivery and download)."
+            if sleeping
+            else " (training and validation included)."
         )
     return (
         f"fedseg CPU seconds (user + system), the contention-free cost: aggregator "

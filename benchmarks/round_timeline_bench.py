@@ -9,10 +9,10 @@ of the 2D MONAI U-Net, 1.6 MB, 10 rounds) on fedseg (``fedseg aggregator serve``
 the same run, on Flower 1.42 in deployment mode (``shared/peers/flower_overhead/driver.py``
 in its own venv; when there is none the report says so and shows fedseg alone).
 
-``python -m benchmarks.round_timeline_bench --acdc [--quick]`` writes
+``python -m benchmarks.round_timeline_bench --acdc [--quick] [--rounds N] [--steps K]`` writes
 ``round_timeline_acdc.md`` and ``round_timeline_acdc_gantt.png``: fedseg alone, five ACDC
 hospitals (``fedseg site run``, one torch thread each), real training at a small budget,
-validation every 2 rounds.
+validation every 3 rounds (6 rounds of 20 steps unless told).
 
 Per round: cycle = this round's close − the previous close (round 1: its opening); critical
 = the slowest site's train + validate (from the sites' timelines); overhead = cycle −
@@ -99,9 +99,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="sites (and Flower clients) on this host; other than 5 writes round_timeline_<N>sites.md",
     )
+    pre.add_argument("--rounds", type=int, default=None, help="--acdc: rounds (default 6)")
+    pre.add_argument("--steps", type=int, default=None, help="--acdc: Adam steps a round (20)")
     extra, rest = pre.parse_known_args(argv)
     args = parse_args(NAME, __doc__, rest)
     if extra.acdc:
+        if (extra.rounds is not None and extra.rounds < 2) or (
+            extra.steps is not None and extra.steps < 1
+        ):
+            raise SystemExit("--rounds must be at least 2 and --steps at least 1")
+        args.rounds, args.steps = extra.rounds, extra.steps
         from benchmarks.round_timeline_acdc import run_acdc
 
         run_acdc(args, command_line(NAME, argv))

@@ -12,19 +12,17 @@ sha256 (``RoundFiles.ensure_global``).
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
 
 from data_specs.round_timeline import SiteTimeline
 from data_specs.task_spec import expected_tensors
 from data_specs.weights.bundle import sha256_hex
 from data_specs.wire import SiteMetrics, TaskAssignment, UpdateReceipt
+from site_agent.background import done, on_thread
 from site_agent.errors import (
     IntegrityError,
     ModelMismatchError,
@@ -39,8 +37,6 @@ from site_agent.federation.update_files import RoundFiles
 from site_agent.federation.workdir import TaskPhase, TaskState, WorkDir
 from site_agent.settings import SiteSettings
 from site_agent.training.trainer import SiteTrainer
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +155,7 @@ class TaskRunner:
             trainer = self.trainer_factory(task)  # an error is re-raised where it is taken
             return trainer, time.monotonic() - started
 
-        return _on_thread(build, "fedseg-load")
+        return on_thread(build, "fedseg-load")
 
     def _train(
         self,
@@ -236,7 +232,7 @@ class TaskRunner:
             files.persist_update()
             self.workdir.save_state(trained)
 
-        return _on_thread(write, "fedseg-persist")
+        return on_thread(write, "fedseg-persist")
 
     def _upload(
         self,
@@ -251,7 +247,7 @@ class TaskRunner:
         task = state.task
         if body is None or persisting is None:
             body = files.read_update(state.update_sha256)
-            persisting = _done()
+            persisting = done()
         metrics = state.metrics or SiteMetrics()
         if metrics.timeline is not None:  # resumed uploads keep what was measured before
             stamped = metrics.timeline.model_copy(update={"upload_at": time.time()})
@@ -336,8 +332,8 @@ class TaskRunner:
 
     def _keep_in_background(self) -> Future[None]:
         if self._kept_later is None:
-            return _done()
-        return _on_thread(self.flush_kept, "fedseg-keep")
+            return done()
+        return on_thread(self.flush_kept, "fedseg-keep")
 
     def _share_personal(self, task: TaskAssignment, files: RoundFiles) -> None:
         body = files.personal_bundle()
@@ -376,65 +372,6 @@ class TaskRunner:
             )
 
 
-def _done() -> Future[None]:
-    future: Future[None] = Future()
-    future.set_result(None)
-    return future
-
-
 def _close_prefetched(future: Future[tuple[SiteTrainer, float]]) -> None:
     if not future.cancelled() and future.exception() is None:
         future.result()[0].close()
-
-
-def _on_thread(work: Callable[[], T], name: str) -> Future[T]:
-    """``work()`` on a daemon thread; its result or exception in the future.
-
-    The thread is an idle one from an earlier call when there is one: ``Thread.start`` waits
-    until the new thread runs, which on a busy host cost the round's path a few ms per call
-    (three per task). A call that finds no idle thread starts one, so a hung call (a trainer
-    factory stuck on a network share) never holds up the next.
-    """
-    future: Future[T] = Future()
-    future.set_running_or_notify_cancel()
-
-    def run() -> None:
-        threading.current_thread().name = name
-        try:
-            result = work()
-        except BaseException as exc:  # handed to whoever takes the result
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-
-    _WORKERS.submit(run)
-    return future
-
-
-class _DaemonThreads:
-    """Daemon threads that wait for the next piece of work when done with one."""
-
-    def __init__(self) -> None:
-        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._idle = 0
-        self._lock = threading.Lock()
-
-    def submit(self, work: Callable[[], None]) -> None:
-        """Hand ``work`` (which raises nothing) to an idle thread, or to a new one."""
-        with self._lock:
-            start = self._idle == 0
-            if not start:
-                self._idle -= 1  # that thread's next get() takes this work (or another's)
-        self._work.put(work)
-        if start:
-            threading.Thread(target=self._serve, name="fedseg-worker", daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            self._work.get()()
-            threading.current_thread().name = "fedseg-worker"
-            with self._lock:
-                self._idle += 1
-
-
-_WORKERS = _DaemonThreads()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ from data_specs.constants import InputFit, SplitName
 from data_specs.errors import DataSpecError
 from data_specs.task_spec import TaskSpec
 from data_specs.wire import TaskAssignment
+from site_agent.background import on_thread
 from site_agent.errors import ManifestRejectedError, TrainingError
 from site_agent.federation.workdir import WorkDir
 from site_agent.settings import SiteSettings
@@ -179,8 +181,10 @@ class ManifestTrainers:
     """Trainer factory over the site's manifest: one trainer per task, seeded by the task.
 
     The pre-processed cases of each split are cached across tasks (``SiteDataCache``: in
-    memory up to ``data_cache_memory_mb``, on disk in ``<work dir>/cache/data``), and the
-    validation split is loaded only in the rounds that validate (``TrainConfig.validate_every``).
+    memory up to ``data_cache_memory_mb``, on disk in ``<work dir>/cache/data``). The
+    validation scans are prepared once per task spec, on a background thread (one reader)
+    from the first task on, and handed to the trainer in the rounds that validate
+    (``TrainConfig.validate_every``): the first validating round does not wait for them.
 
     Args:
         settings: site settings (manifest, device, workers, data cache).
@@ -197,8 +201,8 @@ class ManifestTrainers:
         # Optimiser states of the experiments this site trains (``persist_optimizer``), kept in
         # memory between rounds; a restart begins afresh.
         self.optimizer_states: dict[str, dict[str, Any]] = {}
-        # Whole validation scans, prepared once per task spec.
-        self._eval_cases: tuple[str, Any] | None = None
+        # Whole validation scans, prepared once per task spec, in the background.
+        self._eval_cases: tuple[str, Future[list[Any]]] | None = None
         budget = settings.data_cache_memory_mb << 20
         folder = workdir.root / "cache" / "data" if settings.data_cache_disk else None
         self.cache = (
@@ -229,8 +233,14 @@ class ManifestTrainers:
             cache=self.cache,
         )
         val = None
-        if validates_in_round(task) and SplitName.VALIDATION in self.manifest.declared_splits():
-            val = self._validation_cases(spec)
+        if SplitName.VALIDATION in self.manifest.declared_splits():
+            cases = self._validation_cases(spec)  # started at the first task
+            if validates_in_round(task):
+                try:
+                    val = cases.result()
+                except BaseException:
+                    self._eval_cases = None  # the next validating round reads them again
+                    raise
         assert train is not None  # a manifest always declares training
         return SiteTrainer(
             spec,
@@ -242,12 +252,20 @@ class ManifestTrainers:
             optimizer_states=self.optimizer_states,
         )
 
-    def _validation_cases(self, spec: TaskSpec) -> list[Any]:
+    def _validation_cases(self, spec: TaskSpec) -> Future[list[Any]]:
         """Whole validation scans in their own geometry (as `fedseg site evaluate` scores),
-        prepared once per task spec and kept for the following rounds."""
+        prepared once per task spec on a background thread and kept for the following rounds.
+
+        One reader thread: the scans load beside a training, not in its place.
+        """
         from site_agent.clinic.scan_evaluation import load_eval_cases
 
         key = spec.spec_hash()
         if self._eval_cases is None or self._eval_cases[0] != key:
-            self._eval_cases = (key, load_eval_cases(self.manifest, spec, SplitName.VALIDATION))
+            manifest = self.manifest
+
+            def load() -> list[Any]:
+                return load_eval_cases(manifest, spec, SplitName.VALIDATION, workers=1)
+
+            self._eval_cases = (key, on_thread(load, "fedseg-val-scans"))
         return self._eval_cases[1]

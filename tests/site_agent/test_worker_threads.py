@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from site_agent.federation.task_runner import _DaemonThreads, _on_thread
+from site_agent.background import _DaemonThreads, on_thread
 
 
 def test_an_idle_thread_takes_the_next_work() -> None:
@@ -26,8 +26,8 @@ def test_an_idle_thread_takes_the_next_work() -> None:
 def test_a_stuck_call_does_not_hold_up_the_next() -> None:
 
     release = threading.Event()
-    stuck = _on_thread(lambda: release.wait(10), "fedseg-stuck")
-    other = _on_thread(lambda: threading.current_thread().name, "fedseg-other")
+    stuck = on_thread(lambda: release.wait(10), "fedseg-stuck")
+    other = on_thread(lambda: threading.current_thread().name, "fedseg-other")
     assert other.result(timeout=5) == "fedseg-other"  # ran on another thread meanwhile
     assert not stuck.done()
     release.set()
@@ -44,5 +44,5 @@ def test_an_exception_reaches_whoever_takes_the_result() -> None:
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        _on_thread(fail, "fedseg-test").result(timeout=5)
-    assert _on_thread(lambda: 7, "fedseg-test").result(timeout=5) == 7  # the thread lives on
+        on_thread(fail, "fedseg-test").result(timeout=5)
+    assert on_thread(lambda: 7, "fedseg-test").result(timeout=5) == 7  # the thread lives on
