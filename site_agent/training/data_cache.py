@@ -23,7 +23,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from data_specs.files import atomic_write_bytes
@@ -62,29 +62,39 @@ class _Entry:
 
 
 def manifest_fingerprint(manifest: DatasetManifest) -> str | None:
-    """Content hash of the manifest plus every scan's path, size and modification time.
+    """Content hash of the manifest plus every file's identity, size and modification time.
+
+    Every file of every case counts: each channel of a multi-channel case and the label. A
+    file is named by its path as the manifest writes it and identified by ``os.stat`` (device
+    and inode of what a symlink points to, size, modification time), so a file replaced,
+    rewritten or re-pointed is a miss. The paths are not resolved again each round; the loader
+    resolves them, refusing one that leaves the manifest's root, whenever the cache misses.
 
     Args:
         manifest: the loaded manifest.
 
     Returns:
-        A hex digest, or None when a file cannot be read (nothing is cached then, and the
-        loader raises its own clear error).
+        A hex digest, or None when a file cannot be read, or a path is absolute or has ``..``
+        (nothing is cached then, and the loader raises its own clear error).
     """
     digest = hashlib.sha256()
     try:
         digest.update(manifest.model_dump_json().encode())
+        root = manifest.root
         for split in manifest.declared_splits():
             for case in manifest.iter_cases(split):
-                resolved = manifest.resolve(case)
-                for file in (resolved.image, resolved.label):
-                    if file is None:
-                        continue
-                    st = file.stat()
-                    digest.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                files = case.image_files + ([case.label] if case.label is not None else [])
+                for relative in files:
+                    pure = PurePosixPath(relative.replace("\\", "/"))
+                    if pure.is_absolute() or ".." in pure.parts:
+                        return None
+                    st = os.stat(root / pure)
+                    digest.update(
+                        f"{pure}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+                    )
     except (OSError, ValueError):
         return None
-    except Exception as exc:  # a path the manifest refuses: let the loader say so
+    except Exception as exc:  # a manifest without a folder: let the loader say so
         log.debug("manifest fingerprint skipped: %s", type(exc).__name__)
         return None
     return digest.hexdigest()

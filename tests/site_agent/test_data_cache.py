@@ -85,6 +85,44 @@ def test_a_changed_scan_or_spec_is_a_miss(manifest_path: Path, tmp_path) -> None
     assert cache.stats.misses == 3 and cache.stats.memory_hits == 0
 
 
+def test_every_channel_file_and_a_re_pointed_symlink_count(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    root = tmp_path / "site"
+    write_site(root, n_train=2, n_val=0, n_test=0)
+    data = json.loads((root / "dataset.json").read_text())
+    case = data["training"][0]
+    second = case["image"].replace(".nii.gz", "_ch1.nii.gz")
+    shutil.copy(root / case["image"], root / second)
+    case["image"] = [case["image"], second]  # two channel files
+    data["modality"] = {"0": "MRI", "1": "MRI"}
+    for other in data["training"][1:]:
+        extra = other["image"].replace(".nii.gz", "_ch1.nii.gz")
+        shutil.copy(root / other["image"], root / extra)
+        other["image"] = [other["image"], extra]
+    (root / "dataset.json").write_text(json.dumps(data))
+    manifest = load_manifest(root / "dataset.json")
+    before = manifest_fingerprint(manifest)
+    assert before is not None and manifest_fingerprint(manifest) == before  # stable
+    st = (root / second).stat()
+    os.utime(root / second, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the 2nd channel
+    changed = manifest_fingerprint(manifest)
+    assert changed != before
+
+    label = root / case["label"]
+    copy = root / "labels" / "copy.nii.gz"
+    shutil.copy2(label, copy)  # same bytes, size and modification time: another file
+    moved = root / "labels" / "moved.nii.gz"
+    label.rename(moved)
+    label.symlink_to(moved)
+    pointing = manifest_fingerprint(manifest)
+    assert pointing == changed  # the link points at the very same file: still a hit
+    label.unlink()
+    label.symlink_to(copy)
+    assert manifest_fingerprint(manifest) not in (changed, None)  # re-pointed: a miss
+
+
 def test_budget_and_torn_files(manifest_path: Path, tmp_path) -> None:
     manifest = load_manifest(manifest_path)
     none_in_memory = SiteDataCache(tmp_path / "cache", memory_budget_bytes=0)
