@@ -79,21 +79,41 @@ def import_ray() -> Any:
     return ray
 
 
+_started_for: list[str | None] = []  # the address start_ray last connected this process to
+
+
 def start_ray(options: RayOptions) -> Any:
-    """Connect to (or start) Ray; returns the module."""
+    """Connect to (or start) Ray; returns the module.
+
+    A Ray this process is already connected to is used as it is, unless ``start_ray`` itself
+    connected it to another address than ``options.address`` (for instance an embedded Ray of an
+    earlier simulation, and now a cluster's): that is refused rather than run silently on the
+    wrong Ray.
+
+    Raises:
+        LaunchError: Ray does not start or cannot be reached, or this process is connected to
+            another Ray than ``options.address``.
+    """
     ray = import_ray()
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
-        if options.address is not None:
-            kwargs = {"address": options.address, "log_to_driver": False}
-        try:
-            ray.init(**kwargs)
-        except Exception as exc:  # Ray raises a bare Exception when its node does not start
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            detail = lines[0] if lines else type(exc).__name__
+    if ray.is_initialized():
+        if _started_for and _started_for[-1] != options.address:
+            where = _started_for[-1] or "an embedded local Ray"
             raise LaunchError(
-                f"cannot reach Ray at {options.address or 'local'}: {detail}"
-            ) from exc
+                f"Ray in this process is already connected to {where}, not to "
+                f"{options.address or 'an embedded local Ray'}: call ray.shutdown() first, or "
+                "run `fedseg simulate` in a process of its own"
+            )
+        return ray
+    kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+    if options.address is not None:
+        kwargs = {"address": options.address, "log_to_driver": False}
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # Ray raises a bare Exception when its node does not start
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[0] if lines else type(exc).__name__
+        raise LaunchError(f"cannot reach Ray at {options.address or 'local'}: {detail}") from exc
+    _started_for[:] = [options.address]
     return ray
 
 

@@ -1,4 +1,5 @@
-"""Ray failing to start is a one-line ``LaunchError``, whatever Ray raises (no Ray needed)."""
+"""Ray failing to start is a one-line ``LaunchError``, whatever Ray raises, and a second simulation
+for another Ray is refused (no Ray needed)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,26 @@ def test_ray_that_does_not_start_is_a_one_line_launch_error(
     message = str(caught.value)
     assert message.startswith("cannot reach Ray at local: ")
     assert str(error).splitlines()[0] in message and "\n" not in message
+
+
+def test_a_second_simulation_for_another_ray_is_refused_not_run_on_the_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = {"up": False, "inits": 0}
+
+    def init(**_: Any) -> None:
+        state["up"], state["inits"] = True, state["inits"] + 1
+
+    fake = SimpleNamespace(is_initialized=lambda: state["up"], init=init)
+    monkeypatch.setattr(ray_backend, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_backend, "_started_for", [])
+    assert start_ray(RayOptions()) is fake  # an embedded Ray for a first simulation
+    assert start_ray(RayOptions()) is fake and state["inits"] == 1  # the same one again
+    with pytest.raises(LaunchError) as caught:  # a notebook's next run, for a cluster
+        start_ray(RayOptions(address="10.0.0.5:6379"))
+    message = str(caught.value)
+    assert "already connected to an embedded local Ray, not to 10.0.0.5:6379" in message
+    assert "ray.shutdown()" in message and state["inits"] == 1
+    state["up"] = False  # after ray.shutdown(): the cluster is reached
+    assert start_ray(RayOptions(address="10.0.0.5:6379")) is fake and state["inits"] == 2
+    assert start_ray(RayOptions(address="10.0.0.5:6379")) is fake
