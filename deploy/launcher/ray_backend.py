@@ -100,8 +100,8 @@ def start_ray(options: RayOptions) -> Any:
             where = _started_for[-1] or "an embedded local Ray"
             raise LaunchError(
                 f"Ray in this process is already connected to {where}, not to "
-                f"{options.address or 'an embedded local Ray'}: call ray.shutdown() first, or "
-                "run `fedseg simulate` in a process of its own"
+                f"{options.address or 'an embedded local Ray'}: run this simulation in a "
+                "process of its own (`fedseg simulate`)"
             )
         return ray
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
