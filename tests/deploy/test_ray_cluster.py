@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_specs.sources.synth import synthesize
 from data_specs.task_spec import TaskSpec
@@ -82,8 +83,12 @@ from deploy.launcher.ray_backend import RayOptions
 from deploy.launcher.simulation import run_simulation
 from tests.deploy.test_ray_cluster import _config, _models
 args = json.loads(sys.argv[1])
+import torch
+torch.set_num_threads(args["threads"])  # as the test's process, whose models are the reference
 cfg = _config(Path(args["tmp"]), "cluster", [Path(m) for m in args["manifests"]])
-cfg.backend, cfg.ray = "ray", RayOptions(address=args["address"], cpus_per_site=1)
+cfg.backend, cfg.ray = "ray", RayOptions(
+    address=args["address"], cpus_per_site=1, torch_threads=args["threads"]
+)
 text = io.StringIO()
 result = run_simulation(cfg, Console(file=text, width=200))
 print(json.dumps({"console": text.getvalue(), "status": result.status, "models": _models(result)}))
@@ -95,7 +100,12 @@ def test_two_node_cluster_runs_one_site_per_node_with_the_in_process_models(
 ) -> None:
     manifests = synthesize(tmp_path / "data", sites=2, cases=6, dims=2, seed=3)
     reference = run_simulation(_config(tmp_path, "inprocess", manifests))
-    args = {"tmp": str(tmp_path), "manifests": [str(m) for m in manifests], "address": cluster}
+    args = {
+        "tmp": str(tmp_path),
+        "manifests": [str(m) for m in manifests],
+        "address": cluster,
+        "threads": torch.get_num_threads(),  # the float sums of the reference run
+    }
     done = subprocess.run(
         [sys.executable, "-c", _DRIVER, json.dumps(args)],
         cwd=ROOT,
