@@ -6,10 +6,9 @@
 For each N: one ``python -m aggregator serve`` process (SQLite, its defaults), N sites enrolled
 (then 2 s of quiet), and then N long polls (``GET /tasks/next?wait=25&model=1``, as the agent
 asks), each on its own keep-alive connection, left waiting for 12 s with no experiment
-running; the aggregator's RSS (``/proc``) is read before the polls, while they wait, and once
-they were dropped and the server's side of each had waited out its 25 s (a long poll does not
-notice that its client left), then again for a second batch of N polls (memory reused, or
-more of it?). Between a round's bursts every site of a federation waits in such a
+running; the aggregator's RSS (``/proc``) is read before the polls, while they wait, and 15 s
+after they were dropped (the server ends a long poll whose client left), then again for a
+second batch of N polls (memory reused, or more of it?). Between a round's bursts every site of a federation waits in such a
 poll, so this is the part of the memory that cannot be flat in sites.
 """
 
@@ -63,8 +62,7 @@ async def measure(n: int, work: Path) -> list[float]:
             await asyncio.gather(*polls, return_exceptions=True)
             for conn in conns:
                 conn.close()
-            # A long poll does not notice that its client left: the server's side waits out its
-            # 25 s. Measured once those have ended.
+            # The server ends a long poll whose client left (it watches for the disconnect).
             await asyncio.sleep(15)
             found.append(proc_cpu_rss(agg.proc.pid)[1])
     finally:
@@ -98,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         + (__doc__ or "").split("\n\n", 1)[1].strip()
         + f"\n\nCommand: `{command}`.\n\n"
         "| sites | RSS enrolled (MiB) | RSS, all polls waiting (MiB) | per waiting poll (KiB) "
-        "| RSS once they were dropped and waited out (MiB) | a second batch waiting (MiB) "
-        "| once it was dropped and waited out (MiB) |\n|---|---|---|---|---|---|---|\n"
+        "| RSS 15 s after they were dropped (MiB) | a second batch waiting (MiB) "
+        "| 15 s after it was dropped (MiB) |\n|---|---|---|---|---|---|---|\n"
         + "\n".join(rows)
         + "\n"
     )

@@ -46,7 +46,7 @@ def test_sites_are_woken_while_the_step_goes_on(
         loop_task = asyncio.create_task(orchestrator.run(board))
         orchestrator.wake()
         try:
-            await asyncio.wait_for(asyncio.gather(*(w.wait() for w in waiters)), 5)
+            await asyncio.wait_for(asyncio.gather(*waiters), 5)
             woken = True
         except TimeoutError:
             woken = False

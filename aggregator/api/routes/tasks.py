@@ -160,19 +160,37 @@ async def next_task(
             return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def _woken(wake: asyncio.Event, timeout_s: float, receive: Receive) -> bool:
-    """Wait for ``wake``: True when it is set; False after ``timeout_s``, or as soon as the
+async def _woken(wake: asyncio.Future[None], timeout_s: float, receive: Receive) -> bool:
+    """Wait for ``wake``: True when it is done; False after ``timeout_s``, or as soon as the
     site's connection closes (a long poll whose site left, a restarted agent or a proxy that
     cut the connection, would otherwise wait out its time and could be handed a task, and its
-    model's bytes, that nobody receives)."""
-    woken = asyncio.ensure_future(wake.wait())
-    gone = asyncio.ensure_future(_disconnected(receive))
+    model's bytes, that nobody receives).
+
+    One task (the disconnect watch) and a timer per wait: every site waits here between
+    rounds, so what a wait holds is what the aggregator's memory grows by per site.
+    """
+    if wake.done():
+        return True
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[bool] = loop.create_future()
+
+    def settle(value: bool) -> None:
+        if not outcome.done():
+            outcome.set_result(value)
+
+    def on_wake(_: object) -> None:
+        settle(True)
+
+    wake.add_done_callback(on_wake)
+    timer = loop.call_later(timeout_s, settle, False)
+    gone = loop.create_task(_disconnected(receive))
+    gone.add_done_callback(lambda _: settle(False))
     try:
-        await asyncio.wait((woken, gone), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        return await outcome and not gone.done()
     finally:
-        woken.cancel()
+        timer.cancel()
+        wake.remove_done_callback(on_wake)
         gone.cancel()
-    return woken.done() and not woken.cancelled() and not gone.done()
 
 
 async def _disconnected(receive: Receive) -> None:
