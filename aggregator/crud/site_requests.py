@@ -326,11 +326,14 @@ def _report_at_once_statement(keys: tuple[str, ...]) -> Any:
         .cte("logged")
     )
     # The statement's snapshot: its own update is not visible to the count (PostgreSQL runs
-    # data-modifying WITH clauses on the snapshot the whole statement reads).
+    # data-modifying WITH clauses on the snapshot the whole statement reads). The open states
+    # are a FILTER, not in the WHERE: with them there, PostgreSQL intersected the round's index
+    # with a scan of every open-state entry of `ix_tasks_site_status` (the experiment's whole
+    # history until vacuum), about 1 ms per upload by round 24 at 1,000 sites and growing.
     open_before = (
-        select(func.count())
+        select(func.count().filter(_task_is_open))
         .select_from(_tasks)
-        .where(_tasks.c.round_id == select(won.c.round_id).scalar_subquery(), _task_is_open)
+        .where(_tasks.c.round_id == select(won.c.round_id).scalar_subquery())
         .scalar_subquery()
     )
     return select(
