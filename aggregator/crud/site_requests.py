@@ -363,13 +363,12 @@ def insert_event(
     )
 
 
-_OPEN_IN_ROUND_OF = (
-    select(func.count())
+_OPEN_IN_ROUND_OF = (  # the open states a FILTER, not in the WHERE: see _report_at_once_statement
+    select(func.count().filter(_task_is_open))
     .select_from(_tasks)
     .where(
         _tasks.c.round_id
         == select(_tasks.c.round_id).where(_tasks.c.id == bindparam("task_id")).scalar_subquery(),
-        _task_is_open,
     )
 )
 

@@ -295,3 +295,6 @@ def test_the_reports_open_task_count_reads_the_rounds_index_not_the_status_index
     assert "count(*) FILTER (WHERE tasks.status = " in sql, sql
     count = sql.split("count(*) FILTER", 1)[1].split(") AS open_before", 1)[0]
     assert "WHERE tasks.round_id = " in count and "AND tasks.status" not in count, count
+    after = " ".join(str(site_requests._OPEN_IN_ROUND_OF.compile(dialect=conn.dialect)).split())
+    assert after.startswith("SELECT count(*) FILTER (WHERE tasks.status = "), after
+    assert "AND tasks.status" not in after.split("FROM tasks", 1)[1], after
