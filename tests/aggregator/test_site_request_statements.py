@@ -182,18 +182,24 @@ def _postgresql_only(services: Services) -> None:
         pytest.skip("PostgreSQL only (make test-postgres): one statement for the report")
 
 
-def test_the_report_and_its_event_are_stored_together_or_not_at_all(
-    fed: Federation, services: Services
-) -> None:
-    from aggregator.crud import site_requests
-    from aggregator.storage.db.models import Event, Task, TaskStatus, utcnow
-
+def _site_a_task(fed: Federation, services: Services) -> tuple[str, dict[str, Any]]:
+    """A running 3-site experiment (PostgreSQL only) and site-a's task in its first round."""
     _postgresql_only(services)
     exp = fed.create_experiment(rounds=1, min_sites=3)
     fed.start(exp)
     services.orchestrator.step()
     task = fed.next_task("site-a")
     assert task is not None
+    return exp, task
+
+
+def test_the_report_and_its_event_are_stored_together_or_not_at_all(
+    fed: Federation, services: Services
+) -> None:
+    from aggregator.crud import site_requests
+    from aggregator.storage.db.models import Event, Task, TaskStatus, utcnow
+
+    exp, task = _site_a_task(fed, services)
 
     def report(kind: str) -> site_requests.Recorded:
         with services.database.read_session() as session:
@@ -258,12 +264,7 @@ def test_the_reports_open_task_count_reads_the_rounds_index_not_the_status_index
     from aggregator.crud import site_requests
     from aggregator.storage.db.models import TaskStatus, utcnow
 
-    _postgresql_only(services)
-    exp = fed.create_experiment(rounds=1, min_sites=3)
-    fed.start(exp)
-    services.orchestrator.step()
-    task = fed.next_task("site-a")
-    assert task is not None
+    exp, task = _site_a_task(fed, services)
     statement = site_requests._report_at_once_statement(("reject_reason",))
     params = {
         "task_id": task["task_id"],
