@@ -108,16 +108,26 @@ def accepted_updates(session: Session, *, round_id: str) -> list[Any]:
 def count_tasks(session: Session, *, round_id: str, statuses: Sequence[str] | None = None) -> int:
     """How many tasks the round attempt has (in ``statuses`` when given), counted by the database.
 
-    The orchestrator asks this on every wake-up (each upload wakes it): loading the round's
-    tasks instead made a round of N sites cost O(N²). The statuses are a ``FILTER`` on the
-    count, not in the ``WHERE``: there, PostgreSQL intersected the round's index with every
-    matching entry of ``ix_tasks_site_status``, the experiment's whole history.
+    Loading the round's tasks instead made a round of N sites cost O(N²). ``ix_tasks_round_status``
+    holds the round and the status, so only the entries counted are read.
     """
-    count = (
-        func.count() if statuses is None else func.count().filter(Task.status.in_(list(statuses)))
-    )
-    query = select(count).select_from(Task).where(Task.round_id == round_id)
+    query = select(func.count()).select_from(Task).where(Task.round_id == round_id)
+    if statuses is not None:
+        query = query.where(Task.status.in_(list(statuses)))
     return int(session.scalar(query) or 0)
+
+
+def has_tasks(session: Session, *, round_id: str, statuses: Sequence[str]) -> bool:
+    """Whether the round attempt has a task in ``statuses``: one index entry read, not N.
+
+    The orchestrator asks this for the open states on every wake-up and tick.
+    """
+    query = select(
+        select(Task.status)  # in the index: no table row is read
+        .where(Task.round_id == round_id, Task.status.in_(list(statuses)))
+        .exists()
+    )
+    return bool(session.scalar(query))
 
 
 def claim_round(session: Session, *, round_id: str, from_status: str, to_status: str) -> bool:

@@ -206,7 +206,7 @@ class Orchestrator:
         now: datetime,
     ) -> tuple[RoundDecision, set[str]]:
         """``WAIT``, ``AGGREGATE`` (round claimed) or ``RETRIED``/``FAILED``."""
-        pending = round_crud.count_tasks(session, round_id=rnd.id, statuses=OPEN_TASK_STATES)
+        pending = round_crud.has_tasks(session, round_id=rnd.id, statuses=OPEN_TASK_STATES)
         if pending and now < rnd.deadline_at:
             return RoundDecision.WAIT, set()
         if (

@@ -288,8 +288,8 @@ async def upload_update(
             if done.open_before is not None and done.open_before > NEAR_THE_END:
                 return done  # the round cannot have closed: see NEAR_THE_END
             with database.read_session() as session:
-                left = site_requests.open_tasks_in_round_of(session, task_id=task_id)
-            if left == 0:  # the round can close now (before, only its deadline matters): wake
+                left = site_requests.open_task_left_in_round_of(session, task_id=task_id)
+            if not left:  # the round can close now (before, only its deadline matters): wake
                 services.orchestrator.wake()  # the orchestrator from here, one hop sooner
             return done
 

@@ -180,10 +180,14 @@ class Task(Base):
     __table_args__ = (
         UniqueConstraint("round_id", "site_id"),
         Index("ix_tasks_site_status", "site_id", "status"),
+        # A round's open tasks are found without reading its others (``crud.rounds.has_tasks``,
+        # the upload's count): an index on the round alone made every upload of an N-site round
+        # read all N rows, O(N²) per round. Lookups by round alone use it too.
+        Index("ix_tasks_round_status", "round_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id"), index=True)
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id"))
     experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id"))
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
     round_number: Mapped[int]
