@@ -108,20 +108,29 @@ def accepted_updates(session: Session, *, round_id: str) -> list[Any]:
 def count_tasks(session: Session, *, round_id: str, statuses: Sequence[str] | None = None) -> int:
     """How many tasks the round attempt has (in ``statuses`` when given), counted by the database.
 
-    Loading the round's tasks instead made a round of N sites cost O(N²). ``ix_tasks_round_status``
-    holds the round and the status, so only the entries counted are read.
+    The orchestrator asks this when a round may close: loading the round's tasks instead made a
+    round of N sites cost O(N²). The statuses are a ``FILTER`` on the count, not in the
+    ``WHERE``: there, PostgreSQL intersected the round's index with every matching entry of
+    ``ix_tasks_site_status``, the experiment's whole history.
     """
-    query = select(func.count()).select_from(Task).where(Task.round_id == round_id)
-    if statuses is not None:
-        query = query.where(Task.status.in_(list(statuses)))
+    count = (
+        func.count() if statuses is None else func.count().filter(Task.status.in_(list(statuses)))
+    )
+    query = select(count).select_from(Task).where(Task.round_id == round_id)
     return int(session.scalar(query) or 0)
 
 
 def has_tasks(session: Session, *, round_id: str, statuses: Sequence[str]) -> bool:
-    """Whether the round attempt has a task in ``statuses``: one index entry read, not N.
+    """Whether the round attempt has a task in ``statuses``; the orchestrator asks this for the
+    open states on every wake-up and tick.
 
-    The orchestrator asks this for the open states on every wake-up and tick.
+    SQLite: an ``EXISTS`` that reads one entry of ``ix_tasks_round_status``, not the round's N
+    tasks. PostgreSQL: ``count_tasks`` (one bitmap scan of the round's pages). Its planner turned
+    the ``EXISTS`` into a sequential scan of the whole table, expecting an early match, while the
+    open tasks are the newest rows: 777 buffers and 43 ms at round 13 of a 1,000-site run.
     """
+    if session.get_bind().dialect.name != "sqlite":
+        return count_tasks(session, round_id=round_id, statuses=statuses) > 0
     query = select(
         select(Task.status)  # in the index: no table row is read
         .where(Task.round_id == round_id, Task.status.in_(list(statuses)))
