@@ -127,3 +127,23 @@ def test_rows_written_after_the_upgrade_use_the_schema(database: Database) -> No
     with database.session() as session:
         researcher = session.get(Researcher, "r1")
         assert researcher is not None and researcher.created_at <= utcnow()
+
+
+def test_a_database_at_0002_gets_the_round_status_index_keeping_its_rows(
+    database: Database,
+) -> None:
+    """Revision 0003: ``ix_tasks_round_status`` replaces ``ix_tasks_round_id``."""
+    with database.engine.connect() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+        conn.commit()
+    _legacy_rows(database)
+
+    def indexes() -> set[str]:
+        return {str(ix["name"]) for ix in inspect(database.engine).get_indexes("tasks")}
+
+    assert "ix_tasks_round_id" in indexes() and "ix_tasks_round_status" not in indexes()
+    assert database.upgrade() == head_revision()
+    assert "ix_tasks_round_status" in indexes() and "ix_tasks_round_id" not in indexes()
+    assert _drift(database) == []
+    with database.session() as session:
+        assert session.scalars(select(Site)).one().name == "hospital-a"
