@@ -57,6 +57,9 @@ def run_acdc(args: argparse.Namespace, cmd: str) -> None:
             rounds=args.rounds or setting.rounds,
             max_steps=args.steps or setting.max_steps,
         )
+    from benchmarks.machine_speed import measure, speed_line
+
+    before = measure()
     started = time.monotonic()
     work = fresh_dir(args.work_dir)
     sites = acdc_sites(args.acdc_dir, work / "manifests", seed=args.seed, val_frac=0.2)
@@ -110,6 +113,8 @@ def run_acdc(args: argparse.Namespace, cmd: str) -> None:
         cpu_lines(run, setting.rounds, sleeping=False),
         "",
         f"1-min load average (min / median / max) during the run: {load.summary()}.",
+        "",
+        speed_line(before, measure()),
         "",
     ]
     write_report(RESULTS / "round_timeline_acdc.md", "\n".join(lines))

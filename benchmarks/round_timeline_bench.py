@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         if setting.clients == FULL.clients
         else f"round_timeline_{setting.clients}sites"
     )
+    from benchmarks.machine_speed import measure, speed_line
+
+    before = measure()
     started = time.monotonic()
     work = fresh_dir(args.work_dir)
     with LoadSampler() as fed_load:
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             else _flower(work / "flower", setting, extra.flower_venv, extra.flower_timeout)
         )
     loads = (fed_load.summary(), flower_load.summary())
+    speed = speed_line(before, measure())
     from benchmarks.round_gantt import plot_gantt
 
     gantt = RESULTS / f"{stem}_gantt.png"
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     from deploy.launcher.report import write_report
 
-    report = _report(run, figures, flower, setting, time.monotonic() - started, gantt, loads)
+    report = _report(run, figures, flower, setting, time.monotonic() - started, gantt, loads, speed)
     write_report(RESULTS / f"{stem}.md", report.replace("{cmd}", command_line(NAME, argv)))
     print(f"report written to {RESULTS / f'{stem}.md'} and {gantt}")
 
@@ -230,6 +234,7 @@ def _report(
     total: float,
     gantt: Path,
     loads: tuple[str, str],
+    speed: str = "",
 ) -> str:
     from deploy.launcher.report import markdown_table, report_header
 
@@ -267,6 +272,7 @@ def _report(
             "little of this benchmark's CPU)"
         )
         + "; the CPU seconds below are what the machine's load does not inflate.",
+        *([f"- {speed}"] if speed else []),
         "",
         "## Summary",
         "",

@@ -395,7 +395,7 @@ async def run_one(
     return result
 
 
-def report(results: list[RunResult], command: str) -> str:
+def report(results: list[RunResult], command: str, speed: str = "") -> str:
     lines = [
         "# Scale: light simulated sites against one aggregator process",
         "",
@@ -422,7 +422,7 @@ def report(results: list[RunResult], command: str) -> str:
         "",
         f"Load average (1 min) at the start / end: {LOADS[0]:.1f} / {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} cores: wall times are starved by other work; CPU seconds are not.",
-        "",
+        *([speed, ""] if speed else [""]),
         "| database | sites | round | wall s | close s | reopen s | agg CPU s | sites CPU s | RSS MiB "
         "| DB MiB | p50 s | p99 s | updates |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -460,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
 
     shutil.rmtree(args.work_dir, ignore_errors=True)
+    from benchmarks.machine_speed import measure, speed_line
+
+    before = measure()
     pg = PostgresServer(durable=True).start() if "postgresql" in args.databases else None
     results = []
     try:
@@ -472,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         if pg is not None:
             pg.stop()
     command = "python -m benchmarks.scale_bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.write_text(report(results, command))
+    args.out.write_text(report(results, command, speed_line(before, measure())))
     print(f"wrote {args.out}")
     return 0
 
