@@ -180,9 +180,10 @@ class Task(Base):
     __table_args__ = (
         UniqueConstraint("round_id", "site_id"),
         Index("ix_tasks_site_status", "site_id", "status"),
-        # A round's open tasks are found without reading its others (``crud.rounds.has_tasks``,
-        # the upload's count): an index on the round alone made every upload of an N-site round
-        # read all N rows, O(N²) per round. Lookups by round alone use it too.
+        # On SQLite a round's open tasks are found without reading its others
+        # (``crud.rounds.has_tasks``, the check after each upload): with an index on the round
+        # alone, every upload of an N-site round read all N rows, O(N²) per round. Lookups by
+        # round alone use it too.
         Index("ix_tasks_round_status", "round_id", "status"),
     )
 

@@ -1,9 +1,9 @@
 """Tasks are indexed by round and status (``ix_tasks_round_status``), not by round alone.
 
-Whether a round still has open tasks is asked after every upload. With an index on the round
-alone, each ask read every task of the round: O(N²) rows per round of N sites. The new index
-finds a round's open tasks without the others, and serves lookups by round alone as well, so
-``ix_tasks_round_id`` goes.
+Whether a round still has open tasks is asked after every upload on SQLite. With an index on
+the round alone, each ask read every task of the round: O(N²) rows per round of N sites. The new
+index finds a round's open tasks without the others, and serves lookups by round alone as well,
+so ``ix_tasks_round_id`` goes.
 
 Revision ID: 0003
 Revises: 0002
