@@ -26,6 +26,7 @@ from aggregator.storage.db.models import (
     ExperimentStatus,
     GlobalModel,
     Round,
+    RoundProgress,
     RoundStatus,
     Task,
     TaskStatus,
@@ -37,10 +38,9 @@ _rounds = cast(Table, Round.__table__)
 _experiments = cast(Table, Experiment.__table__)
 _globals = cast(Table, GlobalModel.__table__)
 _events = cast(Table, Event.__table__)
+_progress = cast(Table, RoundProgress.__table__)
 
 _task_is_open = or_(*(_tasks.c.status == state for state in OPEN_TASK_STATES))
-# The same test as an ``IN``: with the round, a range of ``ix_tasks_round_status``.
-_open_status = _tasks.c.status.in_(list(OPEN_TASK_STATES))
 
 NEXT_TASK = (
     select(
@@ -225,41 +225,63 @@ def previous_model(ctx: UploadContext) -> str:
     return ctx.previous_sha256
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What a report did: whether it won, and how many of its round's tasks had not reported
+    once it was written (``RoundProgress.unreported``, its own report counted; 0: it was the
+    round's last). None when it lost, or for a round without a progress row."""
+
+    won: bool
+    unreported: int | None
+
+
 def record_report(
     session: Session, *, task_id: str, status: TaskStatus, now: datetime, values: dict[str, Any]
-) -> bool:
-    """``tasks.record_report`` with its statement built once per set of columns written."""
+) -> Recorded:
+    """``tasks.record_report`` with its statement built once per set of columns written.
+
+    A report that wins lowers its round's ``RoundProgress`` row in the same transaction; the
+    transaction holds that row until it ends, so the reports of a round count down one by one.
+    """
     keys = tuple(sorted(values))
     statement = _reports.get(keys)
     if statement is None:
-        open_rounds = select(_rounds.c.id).where(_rounds.c.status == RoundStatus.OPEN)
-        statement = (
-            update(_tasks)
-            .where(
-                _tasks.c.id == bindparam("task_id"),
-                _task_is_open,
-                _tasks.c.round_id.in_(open_rounds),
-            )
-            .values(
-                status=bindparam("new_status"),
-                reported_at=bindparam("now"),
-                **{key: bindparam(f"v_{key}") for key in keys},
-            )
-        )
+        statement = _report_update(keys)
         _reports[keys] = statement
     params = {"task_id": task_id, "new_status": status, "now": now}
     params |= {f"v_{key}": value for key, value in values.items()}
-    result = session.connection().execute(statement, params)
-    return bool(result.rowcount)
+    connection = session.connection()
+    if not connection.execute(statement, params).rowcount:
+        return Recorded(won=False, unreported=None)
+    left = connection.execute(_COUNT_DOWN, {"task_id": task_id}).scalar_one_or_none()
+    return Recorded(won=True, unreported=left)
 
 
-@dataclass(frozen=True)
-class Recorded:
-    """What ``record_report_at_once`` did: whether the report won, and how many of its round's
-    tasks were still open when the statement began (its own included)."""
+def _report_update(keys: tuple[str, ...]) -> Any:
+    """Compare-and-set an open task of an open round to the report's status and values."""
+    open_rounds = select(_rounds.c.id).where(_rounds.c.status == RoundStatus.OPEN)
+    return (
+        update(_tasks)
+        .where(
+            _tasks.c.id == bindparam("task_id"), _task_is_open, _tasks.c.round_id.in_(open_rounds)
+        )
+        .values(
+            status=bindparam("new_status"),
+            reported_at=bindparam("now"),
+            **{key: bindparam(f"v_{key}") for key in keys},
+        )
+    )
 
-    won: bool
-    open_before: int
+
+_ROUND_OF_TASK = (
+    select(_tasks.c.round_id).where(_tasks.c.id == bindparam("task_id")).scalar_subquery()
+)
+_COUNT_DOWN = (  # one row by its primary key, whatever the round's size
+    update(_progress)
+    .where(_progress.c.round_id == _ROUND_OF_TASK)
+    .values(unreported=_progress.c.unreported - 1)
+    .returning(_progress.c.unreported)
+)
 
 
 _reports_at_once: dict[tuple[str, ...], Any] = {}
@@ -278,7 +300,8 @@ def record_report_at_once(
 
     For a session without a transaction (``Database.read_session`` on PostgreSQL): one socket
     round trip instead of four (``BEGIN``, ``UPDATE``, ``INSERT``, ``COMMIT``). The event is
-    inserted only when the report wins, in the same statement, so both or neither are stored.
+    inserted, and the round's ``RoundProgress`` row lowered, only when the report wins, in the
+    same statement, so all or none are stored.
 
     Args:
         event: the event's ``kind``, ``actor``, ``experiment_id`` and ``detail``.
@@ -298,24 +321,11 @@ def record_report_at_once(
         "e_detail": event.get("detail") or {},
     }
     row = session.connection().execute(statement, params).one()
-    return Recorded(won=bool(row.won), open_before=int(row.open_before))
+    return Recorded(won=bool(row.won), unreported=row.unreported)
 
 
 def _report_at_once_statement(keys: tuple[str, ...]) -> Any:
-    open_rounds = select(_rounds.c.id).where(_rounds.c.status == RoundStatus.OPEN)
-    won = (
-        update(_tasks)
-        .where(
-            _tasks.c.id == bindparam("task_id"), _task_is_open, _tasks.c.round_id.in_(open_rounds)
-        )
-        .values(
-            status=bindparam("new_status"),
-            reported_at=bindparam("now"),
-            **{key: bindparam(f"v_{key}") for key in keys},
-        )
-        .returning(_tasks.c.round_id)
-        .cte("won")
-    )
+    won = _report_update(keys).returning(_tasks.c.round_id).cte("won")
     columns = ("at", "kind", "actor", "experiment_id", "detail")
     logged = (
         insert(_events)
@@ -327,23 +337,23 @@ def _report_at_once_statement(keys: tuple[str, ...]) -> Any:
         )
         .cte("logged")
     )
-    # The statement's snapshot: its own update is not visible to the count (PostgreSQL runs
-    # data-modifying WITH clauses on the snapshot the whole statement reads). The count reads
-    # the round's heap pages once (a bitmap scan of ``ix_tasks_round_status`` on the round).
-    # The open states are a FILTER, not in the WHERE: walking the index's open-state range
-    # instead met the dead entries of every task that had moved on (MVCC keeps them until
-    # vacuum, and an index-only scan does not mark them), each a heap fetch: 1,056 fetches
-    # and 287 buffers mid-round at 1,000 sites, against this count's 73 buffers.
-    open_before = (
-        select(func.count().filter(_task_is_open))
-        .select_from(_tasks)
-        .where(_tasks.c.round_id == select(won.c.round_id).scalar_subquery())
-        .scalar_subquery()
+    # The round's progress row, by its primary key: the statement waits for the row while
+    # another report of the round holds it, then lowers the value that report committed
+    # (READ COMMITTED re-reads an updated row), so two reports never see the same figure.
+    # What it replaces, a count of the round's open tasks over its heap pages, read 105
+    # buffers per upload at 1,000 sites and up to 880 after each autovacuum had spread the
+    # round's new row versions over the table (scale.md, sections O and P).
+    counted = (
+        update(_progress)
+        .where(_progress.c.round_id.in_(select(won.c.round_id)))
+        .values(unreported=_progress.c.unreported - 1)
+        .returning(_progress.c.unreported)
+        .cte("counted")
     )
     return select(
         select(func.count()).select_from(won).scalar_subquery().label("won"),
-        open_before.label("open_before"),
-    ).add_cte(logged)
+        select(counted.c.unreported).scalar_subquery().label("unreported"),
+    ).add_cte(logged, counted)
 
 
 def insert_event(
@@ -365,34 +375,3 @@ def insert_event(
             "detail": detail or {},
         },
     )
-
-
-_ROUND_OF_TASK = (
-    select(_tasks.c.round_id).where(_tasks.c.id == bindparam("task_id")).scalar_subquery()
-)
-_OPEN_LEFT_IN_ROUND_OF = select(  # SQLite: the first open entry of the round's index range
-    select(_tasks.c.status)  # in the index: SQLite reads no table row
-    .where(_tasks.c.round_id == _ROUND_OF_TASK, _open_status)
-    .exists()
-)
-_OPEN_IN_ROUND_OF = (  # PostgreSQL: the open states a FILTER, see _report_at_once_statement
-    select(func.count().filter(_task_is_open))
-    .select_from(_tasks)
-    .where(_tasks.c.round_id == _ROUND_OF_TASK)
-)
-
-
-def open_task_left_in_round_of(session: Session, *, task_id: str) -> bool:
-    """Whether a task of the task's round attempt has not reported yet (False: it can close).
-
-    Asked after an upload has committed, so that of two last uploads committing together at
-    least the later one finds none. SQLite: an ``EXISTS`` that stops at the first open entry of
-    the round's range of ``ix_tasks_round_status``, not a count of the round's N tasks (0.21 ms
-    per upload at 1,000 sites, O(N²) per round). PostgreSQL, where it is asked only near the
-    round's end (``routes.tasks.NEAR_THE_END``): the count, one bitmap scan of the round's
-    pages. Its planner ran the ``EXISTS`` as a sequential scan of the whole table (see
-    ``rounds.has_tasks``).
-    """
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    statement = _OPEN_LEFT_IN_ROUND_OF if sqlite else _OPEN_IN_ROUND_OF
-    return bool(session.execute(statement, {"task_id": task_id}).scalar_one())

@@ -75,11 +75,11 @@ def record_report(
     """Compare-and-set an open task of an open round to ``status`` with ``values``.
 
     One UPDATE statement, so a round closing at the same moment either sees this report or
-    makes it lose (returns False).
+    makes it lose (returns False). A report that wins also lowers the round's ``RoundProgress``.
     """
     return site_requests.record_report(
         session, task_id=task_id, status=status, now=now, values=values
-    )
+    ).won
 
 
 def refresh_task(session: Session, *, task_id: str) -> Task:

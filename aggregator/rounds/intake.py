@@ -48,13 +48,13 @@ class UpdateTarget:
 class UpdateOutcome:
     """The receipt for the site, plus the reject label for metrics (None when accepted).
 
-    ``open_before``: with ``at_once``, how many of the round's tasks were open when the report
-    was written, its own included (None: not known; ask after the commit).
+    ``unreported``: how many of the round's tasks had not reported once this report was written
+    (0: it was the round's last; None: a duplicate, or a round without a progress row).
     """
 
     receipt: UpdateReceipt
     reject_code: str | None = None
-    open_before: int | None = None
+    unreported: int | None = None
 
 
 @dataclass(frozen=True)
@@ -184,17 +184,15 @@ def accept_update(
             "reason": checked.reason,
         },
     }
-    open_before = None
     if at_once:
         recorded = site_requests.record_report_at_once(
             session, task_id=target.task_id, status=status, now=utcnow(), values=values, event=event
         )
-        won, open_before = recorded.won, recorded.open_before
     else:
-        won = site_requests.record_report(
+        recorded = site_requests.record_report(
             session, task_id=target.task_id, status=status, now=utcnow(), values=values
         )
-    if not won:
+    if not recorded.won:
         session.rollback()
         task = task_crud.refresh_task(session, task_id=target.task_id)
         if task.update_sha256 == ref.sha256:
@@ -219,7 +217,7 @@ def accept_update(
     return UpdateOutcome(
         _receipt(target.task_id, ref.sha256, status, checked.reason, duplicate=False),
         checked.code,
-        open_before,
+        recorded.unreported,
     )
 
 

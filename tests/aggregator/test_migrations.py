@@ -121,6 +121,73 @@ def test_concurrent_start_ups_migrate_once(database: Database, url: str) -> None
     assert _drift(database) == []
 
 
+def test_a_database_at_0003_gets_each_rounds_unreported_tasks_counted(
+    database: Database,
+) -> None:
+    """Revision 0004: ``round_progress``, one row per round, counted from its tasks that have not
+    reported (an open round mid-way, and a closed round whose last task expired unreported)."""
+    from aggregator.storage.db.models import Experiment, Round, RoundProgress, Task
+
+    with database.engine.connect() as conn:
+        command.upgrade(alembic_config(conn), "0003")
+        conn.commit()
+    _legacy_rows(database)
+    now = utcnow()
+    with database.session() as session:
+        for i in (2, 3):
+            session.add(Site(id=f"s{i}", name=f"hospital-{i}", registered_by="r1"))
+        session.add(
+            Experiment(
+                id="e1",
+                name="x",
+                owner_id="r1",
+                config={},
+                spec_hash="h",
+                expected={},
+                local_keys=[],
+            )
+        )
+        for rid, status in (("open", "open"), ("done", "closed")):
+            session.add(
+                Round(
+                    id=rid,
+                    experiment_id="e1",
+                    number=2 if rid == "open" else 1,
+                    status=status,
+                    sampled=["s1", "s2", "s3"],
+                    opened_at=now,
+                    deadline_at=now,
+                )
+            )
+        session.flush()
+        reported = {("open", 0): "accepted", ("done", 0): "accepted", ("done", 1): "failed"}
+        for rid in ("open", "done"):
+            for i in range(3):
+                status = reported.get((rid, i), "delivered" if rid == "open" else "expired")
+                session.add(
+                    Task(
+                        id=f"{rid}{i}",
+                        round_id=rid,
+                        experiment_id="e1",
+                        site_id=f"s{i + 1}",
+                        round_number=1,
+                        status=status,
+                        seed=i,
+                        model_sha256="0" * 64,
+                        model_size=1,
+                        reported_at=now if (rid, i) in reported else None,
+                    )
+                )
+        session.commit()
+    assert not inspect(database.engine).has_table("round_progress")
+    assert database.upgrade() == head_revision()
+    assert _drift(database) == []
+    with database.session() as session:
+        counted = {row.round_id: row.unreported for row in session.scalars(select(RoundProgress))}
+    assert counted == {"open": 2, "done": 1}
+    assert database.upgrade() == head_revision()  # again: nothing is counted twice
+
+
 def test_rows_written_after_the_upgrade_use_the_schema(database: Database) -> None:
     database.upgrade()
     _legacy_rows(database)

@@ -100,18 +100,14 @@ def test_a_round_of_one_site_sends_a_handful_of_statements(
     # The task's model (its byte counter is written later, batched: task_bookkeeping).
     assert fetched == ["SELECT tasks"], _tables(fetched)
     # Before the body: one SELECT for task, round, experiment and previous model. After it:
-    # the report's compare-and-set and its audit event (on PostgreSQL one statement); after the
-    # commit, the round's open tasks (the orchestrator is woken only when none are left).
+    # the report's compare-and-set, its round's count of unreported tasks lowered by one, and
+    # the audit event (on PostgreSQL one statement). Nothing reads the round's other tasks.
     report = (
-        ["UPDATE tasks", "INSERT events"]
+        ["UPDATE tasks", "UPDATE round_progress", "INSERT events"]
         if services.database.is_sqlite
-        else ["WITH UPDATE tasks + INSERT events"]
+        else ["WITH UPDATE tasks + INSERT events + UPDATE round_progress"]
     )
-    assert uploaded == [
-        "SELECT tasks+rounds+experiments+global_models",
-        *report,
-        "SELECT tasks",
-    ], _tables(uploaded)
+    assert uploaded == ["SELECT tasks+rounds+experiments+global_models", *report], _tables(uploaded)
 
 
 def test_a_started_experiments_config_is_validated_once_not_per_request(
@@ -172,8 +168,7 @@ def test_a_sites_reads_on_postgresql_run_outside_a_transaction(
         ("SELECT", True),  # the poll
         ("SELECT", True),  # the model
         ("SELECT", True),  # the upload's checks before the body
-        ("WITH", True),  # the report and its event: one statement, atomic on its own
-        ("SELECT", True),  # the round's open tasks, after the commit
+        ("WITH", True),  # the report, its event and its round's count: one statement
     ], seen
 
 
@@ -217,7 +212,7 @@ def test_the_report_and_its_event_are_stored_together_or_not_at_all(
             return list(session.scalars(select(Event).where(Event.kind == kind)))
 
     first = report("test.first")
-    assert first == site_requests.Recorded(won=True, open_before=3)  # its own task included
+    assert first == site_requests.Recorded(won=True, unreported=2)  # 3 sites, this one reported
     [stored] = events("test.first")
     assert stored.detail == {"n": 1} and stored.experiment_id == exp
     with services.database.session() as session:
@@ -225,32 +220,110 @@ def test_the_report_and_its_event_are_stored_together_or_not_at_all(
         assert row is not None and row.status == TaskStatus.REJECTED
         assert row.reject_reason == "test.first" and row.reported_at is not None
     again = report("test.again")  # the task is no longer open: nothing is written
-    assert again == site_requests.Recorded(won=False, open_before=0)
+    assert again == site_requests.Recorded(won=False, unreported=None)
     assert events("test.again") == []
+    assert _unreported(services, task["task_id"]) == 2
 
 
-def test_an_upload_far_from_the_rounds_end_skips_the_open_task_count(
+def _unreported(services: Services, task_id: str) -> int:
+    from aggregator.storage.db.models import RoundProgress, Task
+
+    with services.database.session() as session:
+        round_id = session.get(Task, task_id).round_id  # type: ignore[union-attr]
+        progress = session.get(RoundProgress, round_id)
+        assert progress is not None
+        return progress.unreported
+
+
+def test_only_the_rounds_last_report_wakes_the_orchestrator(
     fed: Federation, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aggregator.api.routes import tasks as task_routes
-
-    _postgresql_only(services)
-    monkeypatch.setattr(task_routes, "NEAR_THE_END", 1)  # three sites: "far" from the end
+    """Each report lowers its round's count of unreported tasks, a failure as an upload; the
+    upload that brings it to 0 wakes the orchestrator, and no upload counts the round's tasks."""
     exp = fed.create_experiment(rounds=1, min_sites=3)
     fed.start(exp)
     services.orchestrator.step()
     woken: list[int] = []
     real_wake = services.orchestrator.wake
     monkeypatch.setattr(services.orchestrator, "wake", lambda: (woken.append(1), real_wake()))
-    for name, expected in (("site-a", 1), ("site-b", 1), ("site-c", 2)):
-        task = fed.next_task(name)
+    tasks = {name: fed.next_task(name) for name in ("site-a", "site-b", "site-c")}
+    assert all(tasks.values())
+    assert _unreported(services, tasks["site-a"]["task_id"]) == 3  # type: ignore[index]
+    failed = fed.client.post(
+        f"{API}/tasks/{tasks['site-b']['task_id']}/failure",  # type: ignore[index]
+        json={"reason": "out of memory"},
+        headers=fed.sh("site-b"),
+    )
+    assert failed.status_code == 200, failed.text
+    assert woken == [1]  # a failure always wakes it (the route's own rule)
+    assert _unreported(services, tasks["site-a"]["task_id"]) == 2  # type: ignore[index]
+    for name, left, wakes in (("site-a", 1, 1), ("site-c", 0, 2)):
+        task = tasks[name]
         assert task is not None
         with statements(services) as uploaded:
             assert fed.train_and_upload(name, task).status_code == 200
-        after = uploaded[uploaded.index("WITH UPDATE tasks + INSERT events") + 1 :]
-        # 3 and 2 tasks open before the first two reports: no count; 1 before the last
-        assert after == ["SELECT tasks"] * (expected - 1), uploaded
-    assert woken == [1]  # the last upload found none left and woke the orchestrator
+        report = next(i for i, sql in enumerate(uploaded) if sql.startswith(("UPDATE", "WITH")))
+        assert not any(sql.startswith("SELECT") for sql in uploaded[report:]), uploaded
+        assert _unreported(services, task["task_id"]) == left
+        assert len(woken) == wakes  # only the round's last report woke it
+    services.orchestrator.step()
+    rounds = fed.client.get(f"{API}/experiments/{exp}/rounds", headers=fed.rh).json()
+    # Closed at once, not at its deadline: 2 updates of min_sites 3, so a second attempt opens.
+    assert [(r["attempt"], r["status"]) for r in rounds] == [(0, "failed"), (1, "open")], rounds
+
+
+def test_concurrent_reports_of_a_round_count_down_one_by_one(
+    fed: Federation, services: Services
+) -> None:
+    """Reports of one round written at the same moment from several threads each see their
+    own figure (the row is held until each report's commit): exactly one sees 0."""
+    from aggregator.crud import site_requests
+    from aggregator.storage.db.models import TaskStatus, utcnow
+
+    exp = fed.create_experiment(rounds=1, min_sites=3)
+    fed.start(exp)
+    services.orchestrator.step()
+    ids = [fed.next_task(name)["task_id"] for name in ("site-a", "site-b", "site-c")]  # type: ignore[index]
+    barrier = threading.Barrier(len(ids))
+    seen: list[int | None] = []
+    errors: list[BaseException] = []
+
+    def report(task_id: str) -> None:
+        try:
+            barrier.wait(timeout=30)
+            if services.database.is_sqlite:
+                with services.database.session() as session:
+                    done = site_requests.record_report(
+                        session,
+                        task_id=task_id,
+                        status=TaskStatus.FAILED,
+                        now=utcnow(),
+                        values={"failure_reason": "x"},
+                    )
+                    session.commit()
+            else:
+                with services.database.read_session() as session:
+                    done = site_requests.record_report_at_once(
+                        session,
+                        task_id=task_id,
+                        status=TaskStatus.REJECTED,
+                        now=utcnow(),
+                        values={"reject_reason": "x"},
+                        event={"kind": "k", "actor": "a", "experiment_id": exp},
+                    )
+            assert done.won
+            seen.append(done.unreported)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=report, args=(task_id,)) for task_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert sorted(seen) == [0, 1, 2], seen  # type: ignore[type-var]
+    assert _unreported(services, ids[0]) == 0
 
 
 def _report_params(exp: str, task: dict[str, Any], reason: str = "x") -> dict[str, Any]:
@@ -292,39 +365,34 @@ def _plan(services: Services, statement: Any, params: dict[str, Any]) -> str:
     return "\n".join(str(row[-1] if sqlite else row[0]) for row in rows)
 
 
-def test_the_reports_open_task_count_reads_the_rounds_pages_not_an_index_range(
+def test_the_reports_statement_reads_one_progress_row_not_the_rounds_tasks(
     fed: Federation, services: Services
 ) -> None:
-    """With the open states in the count's WHERE, PostgreSQL first intersected the round's index
-    with every open-state entry of ``ix_tasks_site_status`` (the experiment's whole history
-    until vacuum): about 1 ms per upload by round 24 at 1,000 sites, and growing. Walking the
-    open-state range of ``ix_tasks_round_status`` instead meets the dead entries of every task
-    of the round that moved on, each a heap fetch (scale.md, section O). The count names the
-    round only in its WHERE; the open states are a FILTER."""
+    """The report's statement reads its task and its round's ``round_progress`` row by their
+    keys. The count of the round's open tasks it replaces read the round's heap pages on every
+    upload: about 105 buffers at 1,000 sites, up to 880 after each autovacuum (scale.md,
+    sections O and P)."""
     from aggregator.crud import site_requests
 
     exp, task = _site_a_task(fed, services)
     statement = site_requests._report_at_once_statement(("reject_reason",))
     plan = _plan(services, statement, _report_params(exp, task))
-    assert "ix_tasks_round_status" in plan, plan
-    assert "ix_tasks_site_status" not in plan, plan
+    assert "round_progress_pkey" in plan, plan
+    assert "ix_tasks_round_status" not in plan and "ix_tasks_site_status" not in plan, plan
+    assert "Bitmap" not in plan and "Aggregate" in plan, plan  # count(*) of won: one row
     sql = " ".join(str(statement.compile(dialect=services.database.engine.dialect)).split())
-    assert "count(*) FILTER (WHERE tasks.status = " in sql, sql
-    count = sql.split("count(*) FILTER", 1)[1].split(") AS open_before", 1)[0]
-    assert "WHERE tasks.round_id = " in count and "AND tasks.status" not in count, count
+    assert "FILTER" not in sql, sql
 
 
 def test_whether_a_round_has_open_tasks_reads_one_entry_on_sqlite_and_no_whole_table(
     fed: Federation, services: Services
 ) -> None:
-    """The upload's post-commit check and the orchestrator's ask on every wake-up and tick.
+    """The orchestrator's ask on every wake-up and tick.
 
-    SQLite: an EXISTS on ``ix_tasks_round_status`` (one entry; the count it replaces read the
-    round's N tasks on every upload). PostgreSQL: the count over the round (a bitmap scan of
-    its pages): its planner ran the EXISTS as a sequential scan of the whole table on a long
-    history (scale.md, section O)."""
+    SQLite: an EXISTS on ``ix_tasks_round_status`` (one entry; a count reads the round's N
+    tasks). PostgreSQL: the count over the round (a bitmap scan of its pages): its planner ran
+    the EXISTS as a sequential scan of the whole table on a long history (scale.md, section O)."""
     from aggregator.crud import rounds as round_crud
-    from aggregator.crud import site_requests
     from aggregator.storage.db.models import OPEN_TASK_STATES, Task
 
     exp = fed.create_experiment(rounds=1, min_sites=3)
@@ -332,23 +400,30 @@ def test_whether_a_round_has_open_tasks_reads_one_entry_on_sqlite_and_no_whole_t
     services.orchestrator.step()
     task = fed.next_task("site-a")
     assert task is not None
-    sent: list[str] = []
+    sent: list[tuple[str, Any]] = []
 
-    def record(_conn: object, _cursor: object, sql: str, *_: object) -> None:
-        sent.append(" ".join(sql.split()))
+    def record(_conn: object, _cursor: object, sql: str, params: Any, *_: object) -> None:
+        sent.append((sql, params))
 
     with services.database.session() as session:
         round_id = session.get(Task, task["task_id"]).round_id  # type: ignore[union-attr]
         with _cursor_executes(services, record):
             assert round_crud.has_tasks(session, round_id=round_id, statuses=OPEN_TASK_STATES)
             assert not round_crud.has_tasks(session, round_id=round_id, statuses=["accepted"])
-            assert site_requests.open_task_left_in_round_of(session, task_id=task["task_id"])
-    assert len(sent) == 3, sent
+    assert len(sent) == 2, sent
     sqlite = services.database.is_sqlite
-    for sql in sent:
-        assert ("EXISTS" in sql) == sqlite and ("count(*) FILTER" in sql) != sqlite, sql
-    statement = site_requests._OPEN_LEFT_IN_ROUND_OF if sqlite else site_requests._OPEN_IN_ROUND_OF
-    plan = _plan(services, statement, {"task_id": task["task_id"]})
+    for sql, _ in sent:
+        flat = " ".join(sql.split())
+        assert ("EXISTS" in flat) == sqlite and ("count(*) FILTER" in flat) != sqlite, flat
+    sql, params = sent[0]
+    with services.database.session() as session:
+        conn = session.connection()
+        if not sqlite:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        explain = "EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN "
+        rows = conn.exec_driver_sql(explain + sql, params).fetchall()
+        session.rollback()
+    plan = "\n".join(str(row[-1] if sqlite else row[0]) for row in rows)
     if sqlite:
         assert "USING COVERING INDEX ix_tasks_round_status (round_id=? AND status=?)" in plan, plan
     else:  # the round's index, by the round only (the FILTER counts the open states)
@@ -362,4 +437,3 @@ def test_whether_a_round_has_open_tasks_reads_one_entry_on_sqlite_and_no_whole_t
         assert fed.train_and_upload(name, mine).status_code == 200
     with services.database.session() as session:
         assert not round_crud.has_tasks(session, round_id=round_id, statuses=OPEN_TASK_STATES)
-        assert not site_requests.open_task_left_in_round_of(session, task_id=task["task_id"])

@@ -43,13 +43,6 @@ from data_specs.wire import FailureReport, TaskAssignment, UpdateReceipt
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
-# An upload written while more than this many of its round's tasks were open (its own
-# included) does not count the round's open tasks after its commit: the uploads still to
-# commit will. Only uploads in flight at the same moment are unseen by that figure, and no
-# process has more than a few (``db_threads.THREADS``); should more than this many overlap at
-# a round's very end, the orchestrator's next tick closes the round instead.
-NEAR_THE_END = 64
-
 
 @router.get(
     "/next",
@@ -283,14 +276,11 @@ async def upload_update(
                     metrics=site_metrics,
                     at_once=at_once,
                 )  # committed: durable before the site hears of it
-            if done.receipt.duplicate:
-                return done
-            if done.open_before is not None and done.open_before > NEAR_THE_END:
-                return done  # the round cannot have closed: see NEAR_THE_END
-            with database.read_session() as session:
-                left = site_requests.open_task_left_in_round_of(session, task_id=task_id)
-            if not left:  # the round can close now (before, only its deadline matters): wake
-                services.orchestrator.wake()  # the orchestrator from here, one hop sooner
+            if not done.receipt.duplicate and not done.unreported:
+                # The round's last report (None: a round without a progress row; the
+                # orchestrator counts for itself): the round can close now, not at its
+                # deadline. Committed already, so the orchestrator's own check sees it.
+                services.orchestrator.wake()
             return done
 
         try:

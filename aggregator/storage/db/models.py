@@ -181,8 +181,8 @@ class Task(Base):
         UniqueConstraint("round_id", "site_id"),
         Index("ix_tasks_site_status", "site_id", "status"),
         # On SQLite a round's open tasks are found without reading its others
-        # (``crud.rounds.has_tasks``, the check after each upload): with an index on the round
-        # alone, every upload of an N-site round read all N rows, O(N²) per round. Lookups by
+        # (``crud.rounds.has_tasks``, asked on every orchestrator wake-up and tick): with an
+        # index on the round alone, each ask read all N rows of an N-site round. Lookups by
         # round alone use it too.
         Index("ix_tasks_round_status", "round_id", "status"),
     )
@@ -209,6 +209,24 @@ class Task(Base):
     reject_reason: Mapped[str | None] = mapped_column(String(1000))
     failure_reason: Mapped[str | None] = mapped_column(String(1000))
     reported_at: Mapped[datetime | None]
+
+
+class RoundProgress(Base):
+    """How many of a round attempt's tasks have not reported yet: one row per round.
+
+    Written with the round's tasks (``crud.rounds.create_round``) and lowered by one in the same
+    statement or transaction as each report that wins (an upload accepted or rejected, a
+    failure: ``crud.site_requests``), so the report that brings it to 0 knows it was the round's
+    last, in O(1): counting the round's open tasks on every upload cost O(N) per upload, O(N²)
+    per round. Reports of one round queue on this row, not on the ``rounds`` row that the
+    orchestrator locks before the round's tasks. Tasks that end unreported (expired at the
+    deadline, cancelled by an abort) leave it as it was.
+    """
+
+    __tablename__ = "round_progress"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id"), primary_key=True)
+    unreported: Mapped[int]
 
 
 class PersonalModel(Base):
