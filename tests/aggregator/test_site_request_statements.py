@@ -245,7 +245,12 @@ def test_only_the_rounds_last_report_wakes_the_orchestrator(
     services.orchestrator.step()
     woken: list[int] = []
     real_wake = services.orchestrator.wake
-    monkeypatch.setattr(services.orchestrator, "wake", lambda: (woken.append(1), real_wake()))
+
+    def wake() -> None:
+        woken.append(1)
+        real_wake()
+
+    monkeypatch.setattr(services.orchestrator, "wake", wake)
     tasks = {name: fed.next_task(name) for name in ("site-a", "site-b", "site-c")}
     assert all(tasks.values())
     assert _unreported(services, tasks["site-a"]["task_id"]) == 3  # type: ignore[index]
