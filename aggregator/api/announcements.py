@@ -1,6 +1,6 @@
 """What other aggregator processes sharing a PostgreSQL database commit, heard at once.
 
-Several processes may serve one PostgreSQL database (``docs/aggregator-operations.md``). Two
+Several processes may serve one PostgreSQL database (``docs/aggregator-operations.md``). Three
 things one of them commits, the others must hear of without asking the database again and
 again (``aggregator.crud.announcements`` queues the ``NOTIFY`` in the committing transaction):
 
@@ -13,8 +13,13 @@ again (``aggregator.crud.announcements`` queues the ``NOTIFY`` in the committing
   long polls; a follower used to wake all of its waiting sites every orchestrator tick to look
   in the database again (one query per site per second), and a task reached them up to a tick
   late. Now they are woken when the leader commits.
+- **A round's last report** (its ``round_progress`` reached 0): whichever process took it, the
+  leader's orchestrator steps at once and closes the round. Before, a round whose last upload
+  reached a follower closed at the leader's next tick (up to ``orchestrator_interval_s``). The
+  process that took the report does not also wake its own orchestrator while it listens: it
+  hears its own announcement (``routes.tasks``).
 
-``AnnouncementListener`` keeps one connection of its own that ``LISTEN``s on both channels, in
+``AnnouncementListener`` keeps one connection of its own that ``LISTEN``s on these channels, in
 a thread. The cache is used, and the followers' per-tick wake-ups are skipped, only while that
 connection is known to hear:
 
@@ -52,7 +57,7 @@ from sqlalchemy import func
 from sqlalchemy import select as sql_select
 
 from aggregator.api.principal_cache import PrincipalCache
-from aggregator.crud.announcements import TASKS_CHANNEL, TOKENS_CHANNEL
+from aggregator.crud.announcements import ROUNDS_CHANNEL, TASKS_CHANNEL, TOKENS_CHANNEL
 from aggregator.logs import log_event
 from aggregator.storage.db import Database
 
@@ -77,6 +82,9 @@ class AnnouncementListener:
         database: the shared PostgreSQL database.
         on_tasks: called (from the listener's thread) when tasks were announced, and when the
             connection was lost. Example: ``board.wake_all_threadsafe``.
+        on_rounds: called (from the listener's thread) when a round's last report was
+            committed, by any process, this one included, and when the connection was lost.
+            Example: ``orchestrator.wake``.
         check_s: seconds between liveness checks of the listening connection. Default 5.0.
         retry_s: seconds before listening again after a failure; doubled after each failure
             in a row, up to 60. Default 1.0.
@@ -89,6 +97,7 @@ class AnnouncementListener:
         database: Database,
         *,
         on_tasks: Callable[[], None] = lambda: None,
+        on_rounds: Callable[[], None] = lambda: None,
         check_s: float = 5.0,
         retry_s: float = 1.0,
         probe_s: float = 5.0,
@@ -96,6 +105,7 @@ class AnnouncementListener:
         self._cache = cache
         self._db = database
         self._on_tasks = on_tasks
+        self._on_rounds = on_rounds
         self._check_s = check_s
         self._retry_s = retry_s
         self._probe_s = probe_s
@@ -103,7 +113,7 @@ class AnnouncementListener:
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()
-        self.heard: dict[str, int] = {TOKENS_CHANNEL: 0, TASKS_CHANNEL: 0}  # by channel
+        self.heard: dict[str, int] = {TOKENS_CHANNEL: 0, TASKS_CHANNEL: 0, ROUNDS_CHANNEL: 0}
         self.connected = 0  # times it started listening
         self.failures = 0  # times its connection failed
 
@@ -150,6 +160,7 @@ class AnnouncementListener:
                     retry_s=retry_s,
                 )
                 self._on_tasks()  # anything announced meanwhile is unheard: look again
+                self._on_rounds()
                 self._stop.wait(retry_s)
 
     def _listen(self) -> None:
@@ -158,7 +169,7 @@ class AnnouncementListener:
         raw.detach()  # closed for real at the end, never back into the pool while listening
         try:
             conn.autocommit = True
-            for channel in (TOKENS_CHANNEL, TASKS_CHANNEL, PROBE_CHANNEL):
+            for channel in (TOKENS_CHANNEL, TASKS_CHANNEL, ROUNDS_CHANNEL, PROBE_CHANNEL):
                 conn.execute(f"LISTEN {channel}")
             self._probe(conn)
             self._cache.clear()  # anything read before now may predate a change
@@ -214,6 +225,8 @@ class AnnouncementListener:
             self._cache.clear()
         if TASKS_CHANNEL in channels:
             self._on_tasks()
+        if ROUNDS_CHANNEL in channels:
+            self._on_rounds()
 
     def _switch_off(self) -> None:
         self.listening.clear()

@@ -76,13 +76,18 @@ def build_services(settings: AggregatorSettings) -> Services:
     principal_cache = PrincipalCache(enabled=database.is_sqlite)
     principal_cache.watch(database.session_factory)
     board = TaskBoard()
+    orchestrator = Orchestrator(
+        database=database, blobs=blobs, metrics=metrics, interval_s=settings.orchestrator_interval_s
+    )
     announcements = (
         None
         if database.is_sqlite
-        else AnnouncementListener(principal_cache, database, on_tasks=board.wake_all_threadsafe)
-    )
-    orchestrator = Orchestrator(
-        database=database, blobs=blobs, metrics=metrics, interval_s=settings.orchestrator_interval_s
+        else AnnouncementListener(
+            principal_cache,
+            database,
+            on_tasks=board.wake_all_threadsafe,
+            on_rounds=lambda: orchestrator.wake(),  # a no-op where no orchestrator loop runs
+        )
     )
     return Services(
         settings=settings,

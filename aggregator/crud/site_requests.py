@@ -18,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from aggregator.crud.announcements import ROUNDS_CHANNEL, announce
 from aggregator.errors import ConflictError, NotFoundError
 from aggregator.storage.db.models import (
     OPEN_TASK_STATES,
@@ -254,6 +255,8 @@ def record_report(
     if not connection.execute(statement, params).rowcount:
         return Recorded(won=False, unreported=None)
     left = connection.execute(_COUNT_DOWN, {"task_id": task_id}).scalar_one_or_none()
+    if left == 0:  # the leader's orchestrator, in whichever process, hears it at the commit
+        announce(session, ROUNDS_CHANNEL)
     return Recorded(won=True, unreported=left)
 
 
@@ -350,9 +353,17 @@ def _report_at_once_statement(keys: tuple[str, ...]) -> Any:
         .returning(_progress.c.unreported)
         .cte("counted")
     )
+    # The round's last report tells every process, the leader's orchestrator among them, when
+    # the statement commits (``crud.announcements.ROUNDS_CHANNEL``).
+    told = (
+        select(func.pg_notify(ROUNDS_CHANNEL, ""))
+        .where(counted.c.unreported == 0)
+        .scalar_subquery()
+    )
     return select(
         select(func.count()).select_from(won).scalar_subquery().label("won"),
         select(counted.c.unreported).scalar_subquery().label("unreported"),
+        told.label("told"),
     ).add_cte(logged, counted)
 
 

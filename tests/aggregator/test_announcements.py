@@ -18,7 +18,7 @@ from sqlalchemy import text
 from aggregator.api.app import create_app
 from aggregator.api.deps import Services
 from aggregator.api.principal_cache import CachedPrincipal, PrincipalCache
-from aggregator.crud.announcements import TASKS_CHANNEL, TOKENS_CHANNEL
+from aggregator.crud.announcements import ROUNDS_CHANNEL, TASKS_CHANNEL, TOKENS_CHANNEL
 from aggregator.settings import AggregatorSettings
 from aggregator.storage.db import Database
 from aggregator.storage.db import idle_ping as idle_ping_module
@@ -62,6 +62,16 @@ def _services(client: TestClient) -> Services:
     return client.app.state.services  # type: ignore[attr-defined,no-any-return]
 
 
+def _settled(heard: dict[str, int], channel: str, quiet_s: float = 0.5) -> int:
+    """How many announcements on ``channel`` were heard once none came for ``quiet_s``: those
+    of the set-up may still be on their way to a listener on a busy machine."""
+    while True:
+        before = heard[channel]
+        time.sleep(quiet_s)
+        if heard[channel] == before:
+            return before
+
+
 def _poll(client: TestClient, fed: Federation, name: str) -> int:
     return client.get(f"{API}/tasks/next", headers=fed.sh(name)).status_code
 
@@ -95,7 +105,7 @@ def test_a_rolled_back_change_is_not_announced(
     fed = Federation.create(a, ["site-a"])
     listener_b = _services(b).announcements
     assert listener_b is not None
-    heard = listener_b.heard[TOKENS_CHANNEL]
+    heard = _settled(listener_b.heard, TOKENS_CHANNEL)  # the sites' tokens were announced too
     from aggregator.crud.principals import mark_changed
 
     with _services(a).database.session() as session:
@@ -136,6 +146,55 @@ def test_a_round_opened_through_one_process_reaches_the_others_waiting_sites_at_
     assert answer.get("status") == 200, answer
     assert answer["seconds"] < 5, answer  # woken by the announcement, not the poll's end
     assert listener_b.heard[TASKS_CHANNEL] > heard
+
+
+@pytest.fixture
+def two_apps_one_folder(tmp_path: Path, pg_url: str) -> Iterator[tuple[TestClient, TestClient]]:
+    """Two aggregator apps on one PostgreSQL database and one shared data folder (its blobs)."""
+    with (
+        TestClient(create_app(_settings(tmp_path / "shared", pg_url))) as a,
+        TestClient(create_app(_settings(tmp_path / "shared", pg_url))) as b,
+    ):
+        for client in (a, b):
+            listener = _services(client).announcements
+            assert listener is not None
+            wait_for(listener.listening.is_set, "the listener never started listening")
+        yield a, b
+
+
+def test_a_rounds_last_report_through_another_process_wakes_the_leader_at_once(
+    two_apps_one_folder: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a runs the rounds; b takes every report. Only the round's last report is announced, and
+    a's orchestrator steps on hearing it, not at its next tick: the round closes at once."""
+    a, b = two_apps_one_folder
+    fed = Federation.create(a, ["site-a", "site-b", "site-c"])
+    exp = fed.create_experiment(rounds=1, min_sites=2)
+    fed.start(exp)
+    leader = _services(a).orchestrator
+    leader.step()  # a opens round 1
+    woken: list[float] = []
+    monkeypatch.setattr(leader, "wake", lambda: woken.append(time.monotonic()))
+    listener_a = _services(a).announcements
+    assert listener_a is not None
+    fed.client = b  # the sites talk to the other process from here
+    tasks = {name: fed.next_task(name) for name in ("site-a", "site-b", "site-c")}
+    assert all(tasks.values())
+    assert fed.train_and_upload("site-a", tasks["site-a"]).status_code == 200  # type: ignore[arg-type]
+    failed = b.post(
+        f"{API}/tasks/{tasks['site-b']['task_id']}/failure",  # type: ignore[index]
+        json={"reason": "disk full"},
+        headers=fed.sh("site-b"),
+    )
+    assert failed.status_code == 200, failed.text
+    time.sleep(0.5)  # whatever these two would announce has arrived by now
+    assert listener_a.heard[ROUNDS_CHANNEL] == 0 and woken == []
+    assert fed.train_and_upload("site-c", tasks["site-c"]).status_code == 200  # type: ignore[arg-type]
+    wait_for(lambda: woken, "the leader never heard of the round's last report", timeout=5)
+    assert listener_a.heard[ROUNDS_CHANNEL] == 1
+    leader.step()  # what the woken loop would do now
+    rounds = a.get(f"{API}/experiments/{exp}/rounds", headers=fed.rh).json()
+    assert [r["status"] for r in rounds] == ["closed"], rounds
 
 
 def test_the_cache_is_off_while_the_listener_cannot_hear(

@@ -7,10 +7,24 @@ report is durable (issue 19: the round's overhead), so the last upload wakes it 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from aggregator.api.deps import Services
 from tests.aggregator.helpers import API, Federation, update_bundle
+
+
+def _settled(wakes: list[int], services: Services, until: int = 0) -> list[int]:
+    """``wakes`` once they have come. On PostgreSQL the round's last report wakes the
+    orchestrator through its announcement (``ROUNDS_CHANNEL``), heard on another thread: wait
+    for ``until`` wake-ups, then a little longer for any that should not come."""
+    if services.announcements is not None:
+        deadline = time.monotonic() + 10
+        while len(wakes) < until and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+    return wakes
 
 
 def _upload(fed: Federation, site: str, task: dict[str, object]) -> None:
@@ -37,10 +51,10 @@ def test_only_the_last_upload_of_a_round_wakes_the_orchestrator(
     monkeypatch.setattr(services.orchestrator, "wake", lambda: wakes.append(1))
     _upload(fed, "site-a", tasks["site-a"])  # type: ignore[arg-type]
     _upload(fed, "site-b", tasks["site-b"])  # type: ignore[arg-type]
-    assert wakes == []  # site-c is still open: only the deadline could close the round
+    assert _settled(wakes, services) == []  # site-c is open: only the deadline could close it
     _upload(fed, "site-a", tasks["site-a"])  # type: ignore[arg-type]  # a duplicate changes nothing
-    assert wakes == []
+    assert _settled(wakes, services) == []
     _upload(fed, "site-c", tasks["site-c"])  # type: ignore[arg-type]
-    assert wakes == [1]
+    assert _settled(wakes, services, until=1) == [1]
     services.orchestrator.step()  # what the wake-up does: round 1 closes, round 2 opens
     assert fed.rounds(exp)[0]["status"] == "closed"

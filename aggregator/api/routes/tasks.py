@@ -276,11 +276,15 @@ async def upload_update(
                     metrics=site_metrics,
                     at_once=at_once,
                 )  # committed: durable before the site hears of it
-            if not done.receipt.duplicate and not done.unreported:
-                # The round's last report (None: a round without a progress row; the
-                # orchestrator counts for itself): the round can close now, not at its
-                # deadline. Committed already, so the orchestrator's own check sees it.
-                services.orchestrator.wake()
+            if done.receipt.duplicate or done.unreported:
+                return done
+            # The round's last report (None: a round without a progress row; the orchestrator
+            # counts for itself): the round can close now, not at its deadline. On PostgreSQL
+            # the report announced it (``ROUNDS_CHANNEL``) to every process, the leader among
+            # them, and this one hears that too while its listener listens.
+            heard = services.announcements is not None and services.announcements.listening.is_set()
+            if done.unreported is None or not heard:
+                services.orchestrator.wake()  # committed already: its own check sees it
             return done
 
         try:
