@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +45,27 @@ def pg_url(postgres_server: PostgresServer) -> str:
     return postgres_server.database_url()
 
 
-@pytest.fixture
-def two_apps(tmp_path: Path, pg_url: str) -> Iterator[tuple[TestClient, TestClient]]:
-    """Two aggregator apps (as two processes would be) sharing one PostgreSQL database."""
+@contextmanager
+def _listening_apps(url: str, *data_dirs: Path) -> Iterator[tuple[TestClient, TestClient]]:
+    """Two aggregator apps (as two processes would be) on one PostgreSQL database, each with
+    the data folder given (the same one twice: a shared blob folder), both listening."""
+    first, second = data_dirs
     with (
-        TestClient(create_app(_settings(tmp_path / "a", pg_url))) as a,
-        TestClient(create_app(_settings(tmp_path / "b", pg_url))) as b,
+        TestClient(create_app(_settings(first, url))) as a,
+        TestClient(create_app(_settings(second, url))) as b,
     ):
         for client in (a, b):
             listener = _services(client).announcements
             assert listener is not None
             wait_for(listener.listening.is_set, "the listener never started listening")
         yield a, b
+
+
+@pytest.fixture
+def two_apps(tmp_path: Path, pg_url: str) -> Iterator[tuple[TestClient, TestClient]]:
+    """Two aggregator apps sharing one PostgreSQL database, each with its own data folder."""
+    with _listening_apps(pg_url, tmp_path / "a", tmp_path / "b") as apps:
+        yield apps
 
 
 def _services(client: TestClient) -> Services:
@@ -151,15 +161,8 @@ def test_a_round_opened_through_one_process_reaches_the_others_waiting_sites_at_
 @pytest.fixture
 def two_apps_one_folder(tmp_path: Path, pg_url: str) -> Iterator[tuple[TestClient, TestClient]]:
     """Two aggregator apps on one PostgreSQL database and one shared data folder (its blobs)."""
-    with (
-        TestClient(create_app(_settings(tmp_path / "shared", pg_url))) as a,
-        TestClient(create_app(_settings(tmp_path / "shared", pg_url))) as b,
-    ):
-        for client in (a, b):
-            listener = _services(client).announcements
-            assert listener is not None
-            wait_for(listener.listening.is_set, "the listener never started listening")
-        yield a, b
+    with _listening_apps(pg_url, tmp_path / "shared", tmp_path / "shared") as apps:
+        yield apps
 
 
 def test_a_rounds_last_report_through_another_process_wakes_the_leader_at_once(

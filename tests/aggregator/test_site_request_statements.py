@@ -304,26 +304,17 @@ def test_concurrent_reports_of_a_round_count_down_one_by_one(
     def report(task_id: str) -> None:
         try:
             barrier.wait(timeout=30)
-            if services.database.is_sqlite:
+            mine: dict[str, Any] = {"task_id": task_id, "now": utcnow()}
+            if services.database.is_sqlite:  # a failure, in a transaction
+                mine |= {"status": TaskStatus.FAILED, "values": {"failure_reason": "x"}}
                 with services.database.session() as session:
-                    done = site_requests.record_report(
-                        session,
-                        task_id=task_id,
-                        status=TaskStatus.FAILED,
-                        now=utcnow(),
-                        values={"failure_reason": "x"},
-                    )
+                    done = site_requests.record_report(session, **mine)
                     session.commit()
-            else:
+            else:  # an upload's rejection, in its one statement
+                mine |= {"status": TaskStatus.REJECTED, "values": {"reject_reason": "x"}}
+                mine["event"] = {"kind": "k", "actor": "a", "experiment_id": exp}
                 with services.database.read_session() as session:
-                    done = site_requests.record_report_at_once(
-                        session,
-                        task_id=task_id,
-                        status=TaskStatus.REJECTED,
-                        now=utcnow(),
-                        values={"reject_reason": "x"},
-                        event={"kind": "k", "actor": "a", "experiment_id": exp},
-                    )
+                    done = site_requests.record_report_at_once(session, **mine)
             assert done.won
             seen.append(done.unreported)
         except BaseException as exc:  # reported below
