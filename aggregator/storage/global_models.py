@@ -6,11 +6,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save as st_save
 
 from aggregator.storage.blobs import BlobRef, BlobStore
 from data_specs.task_spec import TaskSpec
-from data_specs.weights.bundle import BundleMeta, canonical_safetensors, encode_bundle, open_bundle
+from data_specs.weights.bundle import BundleMeta, canonical_save, encode_bundle, open_bundle
 from data_specs.weights.unet_layout import initial_weights
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -92,8 +91,8 @@ def store_state(blobs: BlobStore, state: Mapping[str, np.ndarray]) -> BlobRef | 
     """Store a strategy's server state (momentum, Adam moments); None when it is empty."""
     if not state:
         return None
-    arrays = {k: np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v) for k, v in state.items()}
-    return blobs.put_bytes(canonical_safetensors(st_save(arrays, metadata=_STATE_FORMAT)))
+    arrays = {k: np.asarray(v) for k, v in state.items()}
+    return blobs.put_bytes(canonical_save(arrays, _STATE_FORMAT))
 
 
 def load_state(blobs: BlobStore, sha256: str | None) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ Tensors travel as numpy arrays so the aggregator needs no torch to read them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,7 @@ from data_specs.constants import (
 from data_specs.errors import BundleError, SpecMismatchError
 from data_specs.weights.safetensors_header import (
     DEFAULT_MAX_HEADER_BYTES,
+    DTYPES,
     MAX_JSON_DEPTH,
     TensorLayout,
     declared_header_length,
@@ -158,13 +160,71 @@ def encode_bundle(tensors: Mapping[str, np.ndarray], meta: BundleMeta) -> bytes:
         safetensors bytes; send ``sha256_hex`` of them beside.
     """
     import numpy as np
-    from safetensors.numpy import save as st_save
 
     arrays = {k: np.asarray(v) for k, v in tensors.items()}
     check_finite(arrays)
-    # np.ascontiguousarray would turn 0-d tensors (num_batches_tracked) into 1-d ones.
-    arrays = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in arrays.items()}
-    return canonical_safetensors(st_save(arrays, metadata=meta.to_header()))
+    return canonical_save(arrays, meta.to_header())
+
+
+# safetensors' order of tensor data: by dtype, widest first as its dtype enum sorts them, then by
+# name (``safetensors.serialize``, 0.8). ``canonical_save`` writes the same layout itself;
+# tests/data_specs/test_bundle_encoding.py compares the two byte for byte.
+_DATA_ORDER = ("U64", "I64", "F64", "F32", "U32", "I32", "F16", "U16", "I16", "I8", "U8", "BOOL")
+
+
+def canonical_save(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None) -> bytes:
+    """``canonical_safetensors(safetensors.numpy.save(arrays, metadata))``, written directly.
+
+    The library's way copies the tensor bytes three times and walks every array through
+    ``ctypes`` (about 8 ms for the 1.6 MB 2D U-Net on a 2 GHz core, on every site's update and
+    every global model); this joins the header and the arrays' own buffers once. Arrays of a
+    dtype outside safetensors' numpy codes, or not in native little-endian order, go the
+    library's way.
+
+    Args:
+        arrays: ``{name: array}``; 0-d arrays are kept 0-d. Non-contiguous arrays are copied.
+        metadata: ``str -> str`` header metadata, or None for none.
+    """
+    import numpy as np
+
+    codes = _dtype_codes()
+    rows: list[tuple[int, str, str, np.ndarray]] = []
+    for name, array in arrays.items():
+        code = codes.get(array.dtype)
+        if code is None:
+            from safetensors.numpy import save as st_save
+
+            contiguous = {
+                k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in arrays.items()
+            }
+            return canonical_safetensors(st_save(contiguous, metadata=dict(metadata or {})))
+        rows.append((_DATA_ORDER.index(code), name, code, array))
+    rows.sort(key=lambda row: (row[0], row[1]))
+    header: dict[str, object] = {}
+    if metadata is not None:
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    buffers: list[np.ndarray] = []
+    offset = 0
+    for _, name, code, array in rows:
+        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        header[name] = {
+            "dtype": code,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + flat.size],
+        }
+        offset += flat.size
+        buffers.append(flat)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % _ALIGN)
+    return b"".join((len(text).to_bytes(8, "little"), text, *buffers))
+
+
+@functools.cache
+def _dtype_codes() -> dict[np.dtype[Any], str]:
+    """numpy dtype -> safetensors code, for the little-endian dtypes ``DTYPES`` lists."""
+    import numpy as np
+
+    return {np.dtype(numpy_code): code for code, numpy_code in DTYPES.items()}
 
 
 def canonical_safetensors(data: bytes) -> bytes:

@@ -24,7 +24,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from data_specs.class_names import (
     META_CLASS_NAMES,
@@ -41,7 +40,7 @@ from data_specs.errors import (
 from data_specs.task_spec import TaskSpec, expected_tensors
 from data_specs.weights.bundle import (
     TensorLayout,
-    canonical_safetensors,
+    canonical_save,
     check_finite,
     check_tensors,
     read_header,
@@ -196,7 +195,7 @@ def encode_routing_bundle(
             raise RoutingBundleError(str(exc)) from exc
         metadata[META_CLASS_NAMES] = encode_class_names(class_names)
     # Byte-stable, like weights bundles: the aggregator stores bundles content-addressed.
-    return canonical_safetensors(st_save(arrays, metadata=metadata))
+    return canonical_save(arrays, metadata)
 
 
 ROUTING_MAX_HEADER_BYTES = 64 << 20

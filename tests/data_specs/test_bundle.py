@@ -8,12 +8,16 @@ import struct
 
 import numpy as np
 import pytest
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from data_specs.constants import BundleKind
 from data_specs.errors import BundleError, SpecMismatchError
 from data_specs.task_spec import TaskSpec, expected_tensors
 from data_specs.weights.bundle import (
     BundleMeta,
+    canonical_safetensors,
+    canonical_save,
     decode_bundle,
     encode_bundle,
     open_bundle,
@@ -61,6 +65,47 @@ def test_encoding_is_byte_stable() -> None:
     }
     digests.add(sha256_hex(encode_bundle(weights, _meta())))
     assert len(digests) == 1
+
+
+def _library_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None) -> bytes:
+    """What the bundle codec wrote before ``canonical_save``: safetensors' own ``save``."""
+    contiguous = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in arrays.items()}
+    return canonical_safetensors(st_save(contiguous, metadata=metadata))
+
+
+def _every_dtype() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    arrays: dict[str, np.ndarray] = {}
+    for i, dtype in enumerate(
+        ["float64", "float32", "float16", "int64", "int32", "int16", "int8"]
+        + ["uint64", "uint32", "uint16", "uint8", "bool"]
+    ):
+        values = rng.integers(0, 100, size=(3, 5)).astype(dtype)
+        arrays[f"z{i}.{dtype}"] = values  # names that sort against the data order
+        arrays[f"a{i}.{dtype}"] = values[:, ::2]  # not contiguous
+        arrays[f"m{i}.{dtype}.0d"] = np.asarray(values[0, 0])
+        arrays[f"e{i}.{dtype}.empty"] = np.zeros((0, 4), dtype=dtype)
+    arrays["caf\u00e9.weight"] = np.ones(2, dtype=np.float32)  # escaped in the header, as JSON does
+    return arrays
+
+
+@pytest.mark.parametrize("metadata", [None, {"z": "1", "a": "2", "\u00e9": "3"}])
+def test_canonical_save_writes_the_bytes_safetensors_writes(metadata: dict[str, str] | None) -> None:
+    arrays = _every_dtype()
+    data = canonical_save(arrays, metadata)
+    assert data == _library_bytes(arrays, metadata)
+    loaded = st_load(data)
+    assert list(loaded) != list(arrays)  # the data order is safetensors', not the dict's
+    for name, array in arrays.items():
+        assert loaded[name].dtype == array.dtype and loaded[name].shape == array.shape
+        np.testing.assert_array_equal(loaded[name], array)
+
+
+def test_big_endian_arrays_go_the_librarys_way_and_read_back_the_same() -> None:
+    arrays = {"w": np.arange(6, dtype=">f4").reshape(2, 3), "b": np.arange(3, dtype=np.int64)}
+    data = canonical_save(arrays, {"k": "v"})
+    assert data == _library_bytes(arrays, {"k": "v"})
+    np.testing.assert_array_equal(st_load(data)["w"], arrays["w"])
 
 
 def test_spec_hash_and_shape_and_key_mismatches_are_refused() -> None:
