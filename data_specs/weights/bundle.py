@@ -203,7 +203,7 @@ def canonical_save(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]
     header: dict[str, object] = {}
     if metadata is not None:
         header["__metadata__"] = dict(sorted(metadata.items()))
-    buffers: list[np.ndarray] = []
+    buffers: list[memoryview] = []
     offset = 0
     for _, name, code, array in rows:
         flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
@@ -213,7 +213,7 @@ def canonical_save(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]
             "data_offsets": [offset, offset + flat.size],
         }
         offset += flat.size
-        buffers.append(flat)
+        buffers.append(flat.data)
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % _ALIGN)
     return b"".join((len(text).to_bytes(8, "little"), text, *buffers))
