@@ -184,9 +184,16 @@ def canonical_save(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]
     Args:
         arrays: ``{name: array}``; 0-d arrays are kept 0-d. Non-contiguous arrays are copied.
         metadata: ``str -> str`` header metadata, or None for none.
+
+    Raises:
+        TypeError: a metadata key or value that is not a string.
     """
     import numpy as np
 
+    if metadata is not None and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise TypeError("safetensors metadata must map str to str")  # as safetensors says
     codes = _dtype_codes()
     rows: list[tuple[int, str, str, np.ndarray]] = []
     for name, array in arrays.items():

@@ -76,10 +76,8 @@ def _library_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str] | Non
 def _every_dtype() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     arrays: dict[str, np.ndarray] = {}
-    for i, dtype in enumerate(
-        ["float64", "float32", "float16", "int64", "int32", "int16", "int8"]
-        + ["uint64", "uint32", "uint16", "uint8", "bool"]
-    ):
+    dtypes = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64")
+    for i, dtype in enumerate((*dtypes, "uint32", "uint16", "uint8", "bool")):
         values = rng.integers(0, 100, size=(3, 5)).astype(dtype)
         arrays[f"z{i}.{dtype}"] = values  # names that sort against the data order
         arrays[f"a{i}.{dtype}"] = values[:, ::2]  # not contiguous
@@ -90,7 +88,9 @@ def _every_dtype() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("metadata", [None, {"z": "1", "a": "2", "\u00e9": "3"}])
-def test_canonical_save_writes_the_bytes_safetensors_writes(metadata: dict[str, str] | None) -> None:
+def test_canonical_save_writes_the_bytes_safetensors_writes(
+    metadata: dict[str, str] | None,
+) -> None:
     arrays = _every_dtype()
     data = canonical_save(arrays, metadata)
     assert data == _library_bytes(arrays, metadata)
@@ -99,6 +99,15 @@ def test_canonical_save_writes_the_bytes_safetensors_writes(metadata: dict[str, 
     for name, array in arrays.items():
         assert loaded[name].dtype == array.dtype and loaded[name].shape == array.shape
         np.testing.assert_array_equal(loaded[name], array)
+
+
+def test_metadata_must_map_strings_to_strings_as_safetensors_says() -> None:
+    arrays = {"w": np.zeros(2, dtype=np.float32)}
+    for metadata in ({"round": 3}, {3: "round"}):
+        with pytest.raises(TypeError):
+            st_save(arrays, metadata=metadata)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="str to str"):
+            canonical_save(arrays, metadata)  # type: ignore[arg-type]
 
 
 def test_big_endian_arrays_go_the_librarys_way_and_read_back_the_same() -> None:
