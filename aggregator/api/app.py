@@ -14,7 +14,7 @@ from aggregator.api.announcements import AnnouncementListener
 from aggregator.api.deps import Services
 from aggregator.api.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from aggregator.api.guards import JsonBodyGuard
-from aggregator.api.hot_routes import HotRoutes
+from aggregator.api.hot_routes import AggregatorAPI
 from aggregator.api.principal_cache import PrincipalCache
 from aggregator.api.routes import (
     dashboard,
@@ -171,7 +171,7 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
         The app; its lifespan runs the orchestrator loop (unless ``orchestrator_enabled`` is off)
         on ``app.state.services`` (everything stateful; the routes find them there too).
     """
-    app = FastAPI(
+    app = AggregatorAPI(  # FastAPI; a site's per-round requests skip its stack and router
         title="fedseg aggregator",
         version="1",
         summary="Federated rounds for medical image segmentation: researchers drive, sites pull.",
@@ -185,7 +185,6 @@ def create_app(settings: AggregatorSettings) -> FastAPI:
         max_json_bytes=settings.max_json_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
-    app.add_middleware(HotRoutes)  # a site's per-round requests skip the router
     app.include_router(health.router)
     common = error_responses(*COMMON_ERRORS)
     # tasks first: every site calls it each round, and a request is matched route by route.

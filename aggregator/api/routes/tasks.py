@@ -75,58 +75,9 @@ async def next_task(
     """
     loop = asyncio.get_running_loop()
     give_up = loop.time() + min(wait, services.settings.max_long_poll_s)
-
-    def hand_out(task: site_requests.OpenTask) -> None:
-        if task.status == TaskStatus.ASSIGNED:  # written with others, off this request
-            services.bookkeeping.delivered(task.id, utcnow())
-
-    def with_model(assignment: TaskAssignment, body: bytes) -> tuple[TaskAssignment, bytes]:
-        services.bookkeeping.served(assignment.task_id, len(body))
-        return assignment, body
-
-    def inline(assignment: TaskAssignment) -> bool:
-        return model and assignment.model_size <= INLINE_MODEL_MAX_BYTES
-
-    def deliver() -> tuple[TaskAssignment, bytes | None] | None:
-        with services.database.read_session() as session:
-            found = task_crud.next_task_for_site(session, site_id=site.id)
-            if found is None:
-                return None
-            task, facts = found
-            hand_out(task)
-            assignment = task_crud.to_assignment(session, task=task, facts=facts)
-        if inline(assignment):
-            body = services.model_cache.get(assignment.model_sha256, assignment.model_size)
-            if body is not None:
-                return with_model(assignment, body)
-        return assignment, None
-
-    async def find() -> tuple[TaskAssignment, bytes | None] | None:
-        reads = services.async_reads
-        if reads is None:
-            return await db_threads.read(deliver, inline=services.database.is_sqlite)
-        # PostgreSQL: the look-up on the event loop; the rest from memory, else as above.
-        row = await reads.one(site_requests.NEXT_TASK, {"site_id": site.id})
-        if row is None:
-            return None
-        task = site_requests.OpenTask(**row)
-        facts = cached_facts(experiment_id=task.experiment_id, started_at=task.started_at)
-        if facts is None or facts.cfg.privacy is not None:  # more to read: a database thread
-            return await db_threads.read(deliver, inline=False)
-        hand_out(task)
-        assignment = task_crud.to_assignment(None, task=task, facts=facts)
-        if inline(assignment):
-            body = services.model_cache.held(assignment.model_sha256)
-            if body is None:  # not in memory yet: read from disk off the event loop
-                sha, size = assignment.model_sha256, assignment.model_size
-                body = await db_threads.run(services.model_cache.get, sha, size)
-            if body is not None:
-                return with_model(assignment, body)
-        return assignment, None
-
     while True:
         wake = services.board.waiter(site.id)  # taken before the check: no lost wake-up
-        found = await find()
+        found = await _find(services, site.id, model)
         if found is not None:  # serialised here: FastAPI's generic encoder costs more
             assignment, body = found
             text = assignment.model_dump_json().encode()
@@ -153,37 +104,115 @@ async def next_task(
             return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+# The poll's steps are module functions, not closures of ``next_task``: every site waits in a
+# poll between rounds, and each closure (and its cells) would stay in memory while it waits.
+
+
+async def _find(
+    services: Services, site_id: str, model: bool
+) -> tuple[TaskAssignment, bytes | None] | None:
+    """The site's open task with its model's bytes when ``model`` asks and they are at hand."""
+    reads = services.async_reads
+    if reads is None:
+        return await db_threads.read(
+            _deliver, services, site_id, model, inline=services.database.is_sqlite
+        )
+    # PostgreSQL: the look-up on the event loop; the rest from memory, else as above.
+    row = await reads.one(site_requests.NEXT_TASK, {"site_id": site_id})
+    if row is None:
+        return None
+    task = site_requests.OpenTask(**row)
+    facts = cached_facts(experiment_id=task.experiment_id, started_at=task.started_at)
+    if facts is None or facts.cfg.privacy is not None:  # more to read: a database thread
+        return await db_threads.read(_deliver, services, site_id, model, inline=False)
+    _hand_out(services, task)
+    assignment = task_crud.to_assignment(None, task=task, facts=facts)
+    if _inline(model, assignment):
+        body = services.model_cache.held(assignment.model_sha256)
+        if body is None:  # not in memory yet: read from disk off the event loop
+            sha, size = assignment.model_sha256, assignment.model_size
+            body = await db_threads.run(services.model_cache.get, sha, size)
+        if body is not None:
+            return _with_model(services, assignment, body)
+    return assignment, None
+
+
+def _deliver(
+    services: Services, site_id: str, model: bool
+) -> tuple[TaskAssignment, bytes | None] | None:
+    """``_find`` in one read session (SQLite, or a task that needs more than the cache)."""
+    with services.database.read_session() as session:
+        found = task_crud.next_task_for_site(session, site_id=site_id)
+        if found is None:
+            return None
+        task, facts = found
+        _hand_out(services, task)
+        assignment = task_crud.to_assignment(session, task=task, facts=facts)
+    if _inline(model, assignment):
+        body = services.model_cache.get(assignment.model_sha256, assignment.model_size)
+        if body is not None:
+            return _with_model(services, assignment, body)
+    return assignment, None
+
+
+def _hand_out(services: Services, task: site_requests.OpenTask) -> None:
+    if task.status == TaskStatus.ASSIGNED:  # written with others, off this request
+        services.bookkeeping.delivered(task.id, utcnow())
+
+
+def _with_model(
+    services: Services, assignment: TaskAssignment, body: bytes
+) -> tuple[TaskAssignment, bytes]:
+    services.bookkeeping.served(assignment.task_id, len(body))
+    return assignment, body
+
+
+def _inline(model: bool, assignment: TaskAssignment) -> bool:
+    return model and assignment.model_size <= INLINE_MODEL_MAX_BYTES
+
+
 async def _woken(wake: asyncio.Future[None], timeout_s: float, receive: Receive) -> bool:
     """Wait for ``wake``: True when it is done; False after ``timeout_s``, or as soon as the
     site's connection closes (a long poll whose site left, a restarted agent or a proxy that
     cut the connection, would otherwise wait out its time and could be handed a task, and its
     model's bytes, that nobody receives).
 
-    One task (the disconnect watch) and a timer per wait: every site waits here between
-    rounds, so what a wait holds is what the aggregator's memory grows by per site.
+    One task (the disconnect watch), a timer and a ``_Wait`` per wait: every site waits here
+    between rounds, so what a wait holds is what the aggregator's memory grows by per site.
     """
     if wake.done():
         return True
     loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[bool] = loop.create_future()
-
-    def settle(value: bool) -> None:
-        if not outcome.done():
-            outcome.set_result(value)
-
-    def on_wake(_: object) -> None:
-        settle(True)
-
-    wake.add_done_callback(on_wake)
-    timer = loop.call_later(timeout_s, settle, False)
+    waiting = _Wait(loop.create_future())
+    wake.add_done_callback(waiting.woken)
+    timer = loop.call_later(timeout_s, waiting.settle, False)
     gone = loop.create_task(_disconnected(receive))
-    gone.add_done_callback(lambda _: settle(False))
+    gone.add_done_callback(waiting.gone)
     try:
-        return await outcome and not gone.done()
+        return await waiting.outcome and not gone.done()
     finally:
         timer.cancel()
-        wake.remove_done_callback(on_wake)
+        wake.remove_done_callback(waiting.woken)
         gone.cancel()
+
+
+class _Wait:
+    """A poll's wait: settled once, by the wake-up, the timer or the site leaving."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self, outcome: asyncio.Future[bool]) -> None:
+        self.outcome = outcome
+
+    def settle(self, value: bool) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(value)
+
+    def woken(self, _: object) -> None:
+        self.settle(True)
+
+    def gone(self, _: object) -> None:
+        self.settle(False)
 
 
 async def _disconnected(receive: Receive) -> None:
