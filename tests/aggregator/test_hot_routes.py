@@ -1,8 +1,8 @@
 """A site's poll, model download and upload skip FastAPI's router, with the same answers.
 
-``aggregator.api.hot_routes.HotRoutes`` calls the route functions directly. Each request here is
+``aggregator.api.hot_routes.AggregatorAPI`` calls the route functions directly. Each request here is
 sent twice: once through it, once through FastAPI (forced by a dependency override, which
-``HotRoutes`` leaves to FastAPI), and the two answers must be the same, errors included.
+``AggregatorAPI`` leaves to FastAPI), and the two answers must be the same, errors included.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def counting_solves(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 def both(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, send: Callable[[], httpx.Response]
 ) -> tuple[httpx.Response, httpx.Response]:
-    """The answer through ``HotRoutes``, then through FastAPI's router."""
+    """The answer through ``AggregatorAPI``'s own dispatch, then through FastAPI's router."""
     with counting_solves(monkeypatch) as hot:
         fast = send()
     with monkeypatch.context() as patch, counting_solves(monkeypatch) as routed:

@@ -80,7 +80,7 @@ def test_a_round_of_one_site_makes_one_hand_over_per_blocking_step(
     assert idle == ["_site_of"], idle
     # (PostgreSQL: the experiment's first task in this process reads the experiment itself,
     # on a database thread; it is remembered from then on, as the upload below shows.)
-    assert polled == [*lookup, *read("next_task.<locals>.deliver")], polled
+    assert polled == [*lookup, *read("_deliver")], polled
     # The rest is Starlette's FileResponse reading the file (a model not held in memory).
     assert [c for c in fetched if c not in FILE_IO] == [*lookup, *read("task_model.<locals>.find")]
     # The checks after the body, which write and fsync (the body's writes go to the upload's
