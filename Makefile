@@ -4,6 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
+# Python keeps compiled modules, and pytest its rewritten test modules, in __pycache__ (which git
+# ignores). Where PYTHONDONTWRITEBYTECODE is set, as on our CI machine, every test run and every
+# server or agent process the tests and the demo start compiled them all again: about 10 CPU s
+# per pytest process on 2 cores.
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: demo test test-fast test-postgres test-ray test-fuzz test-containers images lint bench bench-all install clean
 
 $(BIN)/python:

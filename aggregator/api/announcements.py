@@ -219,14 +219,14 @@ class AnnouncementListener:
             sender.commit()
 
     def _dispatch(self, channels: set[str]) -> None:
-        for channel in channels:
-            self.heard[channel] = self.heard.get(channel, 0) + 1
         if TOKENS_CHANNEL in channels:
             self._cache.clear()
         if TASKS_CHANNEL in channels:
             self._on_tasks()
         if ROUNDS_CHANNEL in channels:
             self._on_rounds()
+        for channel in channels:  # counted once acted on: a reader of ``heard`` sees the effect
+            self.heard[channel] = self.heard.get(channel, 0) + 1
 
     def _switch_off(self) -> None:
         self.listening.clear()

@@ -88,6 +88,7 @@ class TaskBookkeeping:
         self._seen: dict[str, datetime] = {}
         self._seen_next: dict[str, float] = {}  # site id -> time.monotonic() of its next note
         self._wake = threading.Event()
+        self._stop = threading.Event()  # set by close(): ends the writer's waits at once
         self._closed = False
         self._thread: threading.Thread | None = None
         self._flushing = threading.Lock()  # one writer of notes at a time
@@ -160,6 +161,7 @@ class TaskBookkeeping:
     def close(self) -> None:
         """Stop the background writer and write what is left."""
         self._closed = True
+        self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None:
@@ -182,10 +184,11 @@ class TaskBookkeeping:
             if self._closed:
                 return
             self._wake.clear()
-            time.sleep(self._interval_s)  # let the round's notes gather
+            if self._stop.wait(self._interval_s):  # let the round's notes gather
+                return  # close() writes what is left
             try:
                 self.flush()
             except Exception as exc:  # the database is away: the notes wait for the next try
                 log.warning("task bookkeeping not written yet: %s", type(exc).__name__)
                 self._wake.set()
-                time.sleep(1.0)
+                self._stop.wait(1.0)

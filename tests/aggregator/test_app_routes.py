@@ -48,6 +48,7 @@ def _nested_reference(settings: AggregatorSettings) -> FastAPI:
     return app
 
 
+@pytest.mark.slow
 def test_the_openapi_document_is_the_nested_layouts(tmp_path: Path) -> None:
     app = app_module.create_app(_settings(tmp_path / "a"))
     reference = _nested_reference(_settings(tmp_path / "b"))

@@ -153,3 +153,21 @@ def test_a_failed_write_keeps_the_notes_for_the_next_flush(tmp_path: Path) -> No
     assert book.pending == 0
     book.close()
     db.dispose()
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="a private SQLite file")
+def test_close_ends_the_writers_wait_at_once_and_writes_what_is_left(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    db.upgrade()
+    book = TaskBookkeeping(db, interval_s=3600)  # the writer would gather notes for an hour
+    book.served("t1", 100)  # starts the writer
+    deadline = time.monotonic() + 10
+    while book._wake.is_set() and time.monotonic() < deadline:  # until it waits the interval
+        time.sleep(0.01)
+    assert not book._wake.is_set()
+    started = time.monotonic()
+    book.close()
+    assert time.monotonic() - started < 2.0  # not the hour, nor close()'s 10 s join timeout
+    assert book.pending == 0  # close() wrote the note itself
+    assert not any(t.name == "fedseg-bookkeeping" and t.is_alive() for t in threading.enumerate())
+    db.dispose()

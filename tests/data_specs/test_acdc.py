@@ -111,6 +111,7 @@ def test_missing_frames_csv_is_a_manifest_error(tmp_path: Path) -> None:
 
 
 @needs_acdc
+@pytest.mark.slow
 def test_acdc_becomes_five_valid_sites_split_by_patient(tmp_path: Path) -> None:
     manifests = acdc_manifests(ACDC, seed=0)
     assert sorted(m.name for m in manifests) == [f"ACDC-{g}" for g in ACDC_GROUPS]

@@ -161,7 +161,7 @@ SAMPLES = [
     ("examples_palette.dcm", 0),  # palette colour -> RGB
     ("rtdose.dcm", 0),  # multi-frame with frame offsets
     ("JPGExtended.dcm", 1),  # 12-bit lossy
-    ("SC_rgb_jpeg.dcm", 1),
+    pytest.param("SC_rgb_jpeg.dcm", 1, marks=pytest.mark.slow),  # SimpleITK reads it in ~9 s
     ("examples_ybr_color.dcm", 3),  # 30 frames, lossy YBR
 ]
 

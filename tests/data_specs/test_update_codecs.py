@@ -61,7 +61,13 @@ def x() -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("bits", "rotated", "seeds"),
-    [(8, False, 400), (4, False, 600), (2, True, 1000), (1, False, 2000), (1, True, 2000)],
+    [
+        (8, False, 400),
+        (4, False, 600),
+        pytest.param(2, True, 1000, marks=pytest.mark.slow),  # thousands of round trips
+        pytest.param(1, False, 2000, marks=pytest.mark.slow),
+        pytest.param(1, True, 2000, marks=pytest.mark.slow),
+    ],
 )
 def test_quantize_is_unbiased(bits: int, rotated: bool, seeds: int, x: np.ndarray) -> None:
     params = {"bits": bits, "rotate": rotated}
@@ -148,6 +154,7 @@ def test_rotation_is_orthogonal_and_inverted() -> None:
     assert np.abs(rotate(spike, s[:1])).max() == pytest.approx(1 / 32)
 
 
+@pytest.mark.slow
 def test_subsample_is_unbiased_and_sends_only_kept_values(x: np.ndarray) -> None:
     seeds, p = 2000, 0.25
     total = np.zeros(x.shape, np.float64)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from data_specs.constants import ValidationCheck
 from data_specs.imaging.imageio import write_mask_nifti
@@ -138,6 +139,7 @@ def test_a_manifest_that_does_not_load_is_one_problem(tmp_path: Path) -> None:
     assert "expected JSON" in report.problems[0].found
 
 
+@pytest.mark.slow
 def test_process_pool_finds_the_same_problems_as_one_process(tmp_path: Path) -> None:
     manifest = tiny_site(tmp_path, n_train=10, n_val=2, n_test=2)
     bad = np.zeros((16, 16), np.uint8)

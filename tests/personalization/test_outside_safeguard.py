@@ -50,6 +50,7 @@ def test_anchor_is_zero_at_the_initial_mix_and_grows_away_from_it() -> None:
     assert 0 < float(anchor_loss([skewed], [uniform])) < float(anchor_loss([far], [uniform]))
 
 
+@pytest.mark.slow
 def test_the_anchor_keeps_routers_near_their_initial_mix() -> None:
     drift = {}
     for weight in (0.0, 100.0):
@@ -98,6 +99,7 @@ def test_score_rewards_a_consistent_foreground_and_gives_nothing_for_an_empty_ma
     assert 0 < good.fg_share < 0.3 and empty.fg_share == 0.0
 
 
+@pytest.mark.slow
 def test_a_forced_collapse_is_rejected_and_falls_back_in_plain_words() -> None:
     # A prior of pure background plus a large learning rate drives the routed model's
     # foreground to nothing; the experts themselves predict plenty on these scans.
@@ -169,6 +171,7 @@ def test_agreement_is_one_for_the_same_masks_and_zero_for_disjoint_ones() -> Non
     assert 0.0 < agreement([top], [left]) < 1.0
 
 
+@pytest.mark.slow
 def test_plain_models_keep_their_delivered_statistics_unless_asked() -> None:
     # Shifted scans: the site's statistics differ from the stored ones and change the score.
     scans, names = _scans(8, shift=5.0), ["global", "a", "b"]

@@ -94,6 +94,7 @@ def test_reported_epsilon_is_the_accountants_for_the_config() -> None:
     assert spent.epsilon_next == pytest.approx(epsilon_spent(1.1, q, 8, 1e-5), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_a_round_over_the_budget_is_not_trained() -> None:
     q, rounds = 2 / 8, 3
     total = epsilon_spent(1.1, q, 2 * rounds, 1e-5)  # 2 steps a round, counted 3 times

@@ -87,6 +87,7 @@ def _fg_share(ratio: float, n: int = 300) -> float:
     return hits / n
 
 
+@pytest.mark.slow
 def test_foreground_oversampling_holds_its_ratio() -> None:
     assert _fg_share(1.0) == 1.0
     assert 0.4 <= _fg_share(0.5) <= 0.6

@@ -87,6 +87,7 @@ def test_send_line_needs_a_stdin_pipe(tmp_path: Path) -> None:
     assert "xhello" in proc.log_path.read_text()
 
 
+@pytest.mark.slow
 def test_an_agent_started_before_the_aggregator_enrolls_with_the_token_sent_later(
     tmp_path: Path,
 ) -> None:
