@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         return SleepTrainer(args.train_seconds)
 
     try:
-        with SiteAgent(settings, trainer_factory=factory, validate=False) as agent:
+        # The wait needs the task runner only (torch), not MONAI nor torch's compiler.
+        prewarm = ("site_agent.federation.task_runner",)
+        with SiteAgent(settings, trainer_factory=factory, validate=False, prewarm=prewarm) as agent:
             agent.run()
     finally:
         startup_gc.resume()

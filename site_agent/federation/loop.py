@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from data_specs.wire import EnrollResponse, TaskAssignment
 from site_agent.federation.client import AggregatorClient, make_http_client
 from site_agent.federation.enrollment import enroll, ensure_token
 from site_agent.federation.fingerprints import FingerprintSync
-from site_agent.federation.prewarm import hurry, start_prewarm
+from site_agent.federation.prewarm import PREWARM_MODULES, finish_prewarm, start_prewarm
 from site_agent.federation.retry import Backoff
 from site_agent.federation.workdir import WorkDir
 from site_agent.settings import SiteSettings
@@ -57,6 +58,10 @@ class SiteAgent:
         backoff: retry policy. Default from the settings' backoff bounds.
         stop_event: set it to stop the loop between polls (in-process launchers). Default None.
         validate: check the manifest against its files at start-up. Default True.
+        prewarm: modules to import on a background thread while a fresh agent waits for its
+            first task. Default ``PREWARM_MODULES`` (the task runner, MONAI and
+            ``torch._dynamo``: what a first training imports); a trainer that needs less (a
+            benchmark's fixed wait) passes less.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class SiteAgent:
         backoff: Backoff | None = None,
         stop_event: threading.Event | None = None,
         validate: bool = True,
+        prewarm: Sequence[str] = PREWARM_MODULES,
     ) -> None:
         self.settings = settings
         self.workdir = WorkDir(settings.work_dir)
@@ -79,6 +85,7 @@ class SiteAgent:
         )
         self.stop_event = stop_event or threading.Event()
         self._validate = validate
+        self._prewarm = tuple(prewarm)
         self._factory = trainer_factory
         self._prepared = False
         self._runner: TaskRunner | None = None
@@ -145,8 +152,8 @@ class SiteAgent:
                 log.info("resuming task %s at phase %s", state.task.task_id, state.phase)
                 runner = self._new_runner()
                 summary.outcomes.append(runner.resume(state))
-            else:  # torch and MONAI load while the agent waits for its first task
-                start_prewarm()
+            elif self._prewarm:  # torch and MONAI load while the agent waits for its first task
+                start_prewarm(*self._prewarm)
             while not self.stop_event.is_set() and (limit is None or summary.tasks < limit):
                 task = self._poll()
                 if task is None:
@@ -165,7 +172,7 @@ class SiteAgent:
         return summary
 
     def _new_runner(self) -> TaskRunner:
-        hurry()  # the import below waits on a background pre-import, if one is running
+        finish_prewarm()  # before the task's own threads import any of the same modules
         from site_agent.federation.task_runner import TaskRunner
 
         return TaskRunner(self.settings, self.workdir, self.client, self._factory)  # type: ignore[arg-type]

@@ -94,7 +94,7 @@ def test_the_agents_loop_switches_the_paused_collector_back_on_after_enrolling(
 
     seen: list[bool] = []
     monkeypatch.setattr(loop.SiteAgent, "prepare", lambda self: seen.append(gc.isenabled()))
-    monkeypatch.setattr(loop, "start_prewarm", lambda: None)
+    monkeypatch.setattr(loop, "start_prewarm", lambda *modules: None)
     settings = SiteSettings(
         aggregator_url="http://127.0.0.1:1", allow_insecure_http=True, work_dir=tmp_path
     )
