@@ -98,6 +98,36 @@ def finish_prewarm(timeout: float | None = None) -> None:
         thread.join(timeout)
     with _lock:
         _started[:] = [t for t in _started if t.is_alive()]
+    if threads:
+        _raise_inherited()
+
+
+def _raise_inherited() -> None:
+    """Give the process's priority to threads left at the background nice value.
+
+    A thread inherits its creator's nice value: the native threads that torch and MONAI start
+    while the prewarm imports them (two, with torch 2.13 and MONAI 1.6) would stay at nice 19
+    for the agent's life. Nothing else in the agent lowers a thread's priority.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: nothing was lowered
+        own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        if own >= _BACKGROUND_NICE:
+            return
+        for native_id in _low_threads():
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, native_id, own)
+
+
+def _low_threads() -> list[int]:
+    """Native ids of this process's threads at the background nice value (Linux ``/proc``)."""
+    found = []
+    for entry in os.scandir("/proc/self/task"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/self/task/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            if int(fields[16]) == _BACKGROUND_NICE:  # field 19 of stat(5): nice
+                found.append(int(entry.name))
+    return found
 
 
 def _lower_priority() -> None:

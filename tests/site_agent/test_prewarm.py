@@ -190,3 +190,33 @@ def test_the_first_task_waits_for_the_prewarm_before_its_runner_starts(
         assert events == ["finish_prewarm", "runner"] and runner is not None
     finally:
         agent.close()
+
+
+def test_threads_the_imports_start_get_the_process_priority_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As torch and MONAI do, the module starts a thread while it is imported: it inherits the
+    prewarm's nice 19, and ``finish_prewarm`` gives it the process's priority."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if own >= 19:
+        pytest.skip("this test runs at nice 19 already")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "spawning_prewarm_target.py").write_text(
+        "import threading\nstop = threading.Event()\nready = threading.Event()\n"
+        "def _work():\n    global native_id\n    native_id = threading.get_native_id()\n"
+        "    ready.set()\n    stop.wait(30)\n"
+        "worker = threading.Thread(target=_work, daemon=True)\nworker.start()\nready.wait(30)\n"
+    )
+    prewarm.start_prewarm("spawning_prewarm_target").join(30)
+    module = sys.modules["spawning_prewarm_target"]
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, module.native_id) == 19  # inherited
+        prewarm.finish_prewarm(timeout=30)
+        after = os.getpriority(os.PRIO_PROCESS, module.native_id)
+        if after != own and os.geteuid() != 0:
+            pytest.skip("raising a thread's priority back needs RLIMIT_NICE or root here")
+        assert after == own
+    finally:
+        module.stop.set()
+        module.worker.join(30)
+        sys.modules.pop("spawning_prewarm_target", None)
