@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks.suite.store import commit
+from data_specs.files import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -97,7 +99,7 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
     lines = [
         "# Round 1 after the agent waited: what the first training still imports",
         "",
-        f"`{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {_commit()}, "
+        f"`{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()[:12]}, "
         f"{platform.node()}, {os.cpu_count()} CPUs).",
         "",
         "One aggregator and one site agent (synthetic 2D hospital, 8 cases, one local epoch);",
@@ -136,20 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     idle = " ".join(f"{s:g}" for s in args.idle_s)
     command = f"python -m benchmarks.first_round_bench --idle-s {idle} --repeats {args.repeats}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(report(rows, command))
-    tmp.replace(args.out)
+    atomic_write_text(args.out, report(rows, command))
     print(f"wrote {args.out}")
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 if __name__ == "__main__":
