@@ -39,7 +39,8 @@ from aggregator.settings import AggregatorSettings
 from aggregator.storage.blob_cache import BlobCache
 from aggregator.storage.blobs import BlobStore
 from aggregator.storage.db import Database
-from aggregator.storage.db.async_reads import AsyncReads
+from aggregator.storage.db.async_reads import AsyncReads, SiteReads
+from aggregator.storage.db.sqlite_reads import SqliteReads
 from aggregator.storage.routing_bundle import RoutingBundles
 from aggregator.telemetry import AggregatorMetrics
 from data_specs.constants import API_PREFIX
@@ -112,12 +113,16 @@ def build_services(settings: AggregatorSettings) -> Services:
         bookkeeping=TaskBookkeeping(database),
         principals=principal_cache,
         announcements=announcements,
-        async_reads=(
-            None
-            if database.is_sqlite
-            else AsyncReads(database.engine.url, dialect=database.engine.dialect)
-        ),
+        async_reads=_site_reads(database),
     )
+
+
+def _site_reads(database: Database) -> SiteReads | None:
+    """A site's look-ups on the event loop: psycopg's asyncio connections on PostgreSQL, plain
+    ``sqlite3`` ones on a SQLite file; None (sessions, as other reads) for an in-memory one."""
+    if not database.is_sqlite:
+        return AsyncReads(database.engine.url, dialect=database.engine.dialect)
+    return None if database.sqlite_path is None else SqliteReads(database.sqlite_path)
 
 
 @contextlib.asynccontextmanager

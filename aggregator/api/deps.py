@@ -38,7 +38,7 @@ from aggregator.settings import AggregatorSettings
 from aggregator.storage.blob_cache import BlobCache
 from aggregator.storage.blobs import BlobStore
 from aggregator.storage.db import Database
-from aggregator.storage.db.async_reads import AsyncReads
+from aggregator.storage.db.async_reads import SiteReads
 from aggregator.storage.routing_bundle import RoutingBundles
 from aggregator.telemetry import AggregatorMetrics
 
@@ -61,7 +61,7 @@ class Services:
     bookkeeping: TaskBookkeeping
     principals: PrincipalCache = field(default_factory=PrincipalCache)
     announcements: AnnouncementListener | None = None  # PostgreSQL: other processes' changes
-    async_reads: AsyncReads | None = None  # PostgreSQL: a site's look-ups on the event loop
+    async_reads: SiteReads | None = None  # a site's look-ups on the event loop (sqlite_reads)
 
 
 @dataclass(frozen=True)

@@ -117,14 +117,17 @@ async def _find(
         return await db_threads.read(
             _deliver, services, site_id, model, inline=services.database.is_sqlite
         )
-    # PostgreSQL: the look-up on the event loop; the rest from memory, else as above.
+    # The look-up on the event loop's own connection (SiteReads); the rest from memory, else
+    # as above.
     row = await reads.one(site_requests.NEXT_TASK, {"site_id": site_id})
     if row is None:
         return None
     task = site_requests.OpenTask(**row)
     facts = cached_facts(experiment_id=task.experiment_id, started_at=task.started_at)
-    if facts is None or facts.cfg.privacy is not None:  # more to read: a database thread
-        return await db_threads.read(_deliver, services, site_id, model, inline=False)
+    if facts is None or facts.cfg.privacy is not None:  # more to read: a session
+        return await db_threads.read(
+            _deliver, services, site_id, model, inline=services.database.is_sqlite
+        )
     _hand_out(services, task)
     assignment = task_crud.to_assignment(None, task=task, facts=facts)
     if _inline(model, assignment):
@@ -342,10 +345,10 @@ async def upload_update(
 async def _prepare_on_loop(
     services: Services, *, task_id: str, site_id: str, sha256: str
 ) -> intake.UpdateTarget | UpdateReceipt | None:
-    """PostgreSQL: ``intake.prepare_update`` with its look-up on the event loop (``AsyncReads``)
-    when the rest is known in memory; None where it is not (SQLite; an experiment not cached
-    here, or with privacy settings, whose checks read more rows): then the caller asks a
-    database thread.
+    """``intake.prepare_update`` with its look-up on the event loop's own connection
+    (``SiteReads``: PostgreSQL, or a SQLite file) when the rest is known in memory; None where
+    it is not (an in-memory SQLite database; an experiment not cached here, or with privacy
+    settings, whose checks read more rows): then the caller reads with a session.
 
     Raises:
         NotFoundError, ConflictError: as ``prepare_update``.

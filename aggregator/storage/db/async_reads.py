@@ -25,7 +25,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.sql import Select
@@ -36,6 +36,17 @@ if TYPE_CHECKING:  # imported when one is built: a SQLite aggregator starts with
 log = logging.getLogger("aggregator.storage.db.async_reads")
 
 APPLICATION_NAME = "fedseg-async-reads"  # in pg_stat_activity
+
+
+class SiteReads(Protocol):
+    """A site's one-row look-ups on the event loop: ``AsyncReads`` (PostgreSQL) or
+    ``aggregator.storage.db.sqlite_reads.SqliteReads`` (a SQLite file)."""
+
+    async def one(self, statement: Select[Any], params: dict[str, Any]) -> dict[str, Any] | None:
+        """The first row of ``statement`` with ``params`` as a dict, or None."""
+
+    async def close(self) -> None:
+        """Close the connections (the app's shutdown)."""
 
 
 @dataclass(frozen=True)

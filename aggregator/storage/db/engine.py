@@ -30,6 +30,12 @@ class Database:
     def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.sqlite_path: str | None = (
+            parsed.database
+            if self.is_sqlite and parsed.database and parsed.database != ":memory:"
+            else None
+        )
+        """The SQLite database file; None for an in-memory database or another backend."""
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
