@@ -61,7 +61,10 @@ class RateLimiter:
         Raises:
             TooManyRequestsError: naming ``what`` and when to retry.
         """
-        wait = max((self.blocked_for(k) for k in keys), default=0.0)
+        wait = 0.0
+        for key in keys:
+            if key in self._buckets:  # a key never hit has its whole burst: no lock needed
+                wait = max(wait, self.blocked_for(key))
         if wait > 0:
             raise TooManyRequestsError(
                 f"too many {what}; retry in {wait:.0f} s", retry_after_s=wait

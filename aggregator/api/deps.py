@@ -21,6 +21,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
 from aggregator.api import db_threads
@@ -133,9 +134,18 @@ def _token_of(credentials: HTTPAuthorizationCredentials | None) -> str:
 TokenDep = Annotated[str, Depends(bearer_token)]
 
 
-async def bearer_credentials(request: Request) -> HTTPAuthorizationCredentials | None:
-    """What ``BearerDep`` gives a route, for code that calls a route without FastAPI."""
-    return await _bearer(request)
+def bearer_token_of(request: Request) -> str:
+    """The request's bearer token as ``bearer_token`` reads it, without FastAPI's
+    ``HTTPBearer`` and the credentials model it builds (a site's every request).
+
+    Raises:
+        AuthenticationError: no ``Authorization: Bearer`` header.
+    """
+    authorization = request.headers.get("authorization")
+    scheme, token = get_authorization_scheme_param(authorization)
+    if not token or scheme.lower() != "bearer":
+        raise AuthenticationError("missing bearer token: send 'Authorization: Bearer <token>'")
+    return token
 
 
 def client_address(request: Request) -> str:
@@ -148,8 +158,8 @@ async def guard_auth(request: Request, services: ServicesDep, token: TokenDep) -
     _guard(request, services, token)
 
 
-def _guard(request: Request, services: Services, token: str) -> None:
-    keys = (f"ip:{client_address(request)}", f"token:{hash_token(token)}")
+def _guard(request: Request, services: Services, token: str, token_hash: str = "") -> None:
+    keys = (f"ip:{client_address(request)}", f"token:{token_hash or hash_token(token)}")
     services.auth_failures.check(*keys, what="failed authentications")
     request.state.auth_keys = keys
 
@@ -178,17 +188,18 @@ async def current_researcher(
     request: Request, services: ServicesDep, settings: SettingsDep, token: TokenDep, _: AuthGuard
 ) -> ResearcherPrincipal:
     """Require a researcher token (not revoked, not expired)."""
-    cached = _cached(services.principals, token, "researcher", settings)
+    cached = _cached(services.principals, hash_token(token), "researcher", settings)
     if cached is not None:
         return ResearcherPrincipal(cached.id, cached.name)
     return await run_in_threadpool(_researcher_of, request, services, settings, token)
 
 
 def _cached(
-    cache: PrincipalCache, token: str, kind: str, settings: AggregatorSettings
+    cache: PrincipalCache, token_hash: str, kind: str, settings: AggregatorSettings
 ) -> CachedPrincipal | None:
-    """The cached owner of a token, unless absent, stale or expired (then the database decides)."""
-    cached = cache.get(hash_token(token), kind)
+    """The cached owner of a token (by its hash), unless absent, stale or expired (then the
+    database decides)."""
+    cached = cache.get(token_hash, kind)
     if cached is None or principals.token_expired(cached.issued_at, settings.token_ttl_days):
         return None
     return cached
@@ -243,10 +254,15 @@ async def current_site(
     ``get_settings`` and ``guard_auth`` itself rather than through three more dependencies
     (FastAPI's dependency solving was a tenth of the aggregator's CPU per request).
     """
-    token = _token_of(credentials)
-    _guard(request, services, token)
+    return await site_of_token(request, services, _token_of(credentials))
+
+
+async def site_of_token(request: Request, services: Services, token: str) -> SitePrincipal:
+    """``current_site`` for a token already read (``bearer_token_of``: the hot routes)."""
+    token_hash = hash_token(token)
+    _guard(request, services, token, token_hash)
     settings = services.settings
-    cached = _cached(services.principals, token, "site", settings)
+    cached = _cached(services.principals, token_hash, "site", settings)
     if cached is None:
         principal = await db_threads.run(_site_of, request, services, settings, token)
     else:

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from aggregator.api.deps import Services, bearer_credentials, current_site
+from aggregator.api.deps import Services, bearer_token_of, site_of_token
 from aggregator.api.routes import tasks
 from data_specs.constants import API_PREFIX
 
@@ -123,7 +123,7 @@ async def _upload(request: Request, services: Services, task_id: str, _: bool) -
 
 
 async def _site(request: Request, services: Services) -> Any:
-    return await current_site(request, services, await bearer_credentials(request))
+    return await site_of_token(request, services, bearer_token_of(request))
 
 
 def _handler_for(

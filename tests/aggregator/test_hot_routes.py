@@ -72,9 +72,26 @@ def test_hot_routes_answer_as_fastapi_does(
     assert (
         same(*both(client, monkeypatch, lambda: client.get(poll, headers=site))).status_code == 204
     )
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic x"}):
+    token = site["Authorization"].removeprefix("Bearer ")
+    wrong: tuple[dict[str, str], ...] = (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic x"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer "},
+        {"Authorization": f"Basic {token}"},
+        {"Authorization": f"Bearer{token}"},
+        {"Authorization": ""},
+    )
+    for headers in wrong:
         r = same(*both(client, monkeypatch, lambda h=headers: client.get(poll, headers=h)))  # type: ignore[misc]
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+    # The scheme in any case, and spaces around the token, as FastAPI's HTTPBearer reads them.
+    for spelled in (f"bearer {token}", f"BEARER  {token} "):
+        headers = {"Authorization": spelled}
+        r = same(*both(client, monkeypatch, lambda h=headers: client.get(poll, headers=h)))  # type: ignore[misc]
+        assert r.status_code == 204
 
     client.app.state.services.orchestrator.step()  # type: ignore[attr-defined]
     r = same(*both(client, monkeypatch, lambda: client.get(poll + "?wait=0", headers=site)))

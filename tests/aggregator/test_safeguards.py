@@ -167,6 +167,9 @@ def test_rate_limiter_refills_and_upload_slots_cap_concurrency() -> None:
     assert limiter.hit("k") and limiter.hit("k") and not limiter.hit("k")
     with pytest.raises(TooManyRequestsError):
         limiter.check("k", what="tries")
+    with pytest.raises(TooManyRequestsError):  # any key of several
+        limiter.check("never-hit", "k", what="tries")
+    limiter.check("never-hit", "other", what="tries")  # keys never hit have their burst
     now[0] += 1.0
     assert limiter.hit("k")
     slots = UploadSlots(1)
