@@ -22,6 +22,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from aggregator.errors import StorageError
 from data_specs.files import atomic_writer, fsync_dir
@@ -47,15 +48,21 @@ def is_sha256(value: str) -> bool:
 class StagedBlob:
     """A blob being written: ``write`` chunks, then ``commit`` into the store or ``discard``.
 
+    The staged file under ``tmp/`` is created by the first write (or ``finish``, or a read of
+    ``path``), not here: a small upload is staged on the event loop and held in memory until a
+    worker thread's ``finish``, so creating its file there would put a ``mkstemp`` (random
+    names, an ``open`` with ``O_EXCL``) and, for a refused upload, an ``unlink`` on the event
+    loop (at 1,000 sites 7 % of it; ``benchmarks/results/scale.md``, section R).
+
     Args:
         store: the store it belongs to.
     """
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        fd, tmp = tempfile.mkstemp(prefix="stage.", suffix=".tmp", dir=store.tmp_dir)
-        self.path = Path(tmp)
-        self._fh = os.fdopen(fd, "wb")
+        self._path: Path | None = None
+        self._fh: BinaryIO | None = None
+        self._gone = False  # moved into the store, or discarded
         self._hash = hashlib.sha256()
         self._held: list[bytes] = []
         self._written = 0
@@ -63,12 +70,29 @@ class StagedBlob:
         self.size = 0
         self._sha: str | None = None
 
+    @property
+    def path(self) -> Path:
+        """The staged file (created empty if nothing was written yet)."""
+        self._file()
+        assert self._path is not None
+        return self._path
+
+    def _file(self) -> BinaryIO:
+        if self._path is None:
+            if self._gone:
+                raise StorageError("the staged blob was discarded")
+            fd, tmp = tempfile.mkstemp(prefix="stage.", suffix=".tmp", dir=self._store.tmp_dir)
+            self._path = Path(tmp)
+            self._fh = os.fdopen(fd, "wb")
+        assert self._fh is not None
+        return self._fh
+
     def write(self, chunk: bytes) -> None:
         """Append a chunk, hashing it on the way."""
         self.write_held()
         self.body = None  # more than what was held
         self._hash.update(chunk)
-        self._fh.write(chunk)
+        self._file().write(chunk)
         self._written += len(chunk)
         self.size += len(chunk)
 
@@ -89,12 +113,15 @@ class StagedBlob:
 
     def write_held(self) -> None:
         """Write the chunks ``hold`` kept in memory (in order)."""
-        if self._held and self._written == 0:  # all of the body so far: keep it for readers
+        if not self._held:
+            return
+        if self._written == 0:  # all of the body so far: keep it for readers
             self.body = b"".join(self._held)
             self._held = [self.body]
+        fh = self._file()
         while self._held:
             chunk = self._held.pop(0)
-            self._fh.write(chunk)
+            fh.write(chunk)
             self._written += len(chunk)
 
     def digest(self) -> BlobRef:
@@ -104,10 +131,11 @@ class StagedBlob:
     def finish(self) -> BlobRef:
         """Write what is held, flush and fsync the staged file; returns its sha256 and size."""
         if self._sha is None:
+            fh = self._file()
             self.write_held()
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
             self._sha = self._hash.hexdigest()
         return BlobRef(self._sha, self.size)
 
@@ -115,16 +143,19 @@ class StagedBlob:
         """Move the staged file into the store under its sha256 (durable on return)."""
         ref = self.finish()
         self._store.adopt(self.path, ref)
+        self._gone = True  # nothing left to remove
         return ref
 
     def discard(self) -> None:
         """Drop the staged file if it is still there (safe to call twice)."""
         self._held.clear()
         self.body = None
-        if not self._fh.closed:
+        if self._fh is not None and not self._fh.closed:
             self._fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._path is not None and not self._gone:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+        self._gone = True
 
 
 class BlobStore:

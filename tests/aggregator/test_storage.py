@@ -159,3 +159,26 @@ def test_verify_reads_only_blobs_not_hashed_by_this_process_or_changed_since(
     path.write_bytes(b"received herX")  # same size, new modification time
     with pytest.raises(StorageError, match="corrupt"):
         store.verify(received.sha256)
+
+
+def test_a_staged_blob_creates_its_file_only_when_it_writes(tmp_path: Path) -> None:
+    """A small upload is held on the event loop: no file until a worker thread finishes it,
+    and a refused one leaves nothing behind without touching the disk."""
+    store = BlobStore(tmp_path / "blobs")
+    refused = store.stage()
+    refused.hold(b"abc")
+    assert list(store.tmp_dir.iterdir()) == []
+    refused.discard()
+    assert list(store.tmp_dir.iterdir()) == []
+    with pytest.raises(StorageError, match="discarded"):
+        _ = refused.path
+
+    held = store.stage()
+    held.hold(b"abc")
+    ref = held.finish()  # the worker thread's call: written and fsynced now
+    assert [p.read_bytes() for p in store.tmp_dir.iterdir()] == [b"abc"]
+    assert held.commit() == ref and list(store.tmp_dir.iterdir()) == []
+    held.discard()  # after a commit: nothing to remove, nothing raised
+
+    empty = store.stage()  # an empty body still becomes a (empty) blob
+    assert empty.commit().size == 0 and store.path(empty.digest().sha256).read_bytes() == b""
