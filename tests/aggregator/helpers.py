@@ -144,6 +144,14 @@ class Federation:
         assert r.status_code == 200, r.text
         return dict(r.json())
 
+    def start_first_round(self, services: Any, *, rounds: int = 1, min_sites: int = 3) -> str:
+        """Create and start an experiment, and open its round 1 (one step of the in-process
+        app's orchestrator, ``services.orchestrator``)."""
+        exp = self.create_experiment(rounds=rounds, min_sites=min_sites)
+        self.start(exp)
+        services.orchestrator.step()
+        return exp
+
     def next_task(self, name: str, wait: float = 0) -> dict[str, Any] | None:
         r = self.client.get(f"{API}/tasks/next", params={"wait": wait}, headers=self.sh(name))
         if r.status_code == 204:

@@ -1,5 +1,6 @@
 """PostgreSQL: a site's poll and upload checks read on the event loop (``AsyncReads``), and a
-connection the server closed is replaced without the site noticing."""
+connection the server closed is replaced without the site noticing. The first test runs on
+SQLite too (``SqliteReads``; its own tests are in ``test_sqlite_reads.py``)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,11 @@ def _postgresql_only(services: Services) -> AsyncReads:
     return reads
 
 
-def _started(fed: Federation, services: Services) -> str:
-    exp = fed.create_experiment(rounds=1, min_sites=3)
-    fed.start(exp)
-    services.orchestrator.step()
-    return exp
-
-
 def test_a_read_on_the_loop_gives_what_a_session_gives(fed: Federation, services: Services) -> None:
-    reads = _postgresql_only(services)
-    _started(fed, services)
+    """Either database's reads (``AsyncReads`` here, ``SqliteReads`` on SQLite)."""
+    reads = services.async_reads
+    assert reads is not None  # a SQLite file or PostgreSQL: the tests' databases
+    fed.start_first_round(services)
     site_id = fed.sites["site-a"][0]
     with services.database.read_session() as session:
         expected = site_requests.next_task(session, site_id=site_id)
@@ -42,7 +38,7 @@ def test_a_read_on_the_loop_gives_what_a_session_gives(fed: Federation, services
         assert row is not None
         return site_requests.OpenTask(**row)
 
-    got = asyncio.run(read())  # another event loop than the app's: fresh connections
+    got = asyncio.run(read())  # another event loop (PostgreSQL: fresh connections)
     assert got == expected
     assert got.deadline_at.tzinfo == UTC  # as UTCDateTime gives it
 
@@ -54,7 +50,7 @@ def test_a_read_on_the_loop_gives_what_a_session_gives(fed: Federation, services
 
 def test_a_connection_the_server_closed_is_replaced(fed: Federation, services: Services) -> None:
     reads = _postgresql_only(services)
-    _started(fed, services)
+    fed.start_first_round(services)
     assert fed.next_task("site-a") is not None  # the experiment is now known in memory
     assert fed.next_task("site-a") is not None  # read on the loop: a connection is open
     with services.database.engine.connect() as conn:

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, select
 
 from aggregator.api.deps import Services
 from aggregator.crud import site_requests
+from aggregator.errors import NotFoundError
 from aggregator.storage.db import Database
 from aggregator.storage.db.models import Round, Task
 from aggregator.storage.db.sqlite_reads import SqliteReads
@@ -32,42 +33,28 @@ def _one(reads: SqliteReads, statement: Any, params: dict[str, Any]) -> dict[str
     return asyncio.run(reads.one(statement, params))
 
 
-def _started(fed: Federation, services: Services) -> str:
-    exp = fed.create_experiment(rounds=2, min_sites=3)
-    fed.start(exp)
-    services.orchestrator.step()
-    return exp
-
-
-def test_a_read_on_the_loop_gives_what_a_session_gives(fed: Federation, services: Services) -> None:
+def test_the_upload_check_reads_what_a_session_reads(fed: Federation, services: Services) -> None:
+    """The outer join, labelled columns and datetimes (the poll's statement: in
+    ``test_async_reads.py``, which runs on both databases)."""
     reads = _sqlite_only(services)
-    _started(fed, services)
+    fed.start_first_round(services, rounds=2)
     site_id = fed.sites["site-a"][0]
+    task = _one(reads, site_requests.NEXT_TASK, {"site_id": site_id})
+    assert task is not None and task["started_at"].tzinfo == UTC
     with services.database.read_session() as session:
-        expected = site_requests.next_task(session, site_id=site_id)
-    assert expected is not None
-    row = _one(reads, site_requests.NEXT_TASK, {"site_id": site_id})
-    assert row is not None
-    got = site_requests.OpenTask(**row)
-    assert got == expected
-    assert got.deadline_at.tzinfo == UTC and got.started_at is not None  # as UTCDateTime gives
-    assert got.started_at.tzinfo == UTC
-    assert _one(reads, site_requests.NEXT_TASK, {"site_id": "no-such-site"}) is None
-
-    with services.database.read_session() as session:
-        ctx = site_requests.upload_context(session, task_id=got.id, site_id=site_id)
-    row = _one(reads, site_requests.UPLOAD_CONTEXT, {"task_id": got.id})
-    assert site_requests.upload_context_of(row, task_id=got.id, site_id=site_id) == ctx
-    assert ctx.previous_sha256 is not None  # the outer join found round 0's model
-    with pytest.raises(Exception, match="not found for this site"):
-        other = _one(reads, site_requests.UPLOAD_CONTEXT, {"task_id": got.id})
-        site_requests.upload_context_of(other, task_id=got.id, site_id="another-site")
+        ctx = site_requests.upload_context(session, task_id=task["id"], site_id=site_id)
+    row = _one(reads, site_requests.UPLOAD_CONTEXT, {"task_id": task["id"]})
+    assert site_requests.upload_context_of(row, task_id=task["id"], site_id=site_id) == ctx
+    assert ctx.previous_sha256 is not None and ctx.round_number == 1  # round 0's model
+    with pytest.raises(NotFoundError, match="not found for this site"):
+        site_requests.upload_context_of(row, task_id=task["id"], site_id="another-site")
+    assert _one(reads, site_requests.UPLOAD_CONTEXT, {"task_id": "no-such-task"}) is None
 
 
 def test_each_read_sees_what_was_committed_before_it(fed: Federation, services: Services) -> None:
     """The connection stays open between requests, yet never reads an old snapshot."""
     reads = _sqlite_only(services)
-    _started(fed, services)
+    fed.start_first_round(services, rounds=2)
     site_id = fed.sites["site-a"][0]
     first = _one(reads, site_requests.NEXT_TASK, {"site_id": site_id})
     assert first is not None and first["round_number"] == 1
@@ -83,7 +70,7 @@ def test_the_sites_requests_read_through_it(fed: Federation, services: Services)
     """A poll and an upload of a started experiment open the event loop thread's connection;
     a whole round goes through as before."""
     reads = _sqlite_only(services)
-    _started(fed, services)
+    fed.start_first_round(services, rounds=2)
     asyncio.run(reads.close())  # forget connections the set-up may have opened
     for name in ("site-a", "site-b", "site-c"):
         task = fed.next_task(name)
@@ -140,7 +127,7 @@ def test_parameters_go_through_their_columns_bind_processors(
 ) -> None:
     """An aware datetime is stored naive UTC (``UTCDateTime``): compared as the ORM would."""
     reads = _sqlite_only(services)
-    _started(fed, services)
+    fed.start_first_round(services, rounds=2)
     tasks = Task.__table__.c
     created_before = select(tasks.id).where(tasks.created_at < bindparam("before")).limit(1)
     later = datetime.now(UTC) + timedelta(hours=1)
