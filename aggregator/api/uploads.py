@@ -222,18 +222,29 @@ async def receive_bundle(
 
 
 async def _timed(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
-    """The body's chunks, each awaited at most ``timeout_s`` seconds."""
+    """The body's chunks, each awaited at most ``timeout_s`` seconds (the caller's work on a
+    chunk does not count).
+
+    One ``asyncio.timeout`` moved before each chunk, rather than ``asyncio.wait_for`` per
+    chunk, which wrapped each wait in a task of its own: a 1.6 MB update arrives in about 25
+    chunks.
+    """
     iterator = aiter(chunks)
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(iterator), timeout=timeout_s)
-        except StopAsyncIteration:
-            return
-        except TimeoutError as exc:
-            raise InvalidRequestError(
-                f"body stalled: no data for {timeout_s:g} s", code="truncated"
-            ) from exc
-        yield chunk
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(None) as deadline:
+            while True:
+                deadline.reschedule(loop.time() + timeout_s)
+                try:
+                    chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                deadline.reschedule(None)  # not while the caller works on the chunk
+                yield chunk
+    except TimeoutError as exc:
+        raise InvalidRequestError(
+            f"body stalled: no data for {timeout_s:g} s", code="truncated"
+        ) from exc
 
 
 def _check_header_length(prefix: bytes, limit: int) -> None:
