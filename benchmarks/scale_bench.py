@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import signal
 import statistics
@@ -340,6 +341,7 @@ async def run_one(
                 for name, _, tok in sites
             ]
             sizes: dict[int, int] = {}
+            gc_at_open: dict[int, float] = {}  # the aggregator's GC seconds as each round opened
             (
                 await call(client, "POST", f"{API}/experiments/{exp}/start", headers=rh)
             ).raise_for_status()
@@ -349,7 +351,10 @@ async def run_one(
                 done = state["current_round"]
                 if done and done not in sizes:
                     sizes[done] = database_size(data_dir, pg, url)
+                    gc_at_open[done] = await gc_seconds(client)
                 if state["status"] != "running":
+                    if done:
+                        gc_at_open[done + 1] = await gc_seconds(client)
                     break
                 await asyncio.sleep(0.5)
             stop.set()
@@ -388,11 +393,21 @@ async def run_one(
                     if latencies
                     else float("nan"),
                     "updates": len([s for s in rnd["sites"] if s["status"] == "accepted"]),
+                    "gc_s": gc_at_open.get(rnd["number"] + 1, float("nan"))
+                    - gc_at_open.get(rnd["number"], float("nan")),
                 }
             )
     finally:
         agg.stop()
     return result
+
+
+async def gc_seconds(client: httpx.AsyncClient) -> float:
+    """The aggregator's garbage-collection pauses so far (``fedseg_gc_pause_seconds_total``,
+    all generations), from ``/metrics``; NaN when it does not expose them."""
+    text = (await call(client, "GET", "/metrics")).text
+    found = re.findall(r"^fedseg_gc_pause_seconds_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    return sum(float(v) for v in found) if found else float("nan")
 
 
 def report(results: list[RunResult], command: str, speed: str = "") -> str:
@@ -418,14 +433,16 @@ def report(results: list[RunResult], command: str, speed: str = "") -> str:
         "round's `opened_at`; agg CPU = the aggregator process's CPU seconds during the round (the "
         "load-independent cost); sites CPU = the client process's (all sites) CPU seconds; RSS = the "
         "aggregator's peak resident memory; DB = database size after the round; p50 / p99 = delay "
-        "from the round's `opened_at` to a site holding its task (long-poll delivery).",
+        "from the round's `opened_at` to a site holding its task (long-poll delivery); GC = the "
+        "aggregator's garbage-collection pauses (`fedseg_gc_pause_seconds_total` on `/metrics`, "
+        "read as each round opens, so each figure's edges are within the 0.5 s status poll).",
         "",
         f"Load average (1 min) at the start / end: {LOADS[0]:.1f} / {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} cores: wall times are starved by other work; CPU seconds are not.",
         *([speed, ""] if speed else [""]),
         "| database | sites | round | wall s | close s | reopen s | agg CPU s | sites CPU s | RSS MiB "
-        "| DB MiB | p50 s | p99 s | updates |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| DB MiB | p50 s | p99 s | updates | GC s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         for r in res.rounds:
@@ -433,7 +450,8 @@ def report(results: list[RunResult], command: str, speed: str = "") -> str:
                 f"| {res.database} | {res.sites} | {r['round']} | {r['wall_s']:.1f} "
                 f"| {r['close_s']:.2f} | {r['reopen_s']:.2f} | {r['cpu_s']:.1f} "
                 f"| {r['client_cpu_s']:.1f} | {r['rss_mb']:.0f} | {r['db_mb']:.2f} "
-                f"| {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['updates']} |"
+                f"| {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['updates']} "
+                f"| {r.get('gc_s', float('nan')):.2f} |"
             )
     lines += [
         "",

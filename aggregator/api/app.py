@@ -131,6 +131,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
     settings = services.settings
     services.board.bind(asyncio.get_running_loop())
+    services.metrics.gc_pauses.install()
     if services.announcements is not None:
         services.announcements.start()
     loop_task = None
@@ -163,6 +164,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await services.async_reads.close()
         services.bookkeeping.close()
         services.database.dispose()
+        services.metrics.gc_pauses.remove()
         log_event(log, "aggregator.stopped")
 
 
