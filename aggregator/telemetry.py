@@ -26,9 +26,9 @@ GENERATIONS = 3
 class GcPauses(Collector):
     """How long Python's cyclic garbage collector held the process, by generation.
 
-    A collection stops every thread of the aggregator, the event loop that answers the sites
-    among them; a full one at a thousand sites took up to a tenth of a second
-    (``benchmarks/results/scale.md``, section S). ``install`` adds a ``gc.callbacks`` entry and
+    A collection holds the GIL, so it stops every thread of the aggregator, the event loop that
+    answers the sites among them. With Python's default thresholds a full one took up to a tenth
+    of a second at a thousand sites (``benchmarks/results/scale.md``, section S). ``install`` adds a ``gc.callbacks`` entry and
     ``remove`` takes it out again (the app's lifespan does both). Exposed as
     ``fedseg_gc_pause_seconds_total``, ``fedseg_gc_collections_total`` and
     ``fedseg_gc_longest_pause_seconds``, each by ``generation`` (0, 1, 2).
