@@ -29,6 +29,7 @@ from aggregator.api.routes import (
     tasks,
     ui,
 )
+from aggregator.crud.sqlite_reports import SqliteReports
 from aggregator.crud.task_bookkeeping import TaskBookkeeping
 from aggregator.leadership import Leadership, lead_rounds
 from aggregator.logs import log_event
@@ -114,6 +115,11 @@ def build_services(settings: AggregatorSettings) -> Services:
         principals=principal_cache,
         announcements=announcements,
         async_reads=_site_reads(database),
+        site_reports=(
+            None
+            if database.sqlite_path is None
+            else SqliteReports(database.sqlite_path, synchronous=database.synchronous)
+        ),
     )
 
 
@@ -162,6 +168,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             services.announcements.stop()
         if services.async_reads is not None:
             await services.async_reads.close()
+        if services.site_reports is not None:
+            services.site_reports.close()
         services.bookkeeping.close()
         services.database.dispose()
         services.metrics.gc_pauses.remove()

@@ -30,6 +30,7 @@ from aggregator.api.client_certs import require_site_certificate
 from aggregator.api.principal_cache import CachedPrincipal, PrincipalCache
 from aggregator.auth import hash_token, tokens_match
 from aggregator.crud import principals
+from aggregator.crud.sqlite_reports import SqliteReports
 from aggregator.crud.task_bookkeeping import TaskBookkeeping
 from aggregator.errors import AuthenticationError, PermissionDeniedError, require_row
 from aggregator.rate_limits import RateLimiter, UploadSlots
@@ -63,6 +64,7 @@ class Services:
     principals: PrincipalCache = field(default_factory=PrincipalCache)
     announcements: AnnouncementListener | None = None  # PostgreSQL: other processes' changes
     async_reads: SiteReads | None = None  # a site's look-ups on the event loop (sqlite_reads)
+    site_reports: SqliteReports | None = None  # a SQLite file: upload reports (sqlite_reports)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,11 @@ UPLOAD_CONTEXT = (
     .where(_tasks.c.id == bindparam("task_id"))
 )
 
-_INSERT_EVENT = insert(_events)
+_EVENT_COLUMNS = ("at", "kind", "actor", "experiment_id", "detail")
+INSERT_EVENT_ROW = insert(_events).values(
+    {name: bindparam(f"e_{name}", type_=_events.c[name].type) for name in _EVENT_COLUMNS}
+)
+"""One audit event from ``event_row``'s parameters."""
 
 _reports: dict[tuple[str, ...], Any] = {}
 
@@ -247,20 +251,20 @@ def record_report(
     keys = tuple(sorted(values))
     statement = _reports.get(keys)
     if statement is None:
-        statement = _report_update(keys)
+        statement = report_update(keys)
         _reports[keys] = statement
     params = {"task_id": task_id, "new_status": status, "now": now}
     params |= {f"v_{key}": value for key, value in values.items()}
     connection = session.connection()
     if not connection.execute(statement, params).rowcount:
         return Recorded(won=False, unreported=None)
-    left = connection.execute(_COUNT_DOWN, {"task_id": task_id}).scalar_one_or_none()
+    left = connection.execute(COUNT_DOWN, {"task_id": task_id}).scalar_one_or_none()
     if left == 0:  # the leader's orchestrator, in whichever process, hears it at the commit
         announce(session, ROUNDS_CHANNEL)
     return Recorded(won=True, unreported=left)
 
 
-def _report_update(keys: tuple[str, ...]) -> Any:
+def report_update(keys: tuple[str, ...]) -> Any:
     """Compare-and-set an open task of an open round to the report's status and values."""
     open_rounds = select(_rounds.c.id).where(_rounds.c.status == RoundStatus.OPEN)
     return (
@@ -279,7 +283,7 @@ def _report_update(keys: tuple[str, ...]) -> Any:
 _ROUND_OF_TASK = (
     select(_tasks.c.round_id).where(_tasks.c.id == bindparam("task_id")).scalar_subquery()
 )
-_COUNT_DOWN = (  # one row by its primary key, whatever the round's size
+COUNT_DOWN = (  # one row by its primary key, whatever the round's size
     update(_progress)
     .where(_progress.c.round_id == _ROUND_OF_TASK)
     .values(unreported=_progress.c.unreported - 1)
@@ -316,26 +320,19 @@ def record_report_at_once(
         _reports_at_once[keys] = statement
     params = {"task_id": task_id, "new_status": status, "now": now}
     params |= {f"v_{key}": value for key, value in values.items()}
-    params |= {
-        "e_at": utcnow(),
-        "e_kind": event["kind"],
-        "e_actor": event["actor"],
-        "e_experiment_id": event.get("experiment_id"),
-        "e_detail": event.get("detail") or {},
-    }
+    params |= event_row(event)
     row = session.connection().execute(statement, params).one()
     return Recorded(won=bool(row.won), unreported=row.unreported)
 
 
 def _report_at_once_statement(keys: tuple[str, ...]) -> Any:
-    won = _report_update(keys).returning(_tasks.c.round_id).cte("won")
-    columns = ("at", "kind", "actor", "experiment_id", "detail")
+    won = report_update(keys).returning(_tasks.c.round_id).cte("won")
     logged = (
         insert(_events)
         .from_select(
-            list(columns),
+            list(_EVENT_COLUMNS),
             select(
-                *(bindparam(f"e_{name}", type_=_events.c[name].type) for name in columns)
+                *(bindparam(f"e_{name}", type_=_events.c[name].type) for name in _EVENT_COLUMNS)
             ).select_from(won),
         )
         .cte("logged")
@@ -377,12 +374,21 @@ def insert_event(
 ) -> None:
     """``events.record_event`` as one prepared Core ``INSERT`` sent now (no ORM object)."""
     session.connection().execute(
-        _INSERT_EVENT,
-        {
-            "at": utcnow(),
-            "kind": kind,
-            "actor": actor,
-            "experiment_id": experiment_id,
-            "detail": detail or {},
-        },
+        INSERT_EVENT_ROW,
+        event_row({"kind": kind, "actor": actor, "experiment_id": experiment_id, "detail": detail}),
     )
+
+
+def event_row(event: dict[str, Any]) -> dict[str, Any]:
+    """``INSERT_EVENT_ROW``'s parameters for an event, stamped now.
+
+    Args:
+        event: ``kind``, ``actor``, and optionally ``experiment_id`` and ``detail``.
+    """
+    return {
+        "e_at": utcnow(),
+        "e_kind": event["kind"],
+        "e_actor": event["actor"],
+        "e_experiment_id": event.get("experiment_id"),
+        "e_detail": event.get("detail") or {},
+    }

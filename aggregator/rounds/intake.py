@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,6 +29,9 @@ from aggregator.storage.db.models import ExperimentStatus, Task, TaskStatus, utc
 from data_specs.event_kinds import EventKind
 from data_specs.weights.bundle import BundleMeta, encode_bundle
 from data_specs.wire import SiteMetrics, UpdateReceipt
+
+if TYPE_CHECKING:
+    from aggregator.crud.sqlite_reports import SqliteReports
 
 log = logging.getLogger("aggregator.rounds.intake")
 
@@ -132,11 +135,14 @@ def accept_update(
     num_samples: int,
     metrics: SiteMetrics | None,
     at_once: bool = False,
+    reports: SqliteReports | None = None,
 ) -> UpdateOutcome:
     """Check a staged update and record it as accepted or rejected (durable on return).
 
     With ``at_once`` (PostgreSQL, a session without a transaction) the report and its event
-    are one statement that commits by itself (``site_requests.record_report_at_once``).
+    are one statement that commits by itself (``site_requests.record_report_at_once``). With
+    ``reports`` (a SQLite file) they are one transaction on that writer's own connection
+    (``SqliteReports.record``); the session is then used only when the report lost.
 
     Raises:
         InvalidRequestError: the bundle breaks the contract (nothing is recorded).
@@ -184,7 +190,11 @@ def accept_update(
             "reason": checked.reason,
         },
     }
-    if at_once:
+    if reports is not None:
+        recorded = reports.record(
+            task_id=target.task_id, status=status, now=utcnow(), values=values, event=event
+        )
+    elif at_once:
         recorded = site_requests.record_report_at_once(
             session, task_id=target.task_id, status=status, now=utcnow(), values=values, event=event
         )
@@ -201,7 +211,7 @@ def accept_update(
             )
         task_crud.ensure_open(session, task=task)  # raises the precise conflict
         raise ConflictError(f"task {target.task_id} changed while its update was checked; retry")
-    if not at_once:
+    if not at_once and reports is None:
         site_requests.insert_event(session, **event)
         session.commit()
     log_event(

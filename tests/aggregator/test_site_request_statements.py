@@ -7,6 +7,7 @@ is already known (``principal_cache``) in a started experiment (``experiment_fac
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +23,9 @@ from tests.aggregator.helpers import API, Federation, update_bundle
 
 @contextmanager
 def _cursor_executes(services: Services, record: Callable[..., None]) -> Iterator[None]:
-    """Call ``record`` for every statement the app's engine sends while the block runs, and
-    (PostgreSQL) for every look-up sent on the event loop (``AsyncReads``), with conn None."""
+    """Call ``record`` for every statement the app's engine sends while the block runs, for
+    every look-up sent on the event loop (``AsyncReads``, ``SqliteReads``), with conn None, and
+    (SQLite) for every statement of an upload's report (``SqliteReports``), as SQLite runs it."""
     engine = services.database.engine
     event.listen(engine, "before_cursor_execute", record)
     reads = services.async_reads
@@ -35,12 +37,32 @@ def _cursor_executes(services: Services, record: Callable[..., None]) -> Iterato
             return await real(statement, params)
 
         reads.one = observed  # type: ignore[method-assign]
+    reports = services.site_reports
+    traced: list[sqlite3.Connection] = []
+    if reports is not None:
+        real_connection = reports._connection
+
+        def trace(sql: str) -> None:
+            if sql.split()[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
+                record(None, None, sql)
+
+        def tracing() -> sqlite3.Connection:
+            conn = real_connection()
+            conn.set_trace_callback(trace)
+            traced.append(conn)
+            return conn
+
+        reports._connection = tracing  # type: ignore[method-assign]
     try:
         yield
     finally:
         event.remove(engine, "before_cursor_execute", record)
         if reads is not None:
             del reads.one  # the class's method again
+        if reports is not None:
+            del reports._connection
+            for conn in traced:
+                conn.set_trace_callback(None)
 
 
 def _on_request_thread() -> bool:
@@ -102,7 +124,8 @@ def test_a_round_of_one_site_sends_a_handful_of_statements(
     assert fetched == ["SELECT tasks"], _tables(fetched)
     # Before the body: one SELECT for task, round, experiment and previous model. After it:
     # the report's compare-and-set, its round's count of unreported tasks lowered by one, and
-    # the audit event (on PostgreSQL one statement). Nothing reads the round's other tasks.
+    # the audit event (on PostgreSQL one statement; on SQLite one transaction of the upload
+    # thread's own connection, SqliteReports). Nothing reads the round's other tasks.
     report = (
         ["UPDATE tasks", "UPDATE round_progress", "INSERT events"]
         if services.database.is_sqlite

@@ -307,6 +307,7 @@ async def upload_update(
                     num_samples=num_samples,
                     metrics=site_metrics,
                     at_once=at_once,
+                    reports=services.site_reports,  # a SQLite file: without the session
                 )  # committed: durable before the site hears of it
             if done.receipt.duplicate or done.unreported:
                 return done

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.storage.db import idle_ping
 from aggregator.storage.db.relaxed import install_reset
-from aggregator.storage.db.sqlite_writer import connection_class
+from aggregator.storage.db.sqlite_writer import apply_pragmas, connection_class
 
 INSERT_PAGE_ROWS = 100
 """Rows per multi-row INSERT statement (SQLAlchemy's default is 1,000)."""
@@ -36,6 +36,8 @@ class Database:
             else None
         )
         """The SQLite database file; None for an in-memory database or another backend."""
+        self.synchronous = synchronous
+        """SQLite's ``synchronous`` pragma on every connection that writes."""
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
@@ -136,14 +138,7 @@ def _install_sqlite_pragmas(engine: Engine, synchronous: str) -> None:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA synchronous={synchronous}")
-            cursor.execute("PRAGMA busy_timeout=30000")
-        finally:
-            cursor.close()
+        apply_pragmas(dbapi_connection, synchronous)
 
 
 def database_problem(exc: BaseException) -> str:

@@ -36,7 +36,9 @@ Processor = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
-class _Compiled:
+class SqliteStatement:
+    """A Core statement compiled once for ``sqlite3`` (``compile_for_sqlite``)."""
+
     sql: str
     constants: dict[str, Any]  # already through their bind processors
     binds: dict[str, Processor]  # the caller's parameters that need one
@@ -59,7 +61,7 @@ class SqliteReads:
     def __init__(self, path: str) -> None:
         self._path = path
         self._dialect = SQLiteDialect_pysqlite(paramstyle="named")
-        self._compiled: dict[int, _Compiled] = {}
+        self._compiled: dict[int, SqliteStatement] = {}
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -117,35 +119,43 @@ class SqliteReads:
             self._local.conn = conn
         return conn
 
-    def _compile(self, statement: Select[Any]) -> _Compiled:
+    def _compile(self, statement: Select[Any]) -> SqliteStatement:
         found = self._compiled.get(id(statement))
-        if found is not None:
-            return found
-        dialect = self._dialect
-        compiled = statement.compile(dialect=dialect)
-        binds: dict[str, Processor] = {}
-        for name, bind in compiled.binds.items():
-            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if process is not None:
-                binds[name] = process
-        constants = {  # the statement's own values; the caller's are ``required``
-            name: value if value is None or name not in binds else binds[name](value)
-            for name, value in compiled.params.items()
-            if not compiled.binds[name].required
-        }
-        columns = list(statement.selected_columns)
-        names = tuple(column.key for column in columns)
-        if None in names or len(set(names)) != len(names):
-            raise ValueError(f"every selected column needs a name of its own, got {names}")
-        found = _Compiled(
-            sql=str(compiled),
-            constants=constants,
-            binds=binds,
-            names=cast(tuple[str, ...], names),
-            results=tuple(
-                column.type.dialect_impl(dialect).result_processor(dialect, None)
-                for column in columns
-            ),
-        )
-        self._compiled[id(statement)] = found
+        if found is None:
+            found = compile_for_sqlite(statement, self._dialect)
+            self._compiled[id(statement)] = found
         return found
+
+
+def compile_for_sqlite(statement: Any, dialect: SQLiteDialect_pysqlite) -> SqliteStatement:
+    """A Core statement as SQLite's SQL with named parameters, with its constants already
+    through their bind processors, the processors the caller's parameters need, and its result
+    columns (a ``SELECT``'s, or a write's ``RETURNING``) with their result processors.
+
+    Raises:
+        ValueError: two result columns share a name, or one has none.
+    """
+    compiled = statement.compile(dialect=dialect)
+    binds: dict[str, Processor] = {}
+    for name, bind in compiled.binds.items():
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            binds[name] = process
+    constants = {  # the statement's own values; the caller's are ``required``
+        name: value if value is None or name not in binds else binds[name](value)
+        for name, value in compiled.params.items()
+        if not compiled.binds[name].required
+    }
+    columns = list(statement.exported_columns)
+    names = tuple(column.key for column in columns)
+    if None in names or len(set(names)) != len(names):
+        raise ValueError(f"every selected column needs a name of its own, got {names}")
+    return SqliteStatement(
+        sql=str(compiled),
+        constants=constants,
+        binds=binds,
+        names=cast(tuple[str, ...], names),
+        results=tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ),
+    )

@@ -40,6 +40,19 @@ def writer_lock(database: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
+def apply_pragmas(conn: sqlite3.Connection, synchronous: str) -> None:
+    """The pragmas of every connection the aggregator writes with: WAL, foreign keys, the
+    configured ``synchronous`` (``FULL`` or ``NORMAL``) and a 30 s busy timeout."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=30000")
+    finally:
+        cursor.close()
+
+
 def starts_write(sql: str) -> bool:
     """Whether a statement outside a write begins one (SQLite's write lock is taken there)."""
     return sql.lstrip()[:7].upper().startswith(_WRITE_VERBS)
