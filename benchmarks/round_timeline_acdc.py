@@ -148,14 +148,12 @@ def _report(
         f"127.0.0.1; {setting.rounds} rounds of FedAvg, {setting.max_steps} Adam steps per "
         f"round (batch {setting.batch_size}, 128×128 slices), validation every "
         f"{setting.validate_every} rounds and in the last, 20 % validation patients.",
-        f"- {os.cpu_count()} cores shared with other work, every process of the benchmark at "
-        f"nice {os.nice(0)} (1-min load average {os.getloadavg()[0]:.1f} at the end"
-        + (
-            ": **wall times under contention**"
-            if os.nice(0) > 0
-            else ", from other work at a lower priority"
-        )
-        + "; the CPU seconds at the end are not inflated by the load).",
+        f"- {os.cpu_count()} cores, every process of the benchmark at nice {os.nice(0)} "
+        f"(1-min load average {os.getloadavg()[0]:.1f} at the end; it counts the benchmark's "
+        f"own {len(setting.hospitals) + 1} processes, the sites' training among them, and any "
+        "other work"
+        + (": **wall times under contention**" if os.nice(0) > 0 else "")
+        + "; the CPU seconds below are not inflated by the load).",
         "",
         "## Summary",
         "",

@@ -261,16 +261,12 @@ def _report(
         "project's bytecode is compiled before the clock starts, as the images do. "
         "Flower: `shared/peers/flower_overhead/driver.py` (deployment "
         "mode: SuperLink, SuperNodes, a ClientApp process per message), in its own venv.",
-        f"- One host, {os.cpu_count()} cores, shared with other work; 1-min load average "
+        f"- One host, {os.cpu_count()} cores; 1-min load average "
         f"(min / median / max) during the fedseg part {loads[0]}, during the Flower part "
-        f"{loads[1]}, {load:.1f} when the report was written. Every process of this benchmark "
-        f"ran at nice {os.nice(0)}"
-        + (
-            " below the other work: **wall times under contention**"
-            if os.nice(0) > 0
-            else " (other work at a lower priority: the load average counts it, but it takes "
-            "little of this benchmark's CPU)"
-        )
+        f"{loads[1]}, {load:.1f} when the report was written. It counts each system's own "
+        "processes (Flower's start a process per message) as well as any other work. Every "
+        f"process of this benchmark ran at nice {os.nice(0)}"
+        + (" below the other work: **wall times under contention**" if os.nice(0) > 0 else "")
         + "; the CPU seconds below are what the machine's load does not inflate.",
         *([f"- {speed}"] if speed else []),
         "",
