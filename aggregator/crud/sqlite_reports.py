@@ -25,7 +25,6 @@ Only a database file (an in-memory database is private to the connection that ma
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -33,7 +32,11 @@ from typing import Any
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
 from aggregator.crud import site_requests
-from aggregator.storage.db.sqlite_reads import SqliteStatement, compile_for_sqlite
+from aggregator.storage.db.sqlite_reads import (
+    SqliteStatement,
+    ThreadConnections,
+    compile_for_sqlite,
+)
 from aggregator.storage.db.sqlite_writer import apply_pragmas, connection_class
 
 BUSY_TIMEOUT_S = 30.0  # as the engine's connections
@@ -59,9 +62,7 @@ class SqliteReports:
         self._factory = connection_class(path, timeout_s=BUSY_TIMEOUT_S)
         self._dialect = SQLiteDialect_pysqlite(paramstyle="named")
         self._statements: dict[Any, SqliteStatement] = {}
-        self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = ThreadConnections(self._open)
 
     def record(
         self,
@@ -109,33 +110,25 @@ class SqliteReports:
     @property
     def opened(self) -> int:
         """Connections open now (one per thread that has reported)."""
-        return len(self._opened)
+        return self._connections.opened
 
     def close(self) -> None:
         """Close every thread's connection (the app's shutdown)."""
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for conn in opened:
-            conn.close()
-        self._local = threading.local()
+        self._connections.close()
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            # check_same_thread=False only so that close() may run on another thread; each
-            # connection is used by the thread that opened it. Autocommit mode: the
-            # transactions are this class's own BEGIN and COMMIT.
-            conn = sqlite3.connect(
-                self._path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=BUSY_TIMEOUT_S,
-                factory=self._factory,
-            )
-            apply_pragmas(conn, self._synchronous)
-            with self._lock:
-                self._opened.append(conn)
-            self._local.conn = conn
+        return self._connections.get()
+
+    def _open(self) -> sqlite3.Connection:
+        # Autocommit mode: the transactions are ``record``'s own BEGIN and COMMIT.
+        conn = sqlite3.connect(
+            self._path,
+            isolation_level=None,
+            check_same_thread=False,  # see ThreadConnections
+            timeout=BUSY_TIMEOUT_S,
+            factory=self._factory,
+        )
+        apply_pragmas(conn, self._synchronous)
         return conn
 
     def _statement(self, key: Any, build: Callable[[], Any]) -> SqliteStatement:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -206,3 +208,49 @@ class Federation:
         )
         assert r.status_code == 200, r.text
         return bytes(r.content)
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def all_at_once(
+    call: Callable[[_T], _R], items: Sequence[_T], *, timeout_s: float = 60
+) -> list[_R]:
+    """``call`` on each item, each from a thread of its own, all let go at the same moment (a
+    barrier); the results in the order the calls returned.
+
+    Raises:
+        BaseException: the first error a call raised (after every thread has ended).
+    """
+    barrier = threading.Barrier(len(items))
+    results: list[_R] = []
+    errors: list[BaseException] = []
+
+    def run(item: _T) -> None:
+        try:
+            barrier.wait(timeout=timeout_s)
+            results.append(call(item))
+        except BaseException as exc:  # raised below, on the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(item,)) for item in items]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout_s)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def unreported(services: Any, task_id: str) -> int:
+    """How many tasks of the task's round have not reported (its ``RoundProgress`` row)."""
+    from aggregator.storage.db.models import RoundProgress, Task
+
+    with services.database.session() as session:
+        task = session.get(Task, task_id)
+        assert task is not None
+        progress = session.get(RoundProgress, task.round_id)
+        assert progress is not None
+        return progress.unreported

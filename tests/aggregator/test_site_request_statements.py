@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import event, select
 
 from aggregator.api.deps import Services
-from tests.aggregator.helpers import API, Federation, update_bundle
+from tests.aggregator.helpers import API, Federation, all_at_once, unreported, update_bundle
 
 
 @contextmanager
@@ -246,17 +246,7 @@ def test_the_report_and_its_event_are_stored_together_or_not_at_all(
     again = report("test.again")  # the task is no longer open: nothing is written
     assert again == site_requests.Recorded(won=False, unreported=None)
     assert events("test.again") == []
-    assert _unreported(services, task["task_id"]) == 2
-
-
-def _unreported(services: Services, task_id: str) -> int:
-    from aggregator.storage.db.models import RoundProgress, Task
-
-    with services.database.session() as session:
-        round_id = session.get(Task, task_id).round_id  # type: ignore[union-attr]
-        progress = session.get(RoundProgress, round_id)
-        assert progress is not None
-        return progress.unreported
+    assert unreported(services, task["task_id"]) == 2
 
 
 def test_only_the_rounds_last_report_wakes_the_orchestrator(
@@ -278,7 +268,7 @@ def test_only_the_rounds_last_report_wakes_the_orchestrator(
     sqlite = services.database.is_sqlite
     tasks = {name: fed.next_task(name) for name in ("site-a", "site-b", "site-c")}
     assert all(tasks.values())
-    assert _unreported(services, tasks["site-a"]["task_id"]) == 3  # type: ignore[index]
+    assert unreported(services, tasks["site-a"]["task_id"]) == 3  # type: ignore[index]
     failed = fed.client.post(
         f"{API}/tasks/{tasks['site-b']['task_id']}/failure",  # type: ignore[index]
         json={"reason": "out of memory"},
@@ -286,7 +276,7 @@ def test_only_the_rounds_last_report_wakes_the_orchestrator(
     )
     assert failed.status_code == 200, failed.text
     assert woken == [1]  # a failure always wakes it (the route's own rule)
-    assert _unreported(services, tasks["site-a"]["task_id"]) == 2  # type: ignore[index]
+    assert unreported(services, tasks["site-a"]["task_id"]) == 2  # type: ignore[index]
     for name, left in (("site-a", 1), ("site-c", 0)):
         task = tasks[name]
         assert task is not None
@@ -294,7 +284,7 @@ def test_only_the_rounds_last_report_wakes_the_orchestrator(
             assert fed.train_and_upload(name, task).status_code == 200
         report = next(i for i, sql in enumerate(uploaded) if sql.startswith(("UPDATE", "WITH")))
         assert not any(sql.startswith("SELECT") for sql in uploaded[report:]), uploaded
-        assert _unreported(services, task["task_id"]) == left
+        assert unreported(services, task["task_id"]) == left
         # Only the round's last report woke it (on PostgreSQL through its announcement, heard
         # on the listener's thread).
         deadline = time.monotonic() + 10
@@ -320,37 +310,25 @@ def test_concurrent_reports_of_a_round_count_down_one_by_one(
     fed.start(exp)
     services.orchestrator.step()
     ids = [fed.next_task(name)["task_id"] for name in ("site-a", "site-b", "site-c")]  # type: ignore[index]
-    barrier = threading.Barrier(len(ids))
-    seen: list[int | None] = []
-    errors: list[BaseException] = []
 
-    def report(task_id: str) -> None:
-        try:
-            barrier.wait(timeout=30)
-            mine: dict[str, Any] = {"task_id": task_id, "now": utcnow()}
-            if services.database.is_sqlite:  # a failure, in a transaction
-                mine |= {"status": TaskStatus.FAILED, "values": {"failure_reason": "x"}}
-                with services.database.session() as session:
-                    done = site_requests.record_report(session, **mine)
-                    session.commit()
-            else:  # an upload's rejection, in its one statement
-                mine |= {"status": TaskStatus.REJECTED, "values": {"reject_reason": "x"}}
-                mine["event"] = {"kind": "k", "actor": "a", "experiment_id": exp}
-                with services.database.read_session() as session:
-                    done = site_requests.record_report_at_once(session, **mine)
-            assert done.won
-            seen.append(done.unreported)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def report(task_id: str) -> int | None:
+        mine: dict[str, Any] = {"task_id": task_id, "now": utcnow()}
+        if services.database.is_sqlite:  # a failure, in a transaction
+            mine |= {"status": TaskStatus.FAILED, "values": {"failure_reason": "x"}}
+            with services.database.session() as session:
+                done = site_requests.record_report(session, **mine)
+                session.commit()
+        else:  # an upload's rejection, in its one statement
+            mine |= {"status": TaskStatus.REJECTED, "values": {"reject_reason": "x"}}
+            mine["event"] = {"kind": "k", "actor": "a", "experiment_id": exp}
+            with services.database.read_session() as session:
+                done = site_requests.record_report_at_once(session, **mine)
+        assert done.won
+        return done.unreported
 
-    threads = [threading.Thread(target=report, args=(task_id,)) for task_id in ids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
+    seen = all_at_once(report, ids)
     assert sorted(seen) == [0, 1, 2], seen  # type: ignore[type-var]
-    assert _unreported(services, ids[0]) == 0
+    assert unreported(services, ids[0]) == 0
 
 
 def _report_params(exp: str, task: dict[str, Any], reason: str = "x") -> dict[str, Any]:

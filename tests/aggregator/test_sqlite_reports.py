@@ -16,8 +16,8 @@ from aggregator.api.deps import Services
 from aggregator.crud import site_requests
 from aggregator.crud.sqlite_reports import SqliteReports
 from aggregator.storage.db import Database
-from aggregator.storage.db.models import Event, RoundProgress, Task, TaskStatus, utcnow
-from tests.aggregator.helpers import API, Federation
+from aggregator.storage.db.models import Event, Task, TaskStatus, utcnow
+from tests.aggregator.helpers import API, Federation, all_at_once, unreported
 
 
 def _sqlite_only(services: Services) -> SqliteReports:
@@ -41,6 +41,19 @@ def _event(exp: str, kind: str) -> dict[str, Any]:
     return {"kind": kind, "actor": "site:x", "experiment_id": exp, "detail": {"n": 1}}
 
 
+def _reject(
+    reports: SqliteReports, task_id: str, exp: str, kind: str, reason: str = "x"
+) -> site_requests.Recorded:
+    """The task rejected for ``reason``, with an event of ``kind`` in experiment ``exp``."""
+    return reports.record(
+        task_id=task_id,
+        status=TaskStatus.REJECTED,
+        now=utcnow(),
+        values={"reject_reason": reason},
+        event=_event(exp, kind),
+    )
+
+
 def _row(services: Services, task_id: str) -> dict[str, Any]:
     with services.database.session() as session:
         task = session.get(Task, task_id)
@@ -51,14 +64,6 @@ def _row(services: Services, task_id: str) -> dict[str, Any]:
 def _events(services: Services, kind: str) -> list[Event]:
     with services.database.session() as session:
         return list(session.scalars(select(Event).where(Event.kind == kind)))
-
-
-def _unreported(services: Services, task_id: str) -> int:
-    with services.database.session() as session:
-        round_id = session.get(Task, task_id).round_id  # type: ignore[union-attr]
-        progress = session.get(RoundProgress, round_id)
-        assert progress is not None
-        return progress.unreported
 
 
 def test_it_writes_the_rows_a_session_writes(fed: Federation, services: Services) -> None:
@@ -120,14 +125,13 @@ def test_a_report_on_a_task_no_longer_open_writes_nothing(
 ) -> None:
     reports = _sqlite_only(services)
     exp, [task_id] = _tasks(fed, services, "site-a")
-    kwargs: dict[str, Any] = {"task_id": task_id, "status": TaskStatus.REJECTED, "now": utcnow()}
-    won = reports.record(**kwargs, values={"reject_reason": "a"}, event=_event(exp, "test.won"))
+    won = _reject(reports, task_id, exp, "test.won", reason="a")
     assert won == site_requests.Recorded(won=True, unreported=2)
-    lost = reports.record(**kwargs, values={"reject_reason": "b"}, event=_event(exp, "test.lost"))
+    lost = _reject(reports, task_id, exp, "test.lost", reason="b")
     assert lost == site_requests.Recorded(won=False, unreported=None)
     assert _events(services, "test.lost") == []
     assert _row(services, task_id)["reject_reason"] == "a"
-    assert _unreported(services, task_id) == 2
+    assert unreported(services, task_id) == 2
 
 
 def test_a_failed_report_stores_nothing_and_frees_the_writer(
@@ -137,13 +141,12 @@ def test_a_failed_report_stores_nothing_and_frees_the_writer(
     hold here too): the task stays open, the count unchanged, and the next write goes through."""
     reports = _sqlite_only(services)
     exp, [task_id] = _tasks(fed, services, "site-a")
-    kwargs: dict[str, Any] = {"task_id": task_id, "status": TaskStatus.REJECTED, "now": utcnow()}
     before = _row(services, task_id)
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
-        reports.record(**kwargs, values={"reject_reason": "a"}, event=_event("nope", "test.bad"))
+        _reject(reports, task_id, "no-such-experiment", "test.bad")
     assert _row(services, task_id) == before and before["reported_at"] is None
-    assert _unreported(services, task_id) == 3
-    done = reports.record(**kwargs, values={"reject_reason": "a"}, event=_event(exp, "test.ok"))
+    assert unreported(services, task_id) == 3
+    done = _reject(reports, task_id, exp, "test.ok")
     assert done.won and len(_events(services, "test.ok")) == 1
 
 
@@ -167,13 +170,7 @@ def test_it_waits_for_a_session_that_is_writing(fed: Federation, services: Servi
     timer = threading.Timer(0.3, release.set)
     timer.start()
     started = time.monotonic()
-    done = reports.record(
-        task_id=task_id,
-        status=TaskStatus.REJECTED,
-        now=utcnow(),
-        values={"reject_reason": "x"},
-        event=_event(exp, "test.second"),
-    )
+    done = _reject(reports, task_id, exp, "test.second")
     waited = time.monotonic() - started
     thread.join(10)
     assert done.won and waited >= 0.25, waited
@@ -186,30 +183,10 @@ def test_concurrent_reports_count_their_round_down_one_by_one(
 ) -> None:
     reports = _sqlite_only(services)
     exp, ids = _tasks(fed, services, "site-a", "site-b", "site-c")
-    barrier = threading.Barrier(len(ids))
-    seen: list[int | None] = []
-    errors: list[BaseException] = []
 
-    def report(task_id: str) -> None:
-        try:
-            barrier.wait(timeout=30)
-            done = reports.record(
-                task_id=task_id,
-                status=TaskStatus.REJECTED,
-                now=utcnow(),
-                values={"reject_reason": "x"},
-                event=_event(exp, "test.concurrent"),
-            )
-            seen.append(done.unreported)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=report, args=(task_id,)) for task_id in ids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
+    seen = all_at_once(
+        lambda task_id: _reject(reports, task_id, exp, "test.concurrent").unreported, ids
+    )
     assert sorted(seen) == [0, 1, 2], seen  # type: ignore[type-var]
     assert len(_events(services, "test.concurrent")) == 3
 

@@ -46,6 +46,44 @@ class SqliteStatement:
     results: tuple[Processor | None, ...]
 
 
+class ThreadConnections:
+    """A ``sqlite3`` connection for each thread, opened by ``connect`` at the thread's first
+    ``get``; ``close`` ends them all.
+
+    ``connect`` opens with ``check_same_thread=False`` only so that ``close`` may run on
+    another thread: each connection is used by the thread that opened it.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        """The calling thread's connection."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            with self._lock:
+                self._opened.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @property
+    def opened(self) -> int:
+        """Connections open now."""
+        return len(self._opened)
+
+    def close(self) -> None:
+        """Close every thread's connection; a later ``get`` opens a new one."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
+        self._local = threading.local()
+
+
 class SqliteReads:
     """One-row reads on per-thread ``sqlite3`` connections (autocommit, read-only).
 
@@ -62,9 +100,7 @@ class SqliteReads:
         self._path = path
         self._dialect = SQLiteDialect_pysqlite(paramstyle="named")
         self._compiled: dict[int, SqliteStatement] = {}
-        self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = ThreadConnections(self._open)
 
     async def one(self, statement: Select[Any], params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row of ``statement`` with ``params`` as a dict, or None.
@@ -91,32 +127,24 @@ class SqliteReads:
     @property
     def opened(self) -> int:
         """Connections open now (one per thread that has read)."""
-        return len(self._opened)
+        return self._connections.opened
 
     async def close(self) -> None:
         """Close every thread's connection (the app's shutdown)."""
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for conn in opened:
-            conn.close()
-        self._local = threading.local()
+        self._connections.close()
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            # check_same_thread=False only so that close() may run on another thread; each
-            # connection is used by the thread that opened it.
-            conn = sqlite3.connect(
-                self._path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-            )
-            conn.execute("PRAGMA query_only=ON")
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            with self._lock:
-                self._opened.append(conn)
-            self._local.conn = conn
+        return self._connections.get()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path,
+            isolation_level=None,
+            check_same_thread=False,  # see ThreadConnections
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return conn
 
     def _compile(self, statement: Select[Any]) -> SqliteStatement:
